@@ -1,0 +1,70 @@
+"""Safe extraction of tar archives.
+
+Every member is checked before anything is written: absolute paths, `..`,
+symlinks or hardlinks that leave the destination, device nodes, fifos and
+duplicate members are refused. Extraction goes to a temporary sibling
+directory that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+from pathlib import Path
+
+from hbos.errors import UnsafeArchive
+from hbos.fsutil import atomic_path
+
+
+def _inside(path: str) -> bool:
+    norm = posixpath.normpath(path)
+    return not (norm.startswith("/") or norm == ".." or norm.startswith("../"))
+
+
+def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
+    """Return the members of `tar` after refusing every unsafe one."""
+    seen: set[str] = set()
+    members = []
+    for m in tar.getmembers():
+        path = m.name
+        norm = posixpath.normpath(path)
+        if path.startswith("/") or not _inside(path):
+            raise UnsafeArchive(f"{name}: member '{path}' would be written outside the destination")
+        if m.isdev() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            raise UnsafeArchive(f"{name}: member '{path}' is a device node or fifo")
+        if m.issym():
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(norm), m.linkname))
+            if m.linkname.startswith("/") or not _inside(target):
+                raise UnsafeArchive(f"{name}: symlink '{path}' -> '{m.linkname}' leaves the destination")
+        if m.islnk():
+            if m.linkname.startswith("/") or not _inside(m.linkname):
+                raise UnsafeArchive(f"{name}: hardlink '{path}' -> '{m.linkname}' leaves the destination")
+        if norm in seen and not m.isdir():
+            raise UnsafeArchive(f"{name}: member '{path}' appears more than once")
+        seen.add(norm)
+        members.append(m)
+    # A member must not be reached through a symlink another member made.
+    links = {posixpath.normpath(m.name) for m in members if m.issym()}
+    for m in members:
+        parts = posixpath.normpath(m.name).split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in links:
+                raise UnsafeArchive(f"{name}: member '{m.name}' is written through a symlink")
+    return members
+
+
+def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Extract `archive` (any tar compression) into `dest` atomically and safely."""
+    archive = Path(archive)
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise UnsafeArchive(f"{archive}: not a readable tar archive ({exc})") from None
+    with tar, atomic_path(dest) as tmp:
+        members = check_members(tar, archive.name)
+        tmp.mkdir(parents=True)
+        try:
+            tar.extractall(tmp, members=members, filter="tar")
+        except (tarfile.TarError, OSError) as exc:
+            raise UnsafeArchive(f"{archive}: extraction failed: {exc}") from None

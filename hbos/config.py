@@ -1,0 +1,354 @@
+"""Load and validate config.yaml, its profiles and an optional overlay file.
+
+The configuration is a tree of frozen dataclasses. A generic loader walks the
+YAML mapping against the dataclass fields, so an unknown key, a wrong type or
+a bad value is reported with its full key path and the file it came from,
+before any task runs. Order of precedence (later wins):
+config.yaml < profile (profiles.NAME) < overlay file (config=FILE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hbos.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _hex_digits(n: int):
+    pattern = re.compile(rf"^[0-9a-fA-F]{{{n}}}$")
+
+    def check(value: str) -> str | None:
+        if not pattern.match(value):
+            return f"expected {n} hex digits, got {value!r} ({len(value)} characters)"
+        return None
+    return check
+
+
+def _sha256_or_empty(value: str) -> str | None:
+    if value and not HEX64.match(value):
+        return f"expected a sha256 (64 hex digits) or empty, got {value!r}"
+    return None
+
+
+def _min(n: int):
+    def check(value: int) -> str | None:
+        return None if value >= n else f"must be at least {n}, got {value}"
+    return check
+
+
+def _range(lo: int, hi: int):
+    def check(value: int) -> str | None:
+        return None if lo <= value <= hi else f"must be between {lo} and {hi}, got {value}"
+    return check
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"must be a TCP port (1-65535), got {value}"
+
+
+def _vcpu_type(value: str) -> str | None:
+    from sevsnpmeasure.vcpu_types import CPU_SIGS
+    if value not in CPU_SIGS:
+        near = difflib.get_close_matches(value, list(CPU_SIGS), n=1)
+        also = f" (did you mean {near[0]!r}?)" if near else ""
+        return f"unknown vCPU type {value!r}{also}; known: {', '.join(CPU_SIGS)}"
+    return None
+
+
+def check(fn) -> dict[str, Any]:
+    """Field metadata attaching a validator: fn(value) -> error text or None."""
+    return {"check": fn}
+
+
+# ----------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class SnpReleaseConfig:
+    url: str = ""
+    sha256: str = field(default="", metadata=check(_sha256_or_empty))
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    source: Literal["snp_release", "deb", "package"] = "snp_release"
+    deb: str = ""
+    package: str = "linux-image-cloud-amd64"
+
+
+@dataclass(frozen=True)
+class FirmwareConfig:
+    source: Literal["snp_release", "path", "build"] = "snp_release"
+    ovmf: str = ""
+
+
+@dataclass(frozen=True)
+class TcbConfig:
+    bootloader: int = field(default=0, metadata=check(_range(0, 255)))
+    tee: int = field(default=0, metadata=check(_range(0, 255)))
+    snp: int = field(default=0, metadata=check(_range(0, 255)))
+    microcode: int = field(default=0, metadata=check(_range(0, 255)))
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    host_cpu_family: Literal["Milan", "Genoa", "Turin"] = "Milan"
+    vcpu_count: int = field(default=1, metadata=check(_range(1, 512)))
+    vcpu_type: str = field(default="EPYC-v4", metadata=check(_vcpu_type))
+    vmm_type: Literal["QEMU"] = "QEMU"
+    guest_features: int = field(default=0x1, metadata=check(_range(0, 2**64 - 1)))
+    platform_info: int = field(default=0x3, metadata=check(_range(0, 2**64 - 1)))
+    guest_policy: int = field(default=0x30000, metadata=check(_range(0, 2**64 - 1)))
+    family_id: str = field(default="0" * 32, metadata=check(_hex_digits(32)))
+    image_id: str = field(default="0" * 32, metadata=check(_hex_digits(32)))
+    min_committed_tcb: TcbConfig = TcbConfig()
+    memory_mib: int = field(default=4096, metadata=check(_min(128)))
+
+
+@dataclass(frozen=True)
+class PortsConfig:
+    hyperbeam: int = field(default=10000, metadata=check(_port))
+    cu: int = field(default=6363, metadata=check(_port))
+    ssh: int = field(default=2222, metadata=check(_port))
+
+
+@dataclass(frozen=True)
+class InitramfsConfig:
+    path: str = ""
+    compression: Literal["gzip", "zstd"] = "gzip"
+    extra_modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RootfsConfig:
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    variant: Literal["minbase", "essential", "apt", "required", "important", "standard"] = "minbase"
+    packages: tuple[str, ...] = ("systemd", "systemd-sysv", "udev", "ca-certificates")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    filesystem: Literal["erofs", "ext4"] = "erofs"
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    source: Literal["docker", "dir", "tarball", "sample"] = "docker"
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    snp: Literal["auto", "required", "off"] = "auto"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    qemu: str = ""
+    health_timeout: int = field(default=300, metadata=check(_min(1)))
+    cbitpos: int = field(default=0, metadata=check(_range(0, 63)))
+    reduced_phys_bits: int = field(default=1, metadata=check(_range(0, 63)))
+
+
+@dataclass(frozen=True)
+class Config:
+    build_dir: str = "build"
+    source_date_epoch: int = field(default=1704067200, metadata=check(_min(0)))
+    debug: bool = False
+    cmdline: str = "console=ttyS0 loglevel=7"
+    snp_release: SnpReleaseConfig = SnpReleaseConfig()
+    kernel: KernelConfig = KernelConfig()
+    firmware: FirmwareConfig = FirmwareConfig()
+    vm: VmConfig = VmConfig()
+    ports: PortsConfig = PortsConfig()
+    initramfs: InitramfsConfig = InitramfsConfig()
+    rootfs: RootfsConfig = RootfsConfig()
+    image: ImageConfig = ImageConfig()
+    content: ContentConfig = ContentConfig()
+    launch: LaunchConfig = LaunchConfig()
+    # not settings themselves: where the config came from
+    root: str = field(default=".", metadata={"internal": True})
+    profile: str = field(default="", metadata={"internal": True})
+    sources: tuple[str, ...] = field(default=(), metadata={"internal": True})
+
+    # -- helpers -----------------------------------------------------------
+
+    def path(self, value: str) -> Path:
+        """A path from the config, resolved against the project directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (Path(self.root) / p).resolve()
+
+    def slice(self, *keys: str) -> dict[str, Any]:
+        """The parts of the config named by top-level keys, as plain data.
+
+        Stages pass this to doit's config_changed so an unrelated edit
+        rebuilds nothing.
+        """
+        out: dict[str, Any] = {}
+        for key in keys:
+            value = getattr(self, key)
+            out[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return out
+
+
+# ----------------------------------------------------------------- loading
+
+
+def _describe(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", str: "a string", float: "a number",
+            list: "a list", dict: "a mapping", type(None): "empty"}.get(type(value), type(value).__name__)
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping, got {_describe(value)}")
+        return _build(tp, value, key, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            also = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{where}: {key}: {value!r} is not one of "
+                              f"{', '.join(repr(c) for c in choices)}{also}")
+        return value
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key}: expected a list, got {_describe(value)}")
+        return tuple(_coerce(item_tp, v, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, str) and re.match(r"^0[xX][0-9a-fA-F]+$", value.strip()):
+            return int(value, 16)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: {key}: expected a string, got {_describe(value)}")
+        return str(value)
+    raise AssertionError(f"unsupported config type {tp!r} for {key}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        key_path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            also = f" (did you mean '{prefix + '.' if prefix else ''}{near[0]}'?)" if near else ""
+            raise ConfigError(f"{where}: unknown key '{key_path}'{also}")
+        f = fields[key]
+        coerced = _coerce(hints[key], value, key_path, where)
+        validator = f.metadata.get("check")
+        if validator is not None:
+            problem = validator(coerced)
+            if problem:
+                raise ConfigError(f"{where}: {key_path}: {problem}")
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{pos}: YAML syntax error: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {_describe(data)}")
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _profiles(data: dict[str, Any], where: str) -> dict[str, Any]:
+    profiles = data.pop("profiles", None) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{where}: profiles: expected a mapping of profile names")
+    for name, body in profiles.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: profiles.{name}: expected a mapping, got {_describe(body)}")
+    return profiles
+
+
+def load(path: str | Path | None = None, *, overlay: str | Path | None = None,
+         profile: str | None = None) -> Config:
+    """Load config.yaml (or `path`), apply profile and overlay, validate all."""
+    base_path = Path(path) if path else DEFAULT_CONFIG
+    base_path = base_path.resolve()
+    base = _read_yaml(base_path)
+    profiles = _profiles(base, str(base_path))
+    sources = [str(base_path)]
+    over: dict[str, Any] = {}
+    over_path = None
+    if overlay:
+        over_path = Path(overlay).resolve()
+        over = _read_yaml(over_path)
+        for name, body in _profiles(over, str(over_path)).items():
+            profiles[name] = merge(profiles.get(name, {}), body)
+        sources.append(str(over_path))
+
+    # Validate the base, then every profile on top of it, so a typo in a
+    # profile nobody selected today is still caught.
+    _build(Config, base, "", str(base_path))
+    for name, body in profiles.items():
+        try:
+            _build(Config, merge(base, body), "", str(base_path))
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(f"{base_path}: ",
+                                               f"{base_path}: profiles.{name}: ", 1)) from None
+    data = base
+    if profile:
+        if profile not in profiles:
+            near = difflib.get_close_matches(profile, list(profiles), n=1)
+            also = f" (did you mean '{near[0]}'?)" if near else ""
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"unknown profile '{profile}'{also}; defined profiles: {known}")
+        data = merge(data, profiles[profile])
+    if over_path is not None:
+        _build(Config, over, "", str(over_path))
+        data = merge(data, over)
+    cfg = _build(Config, data, "", str(over_path or base_path))
+    return dataclasses.replace(cfg, root=str(base_path.parent), profile=profile or "",
+                               sources=tuple(sources))

@@ -1,0 +1,89 @@
+"""Glue between dodo.py and the hbos package.
+
+- `load_config()` reads doit's command-line variables (config=FILE,
+  profile=NAME) and exits with one line on a config error (no traceback).
+- `act()` wraps a stage function as a doit python-action: HbosError becomes
+  TaskFailed(message) so the user sees one line, not a traceback.
+- `SizeAwareChecker` keeps no-op runs cheap: mtime+size decide for large
+  files, small files whose mtime moved are compared by md5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from doit.dependency import FileChangedChecker
+from doit.exceptions import TaskFailed
+
+from hbos import config as hconfig
+from hbos.errors import HbosError
+
+# Files above this size are judged by mtime and size only (never re-hashed).
+HASH_LIMIT = 16 << 20
+
+
+def load_config(get_var: Callable[[str, Any], Any]) -> hconfig.Config:
+    try:
+        return hconfig.load(get_var("base", None), overlay=get_var("config", None),
+                            profile=get_var("profile", None))
+    except HbosError as exc:
+        print(f"hbos: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def act(fn: Callable[..., Any], *args: Any, **kwargs: Any):
+    """A doit python-action calling fn(*args, **kwargs)."""
+    def action():
+        try:
+            result = fn(*args, **kwargs)
+        except HbosError as exc:
+            return TaskFailed(str(exc))
+        except KeyboardInterrupt:
+            return TaskFailed("interrupted")
+        return result if isinstance(result, (dict, str)) else None
+    action.__name__ = getattr(fn, "__name__", "action")
+    action.__doc__ = getattr(fn, "__doc__", None)
+    return (action,)
+
+
+def strs(paths: Iterable[os.PathLike | str]) -> list[str]:
+    """Normalized absolute path strings (doit compares paths as strings)."""
+    return [os.path.abspath(os.fspath(p)) for p in paths]
+
+
+def _md5(path: str) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class SizeAwareChecker(FileChangedChecker):
+    """State is [mtime, size, md5|None]; md5 only for files up to HASH_LIMIT."""
+
+    def check_modified(self, file_path, file_stat, state):
+        if not isinstance(state, list) or len(state) != 3:
+            return True
+        mtime, size, digest = state
+        if file_stat.st_mtime == mtime and file_stat.st_size == size:
+            return False
+        if file_stat.st_size != size or digest is None:
+            return True
+        return _md5(file_path) != digest
+
+    def get_state(self, dep, current_state):
+        st = os.stat(dep)
+        if isinstance(current_state, list) and len(current_state) == 3 \
+                and current_state[0] == st.st_mtime and current_state[1] == st.st_size:
+            return None
+        digest = _md5(dep) if st.st_size <= HASH_LIMIT else None
+        return [st.st_mtime, st.st_size, digest]
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,93 @@
+"""Download a URL to a file: streamed, hashed while writing, atomic, retried.
+
+A failed download names the URL and the HTTP status; a sha256 mismatch shows
+both hashes and keeps nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from hbos.errors import DownloadError, HashMismatch
+from hbos.fsutil import atomic_path
+
+CHUNK = 1 << 20
+TIMEOUT = (10, 60)  # connect, read (seconds)
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
+             retries: int = 3, backoff: float = 1.0, progress: bool | None = None,
+             timeout: tuple[float, float] = TIMEOUT) -> str:
+    """Fetch `url` into `dest` atomically and return the file's hex sha256.
+
+    Transient failures (connection errors, 429/5xx, a truncated body) are
+    retried `retries` times in all with exponential backoff; a 4xx is final.
+    """
+    dest = Path(dest)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    last: DownloadError | None = None
+    for attempt in range(1, retries + 1):
+        try:
+            digest = _fetch_once(url, dest, progress, timeout)
+            break
+        except _Transient as exc:
+            last = DownloadError(str(exc))
+            if attempt < retries:
+                print(f"  {exc}; retrying ({attempt}/{retries - 1})", file=sys.stderr)
+                time.sleep(backoff * 2 ** (attempt - 1))
+    else:
+        assert last is not None
+        raise last
+    if sha256 and digest != sha256.lower():
+        dest.unlink(missing_ok=True)
+        raise HashMismatch(f"sha256 mismatch for {url}:\n"
+                           f"  expected {sha256.lower()}\n  got      {digest}",
+                           hint="the file changed upstream or the pinned hash is wrong; "
+                                "nothing was kept")
+    return digest
+
+
+class _Transient(Exception):
+    pass
+
+
+def _fetch_once(url: str, dest: Path, progress: bool, timeout) -> str:
+    try:
+        resp = requests.get(url, stream=True, timeout=timeout)
+    except requests.RequestException as exc:
+        raise _Transient(f"cannot fetch {url}: {exc.__class__.__name__}: {exc}") from None
+    with resp:
+        if resp.status_code in TRANSIENT_STATUS:
+            raise _Transient(f"cannot fetch {url}: HTTP {resp.status_code} {resp.reason}")
+        if resp.status_code != 200:
+            raise DownloadError(f"cannot fetch {url}: HTTP {resp.status_code} {resp.reason}")
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        h = hashlib.sha256()
+        received = 0
+        with atomic_path(dest) as tmp, open(tmp, "wb") as out, \
+                tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
+                     disable=not progress, file=sys.stderr) as bar:
+            try:
+                for chunk in resp.iter_content(CHUNK):
+                    out.write(chunk)
+                    h.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            except (requests.RequestException, OSError) as exc:
+                raise _Transient(f"cannot fetch {url}: connection broke after "
+                                 f"{received} bytes ({exc.__class__.__name__})") from None
+            if total is not None and received != total:
+                raise _Transient(f"cannot fetch {url}: truncated body, "
+                                 f"got {received} of {total} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+    return h.hexdigest()

@@ -1,0 +1,102 @@
+"""Small file helpers: atomic writes, streaming hashes, tree manifests."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (never whole into memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `target` on success.
+
+    On any exception the temporary file or directory is removed and `target`
+    is left as it was, so an interrupted stage never leaves a half-written
+    target behind.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    remove(tmp)
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink() and tmp.is_dir():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.rename(target, old)
+            os.rename(tmp, target)
+            remove(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        remove(tmp)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Remove a file, symlink or directory tree if it exists."""
+    p = Path(path)
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    write_bytes(target, text.encode())
+
+
+def write_json(target: str | os.PathLike, data: Any) -> None:
+    write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def tree_manifest(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """Sorted [{path, type, size, sha256, mode, target?}] for every entry under root."""
+    root = Path(root)
+    entries: list[dict[str, Any]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            st = full.lstat()
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                entries.append({"path": rel, "type": "symlink",
+                                "target": os.readlink(full), "mode": mode})
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append({"path": rel, "type": "dir", "mode": mode})
+            elif stat.S_ISREG(st.st_mode):
+                entries.append({"path": rel, "type": "file", "size": st.st_size,
+                                "sha256": sha256_file(full), "mode": mode})
+            else:
+                entries.append({"path": rel, "type": "special", "mode": mode})
+    entries.sort(key=lambda e: e["path"])
+    return entries

@@ -1,0 +1,47 @@
+"""Which host programs the configured stages need, and whether they are here."""
+
+from __future__ import annotations
+
+import sys
+
+from hbos import run, tools
+from hbos.config import Config
+from hbos.errors import ToolMissing
+
+BASE = ["dpkg-deb", "depmod", "modprobe", "cpio", "gzip", "busybox", "veritysetup",
+        "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "tar"]
+FIRMWARE_BUILD = ["nasm", "iasl", "gcc", "make", "grub-mkimage", "mkfs.msdos", "mcopy", "xz",
+                  "patch"]
+
+
+def needed(cfg: Config) -> list[str]:
+    """Programs the stages selected by `cfg` call."""
+    progs = list(BASE)
+    if cfg.kernel.source == "package":
+        progs.append("apt-get")
+    if cfg.image.filesystem == "erofs":
+        progs.append("mkfs.erofs")
+    if cfg.initramfs.compression == "zstd":
+        progs.append("zstd")
+    if cfg.content.source == "docker":
+        progs.append("docker")
+    if not cfg.firmware.ovmf and cfg.firmware.source == "build":
+        progs.extend(FIRMWARE_BUILD)
+    return progs
+
+
+def check(cfg: Config, install: bool = False) -> None:
+    """Print each missing program with its Debian package; install them if asked."""
+    missing = tools.missing(needed(cfg))
+    if not missing:
+        print(f"init: all {len(needed(cfg))} host tools present", file=sys.stderr)
+        return
+    packages = sorted(set(missing.values()))
+    for prog, pkg in sorted(missing.items()):
+        print(f"init: missing {prog:<20} (Debian package: {pkg})", file=sys.stderr)
+    if install:
+        run.run(["apt-get", "install", "-y", "--no-install-recommends", *packages],
+                env={"DEBIAN_FRONTEND": "noninteractive"})
+        return
+    raise ToolMissing(f"{len(missing)} host tool(s) missing",
+                      hint=f"apt-get install {' '.join(packages)}  (or: doit init install=yes)")

@@ -1,0 +1,119 @@
+"""The guest kernel: fetch its .deb (if from Debian), unpack vmlinuz + modules.
+
+The unpacked tree lives in build/kernel/root (lib/modules/VERSION with a
+modules.dep made by depmod), vmlinuz is copied to build/kernel/vmlinuz and
+build/kernel/kernel.json records the version and hashes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from hbos import run, snp_release
+from hbos.config import Config
+from hbos.errors import BuildError, CommandFailed, ConfigError
+from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
+from hbos.paths import Paths
+
+
+def deb_path(cfg: Config, paths: Paths) -> Path:
+    """The .deb the kernel stage unpacks, for the configured source."""
+    src = cfg.kernel.source
+    if src == "deb":
+        if not cfg.kernel.deb:
+            raise ConfigError("kernel.source is 'deb' but kernel.deb is empty")
+        return cfg.path(cfg.kernel.deb)
+    if src == "package":
+        return paths.kernel_deb
+    return snp_release.guest_kernel_deb(paths)
+
+
+def _deb_has_kernel(deb: Path) -> bool:
+    listing = run.output(["dpkg-deb", "--contents", deb])
+    return bool(re.search(r"\./boot/vmlinu[xz]-\S+", listing))
+
+
+def _download(package: str, into: Path) -> Path:
+    proc = run.run(["apt-get", "download", package], cwd=into, check=False, quiet=True)
+    if proc.returncode != 0:
+        out = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+        raise BuildError(f"apt-get download {package} failed: {run.tail(out, 3)}",
+                         hint="run 'apt-get update' first; check the package name "
+                              "(apt-cache policy " + package.split("=")[0] + ")")
+    debs = sorted(into.glob("*.deb"), key=lambda p: p.stat().st_mtime)
+    if not debs:
+        raise BuildError(f"apt-get download {package} produced no .deb")
+    return debs[-1]
+
+
+def fetch_package(cfg: Config, paths: Paths) -> None:
+    """apt-get download the kernel package; follow a metapackage to its kernel."""
+    package = cfg.kernel.package
+    paths.downloads.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=paths.downloads) as tmp:
+        deb = _download(package, Path(tmp))
+        for _ in range(3):
+            if _deb_has_kernel(deb):
+                break
+            depends = run.output(["dpkg-deb", "--field", deb, "Depends"])
+            match = re.search(r"(linux-image-[^\s,(|]+)(?:\s*\(=\s*([^)\s]+)\))?", depends)
+            if not match:
+                raise BuildError(f"package {package} holds no kernel and depends on no "
+                                 f"linux-image package (Depends: {depends.strip() or 'none'})")
+            name, version = match.group(1), match.group(2)
+            print(f"kernel: {deb.name} is a metapackage; fetching {name}", file=sys.stderr)
+            deb = _download(f"{name}={version}" if version else name, Path(tmp))
+        else:
+            raise BuildError(f"package {package}: no kernel found after following 3 dependencies")
+        with atomic_path(paths.kernel_deb) as out:
+            shutil.copyfile(deb, out)
+    print(f"kernel: {paths.kernel_deb} <- {deb.name}", file=sys.stderr)
+
+
+def unpack(cfg: Config, paths: Paths) -> None:
+    """Unpack the kernel .deb, run depmod, place vmlinuz, write kernel.json."""
+    deb = deb_path(cfg, paths)
+    if not deb.is_file():
+        raise BuildError(f"kernel package {deb} does not exist")
+    with atomic_path(paths.kernel_modules) as tree:
+        try:
+            run.run(["dpkg-deb", "-x", deb, tree], quiet=True)
+        except CommandFailed as exc:
+            raise BuildError(f"{deb} is not a valid .deb: {run.tail(exc.output, 3)}") from None
+        kernels = sorted((tree / "boot").glob("vmlinu[xz]-*")) if (tree / "boot").is_dir() else []
+        if not kernels:
+            raise BuildError(f"{deb} contains no kernel (no boot/vmlinuz-*)",
+                             hint="point kernel.deb at a linux-image-<version> package, "
+                                  "not a metapackage, headers or modules-only package")
+        vmlinuz = kernels[0]
+        version = vmlinuz.name.split("-", 1)[1]
+        moddirs = [tree / "lib" / "modules" / version, tree / "usr" / "lib" / "modules" / version]
+        moddir = next((d for d in moddirs if d.is_dir()), None)
+        if moddir is None:
+            raise BuildError(f"{deb} has a kernel {version} but no lib/modules/{version}")
+        if moddir.parent.parent.parent != tree:  # usr/lib/modules: depmod wants lib/modules
+            (tree / "lib").mkdir(exist_ok=True)
+            (tree / "lib" / "modules").symlink_to("../usr/lib/modules")
+        run.run(["depmod", "-b", tree, version], quiet=True)
+        with atomic_path(paths.vmlinuz) as out:
+            shutil.copyfile(vmlinuz, out)
+    write_json(paths.kernel_manifest, {
+        "version": version,
+        "deb": str(deb),
+        "deb_sha256": sha256_file(deb),
+        "vmlinuz_sha256": sha256_file(paths.vmlinuz),
+        "modules": str(paths.kernel_modules / "lib" / "modules" / version),
+    })
+    print(f"kernel: {version} -> {paths.vmlinuz}", file=sys.stderr)
+
+
+def info(paths: Paths) -> dict:
+    """kernel.json as written by unpack()."""
+    try:
+        return read_json(paths.kernel_manifest)
+    except FileNotFoundError:
+        raise BuildError("the guest kernel has not been unpacked", hint="run: doit kernel") from None

@@ -1,0 +1,279 @@
+"""Expected SEV-SNP launch measurement.
+
+Built on the sev-snp-measure library's pieces (GCTX, OVMF, VMSA) so the digest
+can be computed either from files (a build) or from precomputed component
+hashes (a verifier holding only measurement.json / inputs.json and the
+firmware). The firmware part (the OVMF pages, SNP ABI spec "SNP_LAUNCH_UPDATE"
+of PAGE_TYPE_NORMAL) is computed once and used as the GCTX seed, which is what
+makes searching many launch parameters fast (see hbos.attest).
+
+The direct-boot hash table (kernel, initrd, cmdline sha256, in that GUIDed
+layout QEMU writes) is measured into the SNP_KERNEL_HASHES page; the VMSA of
+each vCPU then depends on vcpu_type (its CPUID signature) and guest_features
+(SEV_FEATURES).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from sevsnpmeasure.gctx import GCTX
+from sevsnpmeasure.guest import snp_update_metadata_pages
+from sevsnpmeasure.ovmf import OVMF, SectionType
+from sevsnpmeasure.sev_hashes import SevHashes
+from sevsnpmeasure.sev_mode import SevMode
+from sevsnpmeasure.vcpu_types import CPU_SIGS
+from sevsnpmeasure.vmm_types import VMMType
+from sevsnpmeasure.vmsa import VMSA
+
+from hbos.errors import MeasurementError
+from hbos.fsutil import sha256_file
+
+# The Rust `sev` crate's integer enums, as the original tool's digest_calc
+# wrote them into inputs.json. CpuType follows QEMU's builtin_x86_defs order.
+RUST_CPU_TYPES = ["EPYC", "EPYC-v1", "EPYC-v2", "EPYC-IBPB", "EPYC-v3", "EPYC-v4",
+                  "EPYC-Rome", "EPYC-Rome-v1", "EPYC-Rome-v2", "EPYC-Rome-v3",
+                  "EPYC-Milan", "EPYC-Milan-v1", "EPYC-Milan-v2",
+                  "EPYC-Genoa", "EPYC-Genoa-v1"]
+RUST_VMM_TYPES = {1: "QEMU", 2: "ec2"}
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def cmdline_sha256(cmdline: str) -> str:
+    """sha256 of the cmdline as QEMU hashes it: the text plus a NUL byte."""
+    return hashlib.sha256(cmdline.encode() + b"\0").hexdigest()
+
+
+@dataclass(frozen=True)
+class LaunchInputs:
+    """Everything besides the firmware that the launch digest depends on."""
+    kernel_sha256: str
+    initrd_sha256: str
+    cmdline_sha256: str
+    vcpus: int
+    vcpu_type: str
+    guest_features: int
+    vmm_type: str = "QEMU"
+
+    def replace(self, **changes: Any) -> "LaunchInputs":
+        from dataclasses import replace
+        return replace(self, **changes)
+
+
+class Firmware:
+    """An OVMF image's SEV metadata and its launch hash (computed once)."""
+
+    def __init__(self, path: str | os.PathLike, launch_hash: str | None = None) -> None:
+        self.path = Path(path)
+        try:
+            self.ovmf = OVMF(str(self.path))
+        except FileNotFoundError:
+            raise MeasurementError(f"firmware {self.path} does not exist") from None
+        except Exception as exc:  # the library raises bare errors on bad files
+            raise MeasurementError(
+                f"firmware {self.path} is not an OVMF image with SEV metadata ({exc})") from None
+        if not self.ovmf.has_metadata_section(SectionType.SNP_KERNEL_HASHES):
+            raise MeasurementError(
+                f"firmware {self.path} has no SNP_KERNEL_HASHES metadata section, so it cannot "
+                "boot a measured kernel",
+                hint="use an OVMF built from OvmfPkg/AmdSev/AmdSevX64.dsc, not OvmfPkgX64.dsc")
+        self._given_hash = launch_hash
+
+    @cached_property
+    def launch_hash(self) -> str:
+        """The GCTX digest after measuring the firmware pages (hex, 48 bytes)."""
+        if self._given_hash:
+            return self._given_hash
+        gctx = GCTX()
+        gctx.update_normal_pages(self.ovmf.gpa(), self.ovmf.data())
+        return gctx.ld().hex()
+
+
+def _sev_hashes(inputs: LaunchInputs) -> SevHashes:
+    hashes = SevHashes.__new__(SevHashes)
+    hashes.kernel_hash = bytes.fromhex(inputs.kernel_sha256)
+    hashes.initrd_hash = bytes.fromhex(inputs.initrd_sha256)
+    hashes.cmdline_hash = bytes.fromhex(inputs.cmdline_sha256)
+    return hashes
+
+
+def launch_digest(firmware: Firmware, inputs: LaunchInputs) -> str:
+    """The expected MEASUREMENT field of an attestation report (hex, 48 bytes)."""
+    if inputs.vcpu_type not in CPU_SIGS:
+        raise MeasurementError(f"unknown vCPU type {inputs.vcpu_type!r}")
+    if inputs.vcpus < 1:
+        raise MeasurementError(f"vCPU count must be at least 1, got {inputs.vcpus}")
+    try:
+        vmm = VMMType[inputs.vmm_type]
+    except KeyError:
+        raise MeasurementError(f"unsupported VMM type {inputs.vmm_type!r}") from None
+    gctx = GCTX(seed=bytes.fromhex(firmware.launch_hash))
+    snp_update_metadata_pages(gctx, firmware.ovmf, _sev_hashes(inputs), vmm)
+    vmsa = VMSA(SevMode.SEV_SNP, firmware.ovmf.sev_es_reset_eip(), CPU_SIGS[inputs.vcpu_type],
+                inputs.guest_features, vmm)
+    for page in vmsa.pages(inputs.vcpus):
+        gctx.update_vmsa_page(page)
+    return gctx.ld().hex()
+
+
+def inputs_from_files(kernel: Path, initrd: Path | None, cmdline: str, *, vcpus: int,
+                      vcpu_type: str, guest_features: int, vmm_type: str = "QEMU") -> LaunchInputs:
+    for label, p in (("kernel", kernel), ("initrd", initrd)):
+        if p is not None and not Path(p).is_file():
+            raise MeasurementError(f"{label} {p} does not exist")
+    return LaunchInputs(kernel_sha256=sha256_file(kernel),
+                        initrd_sha256=sha256_file(initrd) if initrd else EMPTY_SHA256,
+                        cmdline_sha256=cmdline_sha256(cmdline), vcpus=vcpus,
+                        vcpu_type=vcpu_type, guest_features=guest_features, vmm_type=vmm_type)
+
+
+# ------------------------------------------------------- measurement.json
+
+
+def inputs_record(inputs: LaunchInputs, firmware: Firmware, expected: str | None) -> dict[str, Any]:
+    """The original tool's inputs.json fields (Rust enum integers included)."""
+    return {
+        "kernel": inputs.kernel_sha256,
+        "initrd": inputs.initrd_sha256,
+        "append": inputs.cmdline_sha256,
+        "firmware": firmware.launch_hash,
+        "vcpus": inputs.vcpus,
+        "vcpu_type": RUST_CPU_TYPES.index(inputs.vcpu_type)
+        if inputs.vcpu_type in RUST_CPU_TYPES else inputs.vcpu_type,
+        "vmm_type": {v: k for k, v in RUST_VMM_TYPES.items()}[inputs.vmm_type],
+        "guest_features": inputs.guest_features,
+        "expected_hash": expected,
+    }
+
+
+def _hex(value: Any, key: str, size: int, source: str) -> str:
+    if not isinstance(value, str):
+        raise MeasurementError(f"{source}: '{key}' must be a hex string, got {value!r}")
+    text = value.lower().removeprefix("0x")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise MeasurementError(f"{source}: '{key}' is not hex: {value!r}") from None
+    if len(raw) != size:
+        raise MeasurementError(f"{source}: '{key}' must be {size} bytes, got {len(raw)}")
+    return text
+
+
+def _int(value: Any, key: str, source: str) -> int:
+    if isinstance(value, bool):
+        raise MeasurementError(f"{source}: '{key}' must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value, 0)
+        except ValueError:
+            pass
+    raise MeasurementError(f"{source}: '{key}' must be an integer, got {value!r}")
+
+
+def parse_inputs(data: dict[str, Any], source: str = "inputs") -> tuple[LaunchInputs, str | None]:
+    """LaunchInputs and the firmware hash from measurement.json or inputs.json.
+
+    Accepts vcpu_type / vmm_type as names or as the Rust sev crate's integers.
+    """
+    missing = [k for k in ("kernel", "initrd", "append", "vcpus", "vcpu_type",
+                           "guest_features") if k not in data]
+    if missing:
+        raise MeasurementError(f"{source}: missing field(s): {', '.join(missing)}")
+    vcpu_type = data["vcpu_type"]
+    if isinstance(vcpu_type, int) and not isinstance(vcpu_type, bool):
+        if not 0 <= vcpu_type < len(RUST_CPU_TYPES):
+            raise MeasurementError(f"{source}: unknown vcpu_type enum value {vcpu_type}")
+        vcpu_type = RUST_CPU_TYPES[vcpu_type]
+    elif vcpu_type not in CPU_SIGS:
+        raise MeasurementError(f"{source}: unknown vcpu_type {vcpu_type!r}")
+    vmm = data.get("vmm_type", "QEMU")
+    if isinstance(vmm, int) and not isinstance(vmm, bool):
+        if vmm not in RUST_VMM_TYPES:
+            raise MeasurementError(f"{source}: unsupported vmm_type enum value {vmm}")
+        vmm = RUST_VMM_TYPES[vmm]
+    fw = data.get("firmware")
+    inputs = LaunchInputs(
+        kernel_sha256=_hex(data["kernel"], "kernel", 32, source),
+        initrd_sha256=_hex(data["initrd"], "initrd", 32, source),
+        cmdline_sha256=_hex(data["append"], "append", 32, source),
+        vcpus=_int(data["vcpus"], "vcpus", source),
+        vcpu_type=vcpu_type,
+        guest_features=_int(data["guest_features"], "guest_features", source),
+        vmm_type=str(vmm))
+    return inputs, (_hex(fw, "firmware", 48, source) if fw else None)
+
+
+def load_inputs(path: str | os.PathLike) -> tuple[LaunchInputs, str | None, dict[str, Any]]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MeasurementError(f"inputs file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise MeasurementError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise MeasurementError(f"{path}: expected a JSON object")
+    inputs, fw = parse_inputs(data, str(path))
+    return inputs, fw, data
+
+
+# ------------------------------------------------------------- the stage
+
+
+def measure_vm_config(vm_config: Path, out: Path, *, source_date_epoch: int | None = None) -> dict:
+    """Compute the expected digest for a vm-config.toml and write measurement.json.
+
+    When the firmware file does not exist, expected_hash is null and
+    `expected_hash_reason` says why; nothing is invented.
+    """
+    from hbos import __version__, vmconfig
+    from hbos.fsutil import write_json
+
+    vm = vmconfig.load(vm_config)
+    kernel, initrd, ovmf = Path(vm["kernel_file"]), Path(vm["initrd_file"]), Path(vm["ovmf_file"])
+    inputs = inputs_from_files(kernel, initrd, vm["kernel_cmdline"], vcpus=vm["vcpu_count"],
+                               vcpu_type=vm["vcpu_type"], guest_features=vm["guest_features"],
+                               vmm_type=vm.get("vmm_type", "QEMU"))
+    record: dict[str, Any]
+    if ovmf.is_file():
+        firmware = Firmware(ovmf)
+        expected = launch_digest(firmware, inputs)
+        record = inputs_record(inputs, firmware, expected)
+        record["files"] = {"firmware": {"path": str(ovmf), "sha256": sha256_file(ovmf)}}
+    else:
+        record = inputs_record(inputs, _NoFirmware(), None)
+        record["firmware"] = None
+        record["expected_hash_reason"] = (
+            f"firmware {ovmf} is not available, so the launch digest cannot be computed "
+            "(an invented value would be worse than none)")
+        record["files"] = {"firmware": {"path": str(ovmf), "sha256": None}}
+    record["files"].update({
+        "kernel": {"path": str(kernel), "sha256": inputs.kernel_sha256},
+        "initrd": {"path": str(initrd), "sha256": inputs.initrd_sha256},
+    })
+    record.update({
+        "vcpu_type_name": inputs.vcpu_type,
+        "vmm_type_name": inputs.vmm_type,
+        "cmdline": vm["kernel_cmdline"],
+        "vm": {k: vm[k] for k in ("host_cpu_family", "vcpu_count", "vcpu_type", "guest_features",
+                                  "platform_info", "guest_policy", "family_id", "image_id",
+                                  "memory_mib", "min_commited_tcb") if k in vm},
+        "debug": bool(vm.get("debug", False)),
+        "tool_version": __version__,
+    })
+    if source_date_epoch is not None:
+        record["source_date_epoch"] = source_date_epoch
+    write_json(out, record)
+    return record
+
+
+class _NoFirmware:
+    launch_hash = None

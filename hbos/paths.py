@@ -1,0 +1,156 @@
+"""The one place that knows where every artifact lives.
+
+Everything the build writes is under `build_dir`; nothing else in the project
+joins artifact paths by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    build: Path
+
+    @classmethod
+    def from_config(cls, cfg) -> "Paths":
+        return cls(cfg.path(cfg.build_dir))
+
+    # doit's own state
+    @property
+    def dep_file(self) -> Path:
+        return self.build / ".doit.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.build / "logs"
+
+    def log(self, stage: str) -> Path:
+        return self.logs / f"{stage}.log"
+
+    @property
+    def downloads(self) -> Path:
+        return self.build / "downloads"
+
+    # snp_release
+    @property
+    def snp_release(self) -> Path:
+        return self.build / "snp-release"
+
+    @property
+    def snp_release_manifest(self) -> Path:
+        return self.build / "snp-release.json"
+
+    # kernel
+    @property
+    def kernel_dir(self) -> Path:
+        return self.build / "kernel"
+
+    @property
+    def kernel_deb(self) -> Path:
+        """The guest kernel package that `kernel` unpacks (package source)."""
+        return self.downloads / "guest-kernel.deb"
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.kernel_dir / "vmlinuz"
+
+    @property
+    def kernel_manifest(self) -> Path:
+        return self.kernel_dir / "kernel.json"
+
+    @property
+    def kernel_modules(self) -> Path:
+        """Root of the unpacked tree holding lib/modules/VERSION."""
+        return self.kernel_dir / "root"
+
+    # firmware
+    @property
+    def firmware_dir(self) -> Path:
+        return self.build / "firmware"
+
+    @property
+    def built_ovmf(self) -> Path:
+        return self.firmware_dir / "OVMF.fd"
+
+    # initramfs
+    @property
+    def initramfs(self) -> Path:
+        return self.build / "initramfs.cpio.gz"
+
+    @property
+    def initramfs_dir(self) -> Path:
+        return self.build / "initramfs"
+
+    # base root filesystem and image
+    @property
+    def base_dir(self) -> Path:
+        return self.build / "base"
+
+    @property
+    def base_rootfs(self) -> Path:
+        return self.base_dir / "rootfs.tar"
+
+    @property
+    def guest_dir(self) -> Path:
+        return self.build / "guest"
+
+    @property
+    def base_image(self) -> Path:
+        return self.guest_dir / "base.qcow2"
+
+    # content
+    @property
+    def content_dir(self) -> Path:
+        return self.build / "content"
+
+    @property
+    def content_manifest(self) -> Path:
+        return self.content_dir / "manifest.json"
+
+    # verity root
+    @property
+    def verity_dir(self) -> Path:
+        return self.build / "verity"
+
+    @property
+    def verity_image(self) -> Path:
+        return self.verity_dir / "guest.img"
+
+    @property
+    def hash_tree(self) -> Path:
+        return self.verity_dir / "hash_tree.bin"
+
+    @property
+    def roothash(self) -> Path:
+        return self.verity_dir / "roothash.txt"
+
+    # VM definition and measurement
+    @property
+    def vm_config(self) -> Path:
+        return self.guest_dir / "vm-config.toml"
+
+    @property
+    def measurement(self) -> Path:
+        return self.build / "measurement.json"
+
+    # launcher state
+    @property
+    def run_dir(self) -> Path:
+        return self.build / "run"
+
+    # releases
+    @property
+    def release_dir(self) -> Path:
+        return self.build / "release"
+
+    @property
+    def release_tarball(self) -> Path:
+        return self.build / "release.tar.gz"
+
+    # attestation certificate cache
+    @property
+    def cert_cache(self) -> Path:
+        return self.build / "certs"
