@@ -1,0 +1,5 @@
+import sys
+
+from hbos.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""`python -m hbos` / `hbos`: the commands that work without doit.
+
+Each subcommand lives in the module that owns its work; that module exposes
+`add_arguments(parser)` and `main(args) -> int`. Only this file prints errors
+and chooses exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hbos import __version__
+from hbos.errors import HbosError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "measure": ("hbos.measure_cli", "recompute the expected launch digest from measurement.json "
+                                    "or inputs.json and an OVMF file"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hbos", description="HyperBEAM OS: SEV-SNP guest tools")
+    parser.add_argument("--version", action="version", version=f"hbos {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._main(args) or 0)
+    except HbosError as exc:
+        print(f"hbos {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
