@@ -107,6 +107,11 @@ class Paths:
         return self.build / "content"
 
     @property
+    def content_tree(self) -> Path:
+        """The content as a root-relative tree laid over the base root."""
+        return self.content_dir / "tree"
+
+    @property
     def content_manifest(self) -> Path:
         return self.content_dir / "manifest.json"
 
