@@ -22,10 +22,41 @@ def _inside(path: str) -> bool:
     return not (norm.startswith("/") or norm == ".." or norm.startswith("../"))
 
 
+def _resolve(path: str, links: dict[str, str]) -> str | None:
+    """`path` (relative to the archive root) with the archive's own symlinks
+    followed; None when it leaves the root (or loops).
+
+    normpath alone is not enough: `d/l -> ..` then `x -> d/l/..` looks inside
+    lexically ("d") but resolves to the destination's parent.
+    """
+    parts: list[str] = []
+    todo = path.split("/")
+    hops = 0
+    while todo:
+        comp = todo.pop(0)
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                return None
+            parts.pop()
+            continue
+        parts.append(comp)
+        target = links.get("/".join(parts))
+        if target is not None:
+            hops += 1
+            if hops > 40 or target.startswith("/"):
+                return None
+            parts.pop()
+            todo = target.split("/") + todo
+    return "/".join(parts)
+
+
 def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
     """Return the members of `tar` after refusing every unsafe one."""
     seen: set[str] = set()
     members = []
+    symlinks = {posixpath.normpath(m.name): m.linkname for m in tar.getmembers() if m.issym()}
     for m in tar.getmembers():
         path = m.name
         norm = posixpath.normpath(path)
@@ -35,10 +66,12 @@ def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
             raise UnsafeArchive(f"{name}: member '{path}' is a device node or fifo")
         if m.issym():
             target = posixpath.normpath(posixpath.join(posixpath.dirname(norm), m.linkname))
-            if m.linkname.startswith("/") or not _inside(target):
+            if m.linkname.startswith("/") or not _inside(target) or _resolve(
+                    posixpath.join(posixpath.dirname(norm), m.linkname), symlinks) is None:
                 raise UnsafeArchive(f"{name}: symlink '{path}' -> '{m.linkname}' leaves the destination")
         if m.islnk():
-            if m.linkname.startswith("/") or not _inside(m.linkname):
+            if m.linkname.startswith("/") or not _inside(m.linkname) \
+                    or _resolve(m.linkname, symlinks) is None:
                 raise UnsafeArchive(f"{name}: hardlink '{path}' -> '{m.linkname}' leaves the destination")
         if norm in seen and not m.isdir():
             raise UnsafeArchive(f"{name}: member '{path}' appears more than once")

@@ -67,6 +67,60 @@ def _vcpu_type(value: str) -> str | None:
     return None
 
 
+# -- content validators (guest content: no secret may reach the measured image)
+
+_SECRET_KEY = re.compile(r"(^WALLET$|SECRET|PASSWORD|PASSWD|TOKEN|MNEMONIC|PRIVATE|JWK)", re.I)
+
+
+def _nonempty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _word(value: str) -> str | None:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value):
+        return f"expected a plain word (letters, digits, . _ -), got {value!r}"
+    return None
+
+
+def _git_ref(value: str) -> str | None:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/^{}-]*$", value) or ".." in value:
+        return f"expected a branch, tag or 40-hex commit, got {value!r}"
+    return None
+
+
+def _docker_tag(value: str) -> str | None:
+    if not re.match(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$", value):
+        return f"expected a docker image name[:tag] in lower case, got {value!r}"
+    return None
+
+
+def _unix_user(value: str) -> str | None:
+    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+        return f"expected a unix user name (e.g. hyperbeam or root), got {value!r}"
+    return None
+
+
+def _env_entries(values: tuple[str, ...]) -> str | None:
+    for entry in values:
+        key, sep, _ = entry.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            return f"expected KEY=VALUE entries, got {entry!r}"
+        if _SECRET_KEY.search(key):
+            return (f"{key} looks like a secret; secrets never go into the measured image "
+                    f"(the CU wallet is generated in the guest at first boot)")
+    return None
+
+
+def _flat_lines(values: tuple[str, ...]) -> str | None:
+    for line in values:
+        key, sep, _ = line.partition(": ")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", key):
+            return f"expected 'key: value' lines (HyperBEAM config.flat), got {line!r}"
+        if _SECRET_KEY.search(key):
+            return f"{key} looks like a secret; secrets never go into the measured image"
+    return None
+
+
 def check(fn) -> dict[str, Any]:
     """Field metadata attaching a validator: fn(value) -> error text or None."""
     return {"check": fn}
@@ -149,6 +203,27 @@ class ImageConfig:
 class ContentConfig:
     source: Literal["docker", "dir", "tarball", "sample"] = "docker"
     path: str = ""
+    # docker source
+    dockerfile: str = "resources/content.Dockerfile"
+    image_tag: str = field(default="hbos-content:latest", metadata=check(_docker_tag))
+    hyperbeam_repo: str = field(default="https://github.com/permaweb/HyperBEAM.git",
+                                metadata=check(_nonempty))
+    hyperbeam_ref: str = field(default="main", metadata=check(_git_ref))
+    hyperbeam_profile: str = field(default="genesis_wasm", metadata=check(_word))
+    cu: bool = True
+    ao_repo: str = field(default="https://github.com/permaweb/ao.git", metadata=check(_nonempty))
+    ao_ref: str = field(default="main", metadata=check(_git_ref))
+    otp_version: str = field(default="27", metadata=check(_word))
+    node_version: str = field(default="22", metadata=check(_word))
+    # services
+    service_user: str = field(default="hyperbeam", metadata=check(_unix_user))
+    restart: Literal["always", "on-failure", "on-abnormal", "on-abort", "no"] = "on-failure"
+    restart_sec: int = field(default=5, metadata=check(_range(0, 3600)))
+    hyperbeam_config: tuple[str, ...] = field(default=(), metadata=check(_flat_lines))
+    hyperbeam_env: tuple[str, ...] = field(default=(), metadata=check(_env_entries))
+    cu_env: tuple[str, ...] = field(default=(
+        "NODE_CONFIG_ENV=production", "UNIT_MODE=hbu", "DEFAULT_LOG_LEVEL=error",
+        "DISABLE_PROCESS_FILE_CHECKPOINT_CREATION=false"), metadata=check(_env_entries))
 
 
 @dataclass(frozen=True)
@@ -159,6 +234,25 @@ class LaunchConfig:
     health_timeout: int = field(default=300, metadata=check(_min(1)))
     cbitpos: int = field(default=0, metadata=check(_range(0, 63)))
     reduced_phys_bits: int = field(default=1, metadata=check(_range(0, 63)))
+
+
+def _digest_or_empty(value: str) -> str | None:
+    if value and not re.match(r"^[0-9a-fA-F]{96}$", value):
+        return f"expected a launch digest (96 hex digits) or empty, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    name: str = "hyperbeam-os"
+    url: str = ""
+    sha256: str = field(default="", metadata=check(_sha256_or_empty))
+    launch_digest: str = field(default="", metadata=check(_digest_or_empty))
+    compresslevel: int = field(default=6, metadata=check(_range(0, 9)))
+    retries: int = field(default=3, metadata=check(_range(1, 20)))
+    backoff_ms: int = field(default=1000, metadata=check(_range(0, 60000)))
+    connect_timeout: int = field(default=10, metadata=check(_min(1)))
+    read_timeout: int = field(default=60, metadata=check(_min(1)))
 
 
 @dataclass(frozen=True)
@@ -177,6 +271,7 @@ class Config:
     image: ImageConfig = ImageConfig()
     content: ContentConfig = ContentConfig()
     launch: LaunchConfig = LaunchConfig()
+    release: ReleaseConfig = ReleaseConfig()
     # not settings themselves: where the config came from
     root: str = field(default=".", metadata={"internal": True})
     profile: str = field(default="", metadata={"internal": True})

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 from hbos.errors import DownloadError, HashMismatch
@@ -62,7 +63,10 @@ class _Transient(Exception):
 
 def _fetch_once(url: str, dest: Path, progress: bool, timeout) -> str:
     try:
-        resp = requests.get(url, stream=True, timeout=timeout)
+        # identity: the bytes hashed and stored are the bytes served, even when
+        # a server labels a .tar.gz with Content-Encoding: gzip.
+        resp = requests.get(url, stream=True, timeout=timeout,
+                            headers={"Accept-Encoding": "identity"})
     except requests.RequestException as exc:
         raise _Transient(f"cannot fetch {url}: {exc.__class__.__name__}: {exc}") from None
     with resp:
@@ -77,12 +81,14 @@ def _fetch_once(url: str, dest: Path, progress: bool, timeout) -> str:
                 tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
                      disable=not progress, file=sys.stderr) as bar:
             try:
-                for chunk in resp.iter_content(CHUNK):
+                # raw stream, not iter_content: never undo a Content-Encoding,
+                # and urllib3 enforces Content-Length (IncompleteRead).
+                for chunk in resp.raw.stream(CHUNK, decode_content=False):
                     out.write(chunk)
                     h.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-            except (requests.RequestException, OSError) as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise _Transient(f"cannot fetch {url}: connection broke after "
                                  f"{received} bytes ({exc.__class__.__name__})") from None
             if total is not None and received != total:

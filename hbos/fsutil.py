@@ -34,6 +34,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    _remove_stale(target)
     remove(tmp)
     try:
         yield tmp
@@ -46,6 +47,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         remove(tmp)
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove temporaries left by killed builds (their process is gone)."""
+    for sibling in target.parent.glob(f".{target.name}.*-*"):
+        pid = sibling.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            remove(sibling)
 
 
 def remove(path: str | os.PathLike) -> None:

@@ -79,6 +79,10 @@ class Firmware:
         except Exception as exc:  # the library raises bare errors on bad files
             raise MeasurementError(
                 f"firmware {self.path} is not an OVMF image with SEV metadata ({exc})") from None
+        if not self.ovmf.metadata_items():
+            raise MeasurementError(
+                f"firmware {self.path} is not an OVMF image with SEV metadata "
+                "(no SEV metadata sections in its footer)")
         if not self.ovmf.has_metadata_section(SectionType.SNP_KERNEL_HASHES):
             raise MeasurementError(
                 f"firmware {self.path} has no SNP_KERNEL_HASHES metadata section, so it cannot "

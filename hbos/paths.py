@@ -13,10 +13,11 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Paths:
     build: Path
+    initramfs_compression: str = "gzip"   # names the initramfs file (.gz | .zst)
 
     @classmethod
     def from_config(cls, cfg) -> "Paths":
-        return cls(cfg.path(cfg.build_dir))
+        return cls(cfg.path(cfg.build_dir), initramfs_compression=cfg.initramfs.compression)
 
     # doit's own state
     @property
@@ -78,7 +79,12 @@ class Paths:
     # initramfs
     @property
     def initramfs(self) -> Path:
-        return self.build / "initramfs.cpio.gz"
+        ext = "zst" if self.initramfs_compression == "zstd" else "gz"
+        return self.build / f"initramfs.cpio.{ext}"
+
+    @property
+    def initramfs_manifest(self) -> Path:
+        return self.build / "initramfs.json"
 
     @property
     def initramfs_dir(self) -> Path:
@@ -92,6 +98,11 @@ class Paths:
     @property
     def base_rootfs(self) -> Path:
         return self.base_dir / "rootfs.tar"
+
+    @property
+    def base_rootfs_manifest(self) -> Path:
+        """sha256 and config of rootfs.tar, written with it (cheap verity salt input)."""
+        return self.base_dir / "rootfs.json"
 
     @property
     def guest_dir(self) -> Path:
@@ -115,6 +126,11 @@ class Paths:
     def content_manifest(self) -> Path:
         return self.content_dir / "manifest.json"
 
+    @property
+    def content_state(self) -> Path:
+        """What the content was built from (dir fingerprint); not a downstream input."""
+        return self.content_dir / "source-state.json"
+
     # verity root
     @property
     def verity_dir(self) -> Path:
@@ -131,6 +147,11 @@ class Paths:
     @property
     def roothash(self) -> Path:
         return self.verity_dir / "roothash.txt"
+
+    @property
+    def verity_manifest(self) -> Path:
+        """Inputs, salt, UUID and hashes of the verity image."""
+        return self.verity_dir / "verity.json"
 
     # VM definition and measurement
     @property
@@ -154,6 +175,30 @@ class Paths:
     @property
     def release_tarball(self) -> Path:
         return self.build / "release.tar.gz"
+
+    @property
+    def release_manifest(self) -> Path:
+        return self.release_dir / "manifest.json"
+
+    @property
+    def release_tarball_sha256(self) -> Path:
+        """`sha256sum -c` line for the tarball, to publish beside it."""
+        return self.build / "release.tar.gz.sha256"
+
+    @property
+    def release_download(self) -> Path:
+        """Where download_release keeps the fetched tarball."""
+        return self.downloads / "release.tar.gz"
+
+    @property
+    def releases(self) -> Path:
+        """Installed (downloaded and verified) releases, one directory each."""
+        return self.build / "releases"
+
+    @property
+    def current_release(self) -> Path:
+        """Symlink to the verified release that start_release launches."""
+        return self.releases / "current"
 
     # attestation certificate cache
     @property

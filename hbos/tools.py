@@ -13,6 +13,7 @@ PACKAGES: dict[str, str] = {
     "depmod": "kmod",
     "modprobe": "kmod",
     "docker": "docker.io",
+    "git": "git",
     "dpkg-deb": "dpkg",
     "apt-get": "apt",
     "apt-cache": "apt",

@@ -1,0 +1,227 @@
+"""AMD's SEV-SNP certificate chain: ARK -> ASK -> VCEK, and the VCEK's extensions.
+
+From AMD's "Versioned Chip Endorsement Key (VCEK) Certificate and KDS Interface
+Specification" (publication 57230): the ARK (AMD Root Key) is self-signed, the
+ARK signs the ASK (AMD SEV Key), the ASK signs each chip's VCEK; all three
+signatures are RSASSA-PSS with SHA-384, MGF1-SHA-384 and a 48-byte salt. The
+VCEK carries its chip and TCB in extensions under 1.3.6.1.4.1.3704.1
+(Table 8 "VCEK Certificate Extensions"): productName (.1.2), the TCB security
+patch levels blSPL (.3.1), teeSPL (.3.2), snpSPL (.3.3), ucodeSPL (.3.8),
+fmcSPL (.3.9, Turin), and hwID (.4, the chip_id; 8 bytes on Turin).
+
+AMD issues VCEKs with serial number 0. `cryptography` >= 42 warns on loading
+them (RFC 5280 wants a positive serial); the loader below silences exactly
+that warning, nothing else, and turns a refusal into a clear error.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from hbos.errors import AttestationError
+
+PRODUCTS = ("Milan", "Genoa", "Turin")
+AMD_OID = "1.3.6.1.4.1.3704.1"
+OID_PRODUCT_NAME = AMD_OID + ".2"
+OID_HWID = AMD_OID + ".4"
+OID_SPL = {"bootloader": AMD_OID + ".3.1", "tee": AMD_OID + ".3.2", "snp": AMD_OID + ".3.3",
+           "microcode": AMD_OID + ".3.8", "fmc": AMD_OID + ".3.9"}
+PSS_SALT_LENGTH = 48
+
+
+def product_name(product: str) -> str:
+    """'milan' / 'Milan' -> 'Milan'; anything else is an error naming the choices."""
+    for p in PRODUCTS:
+        if product.lower() == p.lower():
+            return p
+    raise AttestationError(f"unknown product {product!r}",
+                           hint=f"one of {', '.join(PRODUCTS)} (lower case is fine)")
+
+
+def _serial_warning_filter() -> warnings.catch_warnings:
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    try:
+        from cryptography.utils import CryptographyDeprecationWarning
+        # Only the non-positive-serial warning: AMD's VCEKs have serial 0 by design.
+        warnings.filterwarnings("ignore", message=r".*serial number.*",
+                                category=CryptographyDeprecationWarning)
+    except ImportError:  # pragma: no cover - older cryptography has no such warning
+        pass
+    return ctx
+
+
+def load_cert(data: bytes, source: str) -> x509.Certificate:
+    """One certificate, PEM or DER (told apart by content, not by file name)."""
+    pem = b"-----BEGIN CERTIFICATE-----" in data
+    ctx = _serial_warning_filter()
+    try:
+        if pem:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        hint = None
+        if "serial" in str(exc).lower():
+            hint = ("AMD certificates carry serial number 0; this cryptography release "
+                    "refuses them")
+        raise AttestationError(f"{source}: not a valid {'PEM' if pem else 'DER'} X.509 "
+                               f"certificate ({exc})", hint=hint) from None
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def load_cert_file(path: str | Path) -> x509.Certificate:
+    p = Path(path)
+    try:
+        return load_cert(p.read_bytes(), str(p))
+    except FileNotFoundError:
+        raise AttestationError(f"certificate {p} does not exist") from None
+
+
+def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
+    """All certificates of a PEM bundle, in file order."""
+    ctx = _serial_warning_filter()
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise AttestationError(f"{source}: not a PEM certificate bundle ({exc})") from None
+    finally:
+        ctx.__exit__(None, None, None)
+    return certs
+
+
+def _cn(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else name.rfc4514_string()
+
+
+@dataclass(frozen=True)
+class Chain:
+    """ARK and ASK of one product."""
+    product: str
+    ark: x509.Certificate
+    ask: x509.Certificate
+
+
+def chain_from_certs(certs: list[x509.Certificate], product: str, source: str) -> Chain:
+    """ARK and ASK from a bundle (KDS's cert_chain lists ASK first, then ARK)."""
+    ark = [c for c in certs if c.subject == c.issuer]
+    ask = [c for c in certs if c.subject != c.issuer]
+    if len(ark) != 1 or len(ask) != 1:
+        raise AttestationError(f"{source}: expected one ARK (self-signed) and one ASK, got "
+                               f"{len(certs)} certificate(s)")
+    return Chain(product_name(product), ark[0], ask[0])
+
+
+def load_certs_dir(directory: str | Path, product: str) -> Chain:
+    """ark_<product>.pem and ask_<product>.pem (product in lower case) from a directory."""
+    product = product_name(product)
+    d = Path(directory)
+    files = [d / f"{kind}_{product.lower()}.pem" for kind in ("ark", "ask")]
+    for f in files:
+        if not f.is_file():
+            raise AttestationError(f"{f} does not exist",
+                                   hint=f"--certs-dir needs ark_{product.lower()}.pem and "
+                                        f"ask_{product.lower()}.pem")
+    return Chain(product, load_cert_file(files[0]), load_cert_file(files[1]))
+
+
+def _verify_pss(issuer: x509.Certificate, cert: x509.Certificate, label: str) -> None:
+    """cert's signature by issuer's RSA key: RSASSA-PSS, SHA-384, salt 48 (spec 57230 §2)."""
+    key = issuer.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise AttestationError(f"{label}: issuer key is not RSA")
+    if not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
+        raise AttestationError(f"{label}: signature hash is "
+                               f"{getattr(cert.signature_hash_algorithm, 'name', None)}, "
+                               "expected sha384")
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes,
+                   padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT_LENGTH),
+                   hashes.SHA384())
+    except InvalidSignature:
+        raise AttestationError(f"{label}: signature does not verify") from None
+    if cert.issuer != issuer.subject:
+        raise AttestationError(f"{label}: issuer {_cn(cert.issuer)!r} is not "
+                               f"{_cn(issuer.subject)!r}")
+
+
+def verify_chain(chain: Chain, vcek: x509.Certificate) -> str:
+    """ARK self-signed, ARK signs ASK, ASK signs VCEK; returns a one-line summary."""
+    p = chain.product
+    if _cn(chain.ark.subject) != f"ARK-{p}":
+        raise AttestationError(f"ARK is {_cn(chain.ark.subject)!r}, expected 'ARK-{p}'")
+    _verify_pss(chain.ark, chain.ark, f"ARK-{p} (self-signed)")
+    _verify_pss(chain.ark, chain.ask, f"ASK {_cn(chain.ask.subject)!r} by ARK-{p}")
+    _verify_pss(chain.ask, vcek, f"VCEK by ASK {_cn(chain.ask.subject)!r}")
+    return f"ARK-{p} -> {_cn(chain.ask.subject)} -> {_cn(vcek.subject)} (RSA-PSS SHA-384)"
+
+
+# ------------------------------------------------------------ VCEK extensions
+
+
+def _der_value(raw: bytes, expect_tag: int | None = None) -> tuple[int, bytes]:
+    """Tag and content of one DER TLV (short or long length form)."""
+    if len(raw) < 2:
+        raise ValueError("truncated DER")
+    tag, length = raw[0], raw[1]
+    start = 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(raw[2:2 + n], "big")
+        start = 2 + n
+    if expect_tag is not None and tag != expect_tag:
+        raise ValueError(f"DER tag {tag:#x}, expected {expect_tag:#x}")
+    return tag, raw[start:start + length]
+
+
+@dataclass(frozen=True)
+class VcekInfo:
+    product_name: str | None
+    hwid: bytes | None
+    tcb: dict[str, int]
+
+
+def vcek_info(cert: x509.Certificate) -> VcekInfo:
+    """The AMD extensions of a VCEK (spec 57230 Table 8)."""
+    values: dict[str, bytes] = {}
+    for ext in cert.extensions:
+        if isinstance(ext.value, x509.UnrecognizedExtension):
+            values[ext.oid.dotted_string] = ext.value.value
+    tcb: dict[str, int] = {}
+    for name, oid in OID_SPL.items():
+        if oid in values:
+            try:
+                _, content = _der_value(values[oid], 0x02)  # INTEGER
+            except ValueError as exc:
+                raise AttestationError(f"VCEK extension {name} ({oid}) is malformed: {exc}") \
+                    from None
+            tcb[name] = int.from_bytes(content, "big", signed=False)
+    name = None
+    if OID_PRODUCT_NAME in values:
+        try:
+            _, content = _der_value(values[OID_PRODUCT_NAME])  # IA5String
+            name = content.decode("ascii", "replace")
+        except ValueError:
+            name = None
+    hwid = values.get(OID_HWID)
+    if hwid is not None and len(hwid) not in (8, 64):  # some encoders wrap it in an OCTET STRING
+        try:
+            _, hwid = _der_value(hwid, 0x04)
+        except ValueError:
+            pass
+    return VcekInfo(product_name=name, hwid=hwid, tcb=tcb)
+
+
+def vcek_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        raise AttestationError(f"VCEK {_cn(cert.subject)!r} does not hold an ECDSA P-384 key")
+    return key
