@@ -18,6 +18,8 @@ from hbos.errors import HbosError
 COMMANDS: dict[str, tuple[str, str]] = {
     "measure": ("hbos.measure_cli", "recompute the expected launch digest from measurement.json "
                                     "or inputs.json and an OVMF file"),
+    "check-host": ("hbos.host", "check whether this host can run SEV-SNP guests (table of "
+                                "pass/fail/unknown with fixes; exit 1 when it cannot)"),
 }
 
 

@@ -192,11 +192,17 @@ class RootfsConfig:
     mirror: str = "http://deb.debian.org/debian"
     variant: Literal["minbase", "essential", "apt", "required", "important", "standard"] = "minbase"
     packages: tuple[str, ...] = ("systemd", "systemd-sysv", "udev", "ca-certificates")
+    path_exclude: tuple[str, ...] = ("/usr/share/man/*", "/usr/share/doc/*",
+                                     "/usr/share/locale/*", "/usr/share/info/*")
+    path_include: tuple[str, ...] = ("/usr/share/doc/*/copyright",)
+    hostname: str = "hbos"
+    nameserver: str = "10.0.2.3"
 
 
 @dataclass(frozen=True)
 class ImageConfig:
     filesystem: Literal["erofs", "ext4"] = "erofs"
+    erofs_compression: Literal["", "lz4", "lz4hc"] = ""
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,19 @@ class ReleaseConfig:
     read_timeout: int = field(default=60, metadata=check(_min(1)))
 
 
+def _http_url(value: str) -> str | None:
+    if not re.match(r"^https?://[^\s/]+", value):
+        return f"expected an http(s) URL, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class AttestConfig:
+    kds_url: str = field(default="https://kdsintf.amd.com", metadata=check(_http_url))
+    cert_cache: str = ""   # empty: Paths.cert_cache (build/certs)
+    explain: bool = True
+
+
 @dataclass(frozen=True)
 class Config:
     build_dir: str = "build"
@@ -272,6 +291,7 @@ class Config:
     content: ContentConfig = ContentConfig()
     launch: LaunchConfig = LaunchConfig()
     release: ReleaseConfig = ReleaseConfig()
+    attest: AttestConfig = AttestConfig()
     # not settings themselves: where the config came from
     root: str = field(default=".", metadata={"internal": True})
     profile: str = field(default="", metadata={"internal": True})

@@ -1,0 +1,211 @@
+"""`hbos verify-report` and `doit verify_report`: check a report, print the verdict.
+
+The CLI works without a build tree (a verifier holding only a release's
+measurement.json, or just a digest); `doit verify_report` verifies against
+the current build (measurement.json and the config's vm.* expectations).
+Certificates come from --vcek / --certs-dir, else from AMD's KDS (cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hbos import attest, certs, kds, report as reportmod
+from hbos.errors import AttestationError, HbosError, MeasurementError
+from hbos.report import parse_tcb
+
+DEFAULT_CACHE = Path.home() / ".cache" / "hbos" / "certs"
+
+
+# ------------------------------------------------------------ shared flow
+
+
+def obtain_certs(rep: reportmod.Report, *, product: str | None, vcek_path: str | None,
+                 certs_dir: str | None, kds_url: str, cache: Path):
+    """(VCEK, Chain) from files when given, else from the KDS (cached)."""
+    vcek = certs.load_cert_file(vcek_path) if vcek_path else None
+    prod = attest.resolve_product(product, rep, vcek)
+    if certs_dir:
+        chain = certs.load_certs_dir(certs_dir, prod)
+    else:
+        chain = kds.fetch_chain(kds_url, prod, cache)
+    if vcek is None:
+        vcek = kds.fetch_vcek(kds_url, prod, rep.chip_id, rep.tcb("reported_tcb", prod), cache)
+    return vcek, chain
+
+
+def maybe_explain(v: attest.Verification, record: dict[str, Any] | None,
+                  ovmf: str | None) -> None:
+    """On a measurement mismatch with known build inputs, search for the differing parameter."""
+    step = v.step("measurement")
+    if step.status != attest.FAIL or not step.expected or record is None:
+        return
+    from hbos.explain import explain
+    from hbos.measure import Firmware, parse_inputs
+    fw_path = ovmf or ((record.get("files") or {}).get("firmware") or {}).get("path")
+    if not fw_path or not Path(fw_path).is_file():
+        step.detail += " (cannot search launch parameters: firmware file not available; " \
+                       "pass --ovmf FILE)"
+        return
+    try:
+        inputs, fw_hash = parse_inputs(record, "measurement.json")
+        firmware = Firmware(fw_path, launch_hash=fw_hash)
+        v.explanation = explain(firmware, inputs, v.report.measurement)
+    except MeasurementError as exc:
+        step.detail += f" (cannot search launch parameters: {exc.message})"
+
+
+def run(report_path: str, expect: attest.Expectations, *, record: dict[str, Any] | None,
+        product: str | None, vcek_path: str | None, certs_dir: str | None, kds_url: str,
+        cache: Path, ovmf: str | None = None, explain: bool = True) -> attest.Verification:
+    rep = reportmod.load(report_path)
+    vcek, chain = obtain_certs(rep, product=product, vcek_path=vcek_path, certs_dir=certs_dir,
+                               kds_url=kds_url, cache=cache)
+    v = attest.verify(rep, vcek, chain, expect)
+    if explain:
+        maybe_explain(v, record, ovmf)
+    return v
+
+
+def emit(v: attest.Verification, as_json: bool) -> None:
+    if as_json:
+        json.dump(v.as_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(attest.format_table(v))
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", required=True, metavar="FILE",
+                   help="the attestation report: 1184-byte binary, hex text, or the Rust sev "
+                        "crate's JSON")
+    m = p.add_mutually_exclusive_group()
+    m.add_argument("--measurement-json", metavar="FILE",
+                   help="a build's or release's measurement.json (expected_hash; also its "
+                        "pinned vm.guest_policy/family_id/image_id; inputs for --explain)")
+    m.add_argument("--measurement", metavar="HEX", help="the expected launch digest (96 hex)")
+    p.add_argument("--vcek", metavar="FILE", help="the chip's VCEK (PEM or DER); default: "
+                                                   "fetched from the KDS")
+    p.add_argument("--certs-dir", metavar="DIR",
+                   help="offline ARK/ASK: DIR/ark_<product>.pem and DIR/ask_<product>.pem")
+    p.add_argument("--product", metavar="NAME", help="Milan, Genoa or Turin (default: from the "
+                                                     "report's CPUID or the VCEK, else Milan)")
+    p.add_argument("--policy", metavar="INT", help="expected guest policy, e.g. 0x30000")
+    p.add_argument("--min-tcb", metavar="TCB",
+                   help="lowest acceptable REPORTED_TCB: bl=N,tee=N,snp=N,ucode=N or raw hex")
+    p.add_argument("--report-data", metavar="HEX", help="expected REPORT_DATA (up to 64 bytes, "
+                                                        "zero-padded)")
+    p.add_argument("--family-id", metavar="HEX", help="expected FAMILY_ID (16 bytes)")
+    p.add_argument("--image-id", metavar="HEX", help="expected IMAGE_ID (16 bytes)")
+    p.add_argument("--vmpl", type=int, metavar="N", help="expected VMPL (0-3)")
+    p.add_argument("--allow-debug", action="store_true",
+                   help="accept a report whose policy allows debugging")
+    p.add_argument("--ovmf", metavar="FILE",
+                   help="the OVMF the build measured (to explain a measurement mismatch)")
+    p.add_argument("--no-explain", action="store_true",
+                   help="do not search launch parameters on a measurement mismatch")
+    p.add_argument("--kds-url", default=kds.DEFAULT_KDS, metavar="URL",
+                   help=f"AMD Key Distribution Service (default {kds.DEFAULT_KDS})")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), metavar="DIR",
+                   help="where KDS certificates are cached (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+
+
+def _int(value: str, what: str) -> int:
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise AttestationError(f"{what} must be an integer (0x... for hex), got {value!r}") \
+            from None
+
+
+def expectations_from_args(args: argparse.Namespace) -> tuple[attest.Expectations,
+                                                                dict[str, Any] | None]:
+    fields: dict[str, Any] = {}
+    record = None
+    if args.measurement_json:
+        record = attest.load_measurement_json(args.measurement_json)
+        fields.update(attest.measurement_expectation(record, args.measurement_json))
+    if args.measurement:
+        fields["measurement"] = attest.parse_hex_bytes(args.measurement, 48, "--measurement").hex()
+    if args.policy is not None:
+        fields["policy"] = _int(args.policy, "--policy")
+    if args.min_tcb:
+        fields["min_tcb"] = parse_tcb(args.min_tcb)
+    if args.report_data:
+        fields["report_data"] = attest.parse_hex_bytes(args.report_data, 64, "--report-data",
+                                                       pad=True)
+    if args.family_id:
+        fields["family_id"] = attest.parse_hex_bytes(args.family_id, 16, "--family-id", pad=True)
+    if args.image_id:
+        fields["image_id"] = attest.parse_hex_bytes(args.image_id, 16, "--image-id", pad=True)
+    if args.vmpl is not None:
+        if not 0 <= args.vmpl <= 3:
+            raise AttestationError(f"--vmpl must be 0-3, got {args.vmpl}")
+        fields["vmpl"] = args.vmpl
+    # measurement.json's "debug": true (a debug build) allows debug; so does --allow-debug
+    fields["allow_debug"] = args.allow_debug or fields.get("allow_debug", False)
+    return attest.Expectations(**fields), record
+
+
+def main(args: argparse.Namespace) -> int:
+    expect, record = expectations_from_args(args)
+    v = run(args.report, expect, record=record, product=args.product, vcek_path=args.vcek,
+            certs_dir=args.certs_dir, kds_url=args.kds_url, cache=Path(args.cache_dir),
+            ovmf=args.ovmf, explain=not args.no_explain)
+    emit(v, args.json)
+    return 0 if v.ok else 1
+
+
+# ------------------------------------------------------------------ doit
+
+DOIT_PARAMS = [
+    {"name": "report", "long": "report", "type": str, "default": "",
+     "help": "the attestation report file (binary, hex or sev JSON)"},
+    {"name": "vcek", "long": "vcek", "type": str, "default": "",
+     "help": "the chip's VCEK (PEM or DER); default: fetched from the KDS and cached"},
+    {"name": "certs_dir", "long": "certs-dir", "type": str, "default": "",
+     "help": "directory with ark_<product>.pem and ask_<product>.pem (offline)"},
+    {"name": "report_data", "long": "report-data", "type": str, "default": "",
+     "help": "expected REPORT_DATA (hex)"},
+    {"name": "vmpl", "long": "vmpl", "type": str, "default": "", "help": "expected VMPL"},
+    {"name": "allow_debug", "long": "allow-debug", "type": bool, "default": False,
+     "help": "accept a policy that allows debugging"},
+    {"name": "json", "long": "json", "type": bool, "default": False,
+     "help": "print the verdict as JSON"},
+]
+
+
+def doit_action(cfg, paths):
+    """A doit python-action (its keyword names match DOIT_PARAMS)."""
+    from doit.exceptions import TaskFailed
+
+    def verify_report(report: str, vcek: str, certs_dir: str, report_data: str, vmpl: str,
+                      allow_debug: bool, json: bool):
+        try:
+            if not report:
+                raise AttestationError("no report given", hint="doit verify_report --report FILE")
+            expect, record = attest.expectations_from_build(
+                cfg, paths, allow_debug=allow_debug,
+                report_data=attest.parse_hex_bytes(report_data, 64, "--report-data", pad=True)
+                if report_data else None,
+                vmpl=_int(vmpl, "--vmpl") if vmpl else None)
+            cache = cfg.path(cfg.attest.cert_cache) if cfg.attest.cert_cache else paths.cert_cache
+            v = run(report, expect, record=record, product=cfg.vm.host_cpu_family,
+                    vcek_path=vcek or None, certs_dir=certs_dir or None,
+                    kds_url=cfg.attest.kds_url, cache=cache, explain=cfg.attest.explain)
+        except HbosError as exc:
+            return TaskFailed(str(exc))
+        emit(v, json)
+        if not v.ok:
+            return TaskFailed(f"attestation report NOT verified: failed {', '.join(v.failed)}")
+        return None
+    return verify_report
+

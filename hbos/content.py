@@ -1,0 +1,450 @@
+"""The `content` stage: what the guest runs, as a root-relative tree.
+
+Sources (content.source):
+- docker:  resources/content.Dockerfile builds HyperBEAM and the AO compute unit
+           from git refs resolved on the host to commit ids (git ls-remote) and
+           passed as build arguments; the output is taken with docker create +
+           cp + rm (hbos/docker.py).
+- dir:     a prebuilt root-relative tree, copied.
+- tarball: the same as a tar archive, extracted safely (hbos/archive.py).
+- sample:  tools/sample_node, a stdlib-only HTTP server answering
+           GET /~meta@1.0/info, run by the guest's /usr/bin/python3.
+
+Every source ends the same way: the systemd units (enabled by symlink, never
+by systemctl), HyperBEAM's config.flat and the CU's env file are rendered from
+config.yaml for the components the tree holds, mtimes are set to
+source_date_epoch, the tree is renamed into place at Paths.content_tree, and
+Paths.content_manifest ({source, refs, files: fsutil.tree_manifest}) is
+rewritten only when its content differs, so an unchanged rebuild does not
+invalidate the verity image.
+
+Up-to-date checks (dodo.py): config_changed on the content/ports slice plus
+file_dep on the templates and the source's own files; for docker a callable
+resolves the refs again (one `git ls-remote` per repo, each run) and compares
+them with the manifest, so a moved branch rebuilds; for dir a callable
+compares a stat fingerprint (paths, sizes, mtimes, modes) of the source tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+from typing import Any, Callable
+
+from hbos import archive, docker, fsutil, run, templates
+from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError, ToolMissing
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_SCRIPT = ROOT / "tools" / "sample_node" / "sample_node.py"
+CU_WALLET_SCRIPT = ROOT / "resources" / "cu-wallet.js"
+
+# Guest layout (root-relative)
+UNIT_DIR = "etc/systemd/system"
+WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
+SAMPLE_DIR = "opt/hbos-sample"
+HYPERBEAM_DIR = "opt/hyperbeam"
+CU_DIR = "opt/cu"
+NODE_BIN = "opt/node/bin/node"
+CU_WALLET_GUEST = "/var/lib/cu/wallet.json"
+
+UNIT_TEMPLATES = ("service-user.j2", "sample-node.service.j2", "hyperbeam.service.j2",
+                  "cu.service.j2", "config.flat.j2", "cu.env.j2")
+
+COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")
+
+
+# ----------------------------------------------------------------- rendering
+
+
+def systemd_quote(entry: str) -> str:
+    """One Environment= assignment, double-quoted (systemd.exec(5) quoting).
+
+    Backslash and double quote are escaped; % is doubled so systemd does not
+    expand it as a specifier (systemd.unit(5), "Specifiers").
+    """
+    escaped = entry.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
+
+
+def _service_ctx(cfg, port: int) -> dict[str, Any]:
+    c = cfg.content
+    return {"user": c.service_user, "restart": c.restart, "restart_sec": c.restart_sec,
+            "port": port}
+
+
+def sample_build(script: Path = SAMPLE_SCRIPT) -> str:
+    """The sample node's build name: its source hash (changes with the code)."""
+    return f"hbos-sample-{fsutil.sha256_file(script)[:12]}"
+
+
+def render_sample_unit(cfg, build: str) -> str:
+    return templates.render("sample-node.service.j2", build=build,
+                            script=f"/{SAMPLE_DIR}/sample_node.py",
+                            **_service_ctx(cfg, cfg.ports.hyperbeam))
+
+
+def render_hyperbeam_unit(cfg) -> str:
+    env = [systemd_quote(e) for e in cfg.content.hyperbeam_env]
+    return templates.render("hyperbeam.service.j2", environment=env,
+                            **_service_ctx(cfg, cfg.ports.hyperbeam))
+
+
+def render_cu_unit(cfg) -> str:
+    return templates.render("cu.service.j2", wallet=CU_WALLET_GUEST,
+                            **_service_ctx(cfg, cfg.ports.cu))
+
+
+def render_config_flat(cfg) -> str:
+    return templates.render("config.flat.j2", port=cfg.ports.hyperbeam,
+                            lines=list(cfg.content.hyperbeam_config))
+
+
+def render_cu_env(cfg) -> str:
+    return templates.render("cu.env.j2", cu_port=cfg.ports.cu, hb_port=cfg.ports.hyperbeam,
+                            wallet=CU_WALLET_GUEST, environment=list(cfg.content.cu_env))
+
+
+# ----------------------------------------------------------------- tree helpers
+
+
+def _write(tree: Path, rel: str, text: str, mode: int = 0o644) -> None:
+    path = tree / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        fsutil.remove(path)
+    path.write_text(text, encoding="utf-8")
+    os.chmod(path, mode)
+
+
+def enable(tree: Path, unit: str) -> None:
+    """`systemctl enable` by hand: a relative symlink in multi-user.target.wants."""
+    link = tree / WANTS_DIR / unit
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        fsutil.remove(link)
+    os.symlink(f"../{unit}", link)
+
+
+def install_unit(tree: Path, unit: str, text: str) -> None:
+    _write(tree, f"{UNIT_DIR}/{unit}", text)
+    enable(tree, unit)
+
+
+def has_hyperbeam(tree: Path) -> bool:
+    return (tree / HYPERBEAM_DIR / "bin" / "hb").exists()
+
+
+def has_cu(tree: Path) -> bool:
+    return (tree / CU_DIR / "package.json").exists() and (tree / NODE_BIN).exists()
+
+
+def install_sample(cfg, tree: Path) -> list[str]:
+    dest = tree / SAMPLE_DIR / "sample_node.py"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SAMPLE_SCRIPT, dest)
+    os.chmod(dest, 0o755)
+    install_unit(tree, "sample-node.service", render_sample_unit(cfg, sample_build()))
+    return ["sample-node"]
+
+
+def install_services(cfg, tree: Path) -> list[str]:
+    """Units and configuration for the components the tree holds."""
+    installed = []
+    if has_hyperbeam(tree):
+        _write(tree, f"{HYPERBEAM_DIR}/config.flat", render_config_flat(cfg))
+        install_unit(tree, "hyperbeam.service", render_hyperbeam_unit(cfg))
+        installed.append("hyperbeam")
+    if cfg.content.cu and has_cu(tree):
+        _write(tree, f"{CU_DIR}/cu.env", render_cu_env(cfg))
+        wallet = tree / "opt" / "hbos" / "cu-wallet.js"
+        wallet.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(CU_WALLET_SCRIPT, wallet)
+        os.chmod(wallet, 0o644)
+        install_unit(tree, "cu.service", render_cu_unit(cfg))
+        installed.append("cu")
+    return installed
+
+
+def normalize_mtimes(tree: Path, epoch: int) -> None:
+    """Every entry's mtime = source_date_epoch (children before their directory)."""
+    for dirpath, dirnames, filenames in os.walk(tree, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(Path(dirpath) / name, (epoch, epoch), follow_symlinks=False)
+    os.utime(tree, (epoch, epoch))
+
+
+# ----------------------------------------------------------------- git refs
+
+
+def pick_ref(ls_remote: str, ref: str) -> str | None:
+    """The commit `ref` names in `git ls-remote` output, or None.
+
+    Preference: branch, peeled annotated tag, tag, then an exact full name
+    (HEAD, refs/...).
+    """
+    refs: dict[str, str] = {}
+    for line in ls_remote.splitlines():
+        sha, _, name = line.strip().partition("\t")
+        if COMMIT.match(sha) and name:
+            refs[name] = sha.lower()
+    for name in (f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", ref):
+        if name in refs:
+            return refs[name]
+    return None
+
+
+def ls_remote_argv(repo: str, ref: str) -> list[str]:
+    return ["git", "ls-remote", repo, ref, f"{ref}^{{}}"]
+
+
+def resolve_ref(repo: str, ref: str, log: Path | None = None) -> str:
+    """A branch or tag of `repo` resolved to its commit id (a commit id as it is)."""
+    if COMMIT.match(ref):
+        return ref.lower()
+    try:
+        out = run.run(ls_remote_argv(repo, ref), env={"GIT_TERMINAL_PROMPT": "0"},
+                      log=log, quiet=True, timeout=120).stdout.decode(errors="replace")
+    except CommandFailed as exc:
+        raise BuildError(f"cannot resolve '{ref}' in {repo}: git ls-remote failed:\n"
+                         f"{run.tail(exc.output, 5)}") from None
+    commit = pick_ref(out, ref)
+    if commit is None:
+        raise BuildError(f"'{ref}' is not a branch or tag of {repo}",
+                         hint="use a branch, a tag or a full 40-hex commit id")
+    return commit
+
+
+def wanted_refs(cfg, log: Path | None = None) -> dict[str, dict[str, str]]:
+    """{component: {repo, ref, commit}} for what a docker build would check out now."""
+    c = cfg.content
+    comps = {"hyperbeam": (c.hyperbeam_repo, c.hyperbeam_ref)}
+    if c.cu:
+        comps["ao"] = (c.ao_repo, c.ao_ref)
+    return {name: {"repo": repo, "ref": ref, "commit": resolve_ref(repo, ref, log)}
+            for name, (repo, ref) in comps.items()}
+
+
+# ----------------------------------------------------------------- sources
+
+
+def docker_build_args(cfg, refs: dict[str, dict[str, str]]) -> dict[str, str]:
+    c = cfg.content
+    args = {"HB_REPO": c.hyperbeam_repo, "HB_COMMIT": refs["hyperbeam"]["commit"],
+            "HB_PROFILE": c.hyperbeam_profile, "OTP_VERSION": c.otp_version,
+            "NODE_VERSION": c.node_version}
+    if c.cu:
+        args.update(AO_REPO=c.ao_repo, AO_COMMIT=refs["ao"]["commit"])
+    return args
+
+
+def docker_target(cfg) -> str:
+    return "content" if cfg.content.cu else "content-hb"
+
+
+def from_docker(cfg, paths, tree: Path) -> dict[str, Any]:
+    """Build the image, copy its /hbos out, move /hbos/tree to `tree`; return refs."""
+    log = paths.log("content")
+    dockerfile = cfg.path(cfg.content.dockerfile)
+    if not dockerfile.is_file():
+        raise ConfigError(f"content.dockerfile: {dockerfile} does not exist")
+    docker.require_engine(log)
+    refs = wanted_refs(cfg, log)
+    staging = paths.content_dir / f".docker-out-{os.getpid()}"
+    fsutil.remove(staging)
+    staging.mkdir(parents=True)
+    try:
+        docker.build_and_export(dockerfile, dockerfile.parent, cfg.content.image_tag,
+                                docker_target(cfg), docker_build_args(cfg, refs),
+                                staging, log=log)
+        if not (staging / "tree").is_dir():
+            raise BuildError(f"the image {cfg.content.image_tag} has no {docker.IMAGE_OUT}/tree "
+                             f"(see the output contract in {dockerfile.name})")
+        for name, entry in refs.items():
+            built = staging / "refs" / name
+            if built.is_file():
+                got = built.read_text().strip().lower()
+                if got != entry["commit"]:
+                    raise BuildError(f"{name}: the image checked out {got}, "
+                                     f"expected {entry['commit']}")
+        os.rename(staging / "tree", tree)
+    finally:
+        fsutil.remove(staging)
+    if not has_hyperbeam(tree):
+        raise BuildError(f"the image holds no {HYPERBEAM_DIR}/bin/hb")
+    if cfg.content.cu and not has_cu(tree):
+        raise BuildError(f"the image holds no {CU_DIR}/package.json or {NODE_BIN}")
+    return refs
+
+
+def _source_path(cfg, kind: str) -> Path:
+    if not cfg.content.path:
+        raise ConfigError(f"content.source is '{kind}' but content.path is empty",
+                          hint=f"set content.path to the prebuilt content {kind}")
+    path = cfg.path(cfg.content.path)
+    if kind == "dir" and not path.is_dir():
+        raise ConfigError(f"content.path: {path} is not a directory")
+    if kind == "tarball" and not path.is_file():
+        raise ConfigError(f"content.path: {path} does not exist")
+    return path
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    """Copy a prebuilt tree: files, dirs and symlinks (as they are); nothing else."""
+    dest.mkdir(parents=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(src)
+        for name in sorted(dirnames + filenames):
+            s = Path(dirpath) / name
+            d = dest / rel / name
+            st = s.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(s), d)
+            elif stat.S_ISDIR(st.st_mode):
+                d.mkdir()
+                os.chmod(d, stat.S_IMODE(st.st_mode))
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(s, d)
+                os.chmod(d, stat.S_IMODE(st.st_mode))
+            else:
+                raise BuildError(f"content.path: {s} is a device node, fifo or socket; "
+                                 f"a content tree holds only files, directories and symlinks")
+
+
+def dir_fingerprint(src: Path) -> str:
+    """sha256 over (path, type, size, mtime_ns, mode, link target) of every entry."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            st = p.lstat()
+            link = os.readlink(p) if stat.S_ISLNK(st.st_mode) else ""
+            h.update(f"{p.relative_to(src).as_posix()}\0{st.st_mode}\0{st.st_size}\0"
+                     f"{st.st_mtime_ns}\0{link}\n".encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------- the stage
+
+
+def manifest_data(source: str, refs: dict[str, Any], tree: Path) -> dict[str, Any]:
+    return {"source": source, "refs": refs, "files": fsutil.tree_manifest(tree)}
+
+
+def write_if_changed(path: Path, data: Any) -> bool:
+    """Write JSON atomically only when it differs from what is there; True if written."""
+    import json
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    fsutil.write_text(path, text)
+    return True
+
+
+def build(cfg, paths) -> None:
+    """Populate Paths.content_tree from content.source and write the manifest."""
+    source = cfg.content.source
+    paths.content_dir.mkdir(parents=True, exist_ok=True)
+    refs: dict[str, Any] = {}
+    state: dict[str, Any] = {"source": source}
+    with fsutil.atomic_path(paths.content_tree) as tmp:
+        if source == "sample":
+            tmp.mkdir()
+            installed = install_sample(cfg, tmp)
+        else:
+            if source == "docker":
+                refs = from_docker(cfg, paths, tmp)
+            elif source == "dir":
+                src = _source_path(cfg, "dir")
+                state.update(path=str(src), fingerprint=dir_fingerprint(src))
+                copy_tree(src, tmp)
+            elif source == "tarball":
+                archive.extract(_source_path(cfg, "tarball"), tmp)
+            else:  # config validation makes this unreachable
+                raise ConfigError(f"content.source: unknown source {source!r}")
+            installed = install_services(cfg, tmp)
+        normalize_mtimes(tmp, cfg.source_date_epoch)
+    data = manifest_data(source, refs, paths.content_tree)
+    changed = write_if_changed(paths.content_manifest, data)
+    fsutil.write_json(paths.content_state, state)
+    files = sum(1 for e in data["files"] if e["type"] == "file")
+    what = ", ".join(installed) or "no known service (the tree's own units only)"
+    print(f"content: {source}: {files} files, services: {what}; manifest "
+          f"{'updated' if changed else 'unchanged'} ({paths.content_manifest})")
+
+
+# ----------------------------------------------------------------- doit glue
+
+
+def file_deps(cfg) -> list[Path]:
+    """Files the content is made from (besides config, checked by config_changed)."""
+    deps = [templates.path(t) for t in UNIT_TEMPLATES]
+    source = cfg.content.source
+    if source == "sample":
+        deps.append(SAMPLE_SCRIPT)
+    else:
+        deps.append(CU_WALLET_SCRIPT)
+    if source == "docker":
+        deps.append(cfg.path(cfg.content.dockerfile))
+    if source == "tarball" and cfg.content.path:
+        deps.append(cfg.path(cfg.content.path))
+    return deps
+
+
+def config_slice(cfg) -> dict[str, Any]:
+    return cfg.slice("content", "ports", "source_date_epoch")
+
+
+def _recorded(paths, name: str) -> Any:
+    try:
+        return fsutil.read_json(name)
+    except (OSError, ValueError):
+        return None
+
+
+def refs_unchanged(cfg, paths) -> Callable[..., bool]:
+    """doit uptodate: False when a configured branch/tag now names another commit."""
+    def check(task=None, values=None) -> bool:
+        manifest = _recorded(paths, paths.content_manifest)
+        if not isinstance(manifest, dict):
+            return False
+        try:
+            return manifest.get("refs") == wanted_refs(cfg)
+        except (HbosError, OSError):
+            return False  # let the action run and report the error in one line
+    check.__name__ = "content_refs_unchanged"
+    return check
+
+
+def dir_unchanged(cfg, paths) -> Callable[..., bool]:
+    """doit uptodate: False when the source directory's stat fingerprint moved."""
+    def check(task=None, values=None) -> bool:
+        state = _recorded(paths, paths.content_state)
+        if not isinstance(state, dict) or not cfg.content.path:
+            return False
+        src = cfg.path(cfg.content.path)
+        if not src.is_dir():
+            return False
+        return state.get("path") == str(src) and state.get("fingerprint") == dir_fingerprint(src)
+    check.__name__ = "content_dir_unchanged"
+    return check
+
+
+def uptodate_checks(cfg, paths) -> list[Callable[..., bool]]:
+    if cfg.content.source == "docker":
+        return [refs_unchanged(cfg, paths)]
+    if cfg.content.source == "dir":
+        return [dir_unchanged(cfg, paths)]
+    return []
+
+
+__all__ = ["build", "file_deps", "config_slice", "uptodate_checks", "resolve_ref", "pick_ref",
+           "ToolMissing"]

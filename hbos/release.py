@@ -1,0 +1,290 @@
+"""Releases: the layout of a release directory, its manifest, its verification,
+and starting one.
+
+A release is one build's launchable files plus the evidence to check them,
+all at the top level of one directory (and of its tarball):
+
+    guest.img  hash_tree.bin  vmlinuz  initrd.img  OVMF.fd
+    vm-config.toml    the build's VM definition, file names relative to the release
+    measurement.json  the launch inputs and expected digest (hbos.measure)
+    manifest.json     name, size, sha256 of every other file, the expected launch
+                      digest, tool version and SOURCE_DATE_EPOCH
+
+Verification (`verify_release`) trusts nothing in the directory: the file set
+must equal the manifest's, every file must match its size and sha256, the
+VM definition may only name files of the release, and the launch digest is
+recomputed from the kernel, initrd, firmware and VM definition and must equal
+the manifest's expected digest and measurement.json's. That makes a release
+self-consistent and tamper-evident; it is *authentic* only when the tarball
+sha256 or the launch digest is pinned by someone the operator trusts
+(`--sha256`, `release.sha256`, `release.launch_digest`).
+
+Packing lives in hbos.release_pack, fetching and installing in
+hbos.release_fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hbos.errors import HbosError, ReleaseError
+from hbos.fsutil import sha256_file
+from hbos.measure import Firmware, LaunchInputs, inputs_from_files, launch_digest, parse_inputs
+
+FORMAT = "hbos-release/1"
+
+IMAGE = "guest.img"
+HASH_TREE = "hash_tree.bin"
+KERNEL = "vmlinuz"
+INITRD = "initrd.img"
+FIRMWARE = "OVMF.fd"
+VM_CONFIG = "vm-config.toml"
+MEASUREMENT = "measurement.json"
+MANIFEST = "manifest.json"
+
+# Every file a release holds besides the manifest, sorted (the tarball order).
+PAYLOAD = tuple(sorted((IMAGE, HASH_TREE, KERNEL, INITRD, FIRMWARE, VM_CONFIG, MEASUREMENT)))
+
+# The VM definition's file keys and the release file each must name.
+VM_FILES = {"kernel_file": KERNEL, "initrd_file": INITRD, "ovmf_file": FIRMWARE}
+
+# Too big to re-hash on every start; dm-verity checks them block by block at
+# run time against the root hash on the (measured) kernel cmdline.
+LARGE = (IMAGE, HASH_TREE)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX96 = re.compile(r"^[0-9a-f]{96}$")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    tool_version: str
+    source_date_epoch: int
+    launch_digest: str
+    files: tuple[FileEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "tool_version": self.tool_version,
+            "source_date_epoch": self.source_date_epoch,
+            "expected_launch_digest": self.launch_digest,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256}
+                      for f in sorted(self.files, key=lambda f: f.name)],
+        }
+
+    @classmethod
+    def parse(cls, data: Any, source: str = MANIFEST) -> "Manifest":
+        if not isinstance(data, dict):
+            raise ReleaseError(f"{source}: expected a JSON object")
+        if data.get("format") != FORMAT:
+            raise ReleaseError(f"{source}: format is {data.get('format')!r}, expected {FORMAT!r}",
+                               hint="this release was made by an incompatible tool version")
+        for key, typ in (("name", str), ("tool_version", str), ("source_date_epoch", int),
+                         ("expected_launch_digest", str), ("files", list)):
+            if not isinstance(data.get(key), typ) or isinstance(data.get(key), bool):
+                raise ReleaseError(f"{source}: '{key}' is missing or not a {typ.__name__}")
+        digest = data["expected_launch_digest"].lower()
+        if not _HEX96.match(digest):
+            raise ReleaseError(f"{source}: expected_launch_digest is not 96 hex digits")
+        files = []
+        for i, f in enumerate(data["files"]):
+            if not (isinstance(f, dict) and isinstance(f.get("name"), str)
+                    and isinstance(f.get("size"), int) and not isinstance(f.get("size"), bool)
+                    and isinstance(f.get("sha256"), str) and _HEX64.match(f["sha256"].lower())):
+                raise ReleaseError(f"{source}: files[{i}] needs a name, an integer size and "
+                                   "a sha256 (64 hex digits)")
+            files.append(FileEntry(f["name"], f["size"], f["sha256"].lower()))
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            raise ReleaseError(f"{source}: a file is listed more than once")
+        if set(names) != set(PAYLOAD):
+            missing = sorted(set(PAYLOAD) - set(names))
+            extra = sorted(set(names) - set(PAYLOAD))
+            raise ReleaseError(f"{source}: the file list is not a release's "
+                               f"(missing: {', '.join(missing) or '-'}; "
+                               f"unexpected: {', '.join(extra) or '-'})")
+        return cls(name=data["name"], tool_version=data["tool_version"],
+                   source_date_epoch=data["source_date_epoch"], launch_digest=digest,
+                   files=tuple(sorted(files, key=lambda f: f.name)))
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = root / MANIFEST
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ReleaseError(f"release {root} has no {MANIFEST}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
+    return Manifest.parse(data, str(path))
+
+
+def file_entry(path: Path, name: str | None = None) -> FileEntry:
+    return FileEntry(name or path.name, path.stat().st_size, sha256_file(path))
+
+
+# ------------------------------------------------------------------ checks
+
+
+def check_files(root: Path, manifest: Manifest, *, full: bool = True) -> None:
+    """The directory holds exactly the manifest's files, each matching it.
+
+    full=False checks every size but skips hashing the LARGE files.
+    """
+    present: dict[str, os.stat_result] = {}
+    for entry in os.scandir(root):
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReleaseError(f"release {root}: '{entry.name}' is not a regular file",
+                               hint="a release holds only regular files; refusing it")
+        present[entry.name] = st
+    expected = {f.name for f in manifest.files} | {MANIFEST}
+    missing = sorted(expected - set(present))
+    if missing:
+        raise ReleaseError(f"release {root}: missing file(s): {', '.join(missing)}")
+    extra = sorted(set(present) - expected)
+    if extra:
+        raise ReleaseError(f"release {root}: unexpected file(s) not in the manifest: "
+                           f"{', '.join(extra)}")
+    for f in manifest.files:
+        size = present[f.name].st_size
+        if size != f.size:
+            raise ReleaseError(f"{f.name}: size {size} differs from the manifest's {f.size}",
+                               hint="the file was altered or truncated; refusing this release")
+        if not full and f.name in LARGE:
+            continue
+        got = sha256_file(root / f.name)
+        if got != f.sha256:
+            raise ReleaseError(f"{f.name}: sha256 mismatch:\n  manifest {f.sha256}\n"
+                               f"  file     {got}",
+                               hint="the file was altered after packaging; refusing this release")
+
+
+def release_vm_config(root: Path) -> dict[str, Any]:
+    """The release's VM definition; its files must be the release's own."""
+    path = root / VM_CONFIG
+    try:
+        vm = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ReleaseError(f"{path}: not a readable VM definition ({exc})") from None
+    for key, name in VM_FILES.items():
+        if vm.get(key) != name:
+            raise ReleaseError(f"{path}: {key} must be {name!r} (a file of the release), "
+                               f"got {vm.get(key)!r}",
+                               hint="a release may only launch the files it ships")
+    for key in ("kernel_cmdline", "vcpu_count", "vcpu_type", "guest_features"):
+        if key not in vm:
+            raise ReleaseError(f"{path}: '{key}' is missing")
+    return vm
+
+
+def launch_inputs(root: Path, vm: dict[str, Any]) -> LaunchInputs:
+    return inputs_from_files(root / KERNEL, root / INITRD, vm["kernel_cmdline"],
+                             vcpus=vm["vcpu_count"], vcpu_type=vm["vcpu_type"],
+                             guest_features=vm["guest_features"],
+                             vmm_type=vm.get("vmm_type", "QEMU"))
+
+
+def check_measurement(root: Path, inputs: LaunchInputs, firmware: Firmware,
+                      expected: str) -> None:
+    """measurement.json must describe these files and promise `expected`."""
+    path = root / MEASUREMENT
+    try:
+        data = json.loads(path.read_bytes())
+        m_inputs, m_fw = parse_inputs(data, str(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
+    except HbosError as exc:
+        raise ReleaseError(str(exc)) from None
+    fields = {"kernel sha256": (m_inputs.kernel_sha256, inputs.kernel_sha256),
+              "initrd sha256": (m_inputs.initrd_sha256, inputs.initrd_sha256),
+              "cmdline sha256": (m_inputs.cmdline_sha256, inputs.cmdline_sha256),
+              "vcpus": (m_inputs.vcpus, inputs.vcpus),
+              "vcpu_type": (m_inputs.vcpu_type, inputs.vcpu_type),
+              "guest_features": (m_inputs.guest_features, inputs.guest_features),
+              "vmm_type": (m_inputs.vmm_type, inputs.vmm_type),
+              "firmware launch hash": (m_fw, firmware.launch_hash),
+              "expected_hash": ((data.get("expected_hash") or "").lower(), expected)}
+    for label, (recorded, actual) in fields.items():
+        if recorded != actual:
+            raise ReleaseError(f"{MEASUREMENT}: {label} {recorded} does not match the release "
+                               f"({actual})", hint="measurement.json was altered or is stale")
+
+
+def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
+    """Recompute the launch digest from the release's files; it must equal the
+    manifest's expected digest, measurement.json's, and the pin when given."""
+    vm = release_vm_config(root)
+    try:
+        inputs = launch_inputs(root, vm)
+        firmware = Firmware(root / FIRMWARE)
+        digest = launch_digest(firmware, inputs)
+    except HbosError as exc:
+        raise ReleaseError(f"release {root}: cannot recompute the launch digest: "
+                           f"{exc.message}") from None
+    if digest != manifest.launch_digest:
+        raise ReleaseError(
+            "launch digest mismatch: the release's kernel, initrd, firmware and vm-config give\n"
+            f"  {digest}\n  but the manifest expects\n  {manifest.launch_digest}",
+            hint="an input was altered (and the manifest edited to hide it); refusing this release")
+    check_measurement(root, inputs, firmware, digest)
+    if pinned and digest != pinned.lower():
+        raise ReleaseError(f"launch digest {digest} is not the pinned release.launch_digest "
+                           f"{pinned.lower()}",
+                           hint="this is a different release than the one you pinned")
+    return digest
+
+
+def verify_release(root: Path, *, pinned_digest: str = "", full: bool = True) -> Manifest:
+    """Refuse a release directory unless every check above passes."""
+    manifest = read_manifest(root)
+    check_files(root, manifest, full=full)
+    check_digest(root, manifest, pinned_digest)
+    return manifest
+
+
+# ------------------------------------------------------------------ start
+
+
+def installed(paths) -> Path:
+    """The verified release start_release launches (resolved once)."""
+    current = paths.current_release
+    if not current.exists():
+        raise ReleaseError(f"no release installed at {current}",
+                           hint="run: doit download_release --url URL --sha256 HEX")
+    return current.resolve()
+
+
+def start_release(cfg, paths, options) -> Any:
+    """Start the installed release through the launcher.
+
+    The files are re-checked cheaply first (every size, every hash except the
+    disk images', and the launch digest); the launcher then runs the same
+    consistency checks as `start`.
+    """
+    from hbos import launch
+
+    root = installed(paths)
+    manifest = verify_release(root, pinned_digest=cfg.release.launch_digest, full=False)
+    print(f"start_release: {manifest.name} from {root}, expected launch digest "
+          f"{manifest.launch_digest}")
+    return launch.start_vm(cfg, paths, vm_config=root / VM_CONFIG,
+                           measurement=root / MEASUREMENT, image=root / IMAGE,
+                           hash_tree=root / HASH_TREE, options=options)

@@ -1,0 +1,124 @@
+"""download_release: fetch a release tarball, verify it, and install it.
+
+    build/downloads/release.tar.gz     the fetched tarball (kept only if it verified)
+    build/releases/<sha16>.<rand>/     an installed, verified release
+    build/releases/current -> <dir>    the one start_release launches
+
+The tarball is fetched by hbos.fetch (streamed, retried on transient errors,
+truncation detected, sha256 checked when pinned), extracted by hbos.archive
+(absolute paths, `..`, escaping links, devices, fifos, duplicates refused)
+into a staging directory inside build/releases/, and verified there
+(hbos.release.verify_release). Only then does the `current` symlink move to
+it, by one atomic rename; a refused release leaves the previous one in place
+and nothing of itself behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+from pathlib import Path
+
+from hbos import archive, fetch, release
+from hbos.errors import HbosError, ReleaseError
+from hbos.fsutil import remove
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def resolve_request(cfg, url: str = "", sha256: str = "") -> tuple[str, str]:
+    """URL and pinned sha256 (lowercase, or "") from the task params, else config."""
+    url = (url or cfg.release.url).strip()
+    if not url:
+        raise ReleaseError("no release URL given",
+                           hint="doit download_release --url URL [--sha256 HEX], "
+                                "or set release.url in config.yaml")
+    pin = (sha256 or cfg.release.sha256).strip().lower()
+    if pin and not _HEX64.match(pin):
+        raise ReleaseError(f"--sha256 must be 64 hex digits, got {pin!r}")
+    return url, pin
+
+
+def download_release(cfg, paths, url: str = "", sha256: str = "", *,
+                     progress: bool | None = None) -> Path:
+    """Fetch, verify and install a release; return its installed directory."""
+    url, pin = resolve_request(cfg, url, sha256)
+    if not pin:
+        print("download_release: warning: no --sha256 given; the release will be checked for "
+              "consistency, not authenticity (pin its sha256 or release.launch_digest)",
+              file=sys.stderr)
+    r = cfg.release
+    digest = fetch.download(url, paths.release_download, sha256=pin or None, retries=r.retries,
+                            backoff=r.backoff_ms / 1000, progress=progress,
+                            timeout=(r.connect_timeout, r.read_timeout))
+    try:
+        root = install(cfg, paths, paths.release_download, digest)
+    except HbosError:
+        remove(paths.release_download)  # nothing of a refused release is kept
+        raise
+    manifest = release.read_manifest(root)
+    print(f"download_release: installed {manifest.name} ({manifest.tool_version}) from {url}\n"
+          f"  tarball sha256 {digest}\n  expected launch digest {manifest.launch_digest}\n"
+          f"  {paths.current_release} -> {root.name}")
+    return root
+
+
+def install(cfg, paths, tarball: Path, tarball_sha256: str) -> Path:
+    """Extract `tarball` into a staging dir, verify it, then make it current."""
+    releases = paths.releases
+    releases.mkdir(parents=True, exist_ok=True)
+    prune(paths)
+    stage = releases / f".incoming-{os.getpid()}"
+    remove(stage)
+    try:
+        archive.extract(tarball, stage)
+        release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
+        final = releases / f"{tarball_sha256[:16]}.{secrets.token_hex(4)}"
+        os.rename(stage, final)
+    except BaseException:
+        remove(stage)
+        raise
+    point_current(paths.current_release, final)
+    prune(paths)
+    return final
+
+
+def point_current(current: Path, target: Path) -> None:
+    """Atomically repoint the `current` symlink (relative, so build/ can move)."""
+    tmp = current.with_name(f".{current.name}.tmp-{os.getpid()}")
+    remove(tmp)
+    os.symlink(target.name, tmp)
+    try:
+        os.replace(tmp, current)
+    except OSError as exc:
+        remove(tmp)
+        raise ReleaseError(f"cannot make {target} the current release: {exc}",
+                           hint=f"{current} must be a symlink (or absent)") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune(paths) -> None:
+    """Remove every release dir but the current one (and live stagings)."""
+    releases = paths.releases
+    current = paths.current_release
+    keep = {current.name}
+    if current.is_symlink():
+        keep.add(os.readlink(current))
+    for entry in releases.iterdir():
+        if entry.name in keep:
+            continue
+        m = re.match(r"^\..*-(\d+)$", entry.name)  # a staging or temp name
+        if m and int(m[1]) != os.getpid() and _alive(int(m[1])):
+            continue  # another download_release at work
+        remove(entry)

@@ -1,0 +1,209 @@
+"""The base Debian root filesystem (build/base/rootfs.tar) and the debug disk
+(build/guest/base.qcow2).
+
+mmdebstrap builds the root as a tarball; with SOURCE_DATE_EPOCH set it is
+bit-reproducible for the same mirror state (pin it with a snapshot.debian.org
+mirror). Host-specific files mmdebstrap leaves alone (/etc/hostname,
+/etc/resolv.conf) are written by customize hooks. As root mmdebstrap runs in
+"root" mode (it mounts /proc, /sys, /dev inside its own temporary chroot, which
+it cleans up itself); as a normal user it needs unprivileged user namespaces
+("unshare" mode) and subuids in /etc/subuid. The project itself mounts nothing.
+
+`extract()` unpacks the tarball into a directory for `mkfs -d`; the device
+nodes mmdebstrap puts in /dev are left out (the guest mounts devtmpfs there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from hbos import kernel, run, tools
+from hbos.config import Config
+from hbos.errors import BuildError, DownloadError
+from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
+from hbos.paths import Paths
+
+# ------------------------------------------------------------ base rootfs
+
+
+def mmdebstrap_argv(cfg: Config, out: Path) -> list[str]:
+    """The exact mmdebstrap command for the rootfs config (run with SOURCE_DATE_EPOCH)."""
+    rc = cfg.rootfs
+    argv = ["mmdebstrap", f"--variant={rc.variant}", "--format=tar"]
+    if rc.packages:
+        argv.append(f"--include={','.join(rc.packages)}")
+    for pattern in rc.path_exclude:
+        argv.append(f"--dpkgopt=path-exclude={pattern}")
+    for pattern in rc.path_include:
+        argv.append(f"--dpkgopt=path-include={pattern}")
+    # files mmdebstrap copies from the build host: make them host-independent
+    argv.append(f"--customize-hook=echo {rc.hostname} > \"$1/etc/hostname\"")
+    argv.append(f"--customize-hook=printf 'nameserver {rc.nameserver}\\n' > \"$1/etc/resolv.conf\"")
+    argv += [rc.suite, str(out), rc.mirror]
+    return argv
+
+
+def check_mirror(cfg: Config, timeout: float = 20) -> None:
+    """Fail early, naming the URL, when the mirror cannot serve the suite."""
+    mirror = cfg.rootfs.mirror.rstrip("/")
+    if not mirror.startswith(("http://", "https://")):
+        return
+    url = f"{mirror}/dists/{cfg.rootfs.suite}/Release"
+    import requests
+    try:
+        resp = requests.head(url, timeout=timeout, allow_redirects=True)
+    except requests.RequestException as exc:
+        raise DownloadError(f"cannot reach the Debian mirror {url}: {type(exc).__name__}",
+                            hint="check rootfs.mirror and rootfs.suite, and the network") from None
+    if resp.status_code >= 400:
+        raise DownloadError(f"Debian mirror {url} answered HTTP {resp.status_code}",
+                            hint="check rootfs.mirror and rootfs.suite")
+
+
+def build(cfg: Config, paths: Paths) -> None:
+    """The base_rootfs stage: mmdebstrap -> rootfs.tar (+ rootfs.json with its sha256)."""
+    tools.require("mmdebstrap")
+    check_mirror(cfg)
+    env = {"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), "LC_ALL": "C.UTF-8"}
+    with atomic_path(paths.base_rootfs) as tmp:
+        # mmdebstrap picks the format from the name: keep the .tar suffix
+        out = tmp.with_name(tmp.name + ".tar")
+        try:
+            run.run(mmdebstrap_argv(cfg, out), env=env, log=paths.log("base_rootfs"))
+            os.replace(out, tmp)
+        finally:
+            if out.exists():
+                out.unlink()
+    write_json(paths.base_rootfs_manifest, {
+        "sha256": sha256_file(paths.base_rootfs),
+        "size": paths.base_rootfs.stat().st_size,
+        "rootfs": cfg.slice("rootfs")["rootfs"],
+        "source_date_epoch": cfg.source_date_epoch,
+    })
+    print(f"base_rootfs: {paths.base_rootfs} "
+          f"({paths.base_rootfs.stat().st_size >> 20} MiB)", file=sys.stderr)
+
+
+def manifest(paths: Paths) -> dict:
+    try:
+        return read_json(paths.base_rootfs_manifest)
+    except FileNotFoundError:
+        raise BuildError("the base root filesystem has not been built",
+                         hint="run: doit base_rootfs") from None
+
+
+def extract_argv(tar: Path, dest: Path) -> list[str]:
+    """GNU tar unpacking the rootfs as it is (owners, modes), minus /dev nodes."""
+    owner = "--same-owner" if os.geteuid() == 0 else "--no-same-owner"
+    return ["tar", "--extract", "--file", str(tar), "--directory", str(dest),
+            "--numeric-owner", "--preserve-permissions", owner, "--exclude=./dev/*"]
+
+
+def extract(tar: Path, dest: Path, log: Path | None = None) -> None:
+    if not tar.is_file():
+        raise BuildError(f"base root filesystem {tar} does not exist", hint="run: doit base_rootfs")
+    dest.mkdir(parents=True, exist_ok=True)
+    run.run(extract_argv(tar, dest), log=log, quiet=True)
+
+
+# ----------------------------------------------- kernel modules into a tree
+
+
+def modules_dir(tree: Path) -> Path:
+    """Where lib/modules lives in `tree` (usr/lib/modules on a merged-/usr root)."""
+    lib = tree / "lib"
+    if lib.is_symlink():
+        target = os.readlink(lib)
+        if target.startswith("/") or ".." in Path(target).parts:
+            raise BuildError(f"{lib} is a symlink leaving the tree ({target})")
+        return tree / target / "modules"
+    return lib / "modules"
+
+
+def add_kernel_modules(paths: Paths, tree: Path) -> str:
+    """Copy the guest kernel's lib/modules/VERSION (with modules.dep) into `tree`."""
+    version = kernel.info(paths)["version"]
+    src = paths.kernel_modules / "lib" / "modules" / version
+    dest = modules_dir(tree) / version
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # build/source point at headers that are not installed: leave them out
+    shutil.copytree(src.resolve(), dest, symlinks=True,
+                    ignore=lambda d, names: [n for n in names if n in ("build", "source")
+                                             and os.path.islink(os.path.join(d, n))])
+    return version
+
+
+def normalize_mtimes(tree: Path, epoch: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (epoch, epoch), follow_symlinks=False)
+    os.utime(tree, (epoch, epoch))
+
+
+def tree_size(tree: Path) -> int:
+    """Bytes used by regular files plus a block per entry (for sizing ext4)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(tree):
+        total += 4096 * (len(dirnames) + len(filenames))
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            total += st.st_size
+    return total
+
+
+def ext4_size(tree_bytes: int) -> int:
+    """Image size for an ext4 holding `tree_bytes`: +25% and 64 MiB, 4 KiB aligned."""
+    size = int(tree_bytes * 1.25) + (64 << 20)
+    return (size + 4095) // 4096 * 4096
+
+
+def mkfs_ext4_argv(tree: Path, image: Path, uuid: str, size: int, label: str = "hbos-root") -> list[str]:
+    """ext4 from a directory: 4 KiB blocks (dm-verity needs them), fixed UUID and hash seed.
+
+    Run with E2FSPROGS_FAKE_TIME=SOURCE_DATE_EPOCH. e2fsprogs 1.47.0's `-d`
+    is not bit-reproducible; erofs is the reproducible default.
+    """
+    return ["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(tree), "-U", uuid,
+            "-E", f"hash_seed={uuid},root_owner=0:0", "-L", label, "-m", "0",
+            str(image), f"{size // 1024}k"]
+
+
+def serial_login_files() -> dict[str, str]:
+    """Drop-in giving the debug disk a root shell on the serial console."""
+    return {"etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf":
+            "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud "
+            "115200,57600,38400,9600 %I $TERM\n"}
+
+
+def build_image(cfg: Config, paths: Paths) -> None:
+    """The base_image stage: base root + kernel modules -> ext4 -> guest/base.qcow2.
+
+    For debugging only (never measured): it boots with `boot=normal root=/dev/vda rw
+    rootfstype=ext4` and logs root in on the serial console without a password.
+    """
+    for prog in ("tar", "mkfs.ext4", "qemu-img"):
+        tools.require(prog)
+    log = paths.log("base_image")
+    paths.guest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=paths.guest_dir, prefix=".base-") as tmpdir:
+        tree = Path(tmpdir) / "tree"
+        extract(paths.base_rootfs, tree, log=log)
+        add_kernel_modules(paths, tree)
+        for rel, text in serial_login_files().items():
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tree / rel).write_text(text)
+        normalize_mtimes(tree, cfg.source_date_epoch)
+        raw = Path(tmpdir) / "base.raw"
+        uuid = "6862f5e6-8a3c-4b1e-9d3e-000000000001"  # fixed: debug disk, not measured
+        run.run(mkfs_ext4_argv(tree, raw, uuid, ext4_size(tree_size(tree))),
+                env={"E2FSPROGS_FAKE_TIME": str(cfg.source_date_epoch)}, log=log)
+        with atomic_path(paths.base_image) as tmp:
+            run.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, tmp], log=log)
+    print(f"base_image: {paths.base_image} (boot with boot=normal root=/dev/vda rw "
+          f"rootfstype=ext4)", file=sys.stderr)
