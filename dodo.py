@@ -14,6 +14,8 @@ from doit.tools import config_changed
 
 from hbos import firmware, kernel, measure, snp_release, vmconfig
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
+from hbos import content  # guest content
+from hbos import release, release_fetch, release_pack  # releases
 from hbos.paths import Paths
 
 CFG = load_config(get_var)
@@ -90,6 +92,38 @@ def task_kernel():
     }
 
 
+def task_content():
+    """Guest content (HyperBEAM + AO CU via Docker, a prebuilt dir/tarball, or the sample node)."""
+    # docker: the uptodate callable re-resolves the git refs (git ls-remote) so a
+    # moved branch rebuilds; dir: a stat fingerprint of content.path. The manifest
+    # is rewritten only when the content changed (verity depends on it).
+    return {
+        "actions": [act(content.build, CFG, P)],
+        "file_dep": strs(content.file_deps(CFG)),
+        "targets": strs([P.content_manifest]),
+        "uptodate": [config_changed(content.config_slice(CFG))] + content.uptodate_checks(CFG, P),
+        "clean": True,
+    }
+
+
+def _build_firmware():
+    from hbos import edk2
+    edk2.build_ovmf(CFG, P)
+
+
+def task_firmware():
+    """Build the SEV-SNP OVMF (AmdSevX64) from Debian's edk2 source -> build/firmware/OVMF.fd."""
+    if not firmware.built_here(CFG):
+        return {"actions": None, "doc": "Build the SEV-SNP OVMF from Debian's edk2 source "
+                "(inactive: firmware.source is not 'build' or firmware.ovmf is set)"}
+    return {
+        "actions": [act(_build_firmware)],
+        "targets": strs([P.built_ovmf]),
+        "uptodate": [config_changed(CFG.slice("firmware", "source_date_epoch"))],
+        "clean": True,
+    }
+
+
 def _ovmf_deps():
     """file_dep for the firmware: the file itself, or what locates it."""
     if firmware.built_here(CFG):
@@ -129,4 +163,134 @@ def task_measure():
         "targets": strs([P.measurement]),
         "uptodate": [config_changed(CFG.slice("source_date_epoch"))],
         "clean": True,
+    }
+
+
+# ------------------------------------------------------------------ launch (hbos/launch.py)
+
+
+def _start(data_disk, self_url, peer_url, no_auto):
+    from hbos import launch
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
+    (action,) = act(launch.start_from_build, CFG, P, opts)
+    return action()
+
+
+def task_start():
+    """Build what is missing, boot the guest (SNP, or emulated: NOT CONFIDENTIAL), wait healthy."""
+    from hbos import launch
+    return {
+        "actions": [_start],
+        "params": launch.DOIT_PARAMS,
+        # doit builds whatever produces these first; start itself always runs
+        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement]),
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _stop():
+    from hbos import launch
+    launch.stop_vm(P)
+
+
+def task_stop():
+    """Stop the running guest (QMP power-down/quit, then signals), clean its pidfile."""
+    return {"actions": [act(_stop)], "uptodate": [False], "verbosity": 2}
+
+
+def _status():
+    from hbos import launch
+    launch.print_status(P)
+
+
+def task_status():
+    """Is the guest running? pid, mode (SNP/emulated), accel, QMP state, health endpoint."""
+    return {"actions": [act(_status)], "uptodate": [False], "verbosity": 2}
+
+
+# ------------------------------------------------------------------ releases
+
+
+def task_package_release():
+    """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement -> release.tar.gz."""
+    return {
+        "actions": [act(release_pack.package_release, CFG, P)],
+        "file_dep": strs([P.verity_image, P.hash_tree, P.vmlinuz, vmconfig.initrd_path(CFG, P),
+                          P.vm_config, P.measurement]) + _ovmf_deps(),
+        "targets": strs([P.release_manifest, P.release_tarball, P.release_tarball_sha256]),
+        "uptodate": [config_changed({"name": CFG.release.name,
+                                     "compresslevel": CFG.release.compresslevel,
+                                     **CFG.slice("source_date_epoch")})],
+        "clean": True,
+    }
+
+
+_RELEASE_PARAMS = [
+    {"name": "url", "long": "url", "type": str, "default": "",
+     "help": "release tarball URL (default: release.url)"},
+    {"name": "sha256", "long": "sha256", "type": str, "default": "",
+     "help": "expected tarball sha256 (default: release.sha256)"},
+]
+
+
+def _download_release(url, sha256):
+    (action,) = act(release_fetch.download_release, CFG, P, url, sha256)
+    return action()
+
+
+def task_download_release():
+    """Download --url [--sha256], verify every file and the launch digest, install as current."""
+    return {
+        "actions": [_download_release],
+        "params": _RELEASE_PARAMS,
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _start_release():
+    from hbos import launch  # the launcher's interface (hbos/launch.py)
+    return release.start_release(CFG, P, launch.StartOptions())
+
+
+def task_start_release():
+    """Start the installed release (build/releases/current) through the launcher."""
+    return {
+        "actions": [act(_start_release)],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_verify_report():
+    """Verify an SNP attestation report against this build: doit verify_report --report FILE."""
+    from hbos import attest_cli
+    return {
+        "actions": [(attest_cli.doit_action(CFG, P),)],
+        "params": attest_cli.DOIT_PARAMS,
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+# --- SNP host (hbos/host.py, hbos/host_setup.py) ---------------------------
+
+
+def task_check_host():
+    """Check this host can run SEV-SNP guests: CPU, BIOS, kernel, KVM, /dev/sev, firmware, QEMU."""
+    from hbos import host
+    return {"actions": [act(host.check_host, CFG, P)], "uptodate": [False], "verbosity": 2}
+
+
+def task_setup_host():
+    """Install the SNP release's host kernel, QEMU and OVMF (prints the plan; --yes if no tty)."""
+    from hbos import host_setup
+    return {
+        "actions": [(host_setup.task_action(CFG, P),)],
+        "params": [{"name": "yes", "long": "yes", "type": bool, "default": False,
+                    "help": "install without asking (required when stdin is not a terminal)"}],
+        "task_dep": ["snp_release"],
+        "uptodate": [False],
+        "verbosity": 2,
     }

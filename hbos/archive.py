@@ -8,9 +8,11 @@ directory that is renamed into place only when complete.
 
 from __future__ import annotations
 
+import lzma
 import os
 import posixpath
 import tarfile
+import zlib
 from pathlib import Path
 
 from hbos.errors import UnsafeArchive
@@ -87,6 +89,10 @@ def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
     return members
 
 
+# A truncated or corrupt compressed stream: gzip raises EOFError, zlib its own error.
+_CORRUPT = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
 def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Extract `archive` (any tar compression) into `dest` atomically and safely."""
     archive = Path(archive)
@@ -95,9 +101,13 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
     except (tarfile.TarError, OSError) as exc:
         raise UnsafeArchive(f"{archive}: not a readable tar archive ({exc})") from None
     with tar, atomic_path(dest) as tmp:
-        members = check_members(tar, archive.name)
+        try:
+            members = check_members(tar, archive.name)
+        except _CORRUPT as exc:  # reading the member list hit a damaged stream
+            raise UnsafeArchive(f"{archive}: not a readable tar archive "
+                                f"({exc.__class__.__name__}: {exc})") from None
         tmp.mkdir(parents=True)
         try:
             tar.extractall(tmp, members=members, filter="tar")
-        except (tarfile.TarError, OSError) as exc:
+        except _CORRUPT as exc:
             raise UnsafeArchive(f"{archive}: extraction failed: {exc}") from None

@@ -46,10 +46,14 @@ def maybe_explain(v: attest.Verification, record: dict[str, Any] | None,
         return
     from hbos.explain import explain
     from hbos.measure import Firmware, parse_inputs
+    if not all(k in record for k in ("kernel", "initrd", "append", "vcpus")):
+        step.detail += " (cannot search launch parameters: the measurement record holds no " \
+                       "launch inputs)"
+        return
     fw_path = ovmf or ((record.get("files") or {}).get("firmware") or {}).get("path")
     if not fw_path or not Path(fw_path).is_file():
-        step.detail += " (cannot search launch parameters: firmware file not available; " \
-                       "pass --ovmf FILE)"
+        step.detail += (f" (cannot search launch parameters: firmware {fw_path or '(unknown)'} "
+                        "is not available; hbos verify-report takes --ovmf FILE)")
         return
     try:
         inputs, fw_hash = parse_inputs(record, "measurement.json")

@@ -77,6 +77,15 @@ def load_cert(data: bytes, source: str) -> x509.Certificate:
         ctx.__exit__(None, None, None)
 
 
+def serial_number(cert: x509.Certificate) -> int:
+    """The serial (0 for AMD VCEKs); reading it warns like loading does, so filter alike."""
+    ctx = _serial_warning_filter()
+    try:
+        return cert.serial_number
+    finally:
+        ctx.__exit__(None, None, None)
+
+
 def load_cert_file(path: str | Path) -> x509.Certificate:
     p = Path(path)
     try:

@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                     "or inputs.json and an OVMF file"),
     "check-host": ("hbos.host", "check whether this host can run SEV-SNP guests (table of "
                                 "pass/fail/unknown with fixes; exit 1 when it cannot)"),
+    "verify-report": ("hbos.attest_cli", "verify an SEV-SNP attestation report (signature, AMD "
+                                         "chain, chip, TCB, policy, measurement; exit 1 on "
+                                         "failure)"),
 }
 
 

@@ -147,6 +147,24 @@ class KernelConfig:
 class FirmwareConfig:
     source: Literal["snp_release", "path", "build"] = "snp_release"
     ovmf: str = ""
+    # source: build -- Debian trixie's edk2 source package (hbos/edk2.py),
+    # pinned by the sha256 of the archive's Sources index.
+    orig_url: str = ("http://deb.debian.org/debian/pool/main/e/edk2/"
+                     "edk2_2025.02.orig.tar.xz")
+    orig_sha256: str = field(
+        default="b63b6053d6d89c74d9291f9e96fde1584be99e6fb9c169ba9511505129d6b049",
+        metadata=check(_hex_digits(64)))
+    debian_url: str = ("http://deb.debian.org/debian/pool/main/e/edk2/"
+                       "edk2_2025.02-8+deb13u1.debian.tar.xz")
+    debian_sha256: str = field(
+        default="e2a7f6fc58640818416a028d6d5e9dfc255697a7cdc60c14566c236df6bd9b08",
+        metadata=check(_hex_digits(64)))
+    platform: str = "OvmfPkg/AmdSev/AmdSevX64.dsc"
+    build_type: Literal["RELEASE", "DEBUG"] = "RELEASE"
+    toolchain: str = field(default="GCC5", metadata=check(_word))
+    build_options: tuple[str, ...] = ()
+    drop_grub_modules: tuple[str, ...] = ("sevsecret",)
+    keep_tree: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,6 +258,14 @@ class LaunchConfig:
     health_timeout: int = field(default=300, metadata=check(_min(1)))
     cbitpos: int = field(default=0, metadata=check(_range(0, 63)))
     reduced_phys_bits: int = field(default=1, metadata=check(_range(0, 63)))
+    machine: str = "q35"
+    host_address: str = "0.0.0.0"
+    kvm_probe_timeout: int = field(default=20, metadata=check(_min(1)))
+    id_block: str = ""
+    id_auth: str = ""
+    host_data: str = ""
+    certs: str = ""
+    extra_args: tuple[str, ...] = ()
 
 
 def _digest_or_empty(value: str) -> str | None:

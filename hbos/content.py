@@ -28,6 +28,7 @@ compares a stat fingerprint (paths, sizes, mtimes, modes) of the source tree.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hbos import archive, docker, fsutil, run, templates
-from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError, ToolMissing
+from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SCRIPT = ROOT / "tools" / "sample_node" / "sample_node.py"
@@ -111,9 +112,20 @@ def render_cu_env(cfg) -> str:
 # ----------------------------------------------------------------- tree helpers
 
 
+def ensure_dir(path: Path) -> None:
+    """mkdir -p with mode 0755 for every directory it creates (whatever the umask)."""
+    missing = []
+    while not path.exists() and not path.is_symlink():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir()
+        os.chmod(d, 0o755)
+
+
 def _write(tree: Path, rel: str, text: str, mode: int = 0o644) -> None:
     path = tree / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     if path.is_symlink() or path.exists():
         fsutil.remove(path)
     path.write_text(text, encoding="utf-8")
@@ -123,7 +135,7 @@ def _write(tree: Path, rel: str, text: str, mode: int = 0o644) -> None:
 def enable(tree: Path, unit: str) -> None:
     """`systemctl enable` by hand: a relative symlink in multi-user.target.wants."""
     link = tree / WANTS_DIR / unit
-    link.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(link.parent)
     if link.is_symlink() or link.exists():
         fsutil.remove(link)
     os.symlink(f"../{unit}", link)
@@ -144,7 +156,7 @@ def has_cu(tree: Path) -> bool:
 
 def install_sample(cfg, tree: Path) -> list[str]:
     dest = tree / SAMPLE_DIR / "sample_node.py"
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(dest.parent)
     shutil.copyfile(SAMPLE_SCRIPT, dest)
     os.chmod(dest, 0o755)
     install_unit(tree, "sample-node.service", render_sample_unit(cfg, sample_build()))
@@ -161,7 +173,7 @@ def install_services(cfg, tree: Path) -> list[str]:
     if cfg.content.cu and has_cu(tree):
         _write(tree, f"{CU_DIR}/cu.env", render_cu_env(cfg))
         wallet = tree / "opt" / "hbos" / "cu-wallet.js"
-        wallet.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(wallet.parent)
         shutil.copyfile(CU_WALLET_SCRIPT, wallet)
         os.chmod(wallet, 0o644)
         install_unit(tree, "cu.service", render_cu_unit(cfg))
@@ -294,7 +306,7 @@ def _source_path(cfg, kind: str) -> Path:
 
 def copy_tree(src: Path, dest: Path) -> None:
     """Copy a prebuilt tree: files, dirs and symlinks (as they are); nothing else."""
-    dest.mkdir(parents=True)
+    ensure_dir(dest)
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames.sort()
         rel = Path(dirpath).relative_to(src)
@@ -338,7 +350,6 @@ def manifest_data(source: str, refs: dict[str, Any], tree: Path) -> dict[str, An
 
 def write_if_changed(path: Path, data: Any) -> bool:
     """Write JSON atomically only when it differs from what is there; True if written."""
-    import json
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     try:
         if path.read_text(encoding="utf-8") == text:
@@ -357,7 +368,7 @@ def build(cfg, paths) -> None:
     state: dict[str, Any] = {"source": source}
     with fsutil.atomic_path(paths.content_tree) as tmp:
         if source == "sample":
-            tmp.mkdir()
+            ensure_dir(tmp)
             installed = install_sample(cfg, tmp)
         else:
             if source == "docker":
@@ -371,6 +382,7 @@ def build(cfg, paths) -> None:
             else:  # config validation makes this unreachable
                 raise ConfigError(f"content.source: unknown source {source!r}")
             installed = install_services(cfg, tmp)
+        os.chmod(tmp, 0o755)  # the guest root's own mode, whatever the source had
         normalize_mtimes(tmp, cfg.source_date_epoch)
     data = manifest_data(source, refs, paths.content_tree)
     changed = write_if_changed(paths.content_manifest, data)
@@ -403,9 +415,9 @@ def config_slice(cfg) -> dict[str, Any]:
     return cfg.slice("content", "ports", "source_date_epoch")
 
 
-def _recorded(paths, name: str) -> Any:
+def _recorded(path: Path) -> Any:
     try:
-        return fsutil.read_json(name)
+        return fsutil.read_json(path)
     except (OSError, ValueError):
         return None
 
@@ -413,7 +425,7 @@ def _recorded(paths, name: str) -> Any:
 def refs_unchanged(cfg, paths) -> Callable[..., bool]:
     """doit uptodate: False when a configured branch/tag now names another commit."""
     def check(task=None, values=None) -> bool:
-        manifest = _recorded(paths, paths.content_manifest)
+        manifest = _recorded(paths.content_manifest)
         if not isinstance(manifest, dict):
             return False
         try:
@@ -427,7 +439,7 @@ def refs_unchanged(cfg, paths) -> Callable[..., bool]:
 def dir_unchanged(cfg, paths) -> Callable[..., bool]:
     """doit uptodate: False when the source directory's stat fingerprint moved."""
     def check(task=None, values=None) -> bool:
-        state = _recorded(paths, paths.content_state)
+        state = _recorded(paths.content_state)
         if not isinstance(state, dict) or not cfg.content.path:
             return False
         src = cfg.path(cfg.content.path)
@@ -444,7 +456,3 @@ def uptodate_checks(cfg, paths) -> list[Callable[..., bool]]:
     if cfg.content.source == "dir":
         return [dir_unchanged(cfg, paths)]
     return []
-
-
-__all__ = ["build", "file_deps", "config_slice", "uptodate_checks", "resolve_ref", "pick_ref",
-           "ToolMissing"]

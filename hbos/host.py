@@ -204,8 +204,8 @@ def parse_kernel_log(text: str) -> LogFacts:
     rmp = re.search(r"RMP table physical (?:range|address)\s*:?\s*(\[?0x[0-9a-fA-F]+\s*-\s*"
                     r"0x[0-9a-fA-F]+\]?)", text)
     init = re.search(r"SEV-SNP: failed to INIT[^\n]*", text)
-    asids = re.search(r"SEV-SNP enabled \(ASIDs ([^)]*)\)|SEV-ES and SEV-SNP supported: (\d+) ASIDs",
-                      text)
+    asids = re.search(r"SEV-SNP enabled \(ASIDs ([^)]*)\)"
+                      r"|SEV-ES and SEV-SNP supported: (\d+) ASIDs", text)
     return LogFacts(
         sev_api=api(r"(?<!-)\bSEV"), snp_api=api(r"SEV-SNP"),
         rmp_range=rmp.group(1) if rmp else None,
@@ -235,6 +235,7 @@ MSR_IA32_ARCH_CAPABILITIES = 0x10A
 SEV_ISSUE_CMD = 0xC0105300
 SNP_PLATFORM_STATUS = 9
 SNP_STATUS_SIZE = 32               # struct sev_user_data_snp_status (packed)
+SNP_STATUS_BUF = 4096              # room to spare should the kernel struct grow
 
 
 def _msr_buf(index: int, value: int = 0) -> bytearray:
@@ -307,7 +308,7 @@ def probe_sev(dev: Path) -> SevStatus:
     except OSError as exc:
         return SevStatus(error=f"cannot open {dev}: {exc.strerror}")
     try:
-        data = ctypes.create_string_buffer(SNP_STATUS_SIZE)
+        data = ctypes.create_string_buffer(SNP_STATUS_BUF)
         cmd = bytearray(struct.pack("=IQI", SNP_PLATFORM_STATUS, ctypes.addressof(data), 0))
         try:
             fcntl.ioctl(fd, SEV_ISSUE_CMD, cmd)
@@ -365,7 +366,7 @@ def gather(view: HostView) -> Facts:
 def check_kernel(f: Facts) -> Check:
     if f.release is None:
         return Check("kernel", UNKNOWN, "cannot read /proc/sys/kernel/osrelease")
-    if "snp" in f.release.lower():
+    if "snp" in f.release.lower() and "guest" not in f.release.lower():
         return Check("kernel", PASS, f"{f.release} (SNP host kernel)")
     if kernel_version(f.release) >= UPSTREAM_SNP_KERNEL:
         return Check("kernel", PASS, f"{f.release} (upstream SNP host support since 6.11)")
@@ -414,20 +415,20 @@ def check_kvm_amd(f: Facts, name: str) -> Check:
                      "(see the BIOS row) and check dmesg for ccp/SEV errors")
 
 
-def check_kvm_dev(f: Facts, view: HostView, probes: Probes) -> Check:
+def check_kvm_dev(f: Facts, view: HostView, probes: Probes) -> tuple[Check, KvmStatus | None]:
     if not f.kvm_present:
         return Check("/dev/kvm", FAIL, "absent",
-                     fix="enable SVM (AMD-V) in the BIOS and load kvm_amd")
+                     fix="enable SVM (AMD-V) in the BIOS and load kvm_amd"), None
     st = probes.kvm(view.path("dev/kvm"))
     if st.error:
         return Check("/dev/kvm", FAIL, f"present but unusable: {st.error}",
                      fix="KVM cannot start a VM here (nested/limited hypervisor): use a "
-                         "bare-metal host; for emulation only use launch.accel: tcg")
+                         "bare-metal host; for emulation only use launch.accel: tcg"), st
     types = ""
     if st.vm_types:
         snp = "yes" if st.vm_types & (1 << KVM_X86_SNP_VM) else "no"
         types = f", VM types {st.vm_types:#x} (SNP VM type: {snp})"
-    return Check("/dev/kvm", PASS, f"usable: API {st.api_version}, VM and vCPU created{types}")
+    return Check("/dev/kvm", PASS, f"usable: API {st.api_version}, VM and vCPU created{types}"), st
 
 
 def check_sev_dev(f: Facts, view: HostView, probes: Probes) -> tuple[Check, SevStatus | None]:
@@ -518,12 +519,26 @@ def expected_guest_features(configured: int, params: dict[str, bool | None]) -> 
     return value
 
 
-def check_guest_features(f: Facts, configured: int) -> Check:
+def check_guest_features(f: Facts, configured: int, kvm: KvmStatus | None = None) -> Check:
+    """Does vm.guest_features match the SEV_FEATURES this host's KVM will launch with?
+
+    Kernels whose KVM offers the SNP VM type (KVM_CAP_VM_TYPES bit 4) take the
+    VMSA features from the VMM through KVM_SEV_INIT2, so kvm_amd.debug_swap no
+    longer adds DebugSwap on its own; older SNP host kernels add it to every
+    VMSA they build when the parameter is on.
+    """
     name = "guest_features"
     if not f.kvm_amd_loaded:
         return Check(name, UNKNOWN, f"configured {configured:#x}; kvm_amd not loaded")
-    want = expected_guest_features(configured, f.kvm_amd)
     on = [p for p in SEV_FEATURE_PARAMS if f.kvm_amd.get(p)]
+    if kvm is not None and kvm.vm_types and kvm.vm_types & (1 << KVM_X86_SNP_VM):
+        if configured == SNP_ACTIVE:
+            return Check(name, PASS, f"vm.guest_features {configured:#x}; KVM_SEV_INIT2 host: "
+                                     "the VMM chooses SEV_FEATURES, kvm_amd parameters do not")
+        return Check(name, UNKNOWN, f"vm.guest_features {configured:#x}: on a KVM_SEV_INIT2 host "
+                                    "only the VMM sets extra SEV_FEATURES; make sure QEMU "
+                                    "requests them")
+    want = expected_guest_features(configured, f.kvm_amd)
     why = ", ".join(f"kvm_amd.{p}=Y" for p in on) or "no SEV_FEATURES parameters on"
     if want == configured:
         return Check(name, PASS, f"vm.guest_features {configured:#x} matches this host ({why})")
@@ -572,18 +587,19 @@ def run_checks(root: Path | str = "/", *, guest_features: int = SNP_ACTIVE,
     view = HostView(root)
     f = gather(view)
     sev_check, sev = check_sev_dev(f, view, probes)
+    kvm_check, kvm = check_kvm_dev(f, view, probes)
     return [
         check_kernel(f),
         check_cpu(f),
         check_kvm_amd(f, "sev"),
         check_kvm_amd(f, "sev_es"),
         check_kvm_amd(f, "sev_snp"),
-        check_kvm_dev(f, view, probes),
+        kvm_check,
         sev_check,
         check_firmware(f, sev),
         check_rmp(f, sev),
         check_qemu(qemu, qemu_why, probes),
-        check_guest_features(f, guest_features),
+        check_guest_features(f, guest_features, kvm),
         check_bios(f),
     ]
 

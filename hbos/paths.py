@@ -76,6 +76,15 @@ class Paths:
     def built_ovmf(self) -> Path:
         return self.firmware_dir / "OVMF.fd"
 
+    @property
+    def firmware_work(self) -> Path:
+        """The unpacked, patched edk2 tree the firmware is built in."""
+        return self.firmware_dir / "edk2"
+
+    @property
+    def firmware_manifest(self) -> Path:
+        return self.firmware_dir / "firmware.json"
+
     # initramfs
     @property
     def initramfs(self) -> Path:

@@ -1,6 +1,6 @@
 """download_release: fetch a release tarball, verify it, and install it.
 
-    build/downloads/release.tar.gz     the fetched tarball (kept only if it verified)
+    build/downloads/release.tar.gz     the tarball of the current release
     build/releases/<sha16>.<rand>/     an installed, verified release
     build/releases/current -> <dir>    the one start_release launches
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from hbos import archive, fetch, release
-from hbos.errors import HbosError, ReleaseError
+from hbos.errors import ReleaseError
 from hbos.fsutil import remove
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -50,14 +50,16 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", *,
               "consistency, not authenticity (pin its sha256 or release.launch_digest)",
               file=sys.stderr)
     r = cfg.release
-    digest = fetch.download(url, paths.release_download, sha256=pin or None, retries=r.retries,
-                            backoff=r.backoff_ms / 1000, progress=progress,
-                            timeout=(r.connect_timeout, r.read_timeout))
+    incoming = paths.release_download.with_name(f".incoming-{os.getpid()}.tar.gz")
     try:
-        root = install(cfg, paths, paths.release_download, digest)
-    except HbosError:
-        remove(paths.release_download)  # nothing of a refused release is kept
+        digest = fetch.download(url, incoming, sha256=pin or None, retries=r.retries,
+                                backoff=r.backoff_ms / 1000, progress=progress,
+                                timeout=(r.connect_timeout, r.read_timeout))
+        root = install(cfg, paths, incoming, digest)
+    except BaseException:
+        remove(incoming)  # nothing of a refused release is kept; the previous one stays
         raise
+    os.replace(incoming, paths.release_download)
     manifest = release.read_manifest(root)
     print(f"download_release: installed {manifest.name} ({manifest.tool_version}) from {url}\n"
           f"  tarball sha256 {digest}\n  expected launch digest {manifest.launch_digest}\n"

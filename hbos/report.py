@@ -160,10 +160,10 @@ def parse_tcb(text: str) -> Tcb:
 
 # Family/model of the CPUID signature -> product (AMD PPR; used by v3+ reports)
 def product_from_cpuid(family: int | None, model: int | None) -> str | None:
-    if family == 0x19:
-        if model is not None and model <= 0x0F:
+    if family == 0x19 and model is not None:
+        if model <= 0x0F:
             return "Milan"
-        if model is not None and 0x10 <= model <= 0x1F or model is not None and 0xA0 <= model <= 0xAF:
+        if 0x10 <= model <= 0x1F or 0xA0 <= model <= 0xAF:  # Genoa, Bergamo/Siena
             return "Genoa"
     if family == 0x1A:
         return "Turin"
@@ -172,7 +172,7 @@ def product_from_cpuid(family: int | None, model: int | None) -> str | None:
 
 @dataclass(frozen=True)
 class Report:
-    """A parsed ATTESTATION_REPORT; `raw` is the exact 1184 bytes (the signed part is raw[:0x2A0])."""
+    """A parsed ATTESTATION_REPORT; `raw` is the exact 1184 bytes (signed part: raw[:0x2A0])."""
     raw: bytes
     fields: dict[str, Any]
     source: str = "report"
@@ -338,7 +338,8 @@ def _json_tcb(value: Any, key: str, off: int, source: str) -> bytes:
     if unknown:
         raise AttestationError(f"{source}: '{key}' has unknown field(s) {sorted(unknown)}")
     out = bytearray(8)
-    comps = {k: value.get(k) for k in ("fmc", "bootloader", "boot_loader", "tee", "snp", "microcode")}
+    comps = {k: value.get(k)
+             for k in ("fmc", "bootloader", "boot_loader", "tee", "snp", "microcode")}
     bl = comps["bootloader"] if comps["bootloader"] is not None else comps["boot_loader"]
     for name, v in (("bootloader", bl), ("tee", comps["tee"]), ("snp", comps["snp"]),
                     ("microcode", comps["microcode"])):
@@ -410,7 +411,12 @@ def parse_bytes(data: bytes, source: str = "report") -> Report:
         except UnicodeDecodeError:
             text = None
         if text is not None and text.strip():
-            return parse_hex(text, source)
+            try:
+                return parse_hex(text, source)
+            except AttestationError as exc:
+                raise AttestationError(
+                    f"{exc.message} ({len(data)} bytes: neither a {REPORT_SIZE}-byte binary "
+                    "report nor hex text nor sev JSON)") from None
     return parse_binary(data, source)
 
 

@@ -15,6 +15,7 @@ PACKAGES: dict[str, str] = {
     "docker": "docker.io",
     "git": "git",
     "dpkg-deb": "dpkg",
+    "dpkg": "dpkg",
     "apt-get": "apt",
     "apt-cache": "apt",
     "gzip": "gzip",
@@ -37,6 +38,8 @@ PACKAGES: dict[str, str] = {
     "xz": "xz-utils",
     "tar": "tar",
     "patch": "patch",
+    "g++": "g++",
+    "python3": "python3",
 }
 
 

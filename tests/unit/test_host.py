@@ -136,20 +136,35 @@ def test_old_snp_firmware_fails(tmp_path):
     assert fw.verdict == FAIL and "1.49 build 3" in fw.detail and "1.51" in fw.fix
 
 
+def legacy_kvm(_dev: Path) -> KvmStatus:
+    """An SNP host kernel without KVM_CAP_VM_TYPES (no KVM_SEV_INIT2)."""
+    return KvmStatus(api_version=12, vm_types=0)
+
+
 def test_debug_swap_mismatch_names_exact_guest_features(tmp_path):
     root = ready_host(tmp_path, debug_swap="Y")
-    checks = host.run_checks(root, guest_features=0x1, qemu=QEMU, probes=probes())
+    checks = host.run_checks(root, guest_features=0x1, qemu=QEMU, probes=probes(kvm=legacy_kvm))
     gf = {c.name: c for c in checks}["guest_features"]
     assert gf.verdict == FAIL
     assert "set vm.guest_features: 0x21" in gf.fix
     assert not host.ready(checks)
     # configured to match: passes
-    ok = host.run_checks(root, guest_features=0x21, qemu=QEMU, probes=probes())
+    ok = host.run_checks(root, guest_features=0x21, qemu=QEMU, probes=probes(kvm=legacy_kvm))
     assert {c.name: c.verdict for c in ok}["guest_features"] == PASS
     # configured 0x21 on a host without debug_swap: the fix says 0x1
     root2 = ready_host(tmp_path / "b")
-    bad = host.run_checks(root2, guest_features=0x21, qemu=QEMU, probes=probes())
+    bad = host.run_checks(root2, guest_features=0x21, qemu=QEMU, probes=probes(kvm=legacy_kvm))
     assert "set vm.guest_features: 0x1 " in {c.name: c for c in bad}["guest_features"].fix
+
+
+def test_debug_swap_ignored_when_kvm_offers_init2(tmp_path):
+    """With the SNP VM type (KVM_SEV_INIT2) the VMM, not kvm_amd.debug_swap, picks features."""
+    root = ready_host(tmp_path, debug_swap="Y")
+    checks = host.run_checks(root, guest_features=0x1, qemu=QEMU, probes=probes(kvm=ok_kvm))
+    gf = {c.name: c for c in checks}["guest_features"]
+    assert gf.verdict == PASS and "KVM_SEV_INIT2" in gf.detail
+    odd = host.run_checks(root, guest_features=0x21, qemu=QEMU, probes=probes(kvm=ok_kvm))
+    assert {c.name: c.verdict for c in odd}["guest_features"] == UNKNOWN
 
 
 def test_snp_disabled_in_bios(tmp_path):
@@ -199,7 +214,8 @@ def test_host_without_snp_kernel(tmp_path):
     assert "doit setup_host" in by["kernel"].fix
     assert by["kvm_amd.sev_snp"].detail == "parameter absent: this kernel's KVM has no SNP support"
     assert "SEV API 1.55 build 21" in by["SNP firmware"].detail
-    assert by["QEMU sev-snp-guest"].detail == "/usr/bin/qemu-system-x86_64 (PATH) has sev-guest only"
+    assert by["QEMU sev-snp-guest"].detail == \
+        "/usr/bin/qemu-system-x86_64 (PATH) has sev-guest only"
 
 
 def test_this_machine(tmp_path):
@@ -265,8 +281,10 @@ def test_expected_guest_features():
     assert host.expected_guest_features(0x1, {}) == 0x1
 
 
-def test_cli_json_and_exit_status(tmp_path, capsys):
+def test_cli_json_and_exit_status(tmp_path, capsys, monkeypatch):
     from hbos import cli
+    monkeypatch.setattr(host, "find_qemu", lambda c, p: (QEMU, "SNP release"))
+    monkeypatch.setattr(host, "qemu_object_help", lambda q: QEMU_SNP_OBJECTS)
     root = fake_host(tmp_path, release="6.18.44-fc-v782", flags=THIS_MACHINE_FLAGS, kvm_amd=None,
                      devices=())
     rc = cli.main(["check-host", "--root", str(root), "--json"])
@@ -274,6 +292,9 @@ def test_cli_json_and_exit_status(tmp_path, capsys):
     assert rc == 1 and out["ready"] is False
     names = {c["name"]: c["verdict"] for c in out["checks"]}
     assert names["/dev/kvm"] == FAIL and names["CPU SEV flags"] == FAIL
+    assert names["QEMU sev-snp-guest"] == PASS       # the patched runner was used
+    assert cli.main(["check-host", "--root", str(root)]) == 1
+    assert "fix: this is a virtual machine" in capsys.readouterr().out
 
 
 def test_check_host_raises_host_error(tmp_path, monkeypatch):

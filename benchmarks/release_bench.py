@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Release cost on a large image: package, then download + verify + install
+over a local HTTP server. Prints times, throughput and peak RSS (the tarball
+and the hashes are streamed, so RSS must stay far below the image size).
+Asserts nothing.
+
+    python3 benchmarks/release_bench.py [--image-mib 1024] [--dir /tmp/hbos-release-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pytest_httpserver import HTTPServer  # noqa: E402
+from werkzeug import Response  # noqa: E402
+
+from hbos import release_fetch, release_pack  # noqa: E402
+from tests.release_fixtures import make_build  # noqa: E402
+
+OVMF = ROOT.parent / "shared" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_image(path: Path, mib: int) -> None:
+    """Half random, half zero blocks: compresses roughly like a real root image."""
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as out:
+        for i in range(mib):
+            out.write(block if i % 2 else bytes(1 << 20))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--image-mib", type=int, default=1024)
+    ap.add_argument("--dir", default="/tmp/hbos-release-bench")
+    args = ap.parse_args()
+    work = Path(args.dir)
+    shutil.rmtree(work, ignore_errors=True)
+    cfg, paths = make_build(work, OVMF)
+    write_image(paths.verity_image, args.image_mib)
+    size = args.image_mib
+    print(f"image {size} MiB, start RSS {rss_mib():.0f} MiB")
+
+    t = time.perf_counter()
+    release_pack.package_release(cfg, paths)
+    dt = time.perf_counter() - t
+    tar_mib = paths.release_tarball.stat().st_size / (1 << 20)
+    print(f"package_release: {dt:.1f} s ({size / dt:.0f} MiB/s of image), tarball {tar_mib:.0f} "
+          f"MiB, peak RSS {rss_mib():.0f} MiB")
+
+    server = HTTPServer(threaded=True)
+    server.start()
+    try:
+        def serve(request):
+            def body():
+                with open(paths.release_tarball, "rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        yield chunk
+            return Response(body(), headers={
+                "Content-Length": str(paths.release_tarball.stat().st_size)})
+        server.expect_request("/r.tar.gz").respond_with_handler(serve)
+        digest = paths.release_tarball_sha256.read_text().split()[0]
+        t = time.perf_counter()
+        release_fetch.download_release(cfg, paths, server.url_for("/r.tar.gz"), digest,
+                                       progress=False)
+        dt = time.perf_counter() - t
+    finally:
+        server.clear()
+        server.stop()
+    print(f"download_release (fetch + extract + verify + install): {dt:.1f} s "
+          f"({size / dt:.0f} MiB/s of image), peak RSS {rss_mib():.0f} MiB")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

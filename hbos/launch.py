@@ -1,0 +1,738 @@
+"""Start, stop and query the guest VM.
+
+`start_vm` launches exactly the VM that was measured, or refuses:
+
+1. refuse when a QEMU started from this run directory is still alive;
+2. load the VM definition and compare it with measurement.json (kernel,
+   initrd, firmware, cmdline, vCPUs, vcpu_type, policy, guest_features): any
+   difference refuses to start and names the field;
+3. choose the mode: SEV-SNP when the host can (`launch.snp: auto`), emulated
+   otherwise with a NOT CONFIDENTIAL banner; `required` refuses, `off` never
+   tries;
+4. choose the accelerator (SNP: KVM; emulated: `launch.accel`, where auto
+   probes KVM with a throwaway guest and falls back to TCG);
+5. run QEMU detached (own session, pidfile, QMP socket, serial console to a
+   log file, all under Paths.run_dir), wait until QMP answers, then poll the
+   node's health endpoint with visible progress;
+6. send the post-start node configuration when a self URL is given and not
+   --no-auto.
+
+`stop_vm` and `vm_status` use the pidfile (checked against /proc so a
+recycled pid is never signalled) and QMP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from hbos import measure, qemu, run as hrun, vmconfig
+from hbos.config import Config
+from hbos.errors import HbosError, LaunchError
+from hbos.fsutil import sha256_file, write_json
+from hbos.paths import Paths
+
+HEALTH_PATH = "/~meta@1.0/info"
+QMP_START_TIMEOUT = 60.0     # seconds for QEMU to answer QMP after exec (2 busy cores)
+PROGRESS_EVERY = 15.0        # seconds between "still waiting" lines
+TAIL = 20
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """The original tool's `start` options."""
+    data_disk: Path | None = None   # --data-disk: a writable disk, /dev/vdc in the guest
+    self_url: str = ""              # --self: this node's URL as peers reach it
+    peer_url: str = ""              # --peer: a peer node's URL
+    no_auto: bool = False           # --no-auto: skip the post-start configuration
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------- measurement check
+
+
+def _field(name: str, launched: Any, measured: Any) -> str | None:
+    if launched == measured:
+        return None
+    return f"{name}: the launch has {launched!r}, measurement.json has {measured!r}"
+
+
+def launch_mismatches(vm: qemu.VmDefinition, record: dict[str, Any],
+                      hasher: Callable[[Path], str] = sha256_file) -> list[str]:
+    """Every way the VM about to launch differs from measurement.json.
+
+    Files are compared by sha256 of what will be booted (paths may differ, e.g.
+    in a release directory); the cmdline by its text when the record has it and
+    always by the sha256 the measurement used.
+    """
+    try:
+        inputs, fw_launch_hash = measure.parse_inputs(record, "measurement.json")
+    except HbosError as exc:
+        raise LaunchError(f"measurement.json is unusable: {exc.message}") from None
+    files = record.get("files") or {}
+    out: list[str] = []
+    for name, path, measured in (("kernel", vm.kernel, inputs.kernel_sha256),
+                                 ("initrd", vm.initrd, inputs.initrd_sha256)):
+        if not path.is_file():
+            out.append(f"{name}: {path} does not exist")
+            continue
+        got = hasher(path)
+        if got != measured:
+            out.append(f"{name}: {path} has sha256 {got}, measurement.json has {measured}")
+    fw_sha = (files.get("firmware") or {}).get("sha256")
+    if not vm.ovmf.is_file():
+        out.append(f"firmware: {vm.ovmf} does not exist")
+    elif fw_sha:
+        got = hasher(vm.ovmf)
+        if got != fw_sha:
+            out.append(f"firmware: {vm.ovmf} has sha256 {got}, measurement.json has {fw_sha}")
+    elif fw_launch_hash:
+        got = measure.Firmware(vm.ovmf).launch_hash
+        if got != fw_launch_hash:
+            out.append(f"firmware: {vm.ovmf} measures {got}, measurement.json has "
+                       f"{fw_launch_hash}")
+    if "cmdline" in record and record["cmdline"] != vm.cmdline:
+        out.append(f"cmdline: the launch has {vm.cmdline!r}, measurement.json has "
+                   f"{record['cmdline']!r}")
+    elif measure.cmdline_sha256(vm.cmdline) != inputs.cmdline_sha256:
+        out.append(f"cmdline: sha256 of {vm.cmdline!r} is not measurement.json's append "
+                   f"{inputs.cmdline_sha256}")
+    for problem in (_field("vCPUs", vm.vcpus, inputs.vcpus),
+                    _field("vcpu_type", vm.vcpu_type, inputs.vcpu_type),
+                    _field("guest_features", hex(vm.guest_features),
+                           hex(inputs.guest_features))):
+        if problem:
+            out.append(problem)
+    policy = (record.get("vm") or {}).get("guest_policy")
+    if policy is None:
+        out.append("policy: measurement.json records no vm.guest_policy")
+    elif int(str(policy), 0) != vm.guest_policy:
+        out.append(_field("policy", hex(vm.guest_policy), hex(int(str(policy), 0))) or "")
+    return out
+
+
+def check_measurement(vm: qemu.VmDefinition, measurement: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(measurement.read_text())
+    except FileNotFoundError:
+        raise LaunchError(f"measurement {measurement} does not exist",
+                          hint="run: doit measure") from None
+    except json.JSONDecodeError as exc:
+        raise LaunchError(f"{measurement}: not valid JSON (line {exc.lineno})") from None
+    if not isinstance(record, dict):
+        raise LaunchError(f"{measurement}: expected a JSON object")
+    problems = launch_mismatches(vm, record)
+    if problems:
+        raise LaunchError(
+            "refusing to start: the VM differs from its measurement "
+            f"({measurement}):\n  - " + "\n  - ".join(problems),
+            hint="rebuild so both agree: doit measure (never edit one of them by hand)")
+    return record
+
+
+# ----------------------------------------------------------------- host decisions
+
+
+def snp_host_ready(root: Path = Path("/")) -> tuple[bool, str]:
+    """A quick SNP readiness probe: /dev/sev, /dev/kvm, kvm_amd.sev_snp=Y.
+
+    hbos.host.run_checks() does the full job (firmware version, RMP, ...);
+    `doit check_host` prints it. This is the launch decision only.
+    """
+    why = []
+    if not (root / "dev/sev").exists():
+        why.append("no /dev/sev")
+    if not (root / "dev/kvm").exists():
+        why.append("no /dev/kvm")
+    param = root / "sys/module/kvm_amd/parameters/sev_snp"
+    try:
+        value = param.read_text().strip()
+    except OSError:
+        value = ""
+    if value not in ("Y", "1"):
+        why.append("kvm_amd.sev_snp is not enabled" if value else "kvm_amd has no sev_snp")
+    return (not why, "; ".join(why) or "SEV-SNP host")
+
+
+def decide_mode(setting: str, ready: bool, why: str) -> qemu.Mode:
+    """launch.snp (auto|required|off) and the host's readiness -> the mode."""
+    if setting == "off":
+        return "emulated"
+    if ready:
+        return "snp"
+    if setting == "required":
+        raise LaunchError(f"launch.snp is 'required' but this host cannot run SEV-SNP guests "
+                          f"({why})", hint="see: doit check_host; or set launch.snp: auto")
+    return "emulated"
+
+
+def host_cbitpos(cpuid_dev: Path = Path("/dev/cpu/0/cpuid")) -> int | None:
+    """C-bit position from CPUID 0x8000001F via the cpuid driver (modprobe cpuid)."""
+    try:
+        fd = os.open(cpuid_dev, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return qemu.cbitpos_from_cpuid(os.pread(fd, 16, 0x8000001F))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def find_qemu(cfg: Config, paths: Paths, mode: qemu.Mode) -> Path:
+    """launch.qemu, else the SNP release's QEMU (SNP mode), else PATH."""
+    from hbos import snp_release, tools
+    if cfg.launch.qemu:
+        q = cfg.path(cfg.launch.qemu)
+        if not q.is_file():
+            raise LaunchError(f"launch.qemu {q} does not exist")
+        return q
+    if mode == "snp" and snp_release.configured(cfg):
+        return snp_release.qemu(paths)
+    return Path(tools.require("qemu-system-x86_64"))
+
+
+def host_facts(binary: Path) -> qemu.HostFacts:
+    version = qemu.parse_version(hrun.output([binary, "--version"]))
+    models = qemu.parse_cpu_models(hrun.output([binary, "-cpu", "help"]))
+    return qemu.HostFacts(qemu=binary, version=version, cpu_models=models)
+
+
+def probe_kvm(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
+              timeout: float) -> tuple[bool, str]:
+    """Does a KVM guest get as far as printing its kernel banner?"""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError as exc:
+        return False, f"/dev/kvm unusable ({exc.strerror})"
+    serial = workdir / "kvm-probe.log"
+    serial.unlink(missing_ok=True)
+    argv = qemu.kvm_probe_command(facts.qemu, cpu, kernel, serial)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if serial.is_file() and b"Linux version" in serial.read_bytes():
+                return True, "KVM boots a kernel"
+            if proc.poll() is not None:
+                out = (proc.stdout.read() if proc.stdout else b"").decode(errors="replace")
+                errors = [l for l in out.splitlines() if "warning" not in l]
+                return False, "KVM failed: " + (hrun.tail("\n".join(errors), 2) or
+                                                f"QEMU exited {proc.returncode}")
+            time.sleep(0.2)
+        return False, f"a KVM guest printed nothing in {timeout:.0f} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def choose_accel(setting: str, mode: qemu.Mode, probe: Callable[[], tuple[bool, str]]
+                 ) -> tuple[qemu.Accel, str]:
+    """launch.accel (auto|kvm|tcg) -> the accelerator and why."""
+    if mode == "snp":
+        if setting == "tcg":
+            raise LaunchError("launch.accel is 'tcg' but an SEV-SNP guest needs KVM",
+                              hint="set launch.accel: auto (or launch.snp: off to emulate)")
+        return "kvm", "SEV-SNP needs KVM"
+    if setting in ("kvm", "tcg"):
+        return setting, f"launch.accel: {setting}"  # type: ignore[return-value]
+    ok, why = probe()
+    return ("kvm", why) if ok else ("tcg", f"{why}; using TCG")
+
+
+# ----------------------------------------------------------------- QMP and processes
+
+
+def qmp(sock_path: Path, command: str, arguments: dict | None = None,
+        timeout: float = 5.0) -> Any:
+    """One QMP command (QEMU docs/interop/qmp-spec): greeting, capabilities, command."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock_path))
+        reader = s.makefile("rb")
+
+        def response() -> dict:
+            while True:
+                line = reader.readline()
+                if not line:
+                    raise LaunchError(f"QMP {sock_path}: connection closed")
+                msg = json.loads(line)
+                if "return" in msg or "error" in msg:
+                    return msg
+
+        greeting = json.loads(reader.readline() or b"{}")
+        if "QMP" not in greeting:
+            raise LaunchError(f"QMP {sock_path}: unexpected greeting {greeting!r}")
+        s.sendall(b'{"execute": "qmp_capabilities"}\n')
+        response()
+        msg: dict[str, Any] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        s.sendall(json.dumps(msg).encode() + b"\n")
+        reply = response()
+        if "error" in reply:
+            raise LaunchError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+        return reply["return"]
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_our_qemu(pid: int, pidfile: Path) -> bool:
+    """pid is alive and is the QEMU that writes this pidfile (not a recycled pid)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and str(pidfile).encode() in argv
+
+
+def running_pid(files: qemu.RunFiles) -> int | None:
+    pid = read_pid(files.pidfile)
+    return pid if pid is not None and is_our_qemu(pid, files.pidfile) else None
+
+
+def file_tail(path: Path, lines: int = TAIL) -> str:
+    try:
+        data = path.read_bytes()[-65536:]
+    except OSError:
+        return f"({path} is missing)"
+    text = data.decode(errors="replace").replace("\r", "")
+    return hrun.tail(text, lines) or f"({path} is empty)"
+
+
+def _diagnostics(files: qemu.RunFiles) -> str:
+    return (f"--- QEMU ({files.qemu_log}) ---\n{file_tail(files.qemu_log, 10)}\n"
+            f"--- guest console ({files.console}) ---\n{file_tail(files.console)}")
+
+
+def _kill(pid: int, files: qemu.RunFiles, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, a QEMU we verified is ours."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if not is_our_qemu(pid, files.pidfile):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not is_our_qemu(pid, files.pidfile):
+                return
+            time.sleep(0.2)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _clear(files: qemu.RunFiles) -> None:
+    for p in (files.pidfile, files.qmp):
+        p.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------- health and post-start
+
+
+def health_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}{HEALTH_PATH}"
+
+
+def probe_health(port: int, timeout: float = 3.0) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(health_url(port), timeout=timeout) as resp:
+            return resp.status == 200, f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, str(reason)
+
+
+def wait_healthy(proc: subprocess.Popen, files: qemu.RunFiles, port: int,
+                 timeout: float) -> float:
+    """Poll the health endpoint until 200; seconds waited. QEMU dying ends it."""
+    start = time.monotonic()
+    last_note = start
+    say(f"start: waiting up to {timeout:.0f} s for {health_url(port)} "
+        f"(console: {files.console})")
+    while True:
+        ok, why = probe_health(port)
+        elapsed = time.monotonic() - start
+        if ok:
+            return elapsed
+        if proc.poll() is not None:
+            raise LaunchError(f"QEMU exited (status {proc.returncode}) before the node "
+                              f"answered:\n{_diagnostics(files)}")
+        if elapsed > timeout:
+            raise LaunchError(f"the node did not answer {health_url(port)} within "
+                              f"{timeout:.0f} s (last: {why}); the VM was stopped\n"
+                              f"{_diagnostics(files)}",
+                              hint="raise launch.health_timeout, or read the console log")
+        if time.monotonic() - last_note >= PROGRESS_EVERY:
+            last_note = time.monotonic()
+            line = file_tail(files.console, 1).strip()[:100]
+            say(f"start: {elapsed:4.0f} s, not answering yet ({why}); console: {line}")
+        time.sleep(2.0)
+
+
+def post_start_config(record: dict[str, Any], options: StartOptions) -> dict[str, Any]:
+    """The node configuration sent after start (the original tool's post-start):
+    the measurement inputs it should trust (without the expected hash, which a
+    verifier recomputes), and who it is and who its peer is."""
+    trusted = {k: record[k] for k in ("kernel", "initrd", "append", "firmware", "vcpus",
+                                      "vcpu_type", "vmm_type", "guest_features")
+               if k in record}
+    body: dict[str, Any] = {"snp_trusted": [trusted], "self": options.self_url}
+    if options.peer_url:
+        body["peer"] = options.peer_url
+    return body
+
+
+def send_post_start(port: int, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(health_url(port), data=json.dumps(body).encode(),
+                                 method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          "codec-device": "json@1.0"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise LaunchError(f"the node refused the post-start configuration: HTTP {exc.code} "
+                          f"{exc.read()[:200].decode(errors='replace')}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise LaunchError(f"sending the post-start configuration failed: {exc}") from None
+
+
+BANNER = """
+##########################################################################
+#                                                                        #
+#   NOT CONFIDENTIAL: emulated guest, no AMD SEV-SNP.                    #
+#   The host can read and change this VM's memory, there is no           #
+#   attestation report, and the launch measurement does not apply.       #
+#                                                                        #
+##########################################################################
+"""
+
+
+# ----------------------------------------------------------------- start
+
+
+def _forwards(cfg: Config, debug: bool) -> tuple[qemu.Forward, ...]:
+    fwd = [qemu.Forward(cfg.ports.hyperbeam, cfg.ports.hyperbeam, cfg.launch.host_address)]
+    if debug:
+        # ssh only exists in debug images, and is only reachable from this host.
+        fwd.append(qemu.Forward(cfg.ports.ssh, 22, "127.0.0.1"))
+    return tuple(fwd)
+
+
+def _b64_file(cfg: Config, value: str, what: str) -> str:
+    if not value:
+        return ""
+    p = cfg.path(value)
+    try:
+        return p.read_text().strip()
+    except OSError as exc:
+        raise LaunchError(f"launch.{what} {p}: {exc.strerror}") from None
+
+
+def snp_options(cfg: Config) -> qemu.SnpOptions:
+    cbit = cfg.launch.cbitpos or host_cbitpos()
+    if not cbit:
+        raise LaunchError("cannot read the C-bit position from CPUID 0x8000001F "
+                          "(/dev/cpu/0/cpuid)", hint="modprobe cpuid, or set launch.cbitpos")
+    l = cfg.launch
+    return qemu.SnpOptions(cbitpos=cbit, reduced_phys_bits=l.reduced_phys_bits,
+                           id_block=_b64_file(cfg, l.id_block, "id_block"),
+                           id_auth=_b64_file(cfg, l.id_auth, "id_auth"),
+                           host_data=_b64_file(cfg, l.host_data, "host_data"),
+                           certs_path=str(cfg.path(l.certs)) if l.certs else "")
+
+
+def _spawn(argv: list[str], files: qemu.RunFiles) -> subprocess.Popen:
+    say(f"+ {hrun.quote(argv)}")
+    with open(files.qemu_log, "ab") as log:
+        log.write(f"+ {hrun.quote(argv)}\n".encode())
+        log.flush()
+        try:
+            # Own session: QEMU outlives doit and ignores its terminal's Ctrl-C.
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    close_fds=True)
+        except FileNotFoundError:
+            raise LaunchError(f"QEMU {argv[0]} does not exist") from None
+
+
+def _wait_qmp(proc: subprocess.Popen, files: qemu.RunFiles, timeout: float) -> str:
+    """Until QEMU's main loop answers QMP; returns its run state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LaunchError(f"QEMU exited at start (status {proc.returncode}):\n"
+                              f"{_diagnostics(files)}")
+        if files.qmp.exists():
+            try:
+                return qmp(files.qmp, "query-status")["status"]
+            except (OSError, ValueError, LaunchError):
+                pass
+        time.sleep(0.3)
+    raise LaunchError(f"QEMU did not answer on {files.qmp} within {timeout:.0f} s")
+
+
+def _kvm_failed(files: qemu.RunFiles) -> bool:
+    text = file_tail(files.qemu_log, 40)
+    return any(s in text for s in ("failed to set MSR", "kvm_buf_set_msrs", "KVM_",
+                                   "kvm:", "Could not access KVM", "kvm_init"))
+
+
+def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
+             hash_tree: Path, options: StartOptions) -> None:
+    """Launch the measured VM (SNP, or emulated when allowed) and wait until healthy."""
+    files = qemu.RunFiles(paths.run_dir)
+    files.directory.mkdir(parents=True, exist_ok=True)
+    pid = running_pid(files)
+    if pid is not None:
+        raise LaunchError(f"the VM is already running (pid {pid}, {files.pidfile})",
+                          hint="stop it first: doit stop")
+    if files.pidfile.exists():
+        say(f"start: a previous QEMU is gone (stale {files.pidfile}); its console was:\n"
+            f"{file_tail(files.console, 5)}")
+        _clear(files)
+
+    raw = vmconfig.load(vm_config)
+    vm = qemu.VmDefinition.from_vm_config(raw)
+    for label, p in (("verity image", image), ("hash tree", hash_tree)):
+        if not p.is_file():
+            raise LaunchError(f"{label} {p} does not exist", hint="run: doit verity")
+    data = options.data_disk
+    if data is not None:
+        data = Path(data).expanduser().resolve()
+        if not data.is_file():
+            raise LaunchError(f"data disk {data} does not exist",
+                              hint=f"create one: qemu-img create -f qcow2 {data} 20G")
+    record = check_measurement(vm, measurement)
+
+    ready, why = snp_host_ready()
+    mode = decide_mode(cfg.launch.snp, ready, why)
+    binary = find_qemu(cfg, paths, mode)
+    facts = host_facts(binary)
+    model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
+    accel, accel_why = choose_accel(
+        cfg.launch.accel, mode,
+        lambda: probe_kvm(facts, model, vm.kernel, files.directory, cfg.launch.kvm_probe_timeout))
+
+    spec = qemu.LaunchSpec(
+        vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data), run=files,
+        host=facts, mode=mode, accel=accel, forwards=_forwards(cfg, bool(raw.get("debug"))),
+        snp=snp_options(cfg) if mode == "snp" else None, machine=cfg.launch.machine,
+        extra_args=cfg.launch.extra_args)
+    if mode == "emulated":
+        say(BANNER + f"  (SEV-SNP: {why if cfg.launch.snp != 'off' else 'launch.snp: off'})\n")
+    say(f"start: mode {mode}, accel {accel} ({accel_why}), QEMU {binary} "
+        f"{'.'.join(map(str, facts.version))} ({qemu.flavour(facts.version)})")
+    say(f"start: firmware: {qemu.firmware_note(spec)}")
+    if cpu_note:
+        say(f"start: {cpu_note}")
+
+    files.console.unlink(missing_ok=True)
+    files.qemu_log.unlink(missing_ok=True)
+    proc = _spawn(qemu.command_line(spec), files)
+    try:
+        try:
+            _wait_qmp(proc, files, QMP_START_TIMEOUT)
+        except LaunchError:
+            if not (cfg.launch.accel == "auto" and accel == "kvm" and _kvm_failed(files)):
+                raise
+            say("start: KVM failed at start; relaunching with TCG")
+            _kill(proc.pid, files)
+            proc.wait()
+            _clear(files)
+            spec = dataclasses.replace(spec, accel="tcg")
+            accel = "tcg"
+            proc = _spawn(qemu.command_line(spec), files)
+            _wait_qmp(proc, files, QMP_START_TIMEOUT)
+        state = {"pid": proc.pid, "mode": mode, "accel": accel, "qemu": str(binary),
+                 "argv": qemu.command_line(spec), "port": cfg.ports.hyperbeam,
+                 "firmware": qemu.firmware_note(spec), "data_disk": str(data) if data else None,
+                 "vm_config": str(vm_config), "measurement": str(measurement),
+                 "expected_hash": record.get("expected_hash"), "started": time.time()}
+        write_json(files.state, state)
+        waited = wait_healthy(proc, files, cfg.ports.hyperbeam, cfg.launch.health_timeout)
+        say(f"start: healthy after {waited:.0f} s: {health_url(cfg.ports.hyperbeam)}")
+        if options.self_url and not options.no_auto:
+            reply = send_post_start(cfg.ports.hyperbeam, post_start_config(record, options))
+            say(f"start: post-start configuration accepted ({len(json.dumps(reply))} bytes)")
+        elif options.self_url:
+            say("start: --no-auto: post-start configuration not sent")
+    except BaseException:
+        if proc.poll() is None:
+            _kill(proc.pid, files)
+        proc.wait()
+        _clear(files)
+        raise
+    say(f"start: VM running (pid {proc.pid}, {mode}"
+        f"{', NOT CONFIDENTIAL' if mode == 'emulated' else ''})\n"
+        f"  node:    http://{cfg.launch.host_address}:{cfg.ports.hyperbeam}{HEALTH_PATH}\n"
+        f"  console: {files.console}\n  QMP:     {files.qmp}\n  stop:    doit stop")
+
+
+def start_from_build(cfg: Config, paths: Paths, options: StartOptions) -> None:
+    """`doit start`: the artifacts of this build directory."""
+    start_vm(cfg, paths, vm_config=paths.vm_config, measurement=paths.measurement,
+             image=paths.verity_image, hash_tree=paths.hash_tree, options=options)
+
+
+# ----------------------------------------------------------------- stop and status
+
+
+def _state(files: qemu.RunFiles) -> dict[str, Any]:
+    try:
+        return json.loads(files.state.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def stop_vm(paths: Paths, *, timeout: float = 30.0) -> str:
+    """Stop the VM: ACPI power-down when a data disk is attached (let the guest
+    flush it), else QMP quit; SIGTERM/SIGKILL as the last resort."""
+    files = qemu.RunFiles(paths.run_dir)
+    pid = running_pid(files)
+    if pid is None:
+        stale = files.pidfile.exists()
+        _clear(files)
+        msg = "the VM is not running" + (" (removed a stale pidfile)" if stale else "")
+        say(f"stop: {msg}")
+        return msg
+    state = _state(files)
+    if state.get("data_disk"):
+        try:
+            qmp(files.qmp, "system_powerdown")
+            say(f"stop: asked the guest to power down (up to {timeout:.0f} s)")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and is_our_qemu(pid, files.pidfile):
+                _reap(pid)
+                time.sleep(0.5)
+        except (OSError, ValueError, HbosError):
+            pass
+    if is_our_qemu(pid, files.pidfile):
+        try:
+            qmp(files.qmp, "quit")
+        except (OSError, ValueError, HbosError):
+            pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and is_our_qemu(pid, files.pidfile):
+            _reap(pid)
+            time.sleep(0.2)
+    _kill(pid, files)
+    if is_our_qemu(pid, files.pidfile):
+        raise LaunchError(f"QEMU (pid {pid}) did not stop")
+    _clear(files)
+    msg = f"stopped the VM (pid {pid})"
+    say(f"stop: {msg}")
+    return msg
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    state: str                   # running | stopped | dead
+    pid: int | None = None
+    mode: str | None = None
+    accel: str | None = None
+    port: int | None = None
+    qemu_state: str | None = None   # QMP query-status
+    healthy: bool | None = None
+    health: str = ""
+    console: str = ""
+    log_tail: str = ""
+
+    def describe(self) -> str:
+        if self.state == "stopped":
+            return "status: not running"
+        if self.state == "dead":
+            return (f"status: DEAD: QEMU (pid {self.pid}) is gone without `doit stop`; "
+                    f"last output:\n{self.log_tail}")
+        conf = "NOT CONFIDENTIAL (emulated)" if self.mode == "emulated" else self.mode
+        return (f"status: running (pid {self.pid}, {conf}, accel {self.accel}, "
+                f"QEMU {self.qemu_state})\n"
+                f"  health: {'OK' if self.healthy else 'not answering'} ({self.health}) "
+                f"{health_url(self.port or 0)}\n  console: {self.console}")
+
+
+def vm_status(paths: Paths) -> VmStatus:
+    files = qemu.RunFiles(paths.run_dir)
+    state = _state(files)
+    pid = running_pid(files)
+    if pid is None:
+        recorded = read_pid(files.pidfile)
+        if recorded is not None:
+            return VmStatus("dead", pid=recorded, mode=state.get("mode"),
+                            console=str(files.console), log_tail=_diagnostics(files))
+        return VmStatus("stopped")
+    try:
+        qstate = qmp(files.qmp, "query-status")["status"]
+    except (OSError, ValueError, HbosError) as exc:
+        qstate = f"QMP unavailable: {exc}"
+    port = state.get("port")
+    healthy, health = probe_health(port) if port else (None, "unknown port")
+    return VmStatus("running", pid=pid, mode=state.get("mode"), accel=state.get("accel"),
+                    port=port, qemu_state=qstate, healthy=healthy, health=health,
+                    console=str(files.console))
+
+
+def print_status(paths: Paths) -> None:
+    status = vm_status(paths)
+    print(status.describe())
+    if status.state == "dead":
+        raise LaunchError(f"the VM died (pid {status.pid}); see {status.console}",
+                          hint="start it again: doit start")
+
+
+# ----------------------------------------------------------------- doit glue
+
+# `doit start --data-disk PATH --self URL --peer URL --no-auto` (also usable by
+# start_release): the original tool's options.
+DOIT_PARAMS = [
+    {"name": "data_disk", "long": "data-disk", "type": str, "default": "",
+     "help": "a writable disk image attached after the root disks (/dev/vdc)"},
+    {"name": "self_url", "long": "self", "type": str, "default": "",
+     "help": "this node's URL as peers reach it; enables the post-start configuration"},
+    {"name": "peer_url", "long": "peer", "type": str, "default": "",
+     "help": "a peer node's URL, sent in the post-start configuration"},
+    {"name": "no_auto", "long": "no-auto", "type": bool, "default": False,
+     "help": "do not send the post-start configuration"},
+]
+
+
+def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",
+                        no_auto: bool = False) -> StartOptions:
+    return StartOptions(data_disk=Path(data_disk) if data_disk else None,
+                        self_url=self_url, peer_url=peer_url, no_auto=bool(no_auto))

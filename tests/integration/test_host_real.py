@@ -1,0 +1,40 @@
+"""check_host against this real machine (read-only: /proc, /sys, /dev/kmsg, ioctls).
+
+The real /dev/kvm probe creates a VM and a vCPU and closes them again; it
+starts no guest. Verdicts depend on the machine, so this asserts consistency
+with what the kernel reports directly, not fixed verdicts (the fake-tree unit
+tests pin those).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hbos import host
+
+pytestmark = [pytest.mark.integration]
+
+
+def test_real_host_checks_are_consistent():
+    checks = {c.name: c for c in host.run_checks("/", qemu=None, qemu_why="not checked")}
+    assert set(c.verdict for c in checks.values()) <= {host.PASS, host.FAIL, host.UNKNOWN}
+    assert os.uname().release in checks["kernel"].detail
+    flags = host.cpu_flags(Path("/proc/cpuinfo").read_text())
+    assert (checks["CPU SEV flags"].verdict == host.PASS) == ({"sev", "sev_es", "sev_snp"} <= flags)
+    for c in checks.values():
+        if c.verdict == host.FAIL:
+            assert c.fix, f"{c.name} failed without a fix"
+
+
+def test_real_kvm_probe():
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("no /dev/kvm on this machine")
+    st = host.probe_kvm(Path("/dev/kvm"))
+    if st.error and st.error.startswith("cannot open"):
+        pytest.skip(st.error)
+    # whatever the verdict, the API version came from the real ioctl
+    assert st.api_version == host.KVM_API_VERSION
+    assert st.vm_types is not None

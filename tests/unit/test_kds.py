@@ -1,0 +1,95 @@
+"""AMD KDS fetch and cache, against pytest-httpserver serving the vector certificates."""
+
+from __future__ import annotations
+
+import pytest
+
+from hbos import kds, report
+from hbos.cli import main as cli_main
+from hbos.errors import AttestationError
+from hbos.report import Tcb
+
+CHIP = bytes(range(64))
+
+
+def test_urls_exact():
+    tcb = Tcb(bootloader=3, tee=0, snp=20, microcode=209)
+    assert kds.cert_chain_url("https://kdsintf.amd.com/", "milan") == \
+        "https://kdsintf.amd.com/vcek/v1/Milan/cert_chain"
+    assert kds.vcek_url("https://kdsintf.amd.com", "Genoa", CHIP, tcb) == (
+        f"https://kdsintf.amd.com/vcek/v1/Genoa/{CHIP.hex()}"
+        "?blSPL=3&teeSPL=0&snpSPL=20&ucodeSPL=209")
+    turin = Tcb(bootloader=1, tee=2, snp=3, microcode=4, fmc=5)
+    assert kds.vcek_url("http://k", "Turin", CHIP, turin) == (
+        f"http://k/vcek/v1/Turin/{CHIP[:8].hex()}?fmcSPL=5&blSPL=1&teeSPL=2&snpSPL=3&ucodeSPL=4")
+
+
+@pytest.fixture
+def att(vectors):
+    return vectors / "attestation"
+
+
+@pytest.fixture
+def hbos_report(att):
+    return report.load(att / "hbos-benign-report.bin")
+
+
+def serve(httpserver, att, rep):
+    chain = (att / "certs" / "ask_milan.pem").read_bytes() + \
+        (att / "certs" / "ark_milan.pem").read_bytes()
+    httpserver.expect_request("/vcek/v1/Milan/cert_chain").respond_with_data(
+        chain, content_type="application/x-pem-file")
+    httpserver.expect_request(
+        f"/vcek/v1/Milan/{rep.chip_id.hex()}",
+        query_string="blSPL=3&teeSPL=0&snpSPL=20&ucodeSPL=209").respond_with_data(
+        (att / "hbos-vcek.crt").read_bytes(), content_type="application/x-x509-ca-cert")
+
+
+def test_fetch_then_cache(httpserver, att, hbos_report, tmp_path):
+    serve(httpserver, att, hbos_report)
+    base = httpserver.url_for("/")
+    tcb = hbos_report.tcb("reported_tcb")
+    chain = kds.fetch_chain(base, "milan", tmp_path)
+    vcek = kds.fetch_vcek(base, "Milan", hbos_report.chip_id, tcb, tmp_path)
+    assert chain.ark.subject.rfc4514_string().startswith("CN=ARK-Milan")
+    assert vcek.subject.rfc4514_string().startswith("CN=SEV-VCEK")
+    assert len(httpserver.log) == 2
+    assert kds.chain_cache_path(tmp_path, "Milan").is_file()
+    assert kds.vcek_cache_path(tmp_path, "Milan", hbos_report.chip_id, tcb).is_file()
+    # second time: from the cache, no request
+    kds.fetch_chain(base, "Milan", tmp_path)
+    kds.fetch_vcek(base, "Milan", hbos_report.chip_id, tcb, tmp_path)
+    assert len(httpserver.log) == 2
+
+
+def test_cli_end_to_end_through_kds(httpserver, att, hbos_report, tmp_path, capsys):
+    serve(httpserver, att, hbos_report)
+    rc = cli_main(["verify-report", "--report", str(att / "hbos-benign-report.bin"),
+                   "--kds-url", httpserver.url_for("/"), "--cache-dir", str(tmp_path),
+                   "--measurement", hbos_report.measurement.hex()])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "VERIFIED" in out
+
+
+def test_unknown_chip_is_a_clear_error(httpserver, att, hbos_report, tmp_path):
+    serve(httpserver, att, hbos_report)
+    httpserver.expect_request(f"/vcek/v1/Milan/{CHIP.hex()}").respond_with_data(
+        "Not Found", status=404)
+    with pytest.raises(AttestationError, match=r"VCEK from AMD KDS.*404") as exc:
+        kds.fetch_vcek(httpserver.url_for("/"), "Milan", CHIP, Tcb(0, 0, 0, 0), tmp_path)
+    assert "--vcek" in str(exc.value)
+    assert not list(tmp_path.rglob("*.der"))
+
+
+def test_garbage_answer_is_not_cached(httpserver, hbos_report, tmp_path):
+    httpserver.expect_request("/vcek/v1/Milan/cert_chain").respond_with_data(b"<html>busy")
+    with pytest.raises(AttestationError, match="not a PEM certificate bundle"):
+        kds.fetch_chain(httpserver.url_for("/"), "Milan", tmp_path)
+    assert not kds.chain_cache_path(tmp_path, "Milan").exists()
+    httpserver.expect_request(f"/vcek/v1/Milan/{hbos_report.chip_id.hex()}").respond_with_data(
+        b"\x30\x03\x02\x01")
+    with pytest.raises(AttestationError, match="not a valid DER"):
+        kds.fetch_vcek(httpserver.url_for("/"), "Milan", hbos_report.chip_id,
+                       hbos_report.tcb("reported_tcb"), tmp_path)
+    assert not list(tmp_path.rglob("*.der"))

@@ -1,0 +1,262 @@
+"""Launcher decisions: measurement agreement, mode, accel, pidfile handling.
+
+No QEMU here: a measurement made by the real hbos.measure from small files
+(the AmdSev OVMF suffix from the vectors measures fine), and a plain Python
+process standing in for a running QEMU (its argv names the pidfile, which is
+what the launcher checks before it signals anything).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hbos import config as hconfig, launch, measure, qemu, vmconfig
+from hbos.errors import LaunchError
+from hbos.paths import Paths
+
+
+@pytest.fixture
+def measured(tmp_path, amdsev_ovmf):
+    """(VmDefinition, measurement.json path, Config, Paths) that agree."""
+    kernel = tmp_path / "vmlinuz"
+    initrd = tmp_path / "initrd.img"
+    kernel.write_bytes(b"kernel" * 100)
+    initrd.write_bytes(b"initrd" * 100)
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"build_dir: {tmp_path / 'build'}\nvm: {{vcpu_count: 2}}\n")
+    cfg = hconfig.load(overlay=overlay)
+    paths = Paths.from_config(cfg)
+    vm_config = tmp_path / "vm-config.toml"
+    vm_config.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=amdsev_ovmf,
+                                         cmdline="console=ttyS0 verity_roothash=ab"))
+    out = tmp_path / "measurement.json"
+    measure.measure_vm_config(vm_config, out)
+    vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
+    return vm, out, cfg, paths
+
+
+def _record(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_agreeing_launch_passes(measured):
+    vm, m, *_ = measured
+    assert launch.launch_mismatches(vm, _record(m)) == []
+    assert launch.check_measurement(vm, m)["vcpus"] == 2
+
+
+@pytest.mark.parametrize("field,change", [
+    ("vCPUs", {"vcpus": 4}),
+    ("vcpu_type", {"vcpu_type": "EPYC-Milan"}),
+    ("policy", {"guest_policy": 0xB0000}),
+    ("guest_features", {"guest_features": 0x21}),
+    ("cmdline", {"cmdline": "console=ttyS0 verity_roothash=cd"}),
+])
+def test_each_vm_field_difference_is_named(measured, field, change):
+    vm, m, *_ = measured
+    problems = launch.launch_mismatches(dataclasses.replace(vm, **change), _record(m))
+    assert len(problems) == 1 and problems[0].startswith(f"{field}:"), problems
+    with pytest.raises(LaunchError) as err:
+        launch.check_measurement(dataclasses.replace(vm, **change), m)
+    assert f"- {field}:" in str(err.value) and "refusing to start" in str(err.value)
+
+
+@pytest.mark.parametrize("field,attr", [("kernel", "kernel"), ("initrd", "initrd"),
+                                        ("firmware", "ovmf")])
+def test_each_file_difference_is_named(measured, tmp_path, field, attr):
+    vm, m, *_ = measured
+    other = tmp_path / f"other-{field}"
+    other.write_bytes(getattr(vm, attr).read_bytes() + b"\0")
+    problems = launch.launch_mismatches(dataclasses.replace(vm, **{attr: other}), _record(m))
+    assert len(problems) == 1 and problems[0].startswith(f"{field}: {other} has sha256"), problems
+
+
+def test_same_file_elsewhere_is_fine(measured, tmp_path):
+    """A release directory holds copies: compared by content, not path."""
+    vm, m, *_ = measured
+    copy = tmp_path / "release-vmlinuz"
+    copy.write_bytes(vm.kernel.read_bytes())
+    assert launch.launch_mismatches(dataclasses.replace(vm, kernel=copy), _record(m)) == []
+
+
+def test_all_differences_listed_together(measured):
+    vm, m, *_ = measured
+    bad = dataclasses.replace(vm, vcpus=8, guest_features=0x21, guest_policy=0x70000)
+    with pytest.raises(LaunchError) as err:
+        launch.check_measurement(bad, m)
+    text = str(err.value)
+    for name in ("vCPUs", "guest_features", "policy"):
+        assert f"- {name}:" in text
+
+
+def test_original_inputs_json_shape_accepted(measured):
+    """The original tool's inputs.json (Rust enums, no files/cmdline text) works too."""
+    vm, m, *_ = measured
+    rec = _record(m)
+    inputs = {k: rec[k] for k in ("kernel", "initrd", "append", "firmware", "vcpus",
+                                  "vcpu_type", "vmm_type", "guest_features", "expected_hash")}
+    inputs["vm"] = {"guest_policy": "0x30000"}
+    assert rec["vcpu_type"] == 5  # EPYC-v4 as the Rust sev crate numbers it
+    assert launch.launch_mismatches(vm, inputs) == []
+    inputs["vcpus"] = 1
+    assert [p.split(":")[0] for p in launch.launch_mismatches(vm, inputs)] == ["vCPUs"]
+
+
+def test_missing_or_broken_measurement(measured, tmp_path):
+    vm, *_ = measured
+    with pytest.raises(LaunchError, match="doit measure"):
+        launch.check_measurement(vm, tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(LaunchError, match="not valid JSON"):
+        launch.check_measurement(vm, bad)
+    bad.write_text('{"kernel": "00"}')
+    with pytest.raises(LaunchError, match="unusable"):
+        launch.check_measurement(vm, bad)
+
+
+# ----------------------------------------------------------------- mode and accel
+
+
+def test_decide_mode():
+    assert launch.decide_mode("auto", True, "") == "snp"
+    assert launch.decide_mode("auto", False, "no /dev/sev") == "emulated"
+    assert launch.decide_mode("off", True, "") == "emulated"
+    assert launch.decide_mode("required", True, "") == "snp"
+    with pytest.raises(LaunchError, match="required.*no /dev/sev"):
+        launch.decide_mode("required", False, "no /dev/sev")
+
+
+def test_snp_host_ready_probe(tmp_path):
+    ok, why = launch.snp_host_ready(tmp_path)
+    assert not ok and "no /dev/sev" in why and "no sev_snp" in why
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/sev").touch()
+    (tmp_path / "dev/kvm").touch()
+    param = tmp_path / "sys/module/kvm_amd/parameters/sev_snp"
+    param.parent.mkdir(parents=True)
+    param.write_text("N\n")
+    assert launch.snp_host_ready(tmp_path) == (False, "kvm_amd.sev_snp is not enabled")
+    param.write_text("Y\n")
+    assert launch.snp_host_ready(tmp_path)[0] is True
+
+
+def test_choose_accel():
+    never = lambda: pytest.fail("probe must not run")  # noqa: E731
+    assert launch.choose_accel("tcg", "emulated", never)[0] == "tcg"
+    assert launch.choose_accel("kvm", "emulated", never)[0] == "kvm"
+    assert launch.choose_accel("auto", "snp", never)[0] == "kvm"
+    assert launch.choose_accel("auto", "emulated", lambda: (True, "ok"))[0] == "kvm"
+    accel, why = launch.choose_accel("auto", "emulated",
+                                     lambda: (False, "KVM failed: failed to set MSR 0x10a"))
+    assert accel == "tcg" and "MSR 0x10a" in why
+    with pytest.raises(LaunchError, match="needs KVM"):
+        launch.choose_accel("tcg", "snp", never)
+
+
+def test_cbitpos_config_wins(measured):
+    *_, cfg, _ = measured
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, cbitpos=47))
+    assert launch.snp_options(cfg).cbitpos == 47
+
+
+def test_post_start_config_drops_expected_hash():
+    rec = {"kernel": "k", "initrd": "i", "append": "a", "firmware": "f", "vcpus": 1,
+           "vcpu_type": 5, "vmm_type": 1, "guest_features": 1, "expected_hash": "e",
+           "files": {}}
+    body = launch.post_start_config(rec, launch.StartOptions(self_url="http://me:1"))
+    assert body == {"snp_trusted": [{"kernel": "k", "initrd": "i", "append": "a",
+                                     "firmware": "f", "vcpus": 1, "vcpu_type": 5,
+                                     "vmm_type": 1, "guest_features": 1}],
+                    "self": "http://me:1"}
+
+
+def test_doit_params_map_to_options():
+    names = {p["long"] for p in launch.DOIT_PARAMS}
+    assert names == {"data-disk", "self", "peer", "no-auto"}
+    opts = launch.options_from_params("d.qcow2", "http://a", "http://b", True)
+    assert opts == launch.StartOptions(Path("d.qcow2"), "http://a", "http://b", True)
+    assert launch.options_from_params().data_disk is None
+
+
+# ----------------------------------------------------------------- pidfile, twice, dead
+
+
+@pytest.fixture
+def fake_qemu(measured):
+    """A live process whose argv names the run dir's pidfile, like our QEMU's."""
+    *_, paths = measured
+    files = qemu.RunFiles(paths.run_dir)
+    files.directory.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                             "-pidfile", str(files.pidfile)])
+    files.pidfile.write_text(f"{proc.pid}\n")
+    try:
+        yield proc, files
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_starting_twice_refused(measured, fake_qemu, tmp_path):
+    vm, m, cfg, paths = measured
+    proc, files = fake_qemu
+    with pytest.raises(LaunchError) as err:
+        launch.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
+                        image=tmp_path / "none.img", hash_tree=tmp_path / "none.bin",
+                        options=launch.StartOptions())
+    assert f"already running (pid {proc.pid}" in str(err.value)
+    assert "doit stop" in str(err.value)
+    assert proc.poll() is None and files.pidfile.exists()
+
+
+def test_recycled_pid_is_not_ours(measured):
+    *_, paths = measured
+    files = qemu.RunFiles(paths.run_dir)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        files.directory.mkdir(parents=True)
+        files.pidfile.write_text(str(other.pid))
+        assert launch.running_pid(files) is None
+        assert "not running" in launch.stop_vm(paths)
+        assert other.poll() is None          # never signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_status_running_and_stop(fake_qemu, measured):
+    *_, paths = measured
+    proc, files = fake_qemu
+    files.state.write_text(json.dumps({"mode": "emulated", "accel": "tcg", "port": 1}))
+    st = launch.vm_status(paths)
+    assert st.state == "running" and st.pid == proc.pid
+    assert "NOT CONFIDENTIAL" in st.describe() and "not answering" in st.describe()
+    msg = launch.stop_vm(paths, timeout=1)
+    assert msg == f"stopped the VM (pid {proc.pid})"
+    assert proc.wait(timeout=10) is not None
+    assert not files.pidfile.exists()
+    assert launch.vm_status(paths).state == "stopped"
+
+
+def test_dead_qemu_reported_with_log_tail(measured):
+    *_, paths = measured
+    files = qemu.RunFiles(paths.run_dir)
+    files.directory.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    files.pidfile.write_text(str(gone.pid))
+    files.console.write_text("[    1.0] booting\n[    9.9] Kernel panic - not syncing: boom\n")
+    files.qemu_log.write_text("qemu-system-x86_64: terminating on signal 9\n")
+    st = launch.vm_status(paths)
+    assert st.state == "dead" and st.pid == gone.pid
+    assert "Kernel panic - not syncing: boom" in st.describe()
+    assert "terminating on signal 9" in st.describe()
+    with pytest.raises(LaunchError, match="died"):
+        launch.print_status(paths)

@@ -1,0 +1,361 @@
+"""Release layout, manifest, verification, tarball normalization, install swap.
+
+Fast: no host tools, no network. The firmware is the real AmdSev OVMF suffix
+from the vectors, so every digest here is a real launch digest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import sys
+import tarfile
+import types
+from pathlib import Path
+
+import pytest
+
+from hbos import archive, release, release_fetch, release_pack
+from hbos.errors import ReleaseError, UnsafeArchive
+from hbos.fsutil import sha256_file
+from tests.release_fixtures import flip_byte, make_build
+
+
+@pytest.fixture
+def build(tmp_path, amdsev_ovmf):
+    return make_build(tmp_path / "b", amdsev_ovmf)
+
+
+@pytest.fixture
+def packaged(build):
+    cfg, paths = build
+    release_pack.package_release(cfg, paths)
+    return cfg, paths
+
+
+# ------------------------------------------------------------- packaging
+
+
+def test_release_dir_holds_exactly_the_layout(packaged):
+    _, paths = packaged
+    assert sorted(p.name for p in paths.release_dir.iterdir()) == \
+        sorted([*release.PAYLOAD, release.MANIFEST])
+    manifest = release.read_manifest(paths.release_dir)
+    for f in manifest.files:
+        assert sha256_file(paths.release_dir / f.name) == f.sha256
+        assert (paths.release_dir / f.name).stat().st_size == f.size
+
+
+def test_manifest_digest_is_the_builds_measurement(packaged):
+    cfg, paths = packaged
+    data = json.loads(paths.release_manifest.read_text())
+    built = json.loads(paths.measurement.read_text())
+    assert data["expected_launch_digest"] == built["expected_hash"]
+    assert data["source_date_epoch"] == cfg.source_date_epoch
+    from hbos import __version__
+    assert data["tool_version"] == __version__
+    rel_m = json.loads((paths.release_dir / release.MEASUREMENT).read_text())
+    assert rel_m["expected_hash"] == built["expected_hash"]
+    assert {k: v["path"] for k, v in rel_m["files"].items()} == \
+        {"kernel": "vmlinuz", "initrd": "initrd.img", "firmware": "OVMF.fd"}
+
+
+def test_packaged_files_are_the_build_artifacts(packaged):
+    cfg, paths = packaged
+    from hbos import vmconfig
+    for name, src in ((release.IMAGE, paths.verity_image), (release.HASH_TREE, paths.hash_tree),
+                      (release.KERNEL, paths.vmlinuz),
+                      (release.INITRD, vmconfig.initrd_path(cfg, paths))):
+        assert sha256_file(paths.release_dir / name) == sha256_file(src)
+
+
+def test_missing_artifact_is_an_error_naming_it(build):
+    cfg, paths = build
+    paths.hash_tree.unlink()
+    with pytest.raises(ReleaseError, match=r"missing artifact\(s\): hash_tree.bin"):
+        release_pack.package_release(cfg, paths)
+    assert not paths.release_tarball.exists()
+
+
+def test_stale_measurement_is_refused(build):
+    cfg, paths = build
+    data = json.loads(paths.measurement.read_text())
+    data["expected_hash"] = "00" * 48
+    paths.measurement.write_text(json.dumps(data))
+    with pytest.raises(ReleaseError, match="stale"):
+        release_pack.package_release(cfg, paths)
+
+
+def test_rewrite_vm_config_changes_only_the_file_keys(build):
+    _, paths = build
+    text = paths.vm_config.read_text()
+    out = release_pack.rewrite_vm_config(text)
+    changed = [(a, b) for a, b in zip(text.splitlines(), out.splitlines()) if a != b]
+    assert sorted(b for _, b in changed) == ['initrd_file = "initrd.img"',
+                                            'kernel_file = "vmlinuz"', 'ovmf_file = "OVMF.fd"']
+    assert len(text.splitlines()) == len(out.splitlines())
+
+
+def test_rewrite_vm_config_needs_every_file_key():
+    with pytest.raises(ReleaseError, match="expected one line each"):
+        release_pack.rewrite_vm_config('kernel_file = "/k"\ninitrd_file = "/i"\n')
+
+
+# ------------------------------------------------------------- tarball
+
+
+def test_tarball_headers_are_normalized(packaged):
+    cfg, paths = packaged
+    raw = paths.release_tarball.read_bytes()
+    # RFC 1952: ID1 ID2 CM FLG MTIME(4): no FNAME flag, no time stamp
+    assert raw[:3] == b"\x1f\x8b\x08" and raw[3] == 0 and raw[4:8] == b"\0\0\0\0"
+    with tarfile.open(paths.release_tarball) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == sorted([*release.PAYLOAD, release.MANIFEST])
+    for m in members:
+        assert (m.type, m.mode, m.uid, m.gid, m.uname, m.gname, m.mtime) == \
+            (tarfile.REGTYPE, 0o644, 0, 0, "", "", cfg.source_date_epoch)
+    assert paths.release_tarball_sha256.read_text() == \
+        f"{sha256_file(paths.release_tarball)}  release.tar.gz\n"
+
+
+def test_tarball_ignores_file_mtimes_and_owners(packaged):
+    cfg, paths = packaged
+    first = sha256_file(paths.release_tarball)
+    for p in paths.release_dir.iterdir():
+        os.utime(p, (1_900_000_000, 1_900_000_000))
+        os.chown(p, 1234, 1234) if os.geteuid() == 0 else None
+    names = [*release.PAYLOAD, release.MANIFEST]
+    again = release_pack.write_tarball(paths.release_dir, names, paths.build / "again.tar.gz",
+                                       mtime=cfg.source_date_epoch)
+    assert again == first
+
+
+def test_tarball_streams_with_a_small_buffer(tmp_path):
+    # a file larger than the copy buffer goes through in pieces, same bytes out
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(3 * release_pack.TAR_CHUNK + 17))
+    out = tmp_path / "t.tar.gz"
+    release_pack.write_tarball(tmp_path, ["big"], out, mtime=0)
+    with tarfile.open(out) as tar:
+        assert hashlib.sha256(tar.extractfile("big").read()).hexdigest() == sha256_file(big)
+    with gzip.open(out) as gz:
+        assert len(gz.read()) % 512 == 0
+
+
+# ------------------------------------------------------------- verification
+
+
+def test_verify_accepts_the_packaged_release(packaged):
+    _, paths = packaged
+    m = release.verify_release(paths.release_dir)
+    assert m.launch_digest == json.loads(paths.measurement.read_text())["expected_hash"]
+
+
+@pytest.mark.parametrize("name", sorted([*release.PAYLOAD]))
+def test_verify_names_an_altered_file(packaged, name):
+    _, paths = packaged
+    flip_byte(paths.release_dir / name)
+    with pytest.raises(ReleaseError) as exc:
+        release.verify_release(paths.release_dir)
+    assert str(exc.value).startswith(f"{name}: sha256 mismatch")
+
+
+def test_verify_refuses_extra_missing_and_non_regular_files(packaged):
+    _, paths = packaged
+    d = paths.release_dir
+    (d / "extra").write_text("x")
+    with pytest.raises(ReleaseError, match="unexpected file.*extra"):
+        release.verify_release(d)
+    (d / "extra").unlink()
+    os.symlink("vmlinuz", d / "alias")
+    with pytest.raises(ReleaseError, match="'alias' is not a regular file"):
+        release.verify_release(d)
+    (d / "alias").unlink()
+    (d / release.INITRD).unlink()
+    with pytest.raises(ReleaseError, match=r"missing file\(s\): initrd.img"):
+        release.verify_release(d)
+
+
+def _edit_manifest(d: Path, fn) -> None:
+    data = json.loads((d / release.MANIFEST).read_text())
+    fn(data)
+    (d / release.MANIFEST).write_text(json.dumps(data))
+
+
+def _rehash(d: Path, data: dict, name: str) -> None:
+    for f in data["files"]:
+        if f["name"] == name:
+            f["sha256"] = sha256_file(d / name)
+            f["size"] = (d / name).stat().st_size
+
+
+@pytest.mark.parametrize("name", [release.KERNEL, release.INITRD, release.FIRMWARE])
+def test_manifest_hiding_a_tampered_input_still_fails_on_the_digest(packaged, name):
+    _, paths = packaged
+    d = paths.release_dir
+    offset = 0 if name == release.FIRMWARE else None  # keep the OVMF footer parseable
+    flip_byte(d / name, offset)
+    _edit_manifest(d, lambda data: _rehash(d, data, name))
+    with pytest.raises(ReleaseError, match="launch digest mismatch"):
+        release.verify_release(d)
+
+
+def test_tampered_cmdline_with_matching_manifest_fails_on_the_digest(packaged):
+    _, paths = packaged
+    d = paths.release_dir
+    vm = d / release.VM_CONFIG
+    text = vm.read_text().replace("loglevel=7", "loglevel=7 init=/bin/sh")
+    vm.unlink()
+    vm.write_text(text)
+    _edit_manifest(d, lambda data: _rehash(d, data, release.VM_CONFIG))
+    with pytest.raises(ReleaseError, match="launch digest mismatch"):
+        release.verify_release(d)
+
+
+def test_manifest_and_measurement_must_agree(packaged):
+    _, paths = packaged
+    d = paths.release_dir
+    m = json.loads((d / release.MEASUREMENT).read_text())
+    m["expected_hash"] = "11" * 48
+    (d / release.MEASUREMENT).unlink()
+    (d / release.MEASUREMENT).write_text(json.dumps(m))
+    _edit_manifest(d, lambda data: _rehash(d, data, release.MEASUREMENT))
+    with pytest.raises(ReleaseError, match="measurement.json: expected_hash"):
+        release.verify_release(d)
+
+
+def test_vm_config_may_only_name_release_files(packaged):
+    _, paths = packaged
+    d = paths.release_dir
+    vm = d / release.VM_CONFIG
+    text = vm.read_text().replace('kernel_file = "vmlinuz"', 'kernel_file = "/boot/vmlinuz"')
+    vm.unlink()
+    vm.write_text(text)
+    _edit_manifest(d, lambda data: _rehash(d, data, release.VM_CONFIG))
+    with pytest.raises(ReleaseError, match="kernel_file must be 'vmlinuz'"):
+        release.verify_release(d)
+
+
+def test_pinned_launch_digest(packaged):
+    _, paths = packaged
+    digest = release.read_manifest(paths.release_dir).launch_digest
+    release.verify_release(paths.release_dir, pinned_digest=digest.upper())
+    with pytest.raises(ReleaseError, match="not the pinned release.launch_digest"):
+        release.verify_release(paths.release_dir, pinned_digest="ab" * 48)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(format="other/9"), "format is 'other/9'"),
+    (lambda d: d.pop("expected_launch_digest"), "'expected_launch_digest' is missing"),
+    (lambda d: d.update(expected_launch_digest="abc"), "not 96 hex digits"),
+    (lambda d: d["files"].pop(), r"missing: vmlinuz"),
+    (lambda d: d["files"].append(dict(d["files"][0])), "more than once"),
+    (lambda d: d["files"][0].update(size="1"), r"files\[0\] needs"),
+])
+def test_bad_manifests_are_refused(packaged, edit, message):
+    _, paths = packaged
+    _edit_manifest(paths.release_dir, edit)
+    with pytest.raises(ReleaseError, match=message):
+        release.verify_release(paths.release_dir)
+
+
+# ------------------------------------------------------------- safe extraction
+
+
+def _tar(tmp_path: Path, members) -> Path:
+    out = tmp_path / "t.tar"
+    with tarfile.open(out, "w") as tar:
+        for name, typ, link in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = typ, link
+            tar.addfile(info, None)
+    return out
+
+
+@pytest.mark.parametrize("members", [
+    # lexically inside, but d/l -> .. makes d/l/.. the destination's parent
+    [("d", tarfile.DIRTYPE, ""), ("d/l", tarfile.SYMTYPE, ".."), ("x", tarfile.SYMTYPE, "d/l/..")],
+    [("a", tarfile.SYMTYPE, "b/.."), ("b", tarfile.SYMTYPE, "..")],
+    [("d", tarfile.DIRTYPE, ""), ("d/l", tarfile.SYMTYPE, ".."), ("h", tarfile.LNKTYPE, "d/l/../x")],
+    [("loop1", tarfile.SYMTYPE, "loop2/x"), ("loop2", tarfile.SYMTYPE, "loop1/x")],
+])
+def test_symlink_chains_leaving_the_destination_are_refused(tmp_path, members):
+    with pytest.raises(UnsafeArchive):
+        archive.extract(_tar(tmp_path, members), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_symlinks_staying_inside_are_kept(tmp_path):
+    t = _tar(tmp_path, [("d", tarfile.DIRTYPE, ""), ("d/l", tarfile.SYMTYPE, ".."),
+                        ("x", tarfile.SYMTYPE, "d/l/d")])
+    archive.extract(t, tmp_path / "out")
+    assert os.readlink(tmp_path / "out" / "x") == "d/l/d"
+
+
+# ------------------------------------------------------------- install and start
+
+
+def test_request_comes_from_params_then_config(build):
+    cfg, _ = build
+    with pytest.raises(ReleaseError, match="no release URL"):
+        release_fetch.resolve_request(cfg)
+    assert release_fetch.resolve_request(cfg, "http://x/r.tgz", "AB" * 32) == \
+        ("http://x/r.tgz", "ab" * 32)
+    with pytest.raises(ReleaseError, match="64 hex digits"):
+        release_fetch.resolve_request(cfg, "http://x", "abc")
+
+
+def test_install_swaps_current_and_prunes_the_old(packaged):
+    cfg, paths = packaged
+    first = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
+    assert paths.current_release.resolve() == first
+    assert not os.path.isabs(os.readlink(paths.current_release))
+    second = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
+    assert second != first and paths.current_release.resolve() == second
+    assert sorted(p.name for p in paths.releases.iterdir()) == sorted(["current", second.name])
+
+
+def test_prune_removes_leftovers_of_dead_runs(packaged):
+    cfg, paths = packaged
+    root = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
+    (paths.releases / ".incoming-999999999").mkdir()
+    (paths.releases / f".incoming-{os.getppid()}").mkdir()  # a live process's staging
+    release_fetch.prune(paths)
+    names = {p.name for p in paths.releases.iterdir()}
+    assert names == {"current", root.name, f".incoming-{os.getppid()}"}
+
+
+def test_start_release_without_a_release(build):
+    cfg, paths = build
+    with pytest.raises(ReleaseError, match="no release installed"):
+        release.start_release(cfg, paths, options=None)
+
+
+def test_start_release_passes_the_release_files_to_the_launcher(packaged, monkeypatch):
+    cfg, paths = packaged
+    root = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
+    calls = []
+
+    def start_vm(cfg_, paths_, *, vm_config, measurement, image, hash_tree, options):
+        calls.append(dict(vm_config=vm_config, measurement=measurement, image=image,
+                          hash_tree=hash_tree, options=options))
+        return "started"
+
+    fake = types.ModuleType("hbos.launch")
+    fake.start_vm = start_vm
+    monkeypatch.setitem(sys.modules, "hbos.launch", fake)
+    import hbos
+    monkeypatch.setattr(hbos, "launch", fake, raising=False)
+    opts = object()
+    assert release.start_release(cfg, paths, opts) == "started"
+    assert calls == [dict(vm_config=root / "vm-config.toml", measurement=root / "measurement.json",
+                          image=root / "guest.img", hash_tree=root / "hash_tree.bin",
+                          options=opts)]
+    # a tampered installed kernel is refused before the launcher is called
+    flip_byte(root / release.KERNEL)
+    with pytest.raises(ReleaseError, match="vmlinuz: sha256 mismatch"):
+        release.start_release(cfg, paths, opts)
+    assert len(calls) == 1
