@@ -249,15 +249,19 @@ def task_download_release():
     }
 
 
-def _start_release():
-    from hbos import launch  # the launcher's interface (hbos/launch.py)
-    return release.start_release(CFG, P, launch.StartOptions())
+def _start_release(data_disk, self_url, peer_url, no_auto):
+    from hbos import launch
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
+    (action,) = act(release.start_release, CFG, P, opts)
+    return action()
 
 
 def task_start_release():
-    """Start the installed release (build/releases/current) through the launcher."""
+    """Start the installed release (build/releases/current) through the launcher, same checks."""
+    from hbos import launch
     return {
-        "actions": [act(_start_release)],
+        "actions": [_start_release],
+        "params": launch.DOIT_PARAMS,  # the same options as start
         "uptodate": [False],
         "verbosity": 2,
     }

@@ -4,7 +4,7 @@ over a local HTTP server. Prints times, throughput and peak RSS (the tarball
 and the hashes are streamed, so RSS must stay far below the image size).
 Asserts nothing.
 
-    python3 benchmarks/release_bench.py [--image-mib 1024] [--dir /tmp/hbos-release-bench]
+    python3 benchmarks/release_bench.py [--image-mib 1024] [--level 6] [--dir /tmp/hbos-release-bench]
 """
 
 from __future__ import annotations
@@ -45,13 +45,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--image-mib", type=int, default=1024)
     ap.add_argument("--dir", default="/tmp/hbos-release-bench")
+    ap.add_argument("--level", type=int, default=6, help="release.compresslevel")
     args = ap.parse_args()
     work = Path(args.dir)
     shutil.rmtree(work, ignore_errors=True)
-    cfg, paths = make_build(work, OVMF)
+    cfg, paths = make_build(work, OVMF, extra_yaml=f"release: {{compresslevel: {args.level}}}\n")
     write_image(paths.verity_image, args.image_mib)
     size = args.image_mib
-    print(f"image {size} MiB, start RSS {rss_mib():.0f} MiB")
+    print(f"image {size} MiB, gzip level {args.level}, start RSS {rss_mib():.0f} MiB")
 
     t = time.perf_counter()
     release_pack.package_release(cfg, paths)

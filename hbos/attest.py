@@ -95,11 +95,7 @@ class Verification:
             "failed": self.failed,
             "product": self.product,
             "steps": [s.as_dict() for s in self.steps],
-            "report": {"source": r.source, "version": r.version, "policy": hex(r.policy),
-                       "vmpl": r.vmpl, "measurement": r.measurement.hex(),
-                       "chip_id": r.chip_id.hex(),
-                       "reported_tcb": r.tcb("reported_tcb", self.product).as_dict(),
-                       "report_data": r.report_data.hex()},
+            "report": {"source": r.source, **r.as_dict(self.product)},
             "explanation": self.explanation.as_dict() if self.explanation else None,
         }
 
@@ -323,13 +319,14 @@ def measurement_expectation(record: dict[str, Any], source: str) -> dict[str, An
 def expectations_from_build(cfg, paths, *, allow_debug: bool = False,
                             report_data: bytes | None = None, vmpl: int | None = None
                             ) -> tuple[Expectations, dict[str, Any]]:
-    """Expectations of the current build: measurement.json + config vm.* and debug."""
+    """Expectations of the current build: measurement.json's expected_hash, and the
+    config's vm.guest_policy, vm.min_committed_tcb, vm.family_id/image_id and debug."""
     record = load_measurement_json(paths.measurement)
     fields = measurement_expectation(record, str(paths.measurement))
     vm = cfg.vm
     t = vm.min_committed_tcb
     fields.update(
-        policy=fields.get("policy", vm.guest_policy),
+        policy=vm.guest_policy,
         min_tcb=Tcb(bootloader=t.bootloader, tee=t.tee, snp=t.snp, microcode=t.microcode),
         family_id=bytes.fromhex(vm.family_id), image_id=bytes.fromhex(vm.image_id),
         allow_debug=allow_debug or cfg.debug or fields.get("allow_debug", False),

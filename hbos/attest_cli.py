@@ -34,7 +34,16 @@ def obtain_certs(rep: reportmod.Report, *, product: str | None, vcek_path: str |
     else:
         chain = kds.fetch_chain(kds_url, prod, cache)
     if vcek is None:
-        vcek = kds.fetch_vcek(kds_url, prod, rep.chip_id, rep.tcb("reported_tcb", prod), cache)
+        try:
+            vcek = kds.fetch_vcek(kds_url, prod, rep.chip_id, rep.tcb("reported_tcb", prod),
+                                  cache)
+        except AttestationError as exc:
+            if product or rep.product:
+                raise
+            raise AttestationError(exc.message, hint=(
+                f"the product was taken as {prod}: a version {rep.version} report does not "
+                "name it; pass --product Genoa/Turin if the chip is not a Milan, or --vcek "
+                "FILE")) from None
     return vcek, chain
 
 

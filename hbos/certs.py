@@ -1,8 +1,8 @@
 """AMD's SEV-SNP certificate chain: ARK -> ASK -> VCEK, and the VCEK's extensions.
 
 From AMD's "Versioned Chip Endorsement Key (VCEK) Certificate and KDS Interface
-Specification" (publication 57230): the ARK (AMD Root Key) is self-signed, the
-ARK signs the ASK (AMD SEV Key), the ASK signs each chip's VCEK; all three
+Specification" (publication 57230): the ARK (AMD Root Key, pinned below) is
+self-signed, the ARK signs the ASK (AMD SEV Key), the ASK signs each chip's VCEK; all three
 signatures are RSASSA-PSS with SHA-384, MGF1-SHA-384 and a 48-byte salt. The
 VCEK carries its chip and TCB in extensions under 1.3.6.1.4.1.3704.1
 (Table 8 "VCEK Certificate Extensions"): productName (.1.2), the TCB security
@@ -16,6 +16,7 @@ that warning, nothing else, and turns a refusal into a clear error.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from hbos.errors import AttestationError
 
@@ -34,6 +36,16 @@ OID_HWID = AMD_OID + ".4"
 OID_SPL = {"bootloader": AMD_OID + ".3.1", "tee": AMD_OID + ".3.2", "snp": AMD_OID + ".3.3",
            "microcode": AMD_OID + ".3.8", "fmc": AMD_OID + ".3.9"}
 PSS_SALT_LENGTH = 48
+
+# sha256 of each AMD Root Key's SubjectPublicKeyInfo (DER), from AMD's published
+# ARKs (https://kdsintf.amd.com/vcek/v1/{product}/cert_chain; the same files as
+# virtee/sev's builtin certificates). A chain is only trusted when it ends in
+# one of these, whatever --certs-dir or the KDS URL supplied.
+AMD_ARK_SPKI_SHA256 = {
+    "Milan": "9f056bee44377e29308cb5ffa895bdfb62d18881fa6bed8d6f075b0204089cb9",
+    "Genoa": "429a69c9422aa258ee4d8db5fcda9c6470ef15f8cd5a9cebd6cbc7d90b863831",
+    "Turin": "4f125410563a2ab9a50356f9243f6fe0b6f73de98603f53f90339c70e9d7ad08",
+}
 
 
 def product_name(product: str) -> str:
@@ -162,11 +174,19 @@ def _verify_pss(issuer: x509.Certificate, cert: x509.Certificate, label: str) ->
                                f"{_cn(issuer.subject)!r}")
 
 
+def ark_fingerprint(ark: x509.Certificate) -> str:
+    spki = ark.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
 def verify_chain(chain: Chain, vcek: x509.Certificate) -> str:
-    """ARK self-signed, ARK signs ASK, ASK signs VCEK; returns a one-line summary."""
+    """ARK is AMD's (pinned), self-signed, ARK signs ASK, ASK signs VCEK; one-line summary."""
     p = chain.product
     if _cn(chain.ark.subject) != f"ARK-{p}":
         raise AttestationError(f"ARK is {_cn(chain.ark.subject)!r}, expected 'ARK-{p}'")
+    if ark_fingerprint(chain.ark) != AMD_ARK_SPKI_SHA256[p]:
+        raise AttestationError(f"ARK-{p} is not AMD's root key (SPKI sha256 "
+                               f"{ark_fingerprint(chain.ark)}, AMD's is {AMD_ARK_SPKI_SHA256[p]})")
     _verify_pss(chain.ark, chain.ark, f"ARK-{p} (self-signed)")
     _verify_pss(chain.ark, chain.ask, f"ASK {_cn(chain.ask.subject)!r} by ARK-{p}")
     _verify_pss(chain.ask, vcek, f"VCEK by ASK {_cn(chain.ask.subject)!r}")

@@ -72,8 +72,10 @@ def _vcpu_type(value: str) -> str | None:
 _SECRET_KEY = re.compile(r"(^WALLET$|SECRET|PASSWORD|PASSWD|TOKEN|MNEMONIC|PRIVATE|JWK)", re.I)
 
 
-def _nonempty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
+def _git_url(value: str) -> str | None:
+    if not value.strip() or value.startswith("-") or re.search(r"\s", value):
+        return f"expected a git repository URL or path, got {value!r}"
+    return None
 
 
 def _word(value: str) -> str | None:
@@ -231,11 +233,11 @@ class ContentConfig:
     dockerfile: str = "resources/content.Dockerfile"
     image_tag: str = field(default="hbos-content:latest", metadata=check(_docker_tag))
     hyperbeam_repo: str = field(default="https://github.com/permaweb/HyperBEAM.git",
-                                metadata=check(_nonempty))
+                                metadata=check(_git_url))
     hyperbeam_ref: str = field(default="main", metadata=check(_git_ref))
     hyperbeam_profile: str = field(default="genesis_wasm", metadata=check(_word))
     cu: bool = True
-    ao_repo: str = field(default="https://github.com/permaweb/ao.git", metadata=check(_nonempty))
+    ao_repo: str = field(default="https://github.com/permaweb/ao.git", metadata=check(_git_url))
     ao_ref: str = field(default="main", metadata=check(_git_ref))
     otp_version: str = field(default="27", metadata=check(_word))
     node_version: str = field(default="22", metadata=check(_word))

@@ -247,7 +247,7 @@ def docker_build_args(cfg, refs: dict[str, dict[str, str]]) -> dict[str, str]:
     c = cfg.content
     args = {"HB_REPO": c.hyperbeam_repo, "HB_COMMIT": refs["hyperbeam"]["commit"],
             "HB_PROFILE": c.hyperbeam_profile, "OTP_VERSION": c.otp_version,
-            "NODE_VERSION": c.node_version}
+            "NODE_VERSION": c.node_version, "GUEST_SUITE": cfg.rootfs.suite}
     if c.cu:
         args.update(AO_REPO=c.ao_repo, AO_COMMIT=refs["ao"]["commit"])
     return args
@@ -344,8 +344,18 @@ def dir_fingerprint(src: Path) -> str:
 # ----------------------------------------------------------------- the stage
 
 
-def manifest_data(source: str, refs: dict[str, Any], tree: Path) -> dict[str, Any]:
-    return {"source": source, "refs": refs, "files": fsutil.tree_manifest(tree)}
+def manifest_data(source: str, refs: dict[str, Any], services: list[str],
+                  tree: Path) -> dict[str, Any]:
+    """The manifest: a function of the content only (never of paths or times).
+
+    services: the enabled units' names; for the sample also its build name,
+    which GET /~meta@1.0/info reports (a launcher can check the guest runs it).
+    """
+    data: dict[str, Any] = {"source": source, "refs": refs, "services": sorted(services),
+                            "files": fsutil.tree_manifest(tree)}
+    if "sample-node" in services:
+        data["sample_build"] = sample_build()
+    return data
 
 
 def write_if_changed(path: Path, data: Any) -> bool:
@@ -384,7 +394,7 @@ def build(cfg, paths) -> None:
             installed = install_services(cfg, tmp)
         os.chmod(tmp, 0o755)  # the guest root's own mode, whatever the source had
         normalize_mtimes(tmp, cfg.source_date_epoch)
-    data = manifest_data(source, refs, paths.content_tree)
+    data = manifest_data(source, refs, installed, paths.content_tree)
     changed = write_if_changed(paths.content_manifest, data)
     fsutil.write_json(paths.content_state, state)
     files = sum(1 for e in data["files"] if e["type"] == "file")
@@ -412,7 +422,8 @@ def file_deps(cfg) -> list[Path]:
 
 
 def config_slice(cfg) -> dict[str, Any]:
-    return cfg.slice("content", "ports", "source_date_epoch")
+    # rootfs.suite only: the docker build checks its images match the guest's suite
+    return {**cfg.slice("content", "ports", "source_date_epoch"), "guest_suite": cfg.rootfs.suite}
 
 
 def _recorded(path: Path) -> Any:

@@ -36,10 +36,14 @@ def load_config(get_var: Callable[[str, Any], Any]) -> hconfig.Config:
 
 
 def act(fn: Callable[..., Any], *args: Any, **kwargs: Any):
-    """A doit python-action calling fn(*args, **kwargs)."""
-    def action():
+    """A doit python-action calling fn(*args, **kwargs, **task_params).
+
+    The task's command-line params (doit "params") arrive as keyword
+    arguments, so `fn` must accept those it declares.
+    """
+    def action(**params):
         try:
-            result = fn(*args, **kwargs)
+            result = fn(*args, **kwargs, **params)
         except HbosError as exc:
             return TaskFailed(str(exc))
         except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from sevsnpmeasure.vcpu_types import CPU_SIGS
 from sevsnpmeasure.vmm_types import VMMType
 from sevsnpmeasure.vmsa import VMSA
 
-from hbos.measure import Firmware, LaunchInputs, _sev_hashes
+from hbos.measure import Firmware, LaunchInputs, sev_hashes
 
 MAX_VCPUS = 512
 
@@ -101,7 +101,7 @@ def search(firmware: Firmware, inputs: LaunchInputs, target: bytes,
     """Every (vcpus, cpu signature, guest_features) whose launch digest equals `target`."""
     vmm = VMMType[inputs.vmm_type]
     gctx = GCTX(seed=bytes.fromhex(firmware.launch_hash))
-    snp_update_metadata_pages(gctx, firmware.ovmf, _sev_hashes(inputs), vmm)
+    snp_update_metadata_pages(gctx, firmware.ovmf, sev_hashes(inputs), vmm)
     base = gctx.ld()
     ap_eip = firmware.ovmf.sev_es_reset_eip()
     matches: list[dict[str, Any]] = []

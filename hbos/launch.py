@@ -246,6 +246,27 @@ def probe_kvm(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
             proc.stdout.close()
 
 
+def cached_probe_kvm(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
+                     timeout: float) -> tuple[bool, str]:
+    """probe_kvm, remembered per (QEMU binary, CPU model, host kernel) in the run dir,
+    so a host where KVM is broken pays the probe's timeout once, not every start."""
+    try:
+        st = facts.qemu.stat()
+    except OSError:
+        return probe_kvm(facts, cpu, kernel, workdir, timeout)
+    key = f"{facts.qemu}:{st.st_mtime_ns}:{cpu}:{os.uname().release}"
+    cache = workdir / "kvm-probe.json"
+    try:
+        known = json.loads(cache.read_text())
+        if known.get("key") == key:
+            return bool(known["ok"]), f"{known['why']} (probed earlier; delete {cache} to retry)"
+    except (OSError, ValueError, KeyError):
+        pass
+    ok, why = probe_kvm(facts, cpu, kernel, workdir, timeout)
+    write_json(cache, {"key": key, "ok": ok, "why": why})
+    return ok, why
+
+
 def choose_accel(setting: str, mode: qemu.Mode, probe: Callable[[], tuple[bool, str]]
                  ) -> tuple[qemu.Accel, str]:
     """launch.accel (auto|kvm|tcg) -> the accelerator and why."""
@@ -548,7 +569,8 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
     accel, accel_why = choose_accel(
         cfg.launch.accel, mode,
-        lambda: probe_kvm(facts, model, vm.kernel, files.directory, cfg.launch.kvm_probe_timeout))
+        lambda: cached_probe_kvm(facts, model, vm.kernel, files.directory,
+                                 cfg.launch.kvm_probe_timeout))
 
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data), run=files,
@@ -557,8 +579,9 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         extra_args=cfg.launch.extra_args)
     if mode == "emulated":
         say(BANNER + f"  (SEV-SNP: {why if cfg.launch.snp != 'off' else 'launch.snp: off'})\n")
+    flavour = f", {qemu.flavour(facts.version)} SNP syntax" if mode == "snp" else ""
     say(f"start: mode {mode}, accel {accel} ({accel_why}), QEMU {binary} "
-        f"{'.'.join(map(str, facts.version))} ({qemu.flavour(facts.version)})")
+        f"{'.'.join(map(str, facts.version))}{flavour}")
     say(f"start: firmware: {qemu.firmware_note(spec)}")
     if cpu_note:
         say(f"start: {cpu_note}")
@@ -646,9 +669,9 @@ def stop_vm(paths: Paths, *, timeout: float = 30.0) -> str:
     if is_our_qemu(pid, files.pidfile):
         try:
             qmp(files.qmp, "quit")
+            deadline = time.monotonic() + 10
         except (OSError, ValueError, HbosError):
-            pass
-        deadline = time.monotonic() + 10
+            deadline = 0.0   # QMP is not answering: signals below
         while time.monotonic() < deadline and is_our_qemu(pid, files.pidfile):
             _reap(pid)
             time.sleep(0.2)

@@ -100,7 +100,8 @@ class Firmware:
         return gctx.ld().hex()
 
 
-def _sev_hashes(inputs: LaunchInputs) -> SevHashes:
+def sev_hashes(inputs: LaunchInputs) -> SevHashes:
+    """The direct-boot hash table contents for `inputs` (kernel, initrd, cmdline)."""
     hashes = SevHashes.__new__(SevHashes)
     hashes.kernel_hash = bytes.fromhex(inputs.kernel_sha256)
     hashes.initrd_hash = bytes.fromhex(inputs.initrd_sha256)
@@ -119,7 +120,7 @@ def launch_digest(firmware: Firmware, inputs: LaunchInputs) -> str:
     except KeyError:
         raise MeasurementError(f"unsupported VMM type {inputs.vmm_type!r}") from None
     gctx = GCTX(seed=bytes.fromhex(firmware.launch_hash))
-    snp_update_metadata_pages(gctx, firmware.ovmf, _sev_hashes(inputs), vmm)
+    snp_update_metadata_pages(gctx, firmware.ovmf, sev_hashes(inputs), vmm)
     vmsa = VMSA(SevMode.SEV_SNP, firmware.ovmf.sev_es_reset_eip(), CPU_SIGS[inputs.vcpu_type],
                 inputs.guest_features, vmm)
     for page in vmsa.pages(inputs.vcpus):

@@ -202,9 +202,9 @@ def launch_inputs(root: Path, vm: dict[str, Any]) -> LaunchInputs:
                              vmm_type=vm.get("vmm_type", "QEMU"))
 
 
-def check_measurement(root: Path, inputs: LaunchInputs, firmware: Firmware,
-                      expected: str) -> None:
-    """measurement.json must describe these files and promise `expected`."""
+def check_measurement(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
+                      firmware: Firmware, expected: str) -> None:
+    """measurement.json must describe these files and this VM, and promise `expected`."""
     path = root / MEASUREMENT
     try:
         data = json.loads(path.read_bytes())
@@ -222,6 +222,12 @@ def check_measurement(root: Path, inputs: LaunchInputs, firmware: Firmware,
               "vmm_type": (m_inputs.vmm_type, inputs.vmm_type),
               "firmware launch hash": (m_fw, firmware.launch_hash),
               "expected_hash": ((data.get("expected_hash") or "").lower(), expected)}
+    # Not in the digest but in the attestation report (policy, ids, TCB): the
+    # VM definition must launch what measurement.json records.
+    recorded_vm = data.get("vm") if isinstance(data.get("vm"), dict) else {}
+    for key, value in recorded_vm.items():
+        fields[f"vm.{key}"] = (value, vm.get(key))
+    fields["debug"] = (bool(data.get("debug", False)), bool(vm.get("debug", False)))
     for label, (recorded, actual) in fields.items():
         if recorded != actual:
             raise ReleaseError(f"{MEASUREMENT}: {label} {recorded} does not match the release "
@@ -244,7 +250,7 @@ def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
             "launch digest mismatch: the release's kernel, initrd, firmware and vm-config give\n"
             f"  {digest}\n  but the manifest expects\n  {manifest.launch_digest}",
             hint="an input was altered (and the manifest edited to hide it); refusing this release")
-    check_measurement(root, inputs, firmware, digest)
+    check_measurement(root, vm, inputs, firmware, digest)
     if pinned and digest != pinned.lower():
         raise ReleaseError(f"launch digest {digest} is not the pinned release.launch_digest "
                            f"{pinned.lower()}",

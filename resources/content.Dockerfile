@@ -6,7 +6,8 @@
 #   docker build -f resources/content.Dockerfile --target content \
 #     --build-arg HB_REPO=... --build-arg HB_COMMIT=<40 hex> --build-arg HB_PROFILE=... \
 #     --build-arg AO_REPO=... --build-arg AO_COMMIT=<40 hex> \
-#     --build-arg OTP_VERSION=27 --build-arg NODE_VERSION=22 -t TAG resources
+#     --build-arg OTP_VERSION=27 --build-arg NODE_VERSION=22 \
+#     --build-arg GUEST_SUITE=bookworm -t TAG resources
 #
 # Commits are resolved on the host (git ls-remote), so a moved branch is a new
 # build argument and Docker's layer cache cannot serve stale sources.
@@ -20,12 +21,20 @@
 
 ARG OTP_VERSION=27
 ARG NODE_VERSION=22
+# The guest root's Debian suite (rootfs.suite): the build images must match it.
+ARG GUEST_SUITE=bookworm
 
-FROM node:${NODE_VERSION}-bookworm AS node
+FROM node:${NODE_VERSION}-${GUEST_SUITE} AS node
 
 # ------------------------------------------------------------------ HyperBEAM
 FROM erlang:${OTP_VERSION} AS hyperbeam
+ARG OTP_VERSION
+ARG GUEST_SUITE
 ENV DEBIAN_FRONTEND=noninteractive PATH=/root/.cargo/bin:$PATH
+# erlang:N is Debian-based; its ERTS goes into the guest, so its suite must be
+# the guest's (else glibc may not match).
+RUN . /etc/os-release && if [ "$VERSION_CODENAME" != "$GUEST_SUITE" ]; then \
+      echo "erlang:$OTP_VERSION is Debian $VERSION_CODENAME, the guest is $GUEST_SUITE" >&2; exit 1; fi
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev ncurses-dev \
  && rm -rf /var/lib/apt/lists/*

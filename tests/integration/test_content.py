@@ -27,7 +27,7 @@ from hbos import content, fsutil
 from hbos.errors import BuildError, UnsafeArchive
 from hbos.paths import Paths
 from tests import docker_stub
-from tests.conftest import ROOT
+from tests.conftest import ROOT, missing_prerequisite
 
 pytestmark = [pytest.mark.integration]
 
@@ -182,7 +182,7 @@ def _minimal_stdlib(dest: Path) -> Path:
     """A copy of exactly the .py files libpython3.11-minimal ships (Debian's list)."""
     proc = subprocess.run(["dpkg", "-L", "libpython3.11-minimal"], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip("libpython3.11-minimal is not installed (dpkg -L failed)")
+        missing_prerequisite("libpython3.11-minimal is not installed (dpkg -L failed)")
     prefix = "/usr/lib/python3.11/"
     for line in proc.stdout.splitlines():
         if line.startswith(prefix) and line.endswith(".py") and os.path.isfile(line):
@@ -194,7 +194,7 @@ def _minimal_stdlib(dest: Path) -> Path:
 
 def test_sample_node_runs_on_python3_minimal_stdlib(sample_tree, tmp_path):
     if not os.path.exists("/usr/bin/python3.11"):
-        pytest.skip("/usr/bin/python3.11 not present")
+        missing_prerequisite("/usr/bin/python3.11 not present")
     lib = _minimal_stdlib(tmp_path / "lib")
     assert not (lib / "http" / "server.py").exists() and not (lib / "json").exists()
     port = _free_port()
@@ -319,7 +319,7 @@ def _git(repo: Path, *args: str) -> str:
 
 def test_moved_branch_rebuilds_and_is_recorded(tmp_path):
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        missing_prerequisite("git is not installed")
     repo = tmp_path / "HyperBEAM"
     repo.mkdir()
     _git(repo, "init", "-q", "-b", "edge")
@@ -422,7 +422,7 @@ def test_real_docker_builds_a_tiny_image(tmp_path):
 def test_cu_wallet_is_generated_once_with_private_mode(tmp_path):
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed on this host")
+        missing_prerequisite("node is not installed (apt-get install nodejs)")
     wallet = tmp_path / "state" / "wallet.json"
     script = ROOT / "resources" / "cu-wallet.js"
     subprocess.run([node, str(script), str(wallet)], check=True, timeout=300)

@@ -383,6 +383,32 @@ def test_not_a_tarball_is_refused(installed, httpserver):
     assert _state(paths) == before
 
 
+# ------------------------------------------------------------- the real launcher
+
+
+def test_installed_release_passes_the_launchers_measurement_check(installed):
+    from hbos import launch, qemu, vmconfig
+    _, _, root = installed
+    vm = qemu.VmDefinition.from_vm_config(vmconfig.load(root / release.VM_CONFIG))
+    assert vm.kernel == root / release.KERNEL and vm.ovmf == root / release.FIRMWARE
+    assert launch.launch_mismatches(vm, json.loads((root / release.MEASUREMENT).read_text())) == []
+
+
+def test_start_release_goes_through_the_real_start_vm(installed):
+    # snp: required on a host without SNP: start_vm runs its checks on the
+    # release's files and stops at the mode decision, booting nothing
+    from hbos import launch
+    from hbos.errors import LaunchError
+    cfg, paths, root = installed
+    if launch.snp_host_ready()[0]:
+        pytest.skip("this host can run SNP guests; the test expects it cannot")
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, snp="required"))
+    with pytest.raises(LaunchError) as exc:
+        release.start_release(cfg, paths, launch.options_from_params())
+    assert "differs from its measurement" not in str(exc.value)
+    assert "SNP" in str(exc.value) or "snp" in str(exc.value)
+
+
 # ------------------------------------------------------------- through doit
 
 

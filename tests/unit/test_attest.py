@@ -313,17 +313,78 @@ def test_allowed_debug_is_left_to_the_debug_step(att, milan):
     assert v.failed == ["policy"] and "SMT" in v.step("policy").detail
 
 
-def test_doit_verify_report_entry_point(att, tmp_path):
-    from tests.conftest import doit
-    build = tmp_path / "build"
-    build.mkdir()
-    (build / "measurement.json").write_text(json.dumps({"expected_hash": REPORTS["hbos"][2]}))
-    overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(f"build_dir: {build}\n")
-    args = ["verify_report", "--report", str(att / REPORTS["hbos"][0]),
-            "--vcek", str(att / REPORTS["hbos"][1]), "--certs-dir", str(att / "certs")]
-    ok = doit(args + [f"config={overlay}"])
-    assert "VERIFIED" in ok.stdout
-    bad = doit(args + ["--vmpl", "0", f"config={overlay}"], check=False)
-    assert bad.returncode != 0
-    assert "NOT VERIFIED: failed vmpl" in bad.stdout
+def test_hwid_rules(att):
+    rep = report.load(att / REPORTS["hbos"][0])
+    chip = rep.chip_id
+    tcb = {"bootloader": 3, "tee": 0, "snp": 20, "microcode": 209}
+    assert attest.check_hwid(rep, certs.VcekInfo("Milan-B0", chip, tcb), "Milan").status == "pass"
+    # Turin VCEKs carry the first 8 bytes of CHIP_ID
+    assert attest.check_hwid(rep, certs.VcekInfo("Turin", chip[:8], tcb), "Turin").status \
+        == "pass"
+    assert attest.check_hwid(rep, certs.VcekInfo("Milan-B0", chip[:8], tcb), "Milan").status \
+        == "fail"
+    assert "no hwID" in attest.check_hwid(rep, certs.VcekInfo(None, None, tcb), "Milan").detail
+    masked = bytearray(rep.raw)
+    masked[0x1A0:0x1E0] = bytes(64)
+    step = attest.check_hwid(report.parse_binary(bytes(masked)),
+                             certs.VcekInfo("Milan-B0", chip, tcb), "Milan")
+    assert step.status == "fail" and "MASK_CHIP_ID" in step.detail
+
+
+def test_vcek_for_another_tcb_fails_vcek_tcb(att):
+    rep = report.load(att / REPORTS["hbos"][0])
+    info = certs.VcekInfo("Milan-B0", rep.chip_id,
+                          {"bootloader": 3, "tee": 0, "snp": 19, "microcode": 209})
+    step = attest.check_vcek_tcb(rep, info, "Milan")
+    assert step.status == "fail" and "snp report 20 / VCEK 19" in step.detail
+
+
+def _forged_chain_and_report(rep: Report):
+    """An attacker's self-made ARK-Milan -> ASK -> VCEK and a report signed with it."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+
+    def cert(cn, key, issuer_cn, signer, extensions=()):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(
+            NameOID.COMMON_NAME, cn)])).issuer_name(x509.Name([x509.NameAttribute(
+                NameOID.COMMON_NAME, issuer_cn)])).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=3650)))
+        for oid, value in extensions:
+            b = b.add_extension(x509.UnrecognizedExtension(ObjectIdentifier(oid), value),
+                                critical=False)
+        return b.sign(signer, hashes.SHA384(), rsa_padding=pss)
+
+    ark_key = rsa.generate_private_key(65537, 2048)
+    ask_key = rsa.generate_private_key(65537, 2048)
+    vcek_key = ec.generate_private_key(ec.SECP384R1())
+    tcb = rep.tcb("reported_tcb")
+    spl = [(certs.OID_SPL[k], bytes([0x02, 0x01, v])) for k, v in
+           (("bootloader", tcb.bootloader), ("tee", tcb.tee), ("snp", tcb.snp))]
+    spl.append((certs.OID_SPL["microcode"], bytes([0x02, 0x02, 0x00, tcb.microcode])))
+    ark = cert("ARK-Milan", ark_key, "ARK-Milan", ark_key)
+    ask = cert("SEV-Milan", ask_key, "ARK-Milan", ark_key)
+    vcek = cert("SEV-VCEK", vcek_key, "SEV-Milan", ask_key,
+                [(certs.OID_HWID, rep.chip_id), *spl])
+    raw = bytearray(rep.raw)
+    raw[0x90:0xC0] = b"\x42" * 48
+    r, s = decode_dss_signature(vcek_key.sign(bytes(raw[:SIGNED_SIZE]),
+                                              ec.ECDSA(hashes.SHA384())))
+    raw[0x2A0:0x2E8] = r.to_bytes(72, "little")
+    raw[0x2E8:0x330] = s.to_bytes(72, "little")
+    return certs.Chain("Milan", ark, ask), vcek, report.parse_binary(bytes(raw))
+
+
+def test_self_made_root_is_not_amds(att):
+    chain, vcek, forged = _forged_chain_and_report(report.load(att / REPORTS["hbos"][0]))
+    v = attest.verify(forged, vcek, chain, Expectations(measurement="42" * 48))
+    assert v.failed == ["chain"]  # everything else is consistent: only the pinned root says no
+    assert "not AMD's root key" in v.step("chain").detail

@@ -54,6 +54,7 @@ def test_build_argv_is_exact(tmp_path):
         "--target", "content", "--progress=plain",
         "--build-arg", "AO_COMMIT=" + AO,
         "--build-arg", "AO_REPO=https://github.com/permaweb/ao.git",
+        "--build-arg", "GUEST_SUITE=bookworm",
         "--build-arg", "HB_COMMIT=" + HB,
         "--build-arg", "HB_PROFILE=genesis_wasm",
         "--build-arg", "HB_REPO=https://github.com/permaweb/HyperBEAM.git",
@@ -66,7 +67,8 @@ def test_build_args_without_cu_target_hyperbeam_only(tmp_path):
     cfg, _ = load(tmp_path, f"content: {{hyperbeam_ref: {HB}, cu: false, "
                             f"hyperbeam_profile: default}}\n")
     args = content.docker_build_args(cfg, content.wanted_refs(cfg))
-    assert sorted(args) == ["HB_COMMIT", "HB_PROFILE", "HB_REPO", "NODE_VERSION", "OTP_VERSION"]
+    assert sorted(args) == ["GUEST_SUITE", "HB_COMMIT", "HB_PROFILE", "HB_REPO", "NODE_VERSION",
+                            "OTP_VERSION"]
     assert args["HB_PROFILE"] == "default"
     assert content.docker_target(cfg) == "content-hb"
 
@@ -129,6 +131,7 @@ def test_docker_source_runs_exact_commands_and_never_edits_the_dockerfile(tmp_pa
     assert manifest["refs"]["hyperbeam"] == {
         "repo": "https://github.com/permaweb/HyperBEAM.git", "ref": HB, "commit": HB}
     assert manifest["refs"]["ao"]["commit"] == AO
+    assert manifest["services"] == ["cu", "hyperbeam"]
     listed = {e["path"]: e for e in manifest["files"]}
     for path in ("opt/hyperbeam/bin/hb", "opt/hyperbeam/config.flat", "opt/cu/cu.env",
                  "opt/hbos/cu-wallet.js", "etc/systemd/system/hyperbeam.service",
@@ -302,6 +305,8 @@ def test_sample_unit_runs_python3_on_all_interfaces(tmp_path):
     ("content: {image_tag: 'Bad Tag'}\n", "content.image_tag"),
     ("content: {hyperbeam_ref: '--upload-pack=x'}\n", "content.hyperbeam_ref"),
     ("content: {service_user: 'Root User'}\n", "content.service_user"),
+    ("content: {ao_repo: '--upload-pack=touch /tmp/x'}\n", "content.ao_repo"),
+    ("content: {hyperbeam_repo: ''}\n", "content.hyperbeam_repo"),
 ])
 def test_config_refuses_secrets_and_bad_values(tmp_path, text, key):
     with pytest.raises(ConfigError) as exc:
@@ -355,6 +360,8 @@ def test_sample_tree_and_mtimes(tmp_path):
         assert p.lstat().st_mtime == cfg.source_date_epoch, p
     manifest = fsutil.read_json(paths.content_manifest)
     assert manifest["source"] == "sample" and manifest["refs"] == {}
+    assert manifest["services"] == ["sample-node"]
+    assert manifest["sample_build"] == content.sample_build()
     assert manifest["files"] == fsutil.tree_manifest(tree)
 
 

@@ -93,3 +93,16 @@ def test_garbage_answer_is_not_cached(httpserver, hbos_report, tmp_path):
         kds.fetch_vcek(httpserver.url_for("/"), "Milan", hbos_report.chip_id,
                        hbos_report.tcb("reported_tcb"), tmp_path)
     assert not list(tmp_path.rglob("*.der"))
+
+
+def test_cli_kds_failure_suggests_the_product(httpserver, att, hbos_report, tmp_path, capsys):
+    chain = (att / "certs" / "ask_milan.pem").read_bytes() + \
+        (att / "certs" / "ark_milan.pem").read_bytes()
+    httpserver.expect_request("/vcek/v1/Milan/cert_chain").respond_with_data(chain)
+    httpserver.expect_request(f"/vcek/v1/Milan/{hbos_report.chip_id.hex()}").respond_with_data(
+        "Not Found", status=404)
+    rc = cli_main(["verify-report", "--report", str(att / "hbos-benign-report.bin"),
+                   "--kds-url", httpserver.url_for("/"), "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "404" in err and "--product" in err and "Traceback" not in err

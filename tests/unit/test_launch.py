@@ -12,6 +12,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,10 @@ def fake_qemu(measured):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                              "-pidfile", str(files.pidfile)])
     files.pidfile.write_text(f"{proc.pid}\n")
+    for _ in range(100):  # until the exec is done and /proc shows its argv
+        if launch.is_our_qemu(proc.pid, files.pidfile):
+            break
+        time.sleep(0.05)
     try:
         yield proc, files
     finally:

@@ -227,6 +227,20 @@ def test_manifest_and_measurement_must_agree(packaged):
         release.verify_release(d)
 
 
+def test_policy_outside_the_digest_must_match_the_measurement(packaged):
+    # guest_policy is not in the launch digest; changing it must still be caught
+    _, paths = packaged
+    d = paths.release_dir
+    vm = d / release.VM_CONFIG
+    text = vm.read_text().replace("guest_policy = 0x30000", "guest_policy = 0xb0000")
+    assert text != vm.read_text()
+    vm.unlink()
+    vm.write_text(text)
+    _edit_manifest(d, lambda data: _rehash(d, data, release.VM_CONFIG))
+    with pytest.raises(ReleaseError, match="vm.guest_policy 196608 does not match"):
+        release.verify_release(d)
+
+
 def test_vm_config_may_only_name_release_files(packaged):
     _, paths = packaged
     d = paths.release_dir
