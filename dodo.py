@@ -15,6 +15,7 @@ from doit.tools import config_changed
 from hbos import firmware, kernel, measure, snp_release, vmconfig
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos import content  # guest content
+from hbos import initramfs, rootfs, templates, verity  # guest image
 from hbos import release, release_fetch, release_pack  # releases
 from hbos.paths import Paths
 
@@ -106,6 +107,75 @@ def task_content():
     }
 
 
+# ------------------------------------------- guest image (hbos/initramfs.py, rootfs.py, verity.py)
+
+
+def _host_tool_deps(*programs):
+    """The host binaries copied into an image: a new version rebuilds it."""
+    from hbos import tools
+    return strs([p for p in (tools.find(prog) for prog in programs) if p])
+
+
+def task_initramfs():
+    """Build the reproducible initramfs (busybox, veritysetup, boot modules, /init) -> build/initramfs.cpio.gz."""
+    if CFG.initramfs.path:
+        return {"actions": None, "doc": "(initramfs.path is set: the prebuilt initrd is used)"}
+    return {
+        "actions": [act(initramfs.build, CFG, P)],
+        "file_dep": strs([P.kernel_manifest, templates.path("init.sh.j2")])
+                    + _host_tool_deps("busybox", "veritysetup"),
+        "targets": strs([P.initramfs, P.initramfs_manifest]),
+        "uptodate": [config_changed(CFG.slice("initramfs", "image", "source_date_epoch"))],
+        "clean": True,
+    }
+
+
+def task_base_rootfs():
+    """Build the base Debian root with mmdebstrap (SOURCE_DATE_EPOCH) -> build/base/rootfs.tar."""
+    return {
+        "actions": [act(rootfs.build, CFG, P)],
+        "targets": strs([P.base_rootfs, P.base_rootfs_manifest]),
+        "uptodate": [rootfs.up_to_date(CFG, P)],
+        "clean": True,
+    }
+
+
+def task_base_image():
+    """Base root + kernel modules as a bootable ext4 qcow2 for debugging -> build/guest/base.qcow2."""
+    return {
+        "actions": [act(rootfs.build_image, CFG, P)],
+        "file_dep": strs([P.base_rootfs, P.base_rootfs_manifest, P.kernel_manifest,
+                          templates.path(rootfs.SERIAL_LOGIN_TEMPLATE)]),
+        "targets": strs([P.base_image]),
+        "uptodate": [config_changed(CFG.slice("source_date_epoch"))],
+        "clean": True,
+    }
+
+
+def task_verity():
+    """Guest root (base + modules + content) as erofs/ext4 + dm-verity hash tree and root hash."""
+    return {
+        "actions": [act(verity.build, CFG, P)],
+        "file_dep": strs([P.base_rootfs_manifest, P.kernel_manifest, P.content_manifest,
+                          *sorted(templates.path("guest").glob("*.j2"))]),
+        "targets": strs([P.verity_image, P.hash_tree, P.roothash, P.verity_manifest]),
+        "uptodate": [config_changed(CFG.slice("image", "debug", "source_date_epoch"))],
+        "clean": True,
+    }
+
+
+def task_build_base_image():
+    """Group: kernel, initramfs and the debug disk base.qcow2 (asks for no username or password)."""
+    return {"actions": None, "task_dep": ["kernel", "initramfs", "base_image"]}
+
+
+def task_build_guest_image():
+    """Group: everything up to the measurement (kernel, initramfs, rootfs, content, verity, vm_config, measure)."""
+    return {"actions": None,
+            "task_dep": ["kernel", "initramfs", "base_rootfs", "content", "verity", "vm_config",
+                         "measure"]}
+
+
 def _build_firmware():
     from hbos import edk2
     edk2.build_ovmf(CFG, P)
@@ -134,14 +204,14 @@ def _ovmf_deps():
 
 
 def _write_vm_config():
-    vmconfig.write(CFG, P, ovmf=firmware.resolve(CFG, P))
+    vmconfig.write(CFG, P, ovmf=firmware.resolve(CFG, P), roothash_file=P.roothash)
 
 
 def task_vm_config():
     """Write the VM definition build/guest/vm-config.toml (kernel, initrd, OVMF, cmdline, VM)."""
     return {
         "actions": [act(_write_vm_config)],
-        "file_dep": strs([P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps(),
+        "file_dep": strs([P.vmlinuz, vmconfig.initrd_path(CFG, P), P.roothash]) + _ovmf_deps(),
         "targets": strs([P.vm_config]),
         "uptodate": [config_changed(CFG.slice("vm", "cmdline", "debug", "firmware", "initramfs"))],
         "clean": True,
@@ -228,7 +298,7 @@ def task_package_release():
 
 _RELEASE_PARAMS = [
     {"name": "url", "long": "url", "type": str, "default": "",
-     "help": "release tarball URL (default: release.url)"},
+     "help": "release tarball URL, file:// URL or path (default: release.url)"},
     {"name": "sha256", "long": "sha256", "type": str, "default": "",
      "help": "expected tarball sha256 (default: release.sha256)"},
 ]

@@ -4,7 +4,7 @@ over a local HTTP server. Prints times, throughput and peak RSS (the tarball
 and the hashes are streamed, so RSS must stay far below the image size).
 Asserts nothing.
 
-    python3 benchmarks/release_bench.py [--image-mib 1024] [--level 6] [--dir /tmp/hbos-release-bench]
+    python3 benchmarks/release_bench.py [--image-mib 1024] [--level 6] [--dir DIR]
 """
 
 from __future__ import annotations

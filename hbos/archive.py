@@ -93,8 +93,13 @@ def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
 _CORRUPT = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
-def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Extract `archive` (any tar compression) into `dest` atomically and safely."""
+def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
+            max_bytes: int | None = None) -> None:
+    """Extract `archive` (any tar compression) into `dest` atomically and safely.
+
+    max_bytes: refuse, before writing anything, an archive whose files add up
+    to more (e.g. the free space: a lying tarball must not fill the disk).
+    """
     archive = Path(archive)
     try:
         tar = tarfile.open(archive, "r:*")
@@ -106,6 +111,10 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
         except _CORRUPT as exc:  # reading the member list hit a damaged stream
             raise UnsafeArchive(f"{archive}: not a readable tar archive "
                                 f"({exc.__class__.__name__}: {exc})") from None
+        total = sum(m.size for m in members if m.isfile())
+        if max_bytes is not None and total > max_bytes:
+            raise UnsafeArchive(f"{archive}: its files need {total} bytes, more than the "
+                                f"{max_bytes} allowed (free space at the destination)")
         tmp.mkdir(parents=True)
         try:
             tar.extractall(tmp, members=members, filter="tar")

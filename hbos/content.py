@@ -12,9 +12,10 @@ Sources (content.source):
 
 Every source ends the same way: the systemd units (enabled by symlink, never
 by systemctl), HyperBEAM's config.flat and the CU's env file are rendered from
-config.yaml for the components the tree holds, mtimes are set to
-source_date_epoch, the tree is renamed into place at Paths.content_tree, and
-Paths.content_manifest ({source, refs, files: fsutil.tree_manifest}) is
+config.yaml for the components the tree holds, owners are set to root and
+mtimes to source_date_epoch, the tree is renamed into place at
+Paths.content_tree, and Paths.content_manifest ({source, refs, services,
+sample_build, files: fsutil.tree_manifest}) is
 rewritten only when its content differs, so an unchanged rebuild does not
 invalidate the verity image.
 
@@ -179,6 +180,17 @@ def install_services(cfg, tree: Path) -> list[str]:
         install_unit(tree, "cu.service", render_cu_unit(cfg))
         installed.append("cu")
     return installed
+
+
+def normalize_owners(tree: Path) -> None:
+    """Everything root:root (the verity stage keeps owners; docker cp and
+    prebuilt trees bring arbitrary ones). Only possible, and done, as root."""
+    if os.geteuid() != 0:
+        return
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            os.lchown(Path(dirpath) / name, 0, 0)
+    os.lchown(tree, 0, 0)
 
 
 def normalize_mtimes(tree: Path, epoch: int) -> None:
@@ -393,6 +405,7 @@ def build(cfg, paths) -> None:
                 raise ConfigError(f"content.source: unknown source {source!r}")
             installed = install_services(cfg, tmp)
         os.chmod(tmp, 0o755)  # the guest root's own mode, whatever the source had
+        normalize_owners(tmp)
         normalize_mtimes(tmp, cfg.source_date_epoch)
     data = manifest_data(source, refs, installed, paths.content_tree)
     changed = write_if_changed(paths.content_manifest, data)

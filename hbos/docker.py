@@ -29,10 +29,15 @@ def info_argv() -> list[str]:
     return ["docker", "info", "--format", "{{.ServerVersion}}"]
 
 
+def buildx_argv() -> list[str]:
+    return ["docker", "buildx", "version"]
+
+
 def build_argv(dockerfile: Path, context: Path, tag: str, target: str,
-               build_args: Mapping[str, str]) -> list[str]:
-    argv = ["docker", "build", "--file", str(dockerfile), "--tag", tag,
-            "--target", target, "--progress=plain"]
+               build_args: Mapping[str, str], buildkit: bool = True) -> list[str]:
+    argv = ["docker", "build", "--file", str(dockerfile), "--tag", tag, "--target", target]
+    if buildkit:
+        argv.append("--progress=plain")  # step-prefixed output: failing_step() reads it
     for key in sorted(build_args):
         argv += ["--build-arg", f"{key}={build_args[key]}"]
     return argv + [str(context)]
@@ -55,6 +60,16 @@ def container_name() -> str:
     return f"hbos-content-{os.getpid()}"
 
 
+def has_buildkit(log: Path | None = None) -> bool:
+    """Whether the client has buildx (BuildKit). Docker >= 23 without it refuses
+    DOCKER_BUILDKIT=1, so the legacy builder is used instead."""
+    try:
+        proc = run.run(buildx_argv(), log=log, quiet=True, check=False, timeout=60)
+    except (ToolMissing, CommandFailed):
+        return False
+    return proc.returncode == 0
+
+
 def require_engine(log: Path | None = None) -> str:
     """The engine's version, or BuildError in one line naming the alternatives."""
     try:
@@ -72,6 +87,8 @@ def require_engine(log: Path | None = None) -> str:
 
 # BuildKit plain progress: every line of a step starts with "#<n> ".
 _STEP = re.compile(r"^#(\d+) ")
+# Legacy builder: "Step 7/20 : RUN ...", its output, then the failure.
+_LEGACY_STEP = re.compile(r"^Step \d+/\d+ : ")
 
 
 def failing_step(output: str, lines: int = 30) -> str:
@@ -88,6 +105,10 @@ def failing_step(output: str, lines: int = 30) -> str:
         if m and line[m.end():].startswith("ERROR"):
             failed = m.group(1)
     if failed is None:
+        starts = [i for i, line in enumerate(text) if _LEGACY_STEP.match(line)]
+        if starts:
+            title, body = text[starts[-1]], text[starts[-1] + 1:]
+            return "\n".join([f"step {title[len('Step '):]}", *body[-lines:]])
         return run.tail(output, lines)
     mine = [ln for ln in text if ln.startswith(f"#{failed} ")]
     title = mine[0][len(f"#{failed} "):] if mine else f"step #{failed}"
@@ -97,10 +118,12 @@ def failing_step(output: str, lines: int = 30) -> str:
 
 
 def build(dockerfile: Path, context: Path, tag: str, target: str,
-          build_args: Mapping[str, str], log: Path | None = None) -> None:
-    env = {"DOCKER_BUILDKIT": "1"}
+          build_args: Mapping[str, str], log: Path | None = None,
+          buildkit: bool = True) -> None:
+    env = {"DOCKER_BUILDKIT": "1" if buildkit else "0"}
     try:
-        run.run(build_argv(dockerfile, context, tag, target, build_args), env=env, log=log)
+        run.run(build_argv(dockerfile, context, tag, target, build_args, buildkit),
+                env=env, log=log)
     except CommandFailed as exc:
         where = f" (full output in {log})" if log else ""
         raise BuildError(f"docker build failed{where}:\n{failing_step(exc.output)}") from None
@@ -122,5 +145,5 @@ def export(tag: str, dest: Path, log: Path | None = None) -> None:
 def build_and_export(dockerfile: Path, context: Path, tag: str, target: str,
                      build_args: Mapping[str, str], dest: Path,
                      log: Path | None = None) -> None:
-    build(dockerfile, context, tag, target, build_args, log=log)
+    build(dockerfile, context, tag, target, build_args, log=log, buildkit=has_buildkit(log))
     export(tag, dest, log=log)

@@ -18,8 +18,8 @@ build/firmware/ and logged to build/logs/firmware.log:
 4. reproducibility: grub.sh packs grub.cfg into a FAT memdisk with mkfs.msdos
    (random volume id, creation time) and mcopy (file times = now); the copy is
    edited to `mkfs.msdos --invariant` and `mcopy -m` with grub.cfg's mtime set
-   to SOURCE_DATE_EPOCH, and the build runs with SOURCE_DATE_EPOCH, TZ=UTC,
-   LC_ALL=C and PYTHONHASHSEED=0;
+   to SOURCE_DATE_EPOCH, and the build runs with SOURCE_DATE_EPOCH, TZ=UTC and
+   LC_ALL=C (edksetup.sh pins PYTHONHASHSEED);
 5. `make -C BaseTools`, then `build -a X64 -t GCC5 -b RELEASE -p
    OvmfPkg/AmdSev/AmdSevX64.dsc` inside edksetup.sh's environment;
 6. check that sev-snp-measure accepts the image (SEV metadata with the
@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from typing import Any, Callable
 
 from hbos import archive, fetch, run, tools
 from hbos.config import Config
-from hbos.errors import BuildError, ToolMissing
+from hbos.errors import BuildError, ToolMissing, UnsafeArchive
 from hbos.fsutil import atomic_path, remove, sha256_file, write_json
 from hbos.paths import Paths
 
@@ -143,10 +144,15 @@ def grub_script(text: str, drop_modules: tuple[str, ...]) -> str:
     return text
 
 
+# A sourced script sees the caller's "$@": edksetup.sh would reject build's
+# arguments (-a ...) and return 1 silently, so they are set aside first.
+EDKSETUP_THEN_BUILD = 'args=("$@"); set --; . ./edksetup.sh && exec build "${args[@]}"'
+
+
 def build_argv(cfg: Config, jobs: int) -> list[str]:
     """`build` inside edksetup.sh's environment (run from the tree's top)."""
     fw = cfg.firmware
-    return ["bash", "-c", '. ./edksetup.sh >/dev/null && exec build "$@"', "edk2-build",
+    return ["bash", "-c", EDKSETUP_THEN_BUILD, "edk2-build",
             "-a", "X64", "-t", fw.toolchain, "-b", fw.build_type, "-p", fw.platform,
             "-n", str(jobs), *fw.build_options]
 
@@ -157,8 +163,9 @@ def basetools_argv(jobs: int) -> list[str]:
 
 def build_env(source_date_epoch: int) -> dict[str, str]:
     """Environment entries that keep the build independent of time and locale."""
+    # (edksetup.sh itself exports PYTHONHASHSEED=1 for the Python build tools)
     return {"SOURCE_DATE_EPOCH": str(source_date_epoch), "TZ": "UTC", "LC_ALL": "C",
-            "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+            "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def missing_build_deps(find: Callable[[str], str | None] = tools.find,
@@ -184,10 +191,38 @@ def _step(msg: str) -> None:
     print(f"firmware: {msg}", file=sys.stderr, flush=True)
 
 
+def extract_source(tarball: Path, dest: Path) -> list[str]:
+    """Extract `tarball` into `dest` atomically; returns the symlinks it skipped.
+
+    The edk2 orig tarball holds one symlink to an absolute host path
+    (EmulatorPkg/Unix/Host/X11IncludeHack -> /opt/X11/include), which
+    hbos.archive rightly refuses. Such links point at the host, never into
+    the tree, and the OVMF build does not use them: they are skipped (and
+    named). Every other member passes tarfile's `data` filter, which refuses
+    absolute or `..` paths, links leaving `dest` and device nodes.
+    """
+    skipped: list[str] = []
+
+    def member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        if member.issym() and member.linkname.startswith("/"):
+            skipped.append(f"{member.name} -> {member.linkname}")
+            return None
+        return tarfile.data_filter(member, path)
+
+    try:
+        with tarfile.open(tarball, "r:*") as tar, atomic_path(dest) as tmp:
+            tmp.mkdir(parents=True)
+            tar.extractall(tmp, filter=member_filter)
+    except (tarfile.TarError, OSError) as exc:
+        raise UnsafeArchive(f"{tarball.name}: cannot extract safely: {exc}") from None
+    return skipped
+
+
 def unpack(orig: Path, debian: Path, work: Path) -> Path:
     """Fresh edk2 tree with its debian/ directory under `work`; returns the tree."""
     remove(work)
-    archive.extract(orig, work / "orig")
+    for link in extract_source(orig, work / "orig"):
+        _step(f"  skipped the host symlink {link} (not used by the build)")
     tops = [p for p in (work / "orig").iterdir() if p.is_dir()]
     if len(tops) != 1:
         raise BuildError(f"{orig.name}: expected one top directory, found {len(tops)}")

@@ -5,7 +5,8 @@
     build/releases/current -> <dir>    the one start_release launches
 
 The tarball is fetched by hbos.fetch (streamed, retried on transient errors,
-truncation detected, sha256 checked when pinned), extracted by hbos.archive
+truncation detected, sha256 checked when pinned; `file://` URLs and plain
+paths are copied, for hosts without a server), extracted by hbos.archive
 (absolute paths, `..`, escaping links, devices, fifos, duplicates refused)
 into a staging directory inside build/releases/, and verified there
 (hbos.release.verify_release). Only then does the `current` symlink move to
@@ -18,14 +19,17 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import sys
+import urllib.parse
 from pathlib import Path
 
 from hbos import archive, fetch, release
-from hbos.errors import ReleaseError
-from hbos.fsutil import remove
+from hbos.errors import HashMismatch, ReleaseError
+from hbos.fsutil import atomic_path, remove, sha256_file
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+RESERVE = 64 << 20  # left free on the disk after extracting a release
 
 
 def resolve_request(cfg, url: str = "", sha256: str = "") -> tuple[str, str]:
@@ -49,12 +53,9 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", *,
         print("download_release: warning: no --sha256 given; the release will be checked for "
               "consistency, not authenticity (pin its sha256 or release.launch_digest)",
               file=sys.stderr)
-    r = cfg.release
     incoming = paths.release_download.with_name(f".incoming-{os.getpid()}.tar.gz")
     try:
-        digest = fetch.download(url, incoming, sha256=pin or None, retries=r.retries,
-                                backoff=r.backoff_ms / 1000, progress=progress,
-                                timeout=(r.connect_timeout, r.read_timeout))
+        digest = fetch_tarball(cfg, url, incoming, pin, progress)
         root = install(cfg, paths, incoming, digest)
     except BaseException:
         remove(incoming)  # nothing of a refused release is kept; the previous one stays
@@ -67,6 +68,35 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", *,
     return root
 
 
+def local_source(url: str) -> Path | None:
+    """The file a `file://` URL or a plain path names (for air-gapped hosts), else None."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    if parsed.scheme == "":
+        return Path(url).expanduser()
+    return None
+
+
+def fetch_tarball(cfg, url: str, dest: Path, pin: str, progress: bool | None) -> str:
+    """`url` (http(s), file:// or a path) -> `dest`; returns its sha256, checked if pinned."""
+    local = local_source(url)
+    if local is None:
+        r = cfg.release
+        return fetch.download(url, dest, sha256=pin or None, retries=r.retries,
+                              backoff=r.backoff_ms / 1000, progress=progress,
+                              timeout=(r.connect_timeout, r.read_timeout))
+    if not local.is_file():
+        raise ReleaseError(f"release tarball {local} does not exist")
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(local, tmp)
+        digest = sha256_file(tmp)
+        if pin and digest != pin:
+            raise HashMismatch(f"sha256 mismatch for {local}:\n  expected {pin}\n  got      {digest}",
+                               hint="the file is not the release you pinned; nothing was kept")
+    return digest
+
+
 def install(cfg, paths, tarball: Path, tarball_sha256: str) -> Path:
     """Extract `tarball` into a staging dir, verify it, then make it current."""
     releases = paths.releases
@@ -75,7 +105,7 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str) -> Path:
     stage = releases / f".incoming-{os.getpid()}"
     remove(stage)
     try:
-        archive.extract(tarball, stage)
+        archive.extract(tarball, stage, max_bytes=shutil.disk_usage(releases).free - RESERVE)
         release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
         final = releases / f"{tarball_sha256[:16]}.{secrets.token_hex(4)}"
         os.rename(stage, final)

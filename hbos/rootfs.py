@@ -15,13 +15,14 @@ nodes mmdebstrap puts in /dev are left out (the guest mounts devtmpfs there).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from hbos import kernel, run, tools
+from hbos import kernel, run, templates, tools
 from hbos.config import Config
 from hbos.errors import BuildError, DownloadError
 from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
@@ -81,11 +82,33 @@ def build(cfg: Config, paths: Paths) -> None:
     write_json(paths.base_rootfs_manifest, {
         "sha256": sha256_file(paths.base_rootfs),
         "size": paths.base_rootfs.stat().st_size,
-        "rootfs": cfg.slice("rootfs")["rootfs"],
-        "source_date_epoch": cfg.source_date_epoch,
+        **recorded_config(cfg),
     })
     print(f"base_rootfs: {paths.base_rootfs} "
           f"({paths.base_rootfs.stat().st_size >> 20} MiB)", file=sys.stderr)
+
+
+def recorded_config(cfg: Config) -> dict:
+    """What rootfs.json records of the config that made rootfs.tar."""
+    return {"rootfs": cfg.slice("rootfs")["rootfs"], "source_date_epoch": cfg.source_date_epoch}
+
+
+def up_to_date(cfg: Config, paths: Paths):
+    """doit uptodate: rootfs.tar exists with the size rootfs.json recorded for this config.
+
+    Kept in the artifact rather than doit's database, so a base root copied
+    from a cache (or another build dir) is not rebuilt for nothing.
+    """
+    def check(task=None, values=None) -> bool:
+        try:
+            data = read_json(paths.base_rootfs_manifest)
+        except (FileNotFoundError, ValueError):
+            return False
+        recorded = {"rootfs": data.get("rootfs"), "source_date_epoch": data.get("source_date_epoch")}
+        return (recorded == json.loads(json.dumps(recorded_config(cfg)))
+                and paths.base_rootfs.is_file()
+                and paths.base_rootfs.stat().st_size == data.get("size"))
+    return check
 
 
 def manifest(paths: Paths) -> dict:
@@ -174,11 +197,13 @@ def mkfs_ext4_argv(tree: Path, image: Path, uuid: str, size: int, label: str = "
             str(image), f"{size // 1024}k"]
 
 
+SERIAL_LOGIN_TEMPLATE = "guest/serial-autologin.conf.j2"
+
+
 def serial_login_files() -> dict[str, str]:
     """Drop-in giving the debug disk a root shell on the serial console."""
     return {"etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf":
-            "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud "
-            "115200,57600,38400,9600 %I $TERM\n"}
+            templates.render(SERIAL_LOGIN_TEMPLATE, tty="ttyS0")}
 
 
 def build_image(cfg: Config, paths: Paths) -> None:

@@ -50,7 +50,7 @@ SYSTEM_DIR = "etc/systemd/system"
 NETWORKD = "/lib/systemd/system"
 # getty units a non-debug image masks: no login prompt on any console
 GETTY_UNITS = ("getty@.service", "serial-getty@.service", "console-getty.service",
-               "autovt@.service", "container-getty@.service")
+               "autovt@.service", "container-getty@.service", "getty-static.service")
 
 
 def system_files(cfg: Config) -> dict[str, Union[str, Link]]:
@@ -92,7 +92,7 @@ def write_system_files(tree: Path, files: dict[str, Union[str, Link]]) -> None:
 # ------------------------------------------------------------ content tree
 
 
-def check_content_tree(root: Path) -> None:
+def check_content_tree(root: Path, name_max: int = NAME_MAX) -> None:
     """Refuse entries an image cannot or must not hold, naming the path."""
     if not root.is_dir():
         raise BuildError(f"content tree {root} does not exist", hint="run: doit content")
@@ -100,8 +100,8 @@ def check_content_tree(root: Path) -> None:
         for name in dirnames + filenames:
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
-            if len(os.fsencode(name)) > NAME_MAX:
-                raise BuildError(f"content tree: name longer than {NAME_MAX} bytes: {rel}")
+            if len(os.fsencode(name)) > name_max:
+                raise BuildError(f"content tree: name longer than {name_max} bytes: {rel}")
             if len(os.fsencode(rel)) + 1 > PATH_MAX:
                 raise BuildError(f"content tree: path longer than {PATH_MAX} bytes: {rel}")
             mode = os.lstat(full).st_mode
@@ -123,7 +123,7 @@ def safe_dest(tree: Path, rel: str) -> Path:
     if not parts or parts[0] in ("/", "..") or ".." in parts:
         raise BuildError(f"content path {rel!r} leaves the root")
     first = tree / parts[0]
-    if parts[0] in MERGED_USR and first.is_symlink() and len(parts) > 1:
+    if parts[0] in MERGED_USR and first.is_symlink():
         target = os.readlink(first)
         if not target.startswith("/") and ".." not in Path(target).parts:
             parts = (*Path(target).parts, *parts[1:])

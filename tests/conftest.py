@@ -97,3 +97,154 @@ def doit(args: list[str], *, cwd: Path = ROOT, check: bool = True,
         raise AssertionError(f"doit {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+# ===================================================================
+# Guest image fixtures (issue 3: initramfs, base root, verity) — owned by the
+# guest-image engineer; others may use them.
+#
+# - base_rootfs_cache: the `local` profile's base root (mmdebstrap, real
+#   Debian mirror), built once and cached under
+#   cache_dir()/base-rootfs/<key of the rootfs config + source_date_epoch>.
+# - write_test_content(dir): a small content tree: a Python http.server unit
+#   (hbos-test.service, enabled by symlink) serving TEST_MARKER on port
+#   TEST_GUEST_PORT.
+# - build_guest(dir, ...): runs the real graph (`doit measure profile=local`)
+#   in its own build dir with the cached base root linked in, the cached
+#   Debian cloud kernel and the amdsev_ovmf vector as firmware; returns a
+#   GuestBuild (vmlinuz, initrd, guest.img, hash_tree.bin, roothash, ...).
+# - guest_build: one such build for the session (content = the test tree).
+# ===================================================================
+
+TEST_MARKER = "hbos-guest-image-test-marker-5f1c"
+TEST_GUEST_PORT = 8080
+
+
+def rootfs_cache_key(cfg) -> str:
+    import hashlib
+    import json
+    data = json.dumps(cfg.slice("rootfs", "source_date_epoch"), sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def base_rootfs_cache():
+    """Paths of a cache dir holding base/rootfs.tar + base/rootfs.json (local profile)."""
+    from hbos import config as hconfig, rootfs, tools
+    from hbos.errors import HbosError
+    from hbos.paths import Paths
+    cfg = hconfig.load(profile="local")
+    root = cache_dir() / "base-rootfs" / rootfs_cache_key(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    overlay = write_overlay(root / "overlay.yaml", f"build_dir: {root}\n")
+    cfg = hconfig.load(profile="local", overlay=overlay)
+    paths = Paths.from_config(cfg)
+    if not rootfs.up_to_date(cfg, paths)():
+        if tools.find("mmdebstrap") is None:
+            missing_prerequisite("mmdebstrap is not installed")
+        try:
+            rootfs.build(cfg, paths)
+        except HbosError as exc:
+            missing_prerequisite(f"cannot build the base root filesystem: {exc}")
+    return paths
+
+
+def write_test_content(root: Path, marker: str = TEST_MARKER) -> Path:
+    """A content tree with one enabled service answering `marker` over HTTP."""
+    www = root / "opt" / "hbos-test" / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "index.html").write_text(f"{marker}\n")
+    units = root / "etc" / "systemd" / "system"
+    (units / "multi-user.target.wants").mkdir(parents=True, exist_ok=True)
+    (units / "hbos-test.service").write_text(
+        "[Unit]\nDescription=HyperBEAM OS guest image test service\n"
+        "After=network.target\n\n[Service]\n"
+        f"ExecStart=/usr/bin/python3 -m http.server {TEST_GUEST_PORT} "
+        "--directory /opt/hbos-test/www\n\n[Install]\nWantedBy=multi-user.target\n")
+    link = units / "multi-user.target.wants" / "hbos-test.service"
+    if not link.is_symlink():
+        link.symlink_to("../hbos-test.service")
+    return root
+
+
+class GuestBuild:
+    """A built guest in its own build dir (see build_guest)."""
+
+    def __init__(self, build_dir: Path, overlay: Path):
+        from hbos import config as hconfig
+        from hbos.paths import Paths
+        self.dir = build_dir
+        self.overlay = overlay
+        self.cfg = hconfig.load(profile="local", overlay=overlay)
+        self.paths = Paths.from_config(self.cfg)
+
+    def doit(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return doit([*args, "profile=local", f"config={self.overlay}"], check=check)
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.paths.vmlinuz
+
+    @property
+    def initrd(self) -> Path:
+        return self.paths.initramfs
+
+    @property
+    def image(self) -> Path:
+        return self.paths.verity_image
+
+    @property
+    def hash_tree(self) -> Path:
+        return self.paths.hash_tree
+
+    @property
+    def roothash(self) -> str:
+        return self.paths.roothash.read_text().strip()
+
+    @property
+    def measurement(self) -> dict:
+        import json
+        return json.loads(self.paths.measurement.read_text())
+
+    @property
+    def cmdline(self) -> str:
+        from hbos import vmconfig
+        return vmconfig.kernel_cmdline(self.cfg, self.roothash)
+
+
+def link_base_rootfs(cache, paths) -> None:
+    """Hard-link (or copy) the cached base root into a build dir."""
+    import shutil
+    paths.base_dir.mkdir(parents=True, exist_ok=True)
+    for src, dest in ((cache.base_rootfs, paths.base_rootfs),
+                      (cache.base_rootfs_manifest, paths.base_rootfs_manifest)):
+        if dest.exists():
+            dest.unlink()
+        try:
+            os.link(src, dest)
+        except OSError:
+            shutil.copyfile(src, dest)
+
+
+def build_guest(build_dir: Path, *, base_cache, kernel_deb: Path, ovmf: Path,
+                content: Path, extra: str = "") -> GuestBuild:
+    """`doit measure` (profile local) in build_dir with `content` as a content dir."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    overlay = write_overlay(build_dir / "overlay.yaml", (
+        f"build_dir: {build_dir / 'build'}\n"
+        f"kernel: {{source: deb, deb: {kernel_deb}}}\n"
+        f"firmware: {{ovmf: {ovmf}}}\n"
+        f"content: {{source: dir, path: {content}}}\n" + extra))
+    guest = GuestBuild(build_dir, overlay)
+    link_base_rootfs(base_cache, guest.paths)
+    guest.doit("measure")
+    return guest
+
+
+@pytest.fixture(scope="session")
+def guest_build(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory) -> GuestBuild:
+    """A local-profile-like guest with the test service, built once a session."""
+    root = tmp_path_factory.mktemp("guest-build")
+    content = write_test_content(root / "content-src")
+    return build_guest(root / "guest", base_cache=base_rootfs_cache, kernel_deb=kernel_deb,
+                       ovmf=amdsev_ovmf, content=content)

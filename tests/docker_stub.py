@@ -5,6 +5,7 @@ first on PATH. Every invocation appends its argv as one JSON line to `log`.
 Behaviour is chosen by environment variables:
 
 - DOCKER_STUB_INFO=fail     `docker info` fails like a client without engine
+- DOCKER_STUB_BUILDX=missing `docker buildx version` fails (no BuildKit plugin)
 - DOCKER_STUB_BUILD=fail    `docker build` prints BuildKit plain progress of a
                             failing RUN step and exits 1
 - DOCKER_STUB_CP=fail       `docker cp` fails
@@ -41,12 +42,24 @@ FAILED_BUILD_OUTPUT = """\
 ERROR: failed to solve: process "/bin/sh -c cd /build/HyperBEAM && rebar3 as \\"$HB_PROFILE\\" release" did not complete successfully: exit code: 1
 """
 
+FAILED_LEGACY_OUTPUT = """\
+DEPRECATED: The legacy builder is deprecated and will be removed in a future release.
+Sending build context to Docker daemon  9.216kB
+Step 1/30 : ARG OTP_VERSION=27
+Step 14/30 : RUN cd /build/HyperBEAM  && rebar3 as "$HB_PROFILE" release
+ ---> Running in 5d1c2b3a4f00
+===> Verifying dependencies...
+src/hb_opts.erl:42: syntax error before: '}'
+The command '/bin/sh -c cd /build/HyperBEAM && rebar3 as "$HB_PROFILE" release' returned a non-zero code: 1
+"""
+
 SCRIPT = r'''#!{python}
 import json, os, sys
 from pathlib import Path
 LOG = Path({log!r})
 STATE = LOG.with_suffix(".build-args.json")
 OUT = {failed!r}
+LEGACY = {legacy!r}
 argv = sys.argv[1:]
 with open(LOG, "a") as fh:
     fh.write(json.dumps(["docker", *argv]) + "\n")
@@ -57,9 +70,14 @@ if cmd == "info":
               "Is the docker daemon running?", file=sys.stderr)
         sys.exit(1)
     print("24.0.7")
+elif cmd == "buildx":
+    if os.environ.get("DOCKER_STUB_BUILDX") == "missing":
+        print("docker: unknown command: docker buildx", file=sys.stderr)
+        sys.exit(1)
+    print("github.com/docker/buildx v0.12.1")
 elif cmd == "build":
     if os.environ.get("DOCKER_STUB_BUILD") == "fail":
-        sys.stderr.write(OUT)
+        sys.stderr.write(OUT if "--progress=plain" in argv else LEGACY)
         sys.exit(1)
     args = {{}}
     for i, a in enumerate(argv):
@@ -105,7 +123,8 @@ else:
 def install(bin_dir: Path, log: Path) -> Path:
     bin_dir.mkdir(parents=True, exist_ok=True)
     stub = bin_dir / "docker"
-    stub.write_text(SCRIPT.format(python=sys.executable, log=str(log), failed=FAILED_BUILD_OUTPUT))
+    stub.write_text(SCRIPT.format(python=sys.executable, log=str(log), failed=FAILED_BUILD_OUTPUT,
+                                  legacy=FAILED_LEGACY_OUTPUT))
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return stub
 

@@ -178,6 +178,62 @@ def test_sample_node_answers_on_the_host(sample_tree):
         proc.wait()
 
 
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_sample_node_speaks_enough_http(sample_tree):
+    port = _free_port()
+    proc = _run_unit_command(sample_tree, port, ["/usr/bin/python3"])
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/~meta@1.0/info", proc)
+        body = json.dumps({"big": "x" * 200_000}).encode()
+        answer = _raw(port, b"POST /~meta@1.0/info HTTP/1.1\r\nHost: x\r\n"
+                      b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+        assert json.loads(answer.split(b"\r\n\r\n", 2)[2])["config"]["big"] == "x" * 200_000
+        chunked = _raw(port, b"POST /~meta@1.0/info HTTP/1.1\r\nHost: x\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+        assert chunked.startswith(b"HTTP/1.1 411 ")
+        head = _raw(port, b"HEAD /~meta@1.0/info HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and head.endswith(b"\r\n\r\n")
+        assert _raw(port, b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        too_big = _raw(port, b"POST /~meta@1.0/info HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
+        assert too_big.startswith(b"HTTP/1.1 413 ")
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sample_node_accepts_the_launchers_post_start_configuration(sample_tree):
+    launch = pytest.importorskip("hbos.launch")
+    if not all(hasattr(launch, n) for n in ("send_post_start", "post_start_config",
+                                            "StartOptions")):
+        pytest.skip("the launcher's post-start helpers are not there (yet)")
+    port = _free_port()
+    proc = _run_unit_command(sample_tree, port, ["/usr/bin/python3"])
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/~meta@1.0/info", proc)
+        record = {"kernel": "aa" * 48, "initrd": "bb" * 48, "append": "cc" * 48,
+                  "firmware": "dd" * 48, "vcpus": 1, "vcpu_type": "EPYC-v4",
+                  "vmm_type": "QEMU", "guest_features": 1, "expected_hash": "ee" * 48}
+        options = launch.StartOptions(self_url=f"http://127.0.0.1:{port}")
+        body = launch.post_start_config(record, options)
+        answer = launch.send_post_start(port, body)
+        assert answer["ok"] is True and answer["config"] == body
+        _, info = _wait_http(f"http://127.0.0.1:{port}/~meta@1.0/info", proc)
+        assert json.loads(info)["config"]["snp_trusted"] == body["snp_trusted"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _minimal_stdlib(dest: Path) -> Path:
     """A copy of exactly the .py files libpython3.11-minimal ships (Debian's list)."""
     proc = subprocess.run(["dpkg", "-L", "libpython3.11-minimal"], capture_output=True, text=True)
@@ -261,6 +317,19 @@ def test_dir_source_copies_renders_and_notices_source_changes(tmp_path):
     assert (p.paths.content_tree / "opt/cu/src/app.js").read_text() == "// cu, new\n"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can own files as another user")
+def test_owners_are_normalized_to_root(tmp_path):
+    src = make_prebuilt(tmp_path / "prebuilt")
+    os.lchown(src / "opt/cu/src/app.js", 1234, 5678)
+    os.lchown(src / "opt/hyperbeam/bin/hb-link", 1234, 5678)
+    p = Project(tmp_path)
+    p.write(f"content: {{source: dir, path: {src}}}\n")
+    content.build(p.cfg(), p.paths)
+    for path in [p.paths.content_tree, *p.paths.content_tree.rglob("*")]:
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid) == (0, 0), path
+
+
 def test_dir_source_refuses_a_fifo(tmp_path):
     src = make_prebuilt(tmp_path / "prebuilt")
     os.mkfifo(src / "opt/cu/pipe")
@@ -336,18 +405,19 @@ def test_moved_branch_rebuilds_and_is_recorded(tmp_path):
     assert ran(p.doit(env=env))
     refs = fsutil.read_json(p.paths.content_manifest)["refs"]
     assert refs == {"hyperbeam": {"repo": str(repo), "ref": "edge", "commit": first}}
-    assert [c[1] for c in docker_stub.calls(log)] == ["info", "build", "create", "cp", "rm"]
-    assert f"HB_COMMIT={first}" in docker_stub.calls(log)[1]
+    assert [c[1] for c in docker_stub.calls(log)] == ["info", "buildx", "build", "create", "cp",
+                                                      "rm"]
+    assert f"HB_COMMIT={first}" in docker_stub.calls(log)[2]
 
     assert skipped(p.doit(env=env))                   # branch did not move
-    assert len(docker_stub.calls(log)) == 5
+    assert len(docker_stub.calls(log)) == 6
 
     _git(repo, "commit", "-q", "--allow-empty", "-m", "two")   # the branch moves
     second = _git(repo, "rev-parse", "HEAD")
     proc = p.doit(env=env)
     assert ran(proc) and "manifest updated" in proc.stdout
     assert fsutil.read_json(p.paths.content_manifest)["refs"]["hyperbeam"]["commit"] == second
-    assert f"HB_COMMIT={second}" in docker_stub.calls(log)[6]
+    assert f"HB_COMMIT={second}" in docker_stub.calls(log)[8]
 
     p.write(f"content: {{source: docker, hyperbeam_repo: {repo}, hyperbeam_ref: v1, cu: false}}\n")
     assert ran(p.doit(env=env))                       # annotated tag -> its commit

@@ -429,3 +429,91 @@ def test_doit_package_and_download_release(built, httpserver, tmp_path):
     assert bad.returncode != 0
     out = bad.stdout + bad.stderr
     assert "sha256 mismatch" in out and "Traceback" not in out
+
+
+# ------------------------------------------------------------- a real boot
+
+
+@pytest.mark.timeout(1800)
+def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, httpserver):
+    """Build host packages a bootable guest; another build dir downloads,
+    verifies and starts it (QEMU, TCG) until its health endpoint answers.
+
+    The guest is the launcher tests' one (tests/integration/test_start.py):
+    the real Debian cloud kernel and a busybox initramfs serving the health
+    endpoint; image and hash tree are placeholders it never reads.
+    """
+    import signal
+    from hbos import config as hconfig, launch, measure, qemu, vmconfig
+    from hbos.paths import Paths
+    from tests.integration.test_start import free_port, make_initramfs
+
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86_64 is not installed (qemu-system-x86)")
+    _, kpaths = kernel_build
+    port = free_port()
+    settings = (f"ports: {{hyperbeam: {port}}}\nvm: {{memory_mib: 512}}\n"
+                "cmdline: console=ttyS0 loglevel=7 panic=-1\n"
+                "launch: {snp: auto, accel: tcg, host_address: 127.0.0.1, health_timeout: 900}\n")
+
+    def build_dir(name: str):
+        (tmp_path / name).mkdir()
+        overlay = tmp_path / name / "overlay.yaml"
+        overlay.write_text(f"build_dir: {tmp_path / name / 'build'}\n"
+                           f"firmware: {{ovmf: {amdsev_ovmf}}}\n" + settings)
+        cfg = hconfig.load(overlay=overlay)
+        return cfg, Paths.from_config(cfg)
+
+    # the build host
+    cfg, paths = build_dir("builder")
+    paths.kernel_dir.mkdir(parents=True)
+    shutil.copyfile(kpaths.vmlinuz, paths.vmlinuz)
+    shutil.copyfile(make_initramfs(tmp_path / "builder", kpaths.kernel_modules, port),
+                    paths.initramfs)
+    paths.verity_dir.mkdir(parents=True)
+    paths.verity_image.write_bytes(b"\0" * 4096)
+    paths.hash_tree.write_bytes(b"\0" * 4096)
+    vmconfig.write(cfg, paths, ovmf=amdsev_ovmf)
+    measure.measure_vm_config(paths.vm_config, paths.measurement,
+                              source_date_epoch=cfg.source_date_epoch)
+    release_pack.package_release(cfg, paths)
+
+    # another host
+    cfg2, paths2 = build_dir("host")
+    url = _serve(httpserver, paths.release_tarball.read_bytes())
+    root = release_fetch.download_release(cfg2, paths2, url, sha256_file(paths.release_tarball),
+                                          progress=False)
+    files = qemu.RunFiles(paths2.run_dir)
+    try:
+        release.start_release(cfg2, paths2, launch.options_from_params())
+        ok, why = launch.probe_health(port)
+        assert ok, why
+        argv = json.loads(files.state.read_text())["argv"]
+        assert any(str(root / release.KERNEL) in a for a in argv), argv
+        assert any(str(root / release.INITRD) in a for a in argv), argv
+    finally:
+        pid = launch.read_pid(files.pidfile)
+        if pid is not None and launch.is_our_qemu(pid, files.pidfile):
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(50):
+                launch._reap(pid)
+                if not launch.is_our_qemu(pid, files.pidfile):
+                    break
+                time.sleep(0.1)
+
+
+def test_local_path_and_file_url(built, tmp_path):
+    cfg, paths = built
+    pin = sha256_file(paths.release_tarball)
+    copy = tmp_path / "copied release.tar.gz"
+    shutil.copyfile(paths.release_tarball, copy)
+    root = release_fetch.download_release(cfg, paths, str(copy), pin, progress=False)
+    assert release.verify_release(root)
+    root2 = release_fetch.download_release(cfg, paths, copy.as_uri(), pin, progress=False)
+    assert root2 != root and paths.current_release.resolve() == root2
+    before = _state(paths)
+    with pytest.raises(HashMismatch, match="sha256 mismatch"):
+        release_fetch.download_release(cfg, paths, str(copy), "0" * 64, progress=False)
+    with pytest.raises(ReleaseError, match="does not exist"):
+        release_fetch.download_release(cfg, paths, str(tmp_path / "nope.tar.gz"), progress=False)
+    assert _state(paths) == before

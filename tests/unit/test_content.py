@@ -101,6 +101,7 @@ def stub(tmp_path, monkeypatch):
     monkeypatch.delenv("DOCKER_STUB_INFO", raising=False)
     monkeypatch.delenv("DOCKER_STUB_BUILD", raising=False)
     monkeypatch.delenv("DOCKER_STUB_CP", raising=False)
+    monkeypatch.delenv("DOCKER_STUB_BUILDX", raising=False)
     return log
 
 
@@ -121,6 +122,7 @@ def test_docker_source_runs_exact_commands_and_never_edits_the_dockerfile(tmp_pa
     args = content.docker_build_args(cfg, content.wanted_refs(cfg))
     assert calls == [
         docker.info_argv(),
+        docker.buildx_argv(),
         docker.build_argv(dockerfile, dockerfile.parent, "hbos-content:latest", "content", args),
         docker.create_argv("hbos-content:latest", name),
         docker.cp_argv(name, paths.content_dir / f".docker-out-{os.getpid()}"),
@@ -160,10 +162,31 @@ def test_failed_build_shows_the_failing_step_tail_and_keeps_the_old_tree(tmp_pat
     assert "src/hb_opts.erl:42: syntax error before: '}'" in msg
     assert "npm warn" not in msg  # another step's output is not the failing step's
     assert _snapshot(dockerfile) == before
-    assert [c[1] for c in docker_stub.calls(stub)] == ["info", "build"]
+    assert [c[1] for c in docker_stub.calls(stub)] == ["info", "buildx", "build"]
     assert paths.content_manifest.read_bytes() == old_manifest
     assert (paths.content_tree / "opt/hyperbeam/bin/hb").exists()
     assert str(paths.log("content")) in msg
+
+
+def test_without_buildx_the_legacy_builder_is_used(tmp_path, stub, monkeypatch):
+    cfg, paths = load(tmp_path, f"content: {{source: docker, hyperbeam_ref: {HB}, cu: false}}\n")
+    monkeypatch.setenv("DOCKER_STUB_BUILDX", "missing")
+    content.build(cfg, paths)
+    build = docker_stub.calls(stub)[2]
+    assert build[:2] == ["docker", "build"] and "--progress=plain" not in build
+    assert build == docker.build_argv(cfg.path(cfg.content.dockerfile),
+                                      cfg.path(cfg.content.dockerfile).parent,
+                                      "hbos-content:latest", "content-hb",
+                                      content.docker_build_args(cfg, content.wanted_refs(cfg)),
+                                      buildkit=False)
+    stub.unlink()
+    monkeypatch.setenv("DOCKER_STUB_BUILD", "fail")
+    with pytest.raises(BuildError) as exc:
+        content.build(cfg, paths)
+    msg = str(exc.value)
+    assert "step 14/30 : RUN cd /build/HyperBEAM" in msg
+    assert "src/hb_opts.erl:42: syntax error before: '}'" in msg
+    assert "Sending build context" not in msg
 
 
 def test_failed_copy_still_removes_the_container(tmp_path, stub, monkeypatch):
@@ -173,7 +196,7 @@ def test_failed_copy_still_removes_the_container(tmp_path, stub, monkeypatch):
         content.build(cfg, paths)
     assert "Could not find the file /hbos" in str(exc.value)
     calls = docker_stub.calls(stub)
-    assert [c[1] for c in calls] == ["info", "build", "create", "cp", "rm"]
+    assert [c[1] for c in calls] == ["info", "buildx", "build", "create", "cp", "rm"]
     assert calls[-1] == docker.rm_argv(docker.container_name())
     assert not paths.content_tree.exists()
     assert not paths.content_manifest.exists()
@@ -229,9 +252,9 @@ def test_failing_step_picks_the_step_that_failed():
 
 
 def test_failing_step_falls_back_to_the_output_tail():
-    legacy = "\n".join(f"Step {i}/9 : RUN x" for i in range(1, 60)) + "\nreturned a non-zero code: 2"
-    out = docker.failing_step(legacy, lines=5)
-    assert out.splitlines()[-1] == "returned a non-zero code: 2"
+    plain = "\n".join(f"output line {i}" for i in range(1, 60)) + "\nerror: no such file"
+    out = docker.failing_step(plain, lines=5)
+    assert out.splitlines()[-1] == "error: no such file"
     assert len(out.splitlines()) == 5
 
 

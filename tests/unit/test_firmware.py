@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from hbos import config, edk2, firmware
-from hbos.errors import BuildError, ConfigError, DownloadError, HashMismatch, ToolMissing
+from hbos.errors import (BuildError, ConfigError, DownloadError, HashMismatch, ToolMissing,
+                         UnsafeArchive)
 from hbos.paths import Paths
 
 BODY = b"edk2 orig tarball bytes " * 500
@@ -178,16 +179,17 @@ def test_grub_script_refuses_an_unexpected_shape():
 def test_build_argv_is_exact(tmp_path):
     cfg, _ = _cfg(tmp_path, source="build", build_options='["-D", "FOO=TRUE"]')
     assert edk2.build_argv(cfg, 2) == [
-        "bash", "-c", '. ./edksetup.sh >/dev/null && exec build "$@"', "edk2-build",
+        "bash", "-c", 'args=("$@"); set --; . ./edksetup.sh && exec build "${args[@]}"',
+        "edk2-build",
         "-a", "X64", "-t", "GCC5", "-b", "RELEASE", "-p", "OvmfPkg/AmdSev/AmdSevX64.dsc",
         "-n", "2", "-D", "FOO=TRUE"]
     assert edk2.basetools_argv(2) == ["make", "-C", "BaseTools", "-j2"]
 
 
-def test_build_env_pins_time_locale_and_hash_seed():
+def test_build_env_pins_time_and_locale():
     assert edk2.build_env(1704067200) == {
         "SOURCE_DATE_EPOCH": "1704067200", "TZ": "UTC", "LC_ALL": "C",
-        "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def test_missing_build_deps_name_debian_packages(monkeypatch):
@@ -248,3 +250,33 @@ def test_fix_grub_edits_the_copy_and_stamps_grub_cfg(tmp_path):
     edk2.fix_grub(tmp_path, ("sevsecret",), 1704067200)
     assert "sevsecret" not in script.read_text()
     assert (tmp_path / edk2.GRUB_CFG).stat().st_mtime == 1704067200
+
+
+def test_extract_source_skips_absolute_host_symlinks_only(tmp_path):
+    tarball = tmp_path / "o.tar.xz"
+    with tarfile.open(tarball, "w:xz") as tar:
+        for name, target in (("edk2/X11IncludeHack", "/opt/X11/include"),
+                             ("edk2/inner", "README")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+        info = tarfile.TarInfo("edk2/README")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    skipped = edk2.extract_source(tarball, tmp_path / "out")
+    assert skipped == ["edk2/X11IncludeHack -> /opt/X11/include"]
+    assert not (tmp_path / "out" / "edk2" / "X11IncludeHack").is_symlink()
+    assert (tmp_path / "out" / "edk2" / "inner").read_text() == "hi\n"
+
+
+@pytest.mark.parametrize("name,linkname", [("../evil", ""), ("edk2/up", "../../etc")])
+def test_extract_source_refuses_escapes_and_keeps_nothing(tmp_path, name, linkname):
+    tarball = tmp_path / "o.tar"
+    with tarfile.open(tarball, "w") as tar:
+        info = tarfile.TarInfo(name)
+        if linkname:
+            info.type, info.linkname = tarfile.SYMTYPE, linkname
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(UnsafeArchive):
+        edk2.extract_source(tarball, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -265,3 +265,52 @@ def test_dead_qemu_reported_with_log_tail(measured):
     assert "terminating on signal 9" in st.describe()
     with pytest.raises(LaunchError, match="died"):
         launch.print_status(paths)
+
+
+# ----------------------------------------------------------------- the SNP path (no SNP here)
+
+
+class _Spawned(Exception):
+    pass
+
+
+def test_snp_start_runs_the_snp_command_line(measured, tmp_path, monkeypatch):
+    """With an SNP-ready host (simulated: none exists here) start_vm launches the
+    sev-snp-guest command line with KVM, the configured C-bit and the measured OVMF."""
+    vm, m, cfg, paths = measured
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(
+        cfg.launch, snp="required", cbitpos=51, qemu=sys.executable))
+    image, tree = tmp_path / "guest.img", tmp_path / "hash_tree.bin"
+    image.write_bytes(b"\0" * 4096)
+    tree.write_bytes(b"\0" * 4096)
+    seen: dict = {}
+    monkeypatch.setattr(launch, "snp_host_ready", lambda: (True, "SEV-SNP host"))
+    monkeypatch.setattr(launch, "host_facts", lambda q: qemu.HostFacts(
+        q, (9, 2, 0), frozenset({"EPYC-v4"})))
+
+    def spawn(argv, files):
+        seen["argv"] = argv
+        raise _Spawned()
+    monkeypatch.setattr(launch, "_spawn", spawn)
+    with pytest.raises(_Spawned):
+        launch.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
+                        image=image, hash_tree=tree, options=launch.StartOptions())
+    argv = seen["argv"]
+    assert argv[0] == sys.executable
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert "confidential-guest-support=sev0" in argv[argv.index("-machine") + 1]
+    assert ("sev-snp-guest,id=sev0,policy=0x30000,cbitpos=51,reduced-phys-bits=1,"
+            "kernel-hashes=on") in argv
+    assert argv[argv.index("-bios") + 1] == str(vm.ovmf)
+    assert argv[argv.index("-smp") + 1] == "2"
+
+
+def test_snp_required_refuses_on_this_kind_of_host(measured, tmp_path, monkeypatch):
+    vm, m, cfg, paths = measured
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, snp="required"))
+    image = tmp_path / "guest.img"
+    image.write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(launch, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    with pytest.raises(LaunchError, match="'required'.*no /dev/sev"):
+        launch.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
+                        image=image, hash_tree=image, options=launch.StartOptions())

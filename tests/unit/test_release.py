@@ -291,7 +291,8 @@ def _tar(tmp_path: Path, members) -> Path:
 
 @pytest.mark.parametrize("members", [
     # lexically inside, but d/l -> .. makes d/l/.. the destination's parent
-    [("d", tarfile.DIRTYPE, ""), ("d/l", tarfile.SYMTYPE, ".."), ("x", tarfile.SYMTYPE, "d/l/..")],
+    [("d", tarfile.DIRTYPE, ""), ("d/l", tarfile.SYMTYPE, ".."),
+     ("x", tarfile.SYMTYPE, "d/l/..")],
     [("a", tarfile.SYMTYPE, "b/.."), ("b", tarfile.SYMTYPE, "..")],
     [("d", tarfile.DIRTYPE, ""), ("d/l", tarfile.SYMTYPE, ".."), ("h", tarfile.LNKTYPE, "d/l/../x")],
     [("loop1", tarfile.SYMTYPE, "loop2/x"), ("loop2", tarfile.SYMTYPE, "loop1/x")],
@@ -373,3 +374,16 @@ def test_start_release_passes_the_release_files_to_the_launcher(packaged, monkey
     with pytest.raises(ReleaseError, match="vmlinuz: sha256 mismatch"):
         release.start_release(cfg, paths, opts)
     assert len(calls) == 1
+
+
+def test_extract_refuses_more_than_max_bytes_before_writing(tmp_path):
+    src = tmp_path / "f"
+    src.write_bytes(b"x" * 5000)
+    t = tmp_path / "t.tar"
+    with tarfile.open(t, "w") as tar:
+        tar.add(src, arcname="f")
+    with pytest.raises(UnsafeArchive, match="need 5000 bytes, more than the 4999 allowed"):
+        archive.extract(t, tmp_path / "out", max_bytes=4999)
+    assert not (tmp_path / "out").exists()
+    archive.extract(t, tmp_path / "out", max_bytes=5000)
+    assert (tmp_path / "out" / "f").stat().st_size == 5000

@@ -22,7 +22,9 @@ check and post-start configuration work unchanged):
                               key); 200 {"ok": true, "config": {...}}.
                               Non-JSON or non-object body: 400.
 
-Nothing is written to disk; the configuration lives only in memory.
+Nothing is written to disk; the configuration lives only in memory. One
+request per connection (Connection: close); bodies need Content-Length (up to
+1 MiB; `Expect: 100-continue` is honoured, chunked bodies get 411).
 
     sample_node.py --host 0.0.0.0 --port 10000 --build hbos-sample-<hash>
 """
@@ -309,7 +311,12 @@ def route(node: Node, method: str, path: str, headers: dict, body: bytes):
 
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           408: "Request Timeout", 413: "Payload Too Large", 415: "Unsupported Media Type"}
+           408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
+           415: "Unsupported Media Type"}
+
+
+class LengthRequired(ValueError):
+    pass
 
 
 def _read_request(conn: socket.socket):
@@ -332,10 +339,14 @@ def _read_request(conn: socket.socket):
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        raise LengthRequired("chunked request bodies are not supported; send Content-Length")
     length = int(headers.get("content-length", "0") or 0)
     if length < 0 or length > MAX_BODY:
         raise OverflowError("body too large")
     body = rest
+    if len(body) < length and headers.get("expect", "").lower() == "100-continue":
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
     while len(body) < length:
         chunk = conn.recv(min(65536, length - len(body)))
         if not chunk:
@@ -365,6 +376,8 @@ def handle(node: Node, conn: socket.socket, peer) -> None:
             print(f"{peer[0]} {method} {path} {status}", flush=True)
         except OverflowError:
             _respond(conn, 413, "application/json", dumps({"error": "body too large"}), False)
+        except LengthRequired as exc:
+            _respond(conn, 411, "application/json", dumps({"error": str(exc)}), False)
         except (ValueError, UnicodeDecodeError):
             _respond(conn, 400, "application/json", dumps({"error": "bad request"}), False)
         except socket.timeout:
