@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ from hbos.fsutil import sha256_file, write_json
 from hbos.paths import Paths
 
 HEALTH_PATH = "/~meta@1.0/info"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")   # colour codes in systemd's console output
 QMP_START_TIMEOUT = 60.0     # seconds for QEMU to answer QMP after exec (2 busy cores)
 PROGRESS_EVERY = 15.0        # seconds between "still waiting" lines
 TAIL = 20
@@ -384,19 +386,25 @@ def _clear(files: qemu.RunFiles) -> None:
 # ----------------------------------------------------------------- health and post-start
 
 
+# The node is on this host's forwarded port: never through an http_proxy.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def health_url(port: int) -> str:
     return f"http://127.0.0.1:{port}{HEALTH_PATH}"
 
 
 def probe_health(port: int, timeout: float = 3.0) -> tuple[bool, str]:
     try:
-        with urllib.request.urlopen(health_url(port), timeout=timeout) as resp:
+        with _LOCAL.open(health_url(port), timeout=timeout) as resp:
             return resp.status == 200, f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return False, str(reason)
+        # slirp accepts the host side before the guest listens: a timeout is "no answer"
+        return False, "no answer" if isinstance(reason, TimeoutError) or \
+            "timed out" in str(reason) else str(reason)
 
 
 def wait_healthy(proc: subprocess.Popen, files: qemu.RunFiles, port: int,
@@ -421,7 +429,7 @@ def wait_healthy(proc: subprocess.Popen, files: qemu.RunFiles, port: int,
                               hint="raise launch.health_timeout, or read the console log")
         if time.monotonic() - last_note >= PROGRESS_EVERY:
             last_note = time.monotonic()
-            line = file_tail(files.console, 1).strip()[:100]
+            line = ANSI.sub("", file_tail(files.console, 1)).strip()[:100]
             say(f"start: {elapsed:4.0f} s, not answering yet ({why}); console: {line}")
         time.sleep(2.0)
 
@@ -445,7 +453,7 @@ def send_post_start(port: int, body: dict[str, Any]) -> dict[str, Any]:
                                  headers={"Content-Type": "application/json",
                                           "codec-device": "json@1.0"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with _LOCAL.open(req, timeout=30) as resp:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         raise LaunchError(f"the node refused the post-start configuration: HTTP {exc.code} "

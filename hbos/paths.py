@@ -108,6 +108,10 @@ class Paths:
     def base_rootfs(self) -> Path:
         return self.base_dir / "rootfs.tar"
 
+    def base_tree(self, key: str) -> Path:
+        """rootfs.tar extracted once (key: its sha256 prefix), cloned by image stages."""
+        return self.base_dir / f"tree-{key}"
+
     @property
     def base_rootfs_manifest(self) -> Path:
         """sha256 and config of rootfs.tar, written with it (cheap verity salt input)."""

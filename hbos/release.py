@@ -8,7 +8,7 @@ all at the top level of one directory (and of its tarball):
     vm-config.toml    the build's VM definition, file names relative to the release
     measurement.json  the launch inputs and expected digest (hbos.measure)
     manifest.json     name, size, sha256 of every other file, the expected launch
-                      digest, tool version and SOURCE_DATE_EPOCH
+                      digest, tool version, SOURCE_DATE_EPOCH and the guest ports
 
 Verification (`verify_release`) trusts nothing in the directory: the file set
 must equal the manifest's, every file must match its size and sha256, the
@@ -25,6 +25,7 @@ hbos.release_fetch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -59,6 +60,8 @@ VM_FILES = {"kernel_file": KERNEL, "initrd_file": INITRD, "ovmf_file": FIRMWARE}
 # run time against the root hash on the (measured) kernel cmdline.
 LARGE = (IMAGE, HASH_TREE)
 
+SMALL_LIMIT = 1 << 20  # manifest.json, vm-config.toml, measurement.json
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX96 = re.compile(r"^[0-9a-f]{96}$")
 
@@ -77,11 +80,15 @@ class Manifest:
     source_date_epoch: int
     launch_digest: str
     files: tuple[FileEntry, ...]
+    # The guest ports baked into the image (content services listen on them);
+    # start_release forwards these, whatever the host's config says.
+    ports: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "name": self.name,
+            "ports": dict(self.ports),
             "tool_version": self.tool_version,
             "source_date_epoch": self.source_date_epoch,
             "expected_launch_digest": self.launch_digest,
@@ -120,15 +127,30 @@ class Manifest:
             raise ReleaseError(f"{source}: the file list is not a release's "
                                f"(missing: {', '.join(missing) or '-'}; "
                                f"unexpected: {', '.join(extra) or '-'})")
+        ports = data.get("ports", {})
+        if not (isinstance(ports, dict) and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535
+                for v in ports.values())):
+            raise ReleaseError(f"{source}: 'ports' must map names to TCP ports")
         return cls(name=data["name"], tool_version=data["tool_version"],
                    source_date_epoch=data["source_date_epoch"], launch_digest=digest,
-                   files=tuple(sorted(files, key=lambda f: f.name)))
+                   files=tuple(sorted(files, key=lambda f: f.name)),
+                   ports=tuple(sorted(ports.items())))
+
+
+def read_small(path: Path, limit: int = SMALL_LIMIT) -> bytes:
+    """A release's text file, refused above `limit` (never read a bomb into memory)."""
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ReleaseError(f"{path}: larger than {limit} bytes; not a release's {path.name}")
+    return data
 
 
 def read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_small(path))
     except FileNotFoundError:
         raise ReleaseError(f"release {root} has no {MANIFEST}") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -181,7 +203,7 @@ def release_vm_config(root: Path) -> dict[str, Any]:
     """The release's VM definition; its files must be the release's own."""
     path = root / VM_CONFIG
     try:
-        vm = tomllib.loads(path.read_text())
+        vm = tomllib.loads(read_small(path).decode())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ReleaseError(f"{path}: not a readable VM definition ({exc})") from None
     for key, name in VM_FILES.items():
@@ -207,7 +229,7 @@ def check_measurement(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
     """measurement.json must describe these files and this VM, and promise `expected`."""
     path = root / MEASUREMENT
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_small(path))
         m_inputs, m_fw = parse_inputs(data, str(path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
@@ -269,6 +291,18 @@ def verify_release(root: Path, *, pinned_digest: str = "", full: bool = True) ->
 # ------------------------------------------------------------------ start
 
 
+def with_release_ports(cfg, manifest: Manifest):
+    """cfg with the guest ports the release was built with."""
+    known = {f.name for f in dataclasses.fields(cfg.ports)}
+    ports = {k: v for k, v in manifest.ports if k in known}
+    changed = {k: v for k, v in ports.items() if getattr(cfg.ports, k) != v}
+    if not changed:
+        return cfg
+    print("start_release: using the release's ports "
+          + ", ".join(f"{k} {v}" for k, v in sorted(changed.items())))
+    return dataclasses.replace(cfg, ports=dataclasses.replace(cfg.ports, **changed))
+
+
 def installed(paths) -> Path:
     """The verified release start_release launches (resolved once)."""
     current = paths.current_release
@@ -291,6 +325,7 @@ def start_release(cfg, paths, options) -> Any:
     manifest = verify_release(root, pinned_digest=cfg.release.launch_digest, full=False)
     print(f"start_release: {manifest.name} from {root}, expected launch digest "
           f"{manifest.launch_digest}")
+    cfg = with_release_ports(cfg, manifest)
     return launch.start_vm(cfg, paths, vm_config=root / VM_CONFIG,
                            measurement=root / MEASUREMENT, image=root / IMAGE,
                            hash_tree=root / HASH_TREE, options=options)

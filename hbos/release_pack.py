@@ -9,6 +9,7 @@ Files are streamed into the archive, never read whole into memory.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -126,7 +127,8 @@ def build_release_dir(cfg, paths, tmp: Path) -> release.Manifest:
     manifest = release.Manifest(
         name=cfg.release.name, tool_version=__version__,
         source_date_epoch=cfg.source_date_epoch, launch_digest=digest,
-        files=tuple(release.file_entry(tmp / n) for n in release.PAYLOAD))
+        files=tuple(release.file_entry(tmp / n) for n in release.PAYLOAD),
+        ports=tuple(sorted(dataclasses.asdict(cfg.ports).items())))
     write_json(tmp / release.MANIFEST, manifest.to_json())
     release.check_digest(tmp, manifest)  # the checks a downloader runs, minus re-hashing
     return manifest

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -133,6 +134,52 @@ def extract(tar: Path, dest: Path, log: Path | None = None) -> None:
     run.run(extract_argv(tar, dest), log=log, quiet=True)
 
 
+def extracted_tree(paths: Paths, log: Path | None = None) -> Path:
+    """rootfs.tar extracted once (per its sha256) under build/base, for cloning.
+
+    Image stages hard-link-clone it (clone_tree) instead of unpacking the
+    tarball every time; nothing ever writes into it after extraction.
+    """
+    key = manifest(paths)["sha256"][:16]
+    tree, done = paths.base_tree(key), paths.base_tree(key).with_suffix(".done")
+    if done.is_file() and tree.is_dir():
+        return tree
+    for old in paths.base_dir.glob("tree-*"):
+        if old != tree:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    with atomic_path(tree) as tmp:
+        extract(paths.base_rootfs, tmp, log=log)
+    done.write_text(f"{manifest(paths)['sha256']}\n")
+    return tree
+
+
+def clone_tree(src: Path, dest: Path) -> int:
+    """Recreate src at dest: directories and symlinks anew, files as hard links."""
+    count = 0
+    dest.mkdir(parents=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        target_dir = dest if rel == "." else dest / rel
+        st = os.lstat(dirpath)
+        if rel != ".":
+            target_dir.mkdir()
+        os.chmod(target_dir, stat.S_IMODE(st.st_mode))
+        os.lchown(target_dir, st.st_uid, st.st_gid)
+        for name in dirnames + filenames:
+            s = os.path.join(dirpath, name)
+            mode = os.lstat(s).st_mode
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(s), target_dir / name)
+                lst = os.lstat(s)
+                os.lchown(target_dir / name, lst.st_uid, lst.st_gid)
+            elif stat.S_ISREG(mode):
+                link_or_copy(s, target_dir / name)
+                count += 1
+            elif not stat.S_ISDIR(mode):
+                raise BuildError(f"base root: {os.path.relpath(s, src)} is a special file")
+    return count
+
+
 # ----------------------------------------------- kernel modules into a tree
 
 
@@ -156,10 +203,22 @@ def add_kernel_modules(paths: Paths, tree: Path) -> str:
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # build/source point at headers that are not installed: leave them out
-    shutil.copytree(src.resolve(), dest, symlinks=True,
+    shutil.copytree(src.resolve(), dest, symlinks=True, copy_function=link_or_copy,
                     ignore=lambda d, names: [n for n in names if n in ("build", "source")
                                              and os.path.islink(os.path.join(d, n))])
     return version
+
+
+def link_or_copy(src, dest) -> None:
+    """Hard-link a build artifact into an image tree (no data copied), else copy.
+
+    Only for files the build never edits in place; mkfs reads them, and the
+    tree's mtime normalization sets the same time on the shared inode.
+    """
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dest, follow_symlinks=False)
 
 
 def normalize_mtimes(tree: Path, epoch: int) -> None:
@@ -218,7 +277,7 @@ def build_image(cfg: Config, paths: Paths) -> None:
     paths.guest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.guest_dir, prefix=".base-") as tmpdir:
         tree = Path(tmpdir) / "tree"
-        extract(paths.base_rootfs, tree, log=log)
+        clone_tree(extracted_tree(paths, log=log), tree)
         add_kernel_modules(paths, tree)
         for rel, text in serial_login_files().items():
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
+import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +139,12 @@ def safe_dest(tree: Path, rel: str) -> Path:
 
 
 def overlay(src: Path, tree: Path) -> int:
-    """Copy the content tree over `tree` (owners, modes, symlinks kept); return files."""
+    """Lay the content tree over `tree` (owners, modes, symlinks kept); return files.
+
+    Regular files are hard-linked where possible (the content tree is a build
+    artifact nobody edits in place; its mtimes are already source_date_epoch),
+    copied otherwise.
+    """
     count = 0
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames.sort()
@@ -160,7 +167,7 @@ def overlay(src: Path, tree: Path) -> int:
                 if stat.S_ISLNK(st.st_mode):
                     os.symlink(os.readlink(s), d)
                 else:
-                    shutil.copyfile(s, d)
+                    rootfs.link_or_copy(s, d)
                     os.chmod(d, stat.S_IMODE(st.st_mode))
                 count += 1
             os.lchown(d, st.st_uid, st.st_gid)
@@ -238,15 +245,34 @@ def parse_root_hash(text: str) -> str:
 # ------------------------------------------------------------------ stage
 
 
+class Steps:
+    """Wall time of each named step, printed as one line at the end."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.times.items())
+
+
 def assemble(cfg: Config, paths: Paths, tree: Path, content_tree: Path | None,
-             log: Path | None = None) -> None:
+             log: Path | None = None, steps: Steps | None = None) -> None:
     """Build the guest root tree in `tree` (which must not exist)."""
-    rootfs.extract(paths.base_rootfs, tree, log=log)
-    rootfs.add_kernel_modules(paths, tree)
+    step = steps or Steps()
+    base = step("extract", rootfs.extracted_tree, paths, log=log)
+    step("clone", rootfs.clone_tree, base, tree)
+    step("modules", rootfs.add_kernel_modules, paths, tree)
     if content_tree is not None:
-        overlay(content_tree, tree)
+        step("content", overlay, content_tree, tree)
     write_system_files(tree, system_files(cfg))
-    rootfs.normalize_mtimes(tree, cfg.source_date_epoch)
+    step("mtimes", rootfs.normalize_mtimes, tree, cfg.source_date_epoch)
 
 
 def make_filesystem(cfg: Config, tree: Path, image: Path, fs_uuid: str,
@@ -268,14 +294,15 @@ def make_filesystem(cfg: Config, tree: Path, image: Path, fs_uuid: str,
 
 
 def format_hash_tree(data: Path, hash_tree: Path, ids: dict[str, str],
-                     log: Path | None = None) -> str:
+                     log: Path | None = None, steps: Steps | None = None) -> str:
     """veritysetup format then verify; return the root hash."""
+    step = steps or Steps()
     tools.require("veritysetup")
     hash_tree.touch()
-    proc = run.run(veritysetup_format_argv(data, hash_tree, ids["verity_uuid"], ids["salt"]),
-                   log=log)
+    proc = step("format", run.run,
+                veritysetup_format_argv(data, hash_tree, ids["verity_uuid"], ids["salt"]), log=log)
     roothash = parse_root_hash(proc.stdout.decode(errors="replace"))
-    run.run(veritysetup_verify_argv(data, hash_tree, roothash), log=log)
+    step("verify", run.run, veritysetup_verify_argv(data, hash_tree, roothash), log=log)
     return roothash
 
 
@@ -293,14 +320,20 @@ def build(cfg: Config, paths: Paths, content_tree: Path | None = None,
     ids = derive_ids(ins)
     out = paths.verity_dir
     out.mkdir(parents=True, exist_ok=True)
+    step = Steps()
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmpdir:
         tmp = Path(tmpdir)
         tree = tmp / "tree"
-        assemble(cfg, paths, tree, content_tree, log=log)
+        assemble(cfg, paths, tree, content_tree, log=log, steps=step)
         image, hashes = tmp / "guest.img", tmp / "hash_tree.bin"
-        make_filesystem(cfg, tree, image, ids["fs_uuid"], log=log)
-        shutil.rmtree(tree)
-        roothash = format_hash_tree(image, hashes, ids, log=log)
+        step("mkfs", make_filesystem, cfg, tree, image, ids["fs_uuid"], log=log)
+        # removing the tree is metadata I/O, hashing is CPU: overlap them
+        cleanup = threading.Thread(target=shutil.rmtree, args=(tree,), kwargs={"ignore_errors": True})
+        cleanup.start()
+        try:
+            roothash = format_hash_tree(image, hashes, ids, log=log, steps=step)
+        finally:
+            step("cleanup (after verify)", cleanup.join)
         record = {"roothash": roothash, **ids, "inputs": ins,
                   "filesystem": cfg.image.filesystem,
                   "data_size": image.stat().st_size, "hash_tree_size": hashes.stat().st_size}
@@ -312,6 +345,7 @@ def build(cfg: Config, paths: Paths, content_tree: Path | None = None,
         os.replace(tmp / "roothash.txt", paths.roothash)
     print(f"verity: {paths.verity_image} ({record['data_size'] >> 20} MiB, "
           f"{cfg.image.filesystem}) root hash {roothash}", file=sys.stderr)
+    print(f"verity: {step.summary()}", file=sys.stderr)
     return roothash
 
 

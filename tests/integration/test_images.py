@@ -182,6 +182,8 @@ def test_ext4_root_uses_4k_blocks_and_verifies(guest_build, tmp_path):
     assert magic == 0xEF53 and (1024 << log_block) == 4096
     assert roothash != guest_build.roothash
     subprocess.run(["veritysetup", "verify", image, paths.hash_tree, roothash], check=True)
+    # a consistent filesystem (link counts of the hard-link-cloned tree included)
+    subprocess.run(["e2fsck", "-f", "-n", image], check=True, capture_output=True)
 
 
 # ------------------------------------------------------------- base image

@@ -387,3 +387,49 @@ def test_extract_refuses_more_than_max_bytes_before_writing(tmp_path):
     assert not (tmp_path / "out").exists()
     archive.extract(t, tmp_path / "out", max_bytes=5000)
     assert (tmp_path / "out" / "f").stat().st_size == 5000
+
+
+def test_start_release_forwards_the_ports_the_release_was_built_with(tmp_path, amdsev_ovmf,
+                                                                     monkeypatch):
+    # the guest services listen on the build's ports (baked into the image)
+    cfg_b, paths_b = make_build(tmp_path / "b", amdsev_ovmf,
+                                extra_yaml="ports: {hyperbeam: 12345, cu: 16363}\n")
+    release_pack.package_release(cfg_b, paths_b)
+    assert json.loads(paths_b.release_manifest.read_text())["ports"] == \
+        {"hyperbeam": 12345, "cu": 16363, "ssh": cfg_b.ports.ssh}
+    cfg_h, paths_h = make_build(tmp_path / "h", amdsev_ovmf)
+    assert cfg_h.ports.hyperbeam != 12345
+    release_fetch.install(cfg_h, paths_h, paths_b.release_tarball, "a" * 64)
+    seen = []
+    fake = types.ModuleType("hbos.launch")
+    fake.start_vm = lambda c, p, **kw: seen.append(c.ports)
+    monkeypatch.setitem(sys.modules, "hbos.launch", fake)
+    import hbos
+    monkeypatch.setattr(hbos, "launch", fake, raising=False)
+    release.start_release(cfg_h, paths_h, None)
+    assert (seen[0].hyperbeam, seen[0].cu, seen[0].ssh) == (12345, 16363, cfg_h.ports.ssh)
+
+
+def test_oversized_manifest_is_refused_without_reading_it(packaged):
+    _, paths = packaged
+    with open(paths.release_manifest, "ab") as fh:
+        fh.truncate(release.SMALL_LIMIT + 10)
+    with pytest.raises(ReleaseError, match="larger than 1048576 bytes"):
+        release.verify_release(paths.release_dir)
+
+
+def test_verify_release_cli(packaged, capsys):
+    from hbos import cli
+    _, paths = packaged
+    digest = release.read_manifest(paths.release_dir).launch_digest
+    tar = str(paths.release_tarball)
+    assert cli.main(["verify-release", tar, "--sha256", sha256_file(paths.release_tarball),
+                     "--launch-digest", digest]) == 0
+    assert f"expected launch digest {digest}" in capsys.readouterr().out
+    assert cli.main(["verify-release", str(paths.release_dir)]) == 0
+    assert cli.main(["verify-release", tar, "--launch-digest", "ab" * 48]) == 1
+    assert "not the pinned" in capsys.readouterr().out
+    flip_byte(paths.release_dir / release.INITRD)
+    assert cli.main(["verify-release", str(paths.release_dir)]) == 1
+    assert "initrd.img: sha256 mismatch" in capsys.readouterr().out
+    assert cli.main(["verify-release", tar, "--sha256", "0" * 64]) == 1

@@ -207,3 +207,21 @@ def test_modules_dir_on_merged_usr(tmp_path):
     plain = tmp_path / "plain"
     (plain / "lib").mkdir(parents=True)
     assert rootfs.modules_dir(plain) == plain / "lib" / "modules"
+
+
+def test_rootfs_up_to_date_follows_recorded_config(tmp_path):
+    from hbos.fsutil import write_json
+    from hbos.paths import Paths
+    cfg = _cfg(tmp_path)
+    paths = Paths.from_config(cfg)
+    check = rootfs.up_to_date(cfg, paths)
+    assert not check()
+    paths.base_dir.mkdir(parents=True)
+    paths.base_rootfs.write_bytes(b"x" * 10)
+    write_json(paths.base_rootfs_manifest, {"sha256": "0" * 64, "size": 10,
+                                            **rootfs.recorded_config(cfg)})
+    assert check()
+    other = _cfg(tmp_path, "rootfs: {packages: [systemd]}\n")
+    assert not rootfs.up_to_date(other, Paths.from_config(other))()
+    paths.base_rootfs.write_bytes(b"x" * 11)   # a truncated or replaced tarball
+    assert not check()

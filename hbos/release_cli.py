@@ -1,0 +1,54 @@
+"""`hbos verify-release PATH`: check a release offline, without installing it.
+
+PATH is a release tarball or an extracted release directory. The same checks
+as download_release run (safe extraction into a temporary directory, every
+file against the manifest, the launch digest recomputed); nothing is kept.
+Exit 0 when the release verifies, 1 when it is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from hbos import archive, release
+from hbos.errors import HashMismatch, ReleaseError, UnsafeArchive
+from hbos.fsutil import sha256_file
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, help="release.tar.gz or a release directory")
+    p.add_argument("--sha256", default="", help="expected sha256 of the tarball")
+    p.add_argument("--launch-digest", default="",
+                   help="expected launch digest (96 hex digits), e.g. from a trusted build")
+
+
+def verify_path(path: Path, *, sha256: str = "", launch_digest: str = "") -> release.Manifest:
+    """Verify a tarball or directory; raise ReleaseError/UnsafeArchive/HashMismatch."""
+    if path.is_dir():
+        if sha256:
+            raise ReleaseError("--sha256 applies to a tarball, not to a directory")
+        return release.verify_release(path, pinned_digest=launch_digest)
+    if not path.is_file():
+        raise ReleaseError(f"{path} does not exist")
+    if sha256:
+        got = sha256_file(path)
+        if got != sha256.lower():
+            raise HashMismatch(f"sha256 mismatch for {path}:\n  expected {sha256.lower()}\n"
+                               f"  got      {got}")
+    with tempfile.TemporaryDirectory(prefix="hbos-verify-") as tmp:
+        root = Path(tmp) / "release"
+        archive.extract(path, root)
+        return release.verify_release(root, pinned_digest=launch_digest)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        m = verify_path(args.path, sha256=args.sha256, launch_digest=args.launch_digest)
+    except (ReleaseError, UnsafeArchive, HashMismatch) as exc:
+        print(f"REFUSED {args.path}: {exc}")
+        return 1
+    print(f"OK {args.path}: {m.name} (hbos {m.tool_version}, SOURCE_DATE_EPOCH "
+          f"{m.source_date_epoch})\n  expected launch digest {m.launch_digest}")
+    return 0
