@@ -284,7 +284,8 @@ def host_tools(log: Path) -> dict[str, str]:
         proc = run.run([prog, arg], check=False, quiet=True, log=None)
         text = (proc.stdout + proc.stderr).decode(errors="replace")
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        hit = next((ln for ln in lines if re.search(r"\d+\.\d+", ln)), lines[0] if lines else "")
+        hit = next((ln for ln in lines if re.search(r"\d+\.\d+|\d{6,}", ln)),
+                   lines[0] if lines else "")
         out[prog] = hit
     return out
 

@@ -34,15 +34,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def qemu_argv(*, kernel: Path, initrd: Path, image: Path, hash_tree: Path, cmdline: str,
+def qemu_argv(*, kernel: Path, initrd: Path, image: Path, hash_tree: Path | None, cmdline: str,
               serial_log: Path, host_port: int, memory_mib: int = 1024) -> list[str]:
-    """TCG, direct kernel boot, data disk /dev/vda and hash tree /dev/vdb read-only."""
+    """TCG, direct kernel boot, data disk /dev/vda and hash tree /dev/vdb read-only.
+
+    Without a hash tree, `image` is a qcow2 debug disk, attached with
+    snapshot=on (writes go to a temporary overlay, the file is untouched).
+    """
+    if hash_tree is None:
+        disks = ["-drive", f"file={image},if=virtio,format=qcow2,snapshot=on"]
+    else:
+        disks = ["-drive", f"file={image},if=virtio,format=raw,readonly=on",
+                 "-drive", f"file={hash_tree},if=virtio,format=raw,readonly=on"]
     return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mib), "-smp", "1",
             "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{serial_log}",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-            "-drive", f"file={image},if=virtio,format=raw,readonly=on",
-            "-drive", f"file={hash_tree},if=virtio,format=raw,readonly=on",
+            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline, *disks,
             "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{host_port}-:{TEST_GUEST_PORT}"]
 
 
@@ -83,11 +90,13 @@ class Boot:
 def boot(tmp_path):
     started: list[Boot] = []
 
-    def start(guest, *, image: Path | None = None, cmdline: str | None = None) -> Boot:
+    def start(guest, *, image: Path | None = None, cmdline: str | None = None,
+              debug_disk: bool = False) -> Boot:
         port = free_port()
         log = tmp_path / "serial.log"
         argv = qemu_argv(kernel=guest.vmlinuz, initrd=guest.initrd,
-                         image=image or guest.image, hash_tree=guest.hash_tree,
+                         image=image or guest.image,
+                         hash_tree=None if debug_disk else guest.hash_tree,
                          cmdline=cmdline or guest.cmdline, serial_log=log, host_port=port)
         (tmp_path / "qemu-argv.txt").write_text(" ".join(argv) + "\n")
         b = Boot(argv, log, port)
@@ -169,3 +178,17 @@ def test_missing_root_hash_is_refused(guest_build, boot):
     b = boot(guest_build, cmdline=cmdline)
     b.proc.wait(timeout=FAIL_TIMEOUT)
     assert "hbos-init: FATAL: no verity root hash on the kernel command line" in b.console()
+
+
+def test_base_image_boots_normal_mode_to_a_serial_root_shell(guest_build, boot):
+    guest_build.doit("base_image")
+    b = boot(guest_build, image=guest_build.paths.base_image, debug_disk=True,
+             cmdline="console=ttyS0 boot=normal root=/dev/vda rw rootfstype=ext4")
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline and b.proc.poll() is None:
+        if "root@hbos" in b.console() or "Login Prompts" in b.console():
+            break
+        time.sleep(3)
+    console = b.console()
+    assert "hbos-init: switching to the root filesystem (normal)" in console, console[-3000:]
+    assert "Reached target" in console and "FATAL" not in console
