@@ -270,12 +270,13 @@ def find_output(tree: Path, cfg: Config) -> Path:
 
 
 def check_firmware(path: Path) -> None:
-    """sev-snp-measure must accept the image (SEV metadata, SNP_KERNEL_HASHES)."""
+    """sev-snp-measure must accept the image (hbos.measure.Firmware checks the
+    SEV metadata and its SNP_KERNEL_HASHES section; raises MeasurementError)."""
     from hbos.measure import Firmware
     Firmware(path)
 
 
-def host_tools(log: Path) -> dict[str, str]:
+def host_tools() -> dict[str, str]:
     """First version line of each host tool that goes into the image."""
     out = {}
     for prog, arg in (("gcc", "--version"), ("nasm", "-v"), ("iasl", "-v"),
@@ -329,7 +330,7 @@ def build_ovmf(cfg: Config, paths: Paths) -> Path:
         "build_options": list(fw.build_options),
         "drop_grub_modules": list(fw.drop_grub_modules),
         "source_date_epoch": cfg.source_date_epoch,
-        "host_tools": host_tools(log),
+        "host_tools": host_tools(),
         "sha256": digest, "build_seconds": seconds,
     }
     write_json(paths.firmware_manifest, record)

@@ -214,3 +214,20 @@ def test_content_with_a_fifo_is_refused_with_its_path(guest_build, tmp_path):
     os.mkfifo(tree / "opt" / "hbos-test" / "pipe")
     with pytest.raises(BuildError, match="opt/hbos-test/pipe"):
         verity.build(guest_build.cfg, guest_build.paths, tree, tmp_path / "none.json")
+
+
+def test_zstd_initramfs_is_reproducible(guest_build, tmp_path):
+    from hbos.paths import Paths
+    overlay = write_overlay(tmp_path / "zstd.yaml", guest_build.overlay.read_text()
+                            + "initramfs: {compression: zstd}\n")
+    cfg = hconfig.load(profile="local", overlay=overlay)
+    digests = []
+    for name in ("a", "b"):
+        paths = Paths(tmp_path / name, initramfs_compression="zstd")
+        paths.build.mkdir()
+        paths.kernel_dir.symlink_to(guest_build.paths.kernel_dir)
+        initramfs.build(cfg, paths)
+        assert paths.initramfs.name == "initramfs.cpio.zst"
+        subprocess.run(["zstd", "-t", "-q", paths.initramfs], check=True)
+        digests.append(sha256_file(paths.initramfs))
+    assert digests[0] == digests[1]
