@@ -19,7 +19,9 @@ build/firmware/ and logged to build/logs/firmware.log:
    (random volume id, creation time) and mcopy (file times = now); the copy is
    edited to `mkfs.msdos --invariant` and `mcopy -m` with grub.cfg's mtime set
    to SOURCE_DATE_EPOCH, and the build runs with SOURCE_DATE_EPOCH, TZ=UTC and
-   LC_ALL=C (edksetup.sh pins PYTHONHASHSEED);
+   LC_ALL=C (edksetup.sh pins PYTHONHASHSEED); the tree's path is padded to a
+   fixed length, because GenFw reserves space for the absolute path of every
+   module (see padded_tree());
 5. `make -C BaseTools`, then `build -a X64 -t GCC5 -b RELEASE -p
    OvmfPkg/AmdSev/AmdSevX64.dsc` inside edksetup.sh's environment;
 6. check that sev-snp-measure accepts the image (SEV metadata with the
@@ -60,6 +62,8 @@ GRUB_SCRIPT = "OvmfPkg/AmdSev/Grub/grub.sh"
 GRUB_CFG = "OvmfPkg/AmdSev/Grub/grub.cfg"
 BROTLI_BASETOOLS = "BaseTools/Source/C/BrotliCompress/brotli"
 BROTLI_EMBEDDED = "MdeModulePkg/Library/BrotliCustomDecompressLib/brotli"
+# Length of the edk2 WORKSPACE path (see padded_tree()).
+WORKSPACE_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -218,8 +222,30 @@ def extract_source(tarball: Path, dest: Path) -> list[str]:
     return skipped
 
 
-def unpack(orig: Path, debian: Path, work: Path) -> Path:
-    """Fresh edk2 tree with its debian/ directory under `work`; returns the tree."""
+def padded_tree(work: Path, name: str, length: int = WORKSPACE_LENGTH) -> Path:
+    """`work/NAME___...`: the edk2 WORKSPACE path, padded to exactly `length` characters.
+
+    GenFw sizes each PE image's CodeView debug entry by the length of the
+    absolute .dll path (BaseTools/Source/C/GenFw/Elf64Convert.c: strlen of
+    the image name); RELEASE zeroes the entry but keeps its space, so the
+    length of the build directory changes 37 modules and the compressed FV.
+    The characters themselves do not reach the image: two builds whose
+    WORKSPACE paths have the same length are identical.
+    """
+    pad = length - len(str(work)) - 1 - len(name)
+    if pad < 0 or pad + len(name) > 255:
+        raise BuildError(f"cannot place the edk2 tree at a {length}-character path under {work} "
+                         f"({len(str(work))} characters)",
+                         hint="use a shorter build_dir: the firmware is only reproducible "
+                              "from a fixed-length workspace path")
+    return work / (name + "_" * pad)
+
+
+def unpack(orig: Path, debian: Path, work: Path, length: int = WORKSPACE_LENGTH) -> Path:
+    """Fresh edk2 tree with its debian/ directory under `work`; returns the tree.
+
+    The tree's path has exactly `length` characters (padded_tree()).
+    """
     remove(work)
     for link in extract_source(orig, work / "orig"):
         _step(f"  skipped the host symlink {link} (not used by the build)")
@@ -229,9 +255,11 @@ def unpack(orig: Path, debian: Path, work: Path) -> Path:
     archive.extract(debian, work / "debian-pkg")
     if not (work / "debian-pkg" / "debian" / "patches").is_dir():
         raise BuildError(f"{debian.name}: has no debian/patches directory")
-    tree = tops[0]
+    tree = padded_tree(work, tops[0].name, length)
+    tops[0].rename(tree)
     (work / "debian-pkg" / "debian").rename(tree / "debian")
     remove(work / "debian-pkg")
+    remove(work / "orig")
     return tree
 
 
@@ -330,6 +358,7 @@ def build_ovmf(cfg: Config, paths: Paths) -> Path:
         "build_options": list(fw.build_options),
         "drop_grub_modules": list(fw.drop_grub_modules),
         "source_date_epoch": cfg.source_date_epoch,
+        "workspace_length": len(str(tree)),
         "host_tools": host_tools(),
         "sha256": digest, "build_seconds": seconds,
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hbos import kernel, run, templates, tools
 from hbos.config import Config
-from hbos.errors import BuildError, DownloadError
+from hbos.errors import BuildError, CommandFailed, DownloadError
 from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
 from hbos.paths import Paths
 
@@ -153,31 +153,21 @@ def extracted_tree(paths: Paths, log: Path | None = None) -> Path:
     return tree
 
 
-def clone_tree(src: Path, dest: Path) -> int:
-    """Recreate src at dest: directories and symlinks anew, files as hard links."""
-    count = 0
+def clone_argv(src: Path, dest: Path, link: bool = True) -> list[str]:
+    """cp recreating src's contents in dest: owners, modes, times, symlinks kept;
+    regular files hard-linked (no data copied) unless link=False."""
+    return ["cp", "-a", *(["--link"] if link else []), f"{src}/.", str(dest)]
+
+
+def clone_tree(src: Path, dest: Path, log: Path | None = None) -> None:
+    """Recreate src at dest as hard links (a copy if src is on another filesystem)."""
     dest.mkdir(parents=True)
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        target_dir = dest if rel == "." else dest / rel
-        st = os.lstat(dirpath)
-        if rel != ".":
-            target_dir.mkdir()
-        os.chmod(target_dir, stat.S_IMODE(st.st_mode))
-        os.lchown(target_dir, st.st_uid, st.st_gid)
-        for name in dirnames + filenames:
-            s = os.path.join(dirpath, name)
-            mode = os.lstat(s).st_mode
-            if stat.S_ISLNK(mode):
-                os.symlink(os.readlink(s), target_dir / name)
-                lst = os.lstat(s)
-                os.lchown(target_dir / name, lst.st_uid, lst.st_gid)
-            elif stat.S_ISREG(mode):
-                link_or_copy(s, target_dir / name)
-                count += 1
-            elif not stat.S_ISDIR(mode):
-                raise BuildError(f"base root: {os.path.relpath(s, src)} is a special file")
-    return count
+    try:
+        run.run(clone_argv(src, dest), log=log, quiet=True)
+    except CommandFailed:
+        shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        run.run(clone_argv(src, dest, link=False), log=log, quiet=True)
 
 
 # ----------------------------------------------- kernel modules into a tree
@@ -277,7 +267,7 @@ def build_image(cfg: Config, paths: Paths) -> None:
     paths.guest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.guest_dir, prefix=".base-") as tmpdir:
         tree = Path(tmpdir) / "tree"
-        clone_tree(extracted_tree(paths, log=log), tree)
+        clone_tree(extracted_tree(paths, log=log), tree, log=log)
         add_kernel_modules(paths, tree)
         for rel, text in serial_login_files().items():
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -267,7 +267,7 @@ def assemble(cfg: Config, paths: Paths, tree: Path, content_tree: Path | None,
     """Build the guest root tree in `tree` (which must not exist)."""
     step = steps or Steps()
     base = step("extract", rootfs.extracted_tree, paths, log=log)
-    step("clone", rootfs.clone_tree, base, tree)
+    step("clone", rootfs.clone_tree, base, tree, log=log)
     step("modules", rootfs.add_kernel_modules, paths, tree)
     if content_tree is not None:
         step("content", overlay, content_tree, tree)

@@ -231,3 +231,24 @@ def test_zstd_initramfs_is_reproducible(guest_build, tmp_path):
         subprocess.run(["zstd", "-t", "-q", paths.initramfs], check=True)
         digests.append(sha256_file(paths.initramfs))
     assert digests[0] == digests[1]
+
+
+def test_debug_image_differs_and_says_so(guest_build, tmp_path):
+    from hbos import vmconfig
+    from hbos.paths import Paths
+    overlay = write_overlay(tmp_path / "debug.yaml", guest_build.overlay.read_text()
+                            + "debug: true\n")
+    cfg = hconfig.load(profile="local", overlay=overlay)
+    paths = Paths(tmp_path / "debug-build")
+    paths.build.mkdir()
+    paths.kernel_dir.symlink_to(guest_build.paths.kernel_dir)
+    paths.base_dir.mkdir()
+    for f in (guest_build.paths.base_rootfs, guest_build.paths.base_rootfs_manifest):
+        (paths.base_dir / f.name).symlink_to(f)
+    roothash = verity.build(cfg, paths, guest_build.paths.content_tree,
+                            guest_build.paths.content_manifest)
+    assert roothash != guest_build.roothash
+    assert "hbos.debug=1" in vmconfig.kernel_cmdline(cfg, roothash)
+    assert "hbos.debug=1" not in guest_build.cmdline
+    assert b"--autologin root" in paths.verity_image.read_bytes()
+    assert b"--autologin root" not in guest_build.image.read_bytes()

@@ -220,9 +220,23 @@ def test_unpack_puts_debian_dir_into_the_tree(tmp_path):
     work = tmp_path / "work"
     (work / "stale").mkdir(parents=True)
     tree = edk2.unpack(orig, deb, work)
-    assert tree == work / "orig" / "edk2-2025.02"
+    assert len(str(tree)) == edk2.WORKSPACE_LENGTH
+    assert tree.parent == work and tree.name.startswith("edk2-2025.02_")
+    assert (tree / "README.md").read_text() == "edk2\n"
     assert (tree / "debian" / "patches" / "series").read_text() == "a.diff\n"
-    assert sorted(p.name for p in work.iterdir()) == ["orig"]
+    assert [p.name for p in work.iterdir()] == [tree.name]
+
+
+def test_padded_tree_has_a_fixed_length_whatever_the_build_dir():
+    short = edk2.padded_tree(Path("/b/firmware/edk2"), "edk2-2025.02", 64)
+    long = edk2.padded_tree(Path("/tmp/a/much/longer/build/dir/firmware/edk2"), "edk2-2025.02", 64)
+    assert len(str(short)) == len(str(long)) == 64
+    assert short == Path("/b/firmware/edk2/edk2-2025.02" + "_" * 35)
+
+
+def test_padded_tree_refuses_a_build_dir_that_is_too_long():
+    with pytest.raises(BuildError, match="shorter build_dir"):
+        edk2.padded_tree(Path("/x" * 40), "edk2-2025.02", 64)
 
 
 def test_unpack_refuses_a_debian_tarball_without_patches(tmp_path):

@@ -225,3 +225,23 @@ def test_rootfs_up_to_date_follows_recorded_config(tmp_path):
     assert not rootfs.up_to_date(other, Paths.from_config(other))()
     paths.base_rootfs.write_bytes(b"x" * 11)   # a truncated or replaced tarball
     assert not check()
+
+
+def test_clone_argv_hard_links_and_keeps_attributes():
+    assert rootfs.clone_argv(Path("/b/base/tree-x"), Path("/b/v/tree")) == [
+        "cp", "-a", "--link", "/b/base/tree-x/.", "/b/v/tree"]
+    assert "--link" not in rootfs.clone_argv(Path("/s"), Path("/d"), link=False)
+
+
+def test_clone_tree_links_files_and_recreates_dirs(tmp_path):
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc").chmod(0o750)
+    (src / "etc" / "f").write_text("x")
+    (src / "l").symlink_to("etc/f")
+    rootfs.clone_tree(src, tmp_path / "dst")
+    dst = tmp_path / "dst"
+    assert (dst / "etc" / "f").stat().st_ino == (src / "etc" / "f").stat().st_ino
+    assert stat.S_IMODE((dst / "etc").stat().st_mode) == 0o750
+    assert os.readlink(dst / "l") == "etc/f"
+    assert (dst / "etc").stat().st_ino != (src / "etc").stat().st_ino
