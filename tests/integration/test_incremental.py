@@ -1,8 +1,10 @@
 """Incremental behaviour of the graph on a test project in a temp dir.
 
-Real kernel .deb, real doit runs: a second run executes nothing; a cmdline
-change re-runs only vm_config and measure; a new kernel .deb re-runs kernel,
-vm_config and measure; a stage killed mid-write is re-run, never trusted.
+Real kernel .deb, real doit runs over the whole local-profile graph (the
+base root comes from the session cache): a second run executes nothing; a
+cmdline change re-runs only vm_config and measure; a new kernel .deb re-runs
+kernel and what holds its files (initramfs, verity), vm_config and measure; a
+stage killed mid-write is re-run, never trusted.
 """
 
 from __future__ import annotations
@@ -34,26 +36,28 @@ def uptodate(proc) -> set[str]:
 
 
 @pytest.fixture
-def project(tmp_path, kernel_deb, amdsev_ovmf):
+def project(tmp_path, kernel_deb, amdsev_ovmf, base_rootfs_cache):
+    """A local-profile project in tmp_path: real kernel, cached base root, small content."""
+    from tests.conftest import GuestBuild, link_base_rootfs, write_test_content
     deb = tmp_path / "kernel.deb"
     shutil.copyfile(kernel_deb, deb)
-    initrd = tmp_path / "initrd.img"
-    initrd.write_bytes(b"initrd for the incremental test\n")
+    content = write_test_content(tmp_path / "content")
     over = tmp_path / "over.yaml"
 
     def write(cmdline="console=ttyS0 loglevel=7"):
         over.write_text(f"build_dir: {tmp_path / 'build'}\n"
                         f"cmdline: '{cmdline}'\n"
                         f"kernel: {{source: deb, deb: {deb}}}\n"
-                        f"initramfs: {{path: {initrd}}}\n"
+                        f"content: {{source: dir, path: {content}}}\n"
                         f"firmware: {{ovmf: {amdsev_ovmf}}}\n")
     write()
+    link_base_rootfs(base_rootfs_cache, GuestBuild(tmp_path, over).paths)
     return {"tmp": tmp_path, "deb": deb, "over": over, "write": write,
             "build": tmp_path / "build"}
 
 
 def run_measure(project, **kw):
-    return doit(["measure", f"config={project['over']}"], **kw)
+    return doit(["measure", "profile=local", f"config={project['over']}"], **kw)
 
 
 def repack_with_other_kernel(src: Path, dest: Path, work: Path) -> None:
@@ -70,7 +74,7 @@ def repack_with_other_kernel(src: Path, dest: Path, work: Path) -> None:
 
 def test_incremental_rebuilds(project):
     first = run_measure(project)
-    assert {"kernel", "vm_config", "measure"} <= executed(first)
+    assert {"kernel", "initramfs", "content", "verity", "vm_config", "measure"} <= executed(first)
     measurement = project["build"] / "measurement.json"
     assert measurement.is_file()
 
@@ -86,7 +90,9 @@ def test_incremental_rebuilds(project):
     repack_with_other_kernel(project["deb"], other, project["tmp"] / "repack")
     os.replace(other, project["deb"])
     fourth = run_measure(project)
-    assert executed(fourth) == {"kernel", "vm_config", "measure"}, fourth.stdout
+    # the kernel's modules go into the initramfs and the root image too
+    assert executed(fourth) == {"kernel", "initramfs", "verity", "vm_config", "measure"}, \
+        fourth.stdout
 
 
 def test_killed_stage_is_rerun_not_trusted(project, kernel_deb):
@@ -97,7 +103,7 @@ def test_killed_stage_is_rerun_not_trusted(project, kernel_deb):
     repack_with_other_kernel(project["deb"], project["tmp"] / "other.deb", project["tmp"] / "rp")
     os.replace(project["tmp"] / "other.deb", project["deb"])
     proc = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "measure",
-                             f"config={project['over']}"], cwd=ROOT, stdout=subprocess.PIPE,
+                             "profile=local", f"config={project['over']}"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     kernel_dir = project["build"] / "kernel"
     deadline = time.monotonic() + 120
