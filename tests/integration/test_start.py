@@ -47,7 +47,10 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 mkdir -p '/www/~meta@1.0'
-echo '{{"name":"hbos-launch-test"}}' > '/www/~meta@1.0/info'
+# name:sectors:read-only of each virtio disk, so the test can see their order
+d=""
+for b in /sys/block/vd*; do [ -e "$b" ] && d="$d ${{b##*/}}:$(cat $b/size):$(cat $b/ro)"; done
+printf '{{"name":"hbos-launch-test","disks":"%s"}}\n' "${{d# }}" > '/www/~meta@1.0/info'
 httpd -p {port} -h /www
 echo "init: serving on port {port}"
 while true; do sleep 3600; done
@@ -84,7 +87,7 @@ def make_initramfs(dest: Path, kernel_root: Path, port: int) -> Path:
     (tree / "bin").mkdir(parents=True)
     (tree / "modules").mkdir()
     shutil.copy(busybox, tree / "bin" / "busybox")
-    mods = _modules(kernel_root, version, ["virtio_pci", "virtio_net"])
+    mods = _modules(kernel_root, version, ["virtio_pci", "virtio_net", "virtio_blk"])
     for ko in mods:
         shutil.copy(ko, tree / "modules" / ko.name)
     init = tree / "init"
@@ -120,8 +123,8 @@ class Guest:
         self.initrd = make_initramfs(root, kpaths.kernel_modules, self.port)
         self.image = self.build / "guest.img"
         self.hash_tree = self.build / "hash_tree.bin"
-        self.image.write_bytes(b"\0" * 4096)
-        self.hash_tree.write_bytes(b"\0" * 4096)
+        self.image.write_bytes(b"\0" * 4096)        # 8 sectors: tells the disks apart
+        self.hash_tree.write_bytes(b"\0" * 8192)    # 16 sectors
         self.vm_config = self.build / "vm-config.toml"
         text = vmconfig.render(self.cfg, kernel=kpaths.vmlinuz, initrd=self.initrd, ovmf=ovmf,
                                cmdline="console=ttyS0 loglevel=7 panic=-1")
@@ -184,6 +187,20 @@ def test_start_healthy_status_stop(guest):
     assert launch.running_pid(files) is None
     assert not Path(f"/proc/{pid}").exists() or not launch.is_our_qemu(pid, files.pidfile)
     assert "not running" in guest.doit("status").stdout
+
+
+def test_disk_order_and_data_disk(guest, tmp_path):
+    """verity image = /dev/vda, hash tree = /dev/vdb (both read-only), --data-disk = /dev/vdc."""
+    data = tmp_path / "data.img"
+    data.write_bytes(b"\0" * 12288)                 # 24 sectors
+    guest.start(data_disk=data)
+    import json
+    import urllib.request
+    with urllib.request.urlopen(launch.health_url(guest.port), timeout=10) as resp:
+        info = json.loads(resp.read())
+    assert info["disks"] == "vda:8:1 vdb:16:1 vdc:24:0"
+    launch.stop_vm(guest.paths, timeout=3)   # a data disk: ACPI power-down first
+    assert launch.running_pid(qemu.RunFiles(guest.paths.run_dir)) is None
 
 
 def test_dead_qemu_reported_with_log_tail(guest):
