@@ -6,8 +6,9 @@ build/firmware/ and logged to build/logs/firmware.log:
 
 1. fetch the `.orig.tar.xz` and `.debian.tar.xz` from the Debian pool, each
    pinned by the sha256 the archive's `Sources` index lists;
-2. unpack both safely (hbos.archive) and apply debian/patches/series in order
-   with `patch -p1`;
+2. unpack both safely (extract_source(): tarfile's `data` filter, the one
+   absolute host symlink skipped; hbos.archive for the debian tarball) and
+   apply debian/patches/series in order with `patch -p1`;
 3. two snags of building outside Debian's packaging:
    - the orig tarball lacks BaseTools' brotli submodule: it is filled from the
      identical copy MdeModulePkg embeds (Debian's brotlicompress-disable.diff

@@ -198,14 +198,12 @@ def host_cbitpos(cpuid_dev: Path = Path("/dev/cpu/0/cpuid")) -> int | None:
 
 def find_qemu(cfg: Config, paths: Paths, mode: qemu.Mode) -> Path:
     """launch.qemu, else the SNP release's QEMU (SNP mode), else PATH."""
-    from hbos import snp_release, tools
-    if cfg.launch.qemu:
-        q = cfg.path(cfg.launch.qemu)
-        if not q.is_file():
-            raise LaunchError(f"launch.qemu {q} does not exist")
-        return q
-    if mode == "snp" and snp_release.configured(cfg):
-        return snp_release.qemu(paths)
+    from hbos import host, tools
+    if mode == "snp" or cfg.launch.qemu:
+        binary, where = host.find_qemu(cfg, paths)
+        if binary is None:
+            raise LaunchError(f"no QEMU to launch with: {where}")
+        return binary
     return Path(tools.require("qemu-system-x86_64"))
 
 

@@ -1,6 +1,6 @@
 """The firmware task for real: Debian's edk2 source -> AmdSevX64 OVMF.fd, measured.
 
-Builds once per session through doit (about 5 minutes on 2 busy cores). The
+Builds once per session through doit (5-15 minutes on 2 shared cores). The
 two pinned source files are cached in the test cache (HBOS_TEST_CACHE) so a
 rerun does not download 30 MB again. Two-build reproducibility is checked by
 benchmarks/bench_firmware.py (two clean builds do not fit CI's time).
