@@ -248,3 +248,20 @@ def guest_build(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory) ->
     content = write_test_content(root / "content-src")
     return build_guest(root / "guest", base_cache=base_rootfs_cache, kernel_deb=kernel_deb,
                        ovmf=amdsev_ovmf, content=content)
+
+
+def kill_qemu(run_dir: Path) -> None:
+    """Test teardown: SIGKILL the QEMU whose pidfile is in run_dir, and reap it."""
+    import signal
+    import time
+    from hbos import launch, qemu
+    files = qemu.RunFiles(run_dir)
+    pid = launch.read_pid(files.pidfile)
+    if pid is None or not launch.is_our_qemu(pid, files.pidfile):
+        return
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        launch._reap(pid)
+        if not launch.is_our_qemu(pid, files.pidfile):
+            break
+        time.sleep(0.1)

@@ -24,7 +24,7 @@ from werkzeug import Response
 from hbos import release, release_fetch, release_pack
 from hbos.errors import DownloadError, HashMismatch, ReleaseError, UnsafeArchive
 from hbos.fsutil import sha256_file
-from tests.conftest import doit
+from tests.conftest import doit, kill_qemu
 from tests.release_fixtures import flip_byte, make_build, member, snapshot, tar_of
 
 pytestmark = [pytest.mark.integration]
@@ -443,7 +443,6 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     the real Debian cloud kernel and a busybox initramfs serving the health
     endpoint; image and hash tree are placeholders it never reads.
     """
-    import signal
     from hbos import config as hconfig, launch, measure, qemu, vmconfig
     from hbos.paths import Paths
     from tests.integration.test_start import free_port, make_initramfs
@@ -492,14 +491,7 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
         assert any(str(root / release.KERNEL) in a for a in argv), argv
         assert any(str(root / release.INITRD) in a for a in argv), argv
     finally:
-        pid = launch.read_pid(files.pidfile)
-        if pid is not None and launch.is_our_qemu(pid, files.pidfile):
-            os.kill(pid, signal.SIGKILL)
-            for _ in range(50):
-                launch._reap(pid)
-                if not launch.is_our_qemu(pid, files.pidfile):
-                    break
-                time.sleep(0.1)
+        kill_qemu(paths2.run_dir)
 
 
 def test_local_path_and_file_url(built, tmp_path):

@@ -30,7 +30,7 @@ import pytest
 from hbos import config as hconfig, launch, measure, qemu, vmconfig
 from hbos.errors import LaunchError
 from hbos.paths import Paths
-from tests.conftest import ROOT, doit, missing_prerequisite
+from tests.conftest import ROOT, doit, kill_qemu, missing_prerequisite
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -141,15 +141,7 @@ class Guest:
         return doit([*args, f"config={self.overlay}"], check=check, timeout=300)
 
     def kill(self) -> None:
-        files = qemu.RunFiles(self.paths.run_dir)
-        pid = launch.read_pid(files.pidfile)
-        if pid is not None and launch.is_our_qemu(pid, files.pidfile):
-            os.kill(pid, signal.SIGKILL)
-            for _ in range(50):
-                launch._reap(pid)
-                if not launch.is_our_qemu(pid, files.pidfile):
-                    break
-                time.sleep(0.1)
+        kill_qemu(self.paths.run_dir)
 
 
 @pytest.fixture
