@@ -12,11 +12,10 @@ through config_changed) and its targets; the work lives in the hbos package.
 from doit import get_var
 from doit.tools import config_changed
 
-from hbos import firmware, kernel, measure, snp_release, vmconfig
+from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
+                  launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
+                  templates, tools, verity, vmconfig)
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
-from hbos import content  # guest content
-from hbos import initramfs, rootfs, templates, verity  # guest image
-from hbos import release, release_fetch, release_pack  # releases
 from hbos.paths import Paths
 
 CFG = load_config(get_var)
@@ -38,7 +37,6 @@ def _init_dirs():
 
 
 def _check_tools(install=False):
-    from hbos import hosttools
     hosttools.check(CFG, install=install)
 
 
@@ -112,7 +110,6 @@ def task_content():
 
 def _host_tool_deps(*programs):
     """The host binaries copied into an image: a new version rebuilds it."""
-    from hbos import tools
     return strs([p for p in (tools.find(prog) for prog in programs) if p])
 
 
@@ -176,18 +173,13 @@ def task_build_guest_image():
                          "measure"]}
 
 
-def _build_firmware():
-    from hbos import edk2
-    edk2.build_ovmf(CFG, P)
-
-
 def task_firmware():
     """Build the SEV-SNP OVMF (AmdSevX64) from Debian's edk2 source -> build/firmware/OVMF.fd."""
     if not firmware.built_here(CFG):
         return {"actions": None, "doc": "Build the SEV-SNP OVMF from Debian's edk2 source "
                 "(inactive: firmware.source is not 'build' or firmware.ovmf is set)"}
     return {
-        "actions": [act(_build_firmware)],
+        "actions": [act(edk2.build_ovmf, CFG, P)],
         "targets": strs([P.built_ovmf]),
         "uptodate": [config_changed(CFG.slice("firmware", "source_date_epoch"))],
         "clean": True,
@@ -240,7 +232,6 @@ def task_measure():
 
 
 def _start(data_disk, self_url, peer_url, no_auto):
-    from hbos import launch
     opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
     (action,) = act(launch.start_from_build, CFG, P, opts)
     return action()
@@ -248,7 +239,6 @@ def _start(data_disk, self_url, peer_url, no_auto):
 
 def task_start():
     """Build what is missing, boot the guest (SNP, or emulated: NOT CONFIDENTIAL), wait healthy."""
-    from hbos import launch
     return {
         "actions": [_start],
         "params": launch.DOIT_PARAMS,
@@ -260,7 +250,6 @@ def task_start():
 
 
 def _stop():
-    from hbos import launch
     launch.stop_vm(P)
 
 
@@ -270,7 +259,6 @@ def task_stop():
 
 
 def _status():
-    from hbos import launch
     launch.print_status(P)
 
 
@@ -320,7 +308,6 @@ def task_download_release():
 
 
 def _start_release(data_disk, self_url, peer_url, no_auto):
-    from hbos import launch
     opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
     (action,) = act(release.start_release, CFG, P, opts)
     return action()
@@ -328,7 +315,6 @@ def _start_release(data_disk, self_url, peer_url, no_auto):
 
 def task_start_release():
     """Start the installed release (build/releases/current) through the launcher, same checks."""
-    from hbos import launch
     return {
         "actions": [_start_release],
         "params": launch.DOIT_PARAMS,  # the same options as start
@@ -339,7 +325,6 @@ def task_start_release():
 
 def task_verify_report():
     """Verify an SNP attestation report against this build: doit verify_report --report FILE."""
-    from hbos import attest_cli
     return {
         "actions": [(attest_cli.doit_action(CFG, P),)],
         "params": attest_cli.DOIT_PARAMS,
@@ -353,13 +338,11 @@ def task_verify_report():
 
 def task_check_host():
     """Check this host can run SEV-SNP guests: CPU, BIOS, kernel, KVM, /dev/sev, firmware, QEMU."""
-    from hbos import host
     return {"actions": [act(host.check_host, CFG, P)], "uptodate": [False], "verbosity": 2}
 
 
 def task_setup_host():
     """Install the SNP release's host kernel, QEMU and OVMF (prints the plan; --yes if no tty)."""
-    from hbos import host_setup
     return {
         "actions": [(host_setup.task_action(CFG, P),)],
         "params": [{"name": "yes", "long": "yes", "type": bool, "default": False,
