@@ -45,7 +45,19 @@ def test_kernel_unpacks_real_deb_with_modules_dep(kernel_build):
     assert paths.vmlinuz.read_bytes()[0x202:0x206] == b"HdrS"  # bzImage header magic
 
 
-def test_snp_release_rerun_needs_no_network(httpserver, tmp_path):
+def test_snp_release_rerun_needs_no_network(tmp_path):
+    from pytest_httpserver import HTTPServer
+    # Our own server: stopping the session-wide `httpserver` would break later tests.
+    httpserver = HTTPServer(host="127.0.0.1", port=0)
+    httpserver.start()
+    try:
+        _rerun_without_network(httpserver, tmp_path)
+    finally:
+        if httpserver.is_running():
+            httpserver.stop()
+
+
+def _rerun_without_network(httpserver, tmp_path):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         data = b"ovmf"
