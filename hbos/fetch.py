@@ -12,10 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-import urllib3
-from tqdm import tqdm
-
 from hbos.errors import DownloadError, HashMismatch
 from hbos.fsutil import atomic_path
 
@@ -62,6 +58,12 @@ class _Transient(Exception):
 
 
 def _fetch_once(url: str, dest: Path, progress: bool, timeout) -> str:
+    # Imported here: requests costs ~0.2 s, and every doit run (even a no-op)
+    # loads this module through the stages that download.
+    import requests
+    import urllib3
+    from tqdm import tqdm
+
     try:
         # identity: the bytes hashed and stored are the bytes served, even when
         # a server labels a .tar.gz with Content-Encoding: gzip.
