@@ -41,7 +41,7 @@ def build_deb(tmp: Path, out_dir: Path) -> Path:
 def test_real_dpkg_into_fake_root(tmp_path, capsys):
     if shutil.which("dpkg-deb") is None or shutil.which("dpkg") is None:
         missing_prerequisite("dpkg/dpkg-deb not installed")
-    if os.geteuid() != 0:
+    if os.geteuid() != 0:  # CI runs as root; a developer's unprivileged run cannot
         pytest.skip("dpkg --root -i needs root")
     release = tmp_path / "snp-release"
     build_deb(tmp_path, release / "linux/host")

@@ -24,7 +24,7 @@ from werkzeug import Response
 from hbos import release, release_fetch, release_pack
 from hbos.errors import DownloadError, HashMismatch, ReleaseError, UnsafeArchive
 from hbos.fsutil import sha256_file
-from tests.conftest import doit, kill_qemu
+from tests.conftest import doit, kill_qemu, missing_prerequisite
 from tests.release_fixtures import flip_byte, make_build, member, snapshot, tar_of
 
 pytestmark = [pytest.mark.integration]
@@ -400,6 +400,8 @@ def test_start_release_goes_through_the_real_start_vm(installed):
     from hbos import launch
     from hbos.errors import LaunchError
     cfg, paths, root = installed
+    # The assertion below is about the refusal on a host without SNP (this one
+    # and CI); on a real SNP host the launch would go ahead instead.
     if launch.snp_host_ready()[0]:
         pytest.skip("this host can run SNP guests; the test expects it cannot")
     cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, snp="required"))
@@ -448,7 +450,7 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     from tests.integration.test_start import free_port, make_initramfs
 
     if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 is not installed (qemu-system-x86)")
+        missing_prerequisite("qemu-system-x86_64 is not installed (qemu-system-x86)")
     _, kpaths = kernel_build
     port = free_port()
     settings = (f"ports: {{hyperbeam: {port}}}\nvm: {{memory_mib: 512}}\n"
