@@ -243,14 +243,21 @@ def _msr_buf(index: int, value: int = 0) -> bytearray:
     return bytearray(struct.pack("=IIIIQ", 1, 0, index, 0, value))
 
 
-def probe_kvm(dev: Path) -> KvmStatus:
-    """Use /dev/kvm as QEMU would at start: API version, a VM, a vCPU, MSR 0x10a."""
+def _open_chardev(dev: Path) -> tuple[int | None, str]:
+    """(fd, "") for a character device opened read-write, else (None, why)."""
     try:
         if not stat.S_ISCHR(os.stat(dev).st_mode):
-            return KvmStatus(error=f"{dev} is not a character device")
-        fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+            return None, f"{dev} is not a character device"
+        return os.open(dev, os.O_RDWR | os.O_CLOEXEC), ""
     except OSError as exc:
-        return KvmStatus(error=f"cannot open {dev}: {exc.strerror}")
+        return None, f"cannot open {dev}: {exc.strerror}"
+
+
+def probe_kvm(dev: Path) -> KvmStatus:
+    """Use /dev/kvm as QEMU would at start: API version, a VM, a vCPU, MSR 0x10a."""
+    fd, error = _open_chardev(dev)
+    if fd is None:
+        return KvmStatus(error=error)
     fds = [fd]
     try:
         try:
@@ -301,12 +308,9 @@ def probe_kvm(dev: Path) -> KvmStatus:
 def probe_sev(dev: Path) -> SevStatus:
     """Open /dev/sev read-write and ask the firmware for SNP_PLATFORM_STATUS."""
     import ctypes
-    try:
-        if not stat.S_ISCHR(os.stat(dev).st_mode):
-            return SevStatus(error=f"{dev} is not a character device")
-        fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return SevStatus(error=f"cannot open {dev}: {exc.strerror}")
+    fd, error = _open_chardev(dev)
+    if fd is None:
+        return SevStatus(error=error)
     try:
         data = ctypes.create_string_buffer(SNP_STATUS_BUF)
         cmd = bytearray(struct.pack("=IQI", SNP_PLATFORM_STATUS, ctypes.addressof(data), 0))

@@ -159,13 +159,13 @@ def test_verity_manifest_records_salt_from_inputs(guest_build):
     assert guest_build.image.stat().st_size % 4096 == 0
 
 
-def test_ext4_root_uses_4k_blocks_and_verifies(guest_build, tmp_path):
+def rebuild_image_with(guest_build, tmp_path, name: str, extra: str):
+    """The session guest's verity image rebuilt with `extra` config, in a build
+    dir of its own that reuses the built kernel and base root (symlinked)."""
     from hbos.paths import Paths
-    overlay = write_overlay(tmp_path / "ext4.yaml",
-                            guest_build.overlay.read_text() + "image: {filesystem: ext4}\n")
+    overlay = write_overlay(tmp_path / f"{name}.yaml", guest_build.overlay.read_text() + extra)
     cfg = hconfig.load(profile="local", overlay=overlay)
-    # reuse the built kernel and base root; write the image in a build dir of its own
-    paths = Paths(tmp_path / "ext4-build")
+    paths = Paths(tmp_path / f"{name}-build")
     paths.build.mkdir()
     paths.kernel_dir.symlink_to(guest_build.paths.kernel_dir)
     paths.base_dir.mkdir()
@@ -173,6 +173,12 @@ def test_ext4_root_uses_4k_blocks_and_verifies(guest_build, tmp_path):
         (paths.base_dir / f.name).symlink_to(f)
     roothash = verity.build(cfg, paths, guest_build.paths.content_tree,
                             guest_build.paths.content_manifest)
+    return cfg, paths, roothash
+
+
+def test_ext4_root_uses_4k_blocks_and_verifies(guest_build, tmp_path):
+    cfg, paths, roothash = rebuild_image_with(guest_build, tmp_path, "ext4",
+                                              "image: {filesystem: ext4}\n")
     image = paths.verity_image
     with open(image, "rb") as fh:
         fh.seek(1024 + 24)   # ext4 superblock s_log_block_size: block = 1024 << n
@@ -235,18 +241,7 @@ def test_zstd_initramfs_is_reproducible(guest_build, tmp_path):
 
 def test_debug_image_differs_and_says_so(guest_build, tmp_path):
     from hbos import vmconfig
-    from hbos.paths import Paths
-    overlay = write_overlay(tmp_path / "debug.yaml", guest_build.overlay.read_text()
-                            + "debug: true\n")
-    cfg = hconfig.load(profile="local", overlay=overlay)
-    paths = Paths(tmp_path / "debug-build")
-    paths.build.mkdir()
-    paths.kernel_dir.symlink_to(guest_build.paths.kernel_dir)
-    paths.base_dir.mkdir()
-    for f in (guest_build.paths.base_rootfs, guest_build.paths.base_rootfs_manifest):
-        (paths.base_dir / f.name).symlink_to(f)
-    roothash = verity.build(cfg, paths, guest_build.paths.content_tree,
-                            guest_build.paths.content_manifest)
+    cfg, paths, roothash = rebuild_image_with(guest_build, tmp_path, "debug", "debug: true\n")
     assert roothash != guest_build.roothash
     assert "hbos.debug=1" in vmconfig.kernel_cmdline(cfg, roothash)
     assert "hbos.debug=1" not in guest_build.cmdline
