@@ -203,14 +203,20 @@ def test_manifest_hiding_a_tampered_input_still_fails_on_the_digest(packaged, na
         release.verify_release(d)
 
 
+def _replace_in_release(d, name, text):
+    """Rewrite a release file (a new inode: the package may hard-link) and
+    re-hash it in the manifest, as a tamperer covering their tracks would."""
+    (d / name).unlink()
+    (d / name).write_text(text)
+    _edit_manifest(d, lambda data: _rehash(d, data, name))
+
+
 def test_tampered_cmdline_with_matching_manifest_fails_on_the_digest(packaged):
     _, paths = packaged
     d = paths.release_dir
     vm = d / release.VM_CONFIG
     text = vm.read_text().replace("loglevel=7", "loglevel=7 init=/bin/sh")
-    vm.unlink()
-    vm.write_text(text)
-    _edit_manifest(d, lambda data: _rehash(d, data, release.VM_CONFIG))
+    _replace_in_release(d, release.VM_CONFIG, text)
     with pytest.raises(ReleaseError, match="launch digest mismatch"):
         release.verify_release(d)
 
@@ -220,9 +226,7 @@ def test_manifest_and_measurement_must_agree(packaged):
     d = paths.release_dir
     m = json.loads((d / release.MEASUREMENT).read_text())
     m["expected_hash"] = "11" * 48
-    (d / release.MEASUREMENT).unlink()
-    (d / release.MEASUREMENT).write_text(json.dumps(m))
-    _edit_manifest(d, lambda data: _rehash(d, data, release.MEASUREMENT))
+    _replace_in_release(d, release.MEASUREMENT, json.dumps(m))
     with pytest.raises(ReleaseError, match="measurement.json: expected_hash"):
         release.verify_release(d)
 
@@ -234,9 +238,7 @@ def test_policy_outside_the_digest_must_match_the_measurement(packaged):
     vm = d / release.VM_CONFIG
     text = vm.read_text().replace("guest_policy = 0x30000", "guest_policy = 0xb0000")
     assert text != vm.read_text()
-    vm.unlink()
-    vm.write_text(text)
-    _edit_manifest(d, lambda data: _rehash(d, data, release.VM_CONFIG))
+    _replace_in_release(d, release.VM_CONFIG, text)
     with pytest.raises(ReleaseError, match="vm.guest_policy 196608 does not match"):
         release.verify_release(d)
 
@@ -246,9 +248,7 @@ def test_vm_config_may_only_name_release_files(packaged):
     d = paths.release_dir
     vm = d / release.VM_CONFIG
     text = vm.read_text().replace('kernel_file = "vmlinuz"', 'kernel_file = "/boot/vmlinuz"')
-    vm.unlink()
-    vm.write_text(text)
-    _edit_manifest(d, lambda data: _rehash(d, data, release.VM_CONFIG))
+    _replace_in_release(d, release.VM_CONFIG, text)
     with pytest.raises(ReleaseError, match="kernel_file must be 'vmlinuz'"):
         release.verify_release(d)
 
