@@ -173,7 +173,7 @@ def test_older_installed_version_is_upgraded(env):
     status.write_text(f"Package: {PKG}\nStatus: install ok installed\nVersion: 6.8.0-1\n")
     plan = host_setup.make_plan(release, root)
     assert [d.package for d in plan.install] == [PKG]
-    assert f"(installed: 6.8.0-1)" in plan.describe(root)
+    assert "(installed: 6.8.0-1)" in plan.describe(root)
 
 
 def test_running_snp_kernel_message(tmp_path):
