@@ -17,7 +17,7 @@ from hbos.measure import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, l
 
 
 def main() -> None:
-    vectors = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "vectors"
+    vectors = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests" / "vectors"
     att = vectors / "attestation"
     rep = report.load(att / "hbos-benign-report.bin")
     vcek = certs.load_cert_file(att / "hbos-vcek.crt")

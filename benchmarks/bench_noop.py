@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import (cache_dir, cached_kernel_deb, link_base_rootfs,  # noqa: E402
                             rootfs_cache_key)
 
-VECTOR_OVMF = ROOT.parent / "shared" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
+VECTOR_OVMF = ROOT / "tests" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
 
 
 def doit(*args: str) -> float:

@@ -89,7 +89,7 @@ def tiny(runs: int) -> int:
         kcfg = hconfig.load(overlay=kb / "o.yaml")
         kpaths = Paths.from_config(kcfg)
         kernel.unpack(kcfg, kpaths)
-        ovmf = ROOT.parent / "shared" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
+        ovmf = ROOT / "tests" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
         (work / "g").mkdir()
         guest = Guest(work / "g", (kcfg, kpaths), ovmf)
         for i in range(runs):

@@ -26,7 +26,7 @@ from werkzeug import Response  # noqa: E402
 from hbos import release_fetch, release_pack  # noqa: E402
 from tests.release_fixtures import make_build  # noqa: E402
 
-OVMF = ROOT.parent / "shared" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
+OVMF = ROOT / "tests" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
 
 
 def rss_mib() -> float:

@@ -1,6 +1,7 @@
 """Shared fixtures.
 
-- vectors: ../shared/vectors (read in place, never copied; skipped when absent).
+- vectors: tests/vectors (third-party data with its licence files beside it; see
+  its README). Missing: skipped on a developer box, a failure under CI=true.
 - kernel_deb: the real Debian cloud kernel .deb (linux-image-cloud-amd64
   resolved to its linux-image-<version>-cloud-amd64), cached in the test cache
   (HBOS_TEST_CACHE, default ~/.cache/hbos-tests). `.ci/run` fetches it first
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTORS = ROOT.parent / "shared" / "vectors"
+VECTORS = ROOT / "tests" / "vectors"
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -43,7 +44,7 @@ def project_root() -> Path:
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     if not VECTORS.is_dir():
-        pytest.skip(f"test vectors not found at {VECTORS} (shared/ beside the checkout)")
+        missing_prerequisite(f"test vectors not found at {VECTORS}")
     return VECTORS
 
 

@@ -1,4 +1,4 @@
-"""Verification of the three real hardware reports (../shared/vectors/attestation)
+"""Verification of the three real hardware reports (tests/vectors/attestation)
 against their VCEKs and AMD's Milan roots, and every way it must fail."""
 
 from __future__ import annotations

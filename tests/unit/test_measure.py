@@ -1,4 +1,4 @@
-"""Launch digest against sev-snp-measure's published vectors (../shared/vectors)."""
+"""Launch digest against sev-snp-measure's published vectors (tests/vectors)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ATTESTATION_REPORT parsing: the three real reports in ../shared/vectors/attestation,
+"""ATTESTATION_REPORT parsing: the three real reports in tests/vectors/attestation,
 in binary, hex and sev-crate JSON form; versions 2, 3 and 5; malformed input."""
 
 from __future__ import annotations
