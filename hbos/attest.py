@@ -140,8 +140,9 @@ class Verification:
     @property
     def failed(self) -> list[str]:
         ran = {s.name for s in self.steps if s.status == PASS}
-        return [s.name for s in self.steps
-                if s.status == FAIL or (s.name in self.requested and s.name not in ran)]
+        out = [s.name for s in self.steps
+               if s.status == FAIL or (s.name in self.requested and s.name not in ran)]
+        return out + sorted(self.requested - ran - set(out))
 
     def as_dict(self) -> dict[str, Any]:
         r = self.report
