@@ -175,6 +175,10 @@ class Paths:
     def measurement(self) -> Path:
         return self.build / "measurement.json"
 
+    @property
+    def reference_values(self) -> Path:
+        return self.build / "reference-values.json"
+
     # launcher state
     @property
     def run_dir(self) -> Path:

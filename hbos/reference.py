@@ -84,6 +84,8 @@ def from_measurement(record: dict[str, Any], source: str = "measurement.json") -
     if "policy" in fields:
         ref["guest_policy"] = fields["policy"]
     tcb = vm.get("min_commited_tcb", vm.get("min_committed_tcb"))
+    if isinstance(tcb, dict):  # vm-config's TCB table also holds `_reserved`
+        tcb = {k: v for k, v in tcb.items() if not k.startswith("_")}
     if tcb is not None:
         product = certs.product_name(str(vm.get("host_cpu_family") or "Milan"))
         ref["min_tcb"] = {product: _tcb(tcb, f"{source}: vm.min_commited_tcb")}
