@@ -15,6 +15,7 @@ from doit.tools import config_changed
 from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
+from hbos import hostdata, idblock, identity
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -212,18 +213,62 @@ def task_vm_config():
 
 def _measure():
     record = measure.measure_vm_config(P.vm_config, P.measurement,
-                                       source_date_epoch=CFG.source_date_epoch)
+                                       source_date_epoch=CFG.source_date_epoch,
+                                       extra=lambda rec: identity.measurement_fields(CFG, rec))
     expected = record["expected_hash"] or f"none ({record['expected_hash_reason']})"
-    print(f"measure: expected launch digest {expected}")
+    hostdata.write_b64(P.host_data, record["host_data"])
+    print(f"measure: expected launch digest {expected}\n"
+          f"  HOST_DATA (node configuration) {record['host_data']}")
+
+
+def _identity_deps():
+    """The public keys when identity is enabled (their digests go into measurement.json)."""
+    if not CFG.identity.enabled:
+        return []
+    files = identity.key_files(CFG)
+    return strs([files.public(identity.ID), files.public(identity.AUTHOR)])
 
 
 def task_measure():
     """Compute the expected SEV-SNP launch measurement -> build/measurement.json."""
     return {
         "actions": [act(_measure)],
-        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps(),
-        "targets": strs([P.measurement]),
-        "uptodate": [config_changed(CFG.slice("source_date_epoch"))],
+        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps()
+                    + _identity_deps(),
+        "targets": strs([P.measurement, P.host_data]),
+        "uptodate": [config_changed({**CFG.slice("source_date_epoch", "identity"),
+                                     "node_configuration": hostdata.fingerprint(CFG)})],
+        "clean": True,
+    }
+
+
+# ------------------------------------------------- launch identity (hbos/identity.py, idblock.py)
+
+
+def task_keys():
+    """Create the ID and author keys (ECDSA P-384, 0600) in identity.keys_dir; never overwrites."""
+    return {
+        "actions": [act(identity.make_keys, CFG)],
+        "uptodate": [False],
+        "verbosity": 2,
+        # no targets and no clean: doit must never delete a key
+    }
+
+
+def _id_block_targets():
+    return strs([P.id_block, P.id_auth, P.id_block_json])
+
+
+def task_id_block():
+    """Sign the SEV-SNP ID block for the expected measurement (ID key, author key) -> build/identity/."""
+    if not CFG.identity.enabled:
+        return {"actions": None, "doc": "Sign the SEV-SNP ID block (inactive: identity.enabled "
+                "is false)"}
+    return {
+        "actions": [act(idblock.write_id_block, CFG, P)],
+        "file_dep": strs([P.measurement]) + _identity_deps(),
+        "targets": _id_block_targets(),
+        "uptodate": [config_changed(CFG.slice("identity"))],
         "clean": True,
     }
 
@@ -243,7 +288,8 @@ def task_start():
         "actions": [_start],
         "params": launch.DOIT_PARAMS,
         # doit builds whatever produces these first; start itself always runs
-        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement]),
+        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement])
+                    + (_id_block_targets() if CFG.identity.enabled else []),
         "uptodate": [False],
         "verbosity": 2,
     }
