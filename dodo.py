@@ -317,15 +317,16 @@ def task_status():
 
 
 def task_package_release():
-    """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement -> release.tar.gz."""
+    """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement (+ signature, provenance) -> release.tar.gz."""
     return {
         "actions": [act(release_pack.package_release, CFG, P)],
         "file_dep": strs([P.verity_image, P.hash_tree, P.vmlinuz, vmconfig.initrd_path(CFG, P),
-                          P.vm_config, P.measurement]) + _ovmf_deps(),
+                          P.vm_config, P.measurement]) + _ovmf_deps()
+                    + (_id_block_targets() if CFG.identity.enabled else []),
         "targets": strs([P.release_manifest, P.release_tarball, P.release_tarball_sha256]),
         "uptodate": [config_changed({"name": CFG.release.name,
                                      "compresslevel": CFG.release.compresslevel,
-                                     **CFG.slice("source_date_epoch")})],
+                                     **CFG.slice("source_date_epoch", "identity")})],
         "clean": True,
     }
 
@@ -335,11 +336,14 @@ _RELEASE_PARAMS = [
      "help": "release tarball URL, file:// URL or path (default: release.url)"},
     {"name": "sha256", "long": "sha256", "type": str, "default": "",
      "help": "expected tarball sha256 (default: release.sha256)"},
+    {"name": "trusted_key", "long": "trusted-key", "type": str, "default": "",
+     "help": "author public key (PEM): refuse a release not signed by it "
+             "(default: release.trusted_keys)"},
 ]
 
 
-def _download_release(url, sha256):
-    (action,) = act(release_fetch.download_release, CFG, P, url, sha256)
+def _download_release(url, sha256, trusted_key):
+    (action,) = act(release_fetch.download_release, CFG, P, url, sha256, trusted_key)
     return action()
 
 
