@@ -16,6 +16,7 @@ from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttoo
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
 from hbos import reference
+from hbos import hostdata, idblock, identity
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -213,19 +214,63 @@ def task_vm_config():
 
 def _measure():
     record = measure.measure_vm_config(P.vm_config, P.measurement,
-                                       source_date_epoch=CFG.source_date_epoch)
+                                       source_date_epoch=CFG.source_date_epoch,
+                                       extra=lambda rec: identity.measurement_fields(CFG, rec))
     expected = record["expected_hash"] or f"none ({record['expected_hash_reason']})"
-    print(f"measure: expected launch digest {expected}")
+    hostdata.write_b64(P.host_data, record["host_data"])
     reference.write(P.reference_values, record, str(P.measurement))
+    print(f"measure: expected launch digest {expected}\n"
+          f"  HOST_DATA (node configuration) {record['host_data']}")
+
+
+def _identity_deps():
+    """The public keys when identity is enabled (their digests go into measurement.json)."""
+    if not CFG.identity.enabled:
+        return []
+    files = identity.key_files(CFG)
+    return strs([files.public(identity.ID), files.public(identity.AUTHOR)])
 
 
 def task_measure():
     """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference-values.json)."""
     return {
         "actions": [act(_measure)],
-        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps(),
-        "targets": strs([P.measurement, P.reference_values]),
-        "uptodate": [config_changed(CFG.slice("source_date_epoch"))],
+        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps()
+                    + _identity_deps(),
+        "targets": strs([P.measurement, P.reference_values, P.host_data]),
+        "uptodate": [config_changed({**CFG.slice("source_date_epoch", "identity"),
+                                     "node_configuration": hostdata.fingerprint(CFG)})],
+        "clean": True,
+    }
+
+
+# ------------------------------------------------- launch identity (hbos/identity.py, idblock.py)
+
+
+def task_keys():
+    """Create the ID and author keys (ECDSA P-384, 0600) in identity.keys_dir; never overwrites."""
+    return {
+        "actions": [act(identity.make_keys, CFG)],
+        "uptodate": [False],
+        "verbosity": 2,
+        # no targets and no clean: doit must never delete a key
+    }
+
+
+def _id_block_targets():
+    return strs([P.id_block, P.id_auth, P.id_block_json])
+
+
+def task_id_block():
+    """Sign the SEV-SNP ID block for the expected measurement (ID key, author key) -> build/identity/."""
+    if not CFG.identity.enabled:
+        return {"actions": None, "doc": "Sign the SEV-SNP ID block (inactive: identity.enabled "
+                "is false)"}
+    return {
+        "actions": [act(idblock.write_id_block, CFG, P)],
+        "file_dep": strs([P.measurement]) + _identity_deps(),
+        "targets": _id_block_targets(),
+        "uptodate": [config_changed(CFG.slice("identity"))],
         "clean": True,
     }
 
@@ -245,7 +290,8 @@ def task_start():
         "actions": [_start],
         "params": launch.DOIT_PARAMS,
         # doit builds whatever produces these first; start itself always runs
-        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement]),
+        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement])
+                    + (_id_block_targets() if CFG.identity.enabled else []),
         "uptodate": [False],
         "verbosity": 2,
     }
@@ -273,15 +319,16 @@ def task_status():
 
 
 def task_package_release():
-    """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement -> release.tar.gz."""
+    """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement (+ signature, provenance) -> release.tar.gz."""
     return {
         "actions": [act(release_pack.package_release, CFG, P)],
         "file_dep": strs([P.verity_image, P.hash_tree, P.vmlinuz, vmconfig.initrd_path(CFG, P),
-                          P.vm_config, P.measurement]) + _ovmf_deps(),
+                          P.vm_config, P.measurement]) + _ovmf_deps()
+                    + (_id_block_targets() if CFG.identity.enabled else []),
         "targets": strs([P.release_manifest, P.release_tarball, P.release_tarball_sha256]),
         "uptodate": [config_changed({"name": CFG.release.name,
                                      "compresslevel": CFG.release.compresslevel,
-                                     **CFG.slice("source_date_epoch")})],
+                                     **CFG.slice("source_date_epoch", "identity")})],
         "clean": True,
     }
 
@@ -291,11 +338,14 @@ _RELEASE_PARAMS = [
      "help": "release tarball URL, file:// URL or path (default: release.url)"},
     {"name": "sha256", "long": "sha256", "type": str, "default": "",
      "help": "expected tarball sha256 (default: release.sha256)"},
+    {"name": "trusted_key", "long": "trusted-key", "type": str, "default": "",
+     "help": "author public key (PEM): refuse a release not signed by it "
+             "(default: release.trusted_keys)"},
 ]
 
 
-def _download_release(url, sha256):
-    (action,) = act(release_fetch.download_release, CFG, P, url, sha256)
+def _download_release(url, sha256, trusted_key):
+    (action,) = act(release_fetch.download_release, CFG, P, url, sha256, trusted_key)
     return action()
 
 

@@ -270,6 +270,13 @@ class LaunchConfig:
     extra_args: tuple[str, ...] = ()
 
 
+def _pem_paths(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        if not v.strip():
+            return "expected paths of PEM public keys, got an empty entry"
+    return None
+
+
 def _digest_or_empty(value: str) -> str | None:
     if value and not re.match(r"^[0-9a-fA-F]{96}$", value):
         return f"expected a launch digest (96 hex digits) or empty, got {value!r}"
@@ -282,6 +289,7 @@ class ReleaseConfig:
     url: str = ""
     sha256: str = field(default="", metadata=check(_sha256_or_empty))
     launch_digest: str = field(default="", metadata=check(_digest_or_empty))
+    trusted_keys: tuple[str, ...] = field(default=(), metadata=check(_pem_paths))
     compresslevel: int = field(default=6, metadata=check(_range(0, 9)))
     retries: int = field(default=3, metadata=check(_range(1, 20)))
     backoff_ms: int = field(default=1000, metadata=check(_range(0, 60000)))
@@ -303,6 +311,13 @@ class AttestConfig:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    enabled: bool = False
+    keys_dir: str = ""   # empty: $XDG_CONFIG_HOME/hbos/keys (hbos.identity)
+    guest_svn: int = field(default=0, metadata=check(_range(0, 2**32 - 1)))
+
+
+@dataclass(frozen=True)
 class Config:
     build_dir: str = "build"
     source_date_epoch: int = field(default=1704067200, metadata=check(_min(0)))
@@ -320,6 +335,7 @@ class Config:
     launch: LaunchConfig = LaunchConfig()
     release: ReleaseConfig = ReleaseConfig()
     attest: AttestConfig = AttestConfig()
+    identity: IdentityConfig = IdentityConfig()
     # not settings themselves: where the config came from
     root: str = field(default=".", metadata={"internal": True})
     profile: str = field(default="", metadata={"internal": True})

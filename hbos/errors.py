@@ -74,3 +74,7 @@ class HostError(HbosError):
 
 class AttestationError(HbosError):
     """An attestation report cannot be parsed or verified."""
+
+
+class IdentityError(HbosError):
+    """Launch identity: a key, an ID block or a release signature is missing or wrong."""

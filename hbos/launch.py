@@ -445,6 +445,13 @@ def post_start_config(record: dict[str, Any], options: StartOptions) -> dict[str
     return body
 
 
+def post_start_body(record: dict[str, Any], options: StartOptions) -> dict[str, Any] | None:
+    """The body start sends after boot, or None when it sends none (HOST_DATA covers it)."""
+    if options.self_url and not options.no_auto:
+        return post_start_config(record, options)
+    return None
+
+
 def send_post_start(port: int, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(health_url(port), data=json.dumps(body).encode(),
                                  method="POST",
@@ -492,16 +499,22 @@ def _b64_file(cfg: Config, value: str, what: str) -> str:
         raise LaunchError(f"launch.{what} {p}: {exc.strerror}") from None
 
 
-def snp_options(cfg: Config) -> qemu.SnpOptions:
+def snp_options(cfg: Config, generated: dict[str, str] | None = None) -> qemu.SnpOptions:
+    """`generated`: id_block/id_auth/host_data (base64) from the build or release;
+    the launch.* files, when set, win."""
     cbit = cfg.launch.cbitpos or host_cbitpos()
     if not cbit:
         raise LaunchError("cannot read the C-bit position from CPUID 0x8000001F "
                           "(/dev/cpu/0/cpuid)", hint="modprobe cpuid, or set launch.cbitpos")
     l = cfg.launch
+    gen = generated or {}
     return qemu.SnpOptions(cbitpos=cbit, reduced_phys_bits=l.reduced_phys_bits,
-                           id_block=_b64_file(cfg, l.id_block, "id_block"),
-                           id_auth=_b64_file(cfg, l.id_auth, "id_auth"),
-                           host_data=_b64_file(cfg, l.host_data, "host_data"),
+                           id_block=_b64_file(cfg, l.id_block, "id_block")
+                           or gen.get("id_block", ""),
+                           id_auth=_b64_file(cfg, l.id_auth, "id_auth")
+                           or gen.get("id_auth", ""),
+                           host_data=_b64_file(cfg, l.host_data, "host_data")
+                           or gen.get("host_data", ""),
                            certs_path=str(cfg.path(l.certs)) if l.certs else "")
 
 
@@ -541,8 +554,35 @@ def _kvm_failed(files: qemu.RunFiles) -> bool:
                                    "kvm:", "Could not access KVM", "kvm_init"))
 
 
+def launch_identity(record: dict[str, Any], vm: qemu.VmDefinition, options: StartOptions,
+                    identity_dir: Path | None, mode: qemu.Mode) -> dict[str, str]:
+    """ID block, ID auth and HOST_DATA (base64) for this launch, checked against
+    measurement.json; an SNP launch they would not describe is refused."""
+    from hbos import hostdata, idblock
+    out: dict[str, str] = {}
+    hd, problem = hostdata.for_launch(record, options)
+    if problem:
+        if mode == "snp":
+            raise LaunchError(f"refusing to start: {problem}",
+                              hint="start with the options the build assumed, or rebuild: "
+                                   "doit measure")
+        say(f"start: note: {problem} (emulated: there is no HOST_DATA)")
+    if hd:
+        out["host_data"] = hostdata.to_b64(hd)
+    if identity_dir is not None:
+        block = idblock.read_b64(identity_dir / idblock.ID_BLOCK_FILE, idblock.ID_BLOCK_SIZE,
+                                 "ID block")
+        auth = idblock.read_b64(identity_dir / idblock.ID_AUTH_FILE, idblock.ID_AUTH_SIZE, "ID auth")
+        info = idblock.check_for_launch(idblock.b64(block), idblock.b64(auth), record,
+                                        vm.guest_policy)
+        out.update(id_block=idblock.b64(block), id_auth=idblock.b64(auth))
+        say(f"start: ID block for {record.get('expected_hash', '')[:16]}..., author key "
+            f"{info.author_key_digest[:16]}...")
+    return out
+
+
 def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
-             hash_tree: Path, options: StartOptions) -> None:
+             hash_tree: Path, options: StartOptions, identity_dir: Path | None = None) -> None:
     """Launch the measured VM (SNP, or emulated when allowed) and wait until healthy."""
     files = qemu.RunFiles(paths.run_dir)
     files.directory.mkdir(parents=True, exist_ok=True)
@@ -570,6 +610,7 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
 
     ready, why = snp_host_ready()
     mode = decide_mode(cfg.launch.snp, ready, why)
+    generated = launch_identity(record, vm, options, identity_dir, mode)
     binary = find_qemu(cfg, paths, mode)
     facts = host_facts(binary)
     model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
@@ -581,7 +622,7 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data), run=files,
         host=facts, mode=mode, accel=accel, forwards=_forwards(cfg, bool(raw.get("debug"))),
-        snp=snp_options(cfg) if mode == "snp" else None, machine=cfg.launch.machine,
+        snp=snp_options(cfg, generated) if mode == "snp" else None, machine=cfg.launch.machine,
         extra_args=cfg.launch.extra_args)
     if mode == "emulated":
         say(BANNER + f"  (SEV-SNP: {why if cfg.launch.snp != 'off' else 'launch.snp: off'})\n")
@@ -617,8 +658,9 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         write_json(files.state, state)
         waited = wait_healthy(proc, files, cfg.ports.hyperbeam, cfg.launch.health_timeout)
         say(f"start: healthy after {waited:.0f} s: {health_url(cfg.ports.hyperbeam)}")
-        if options.self_url and not options.no_auto:
-            reply = send_post_start(cfg.ports.hyperbeam, post_start_config(record, options))
+        body = post_start_body(record, options)
+        if body is not None:
+            reply = send_post_start(cfg.ports.hyperbeam, body)
             say(f"start: post-start configuration accepted ({len(json.dumps(reply))} bytes)")
         elif options.self_url:
             say("start: --no-auto: post-start configuration not sent")
@@ -637,7 +679,8 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
 def start_from_build(cfg: Config, paths: Paths, options: StartOptions) -> None:
     """`doit start`: the artifacts of this build directory."""
     start_vm(cfg, paths, vm_config=paths.vm_config, measurement=paths.measurement,
-             image=paths.verity_image, hash_tree=paths.hash_tree, options=options)
+             image=paths.verity_image, hash_tree=paths.hash_tree, options=options,
+             identity_dir=paths.identity_dir if cfg.identity.enabled else None)
 
 
 # ----------------------------------------------------------------- stop and status

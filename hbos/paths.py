@@ -178,6 +178,30 @@ class Paths:
     @property
     def reference_values(self) -> Path:
         return self.build / "reference-values.json"
+    # launch identity (hbos/idblock.py, hbos/hostdata.py); the keys live outside build/
+    @property
+    def identity_dir(self) -> Path:
+        return self.build / "identity"
+
+    @property
+    def id_block(self) -> Path:
+        """base64 of the 96-byte ID block (QEMU id-block=)."""
+        return self.identity_dir / "id_block.b64"
+
+    @property
+    def id_auth(self) -> Path:
+        """base64 of the 4096-byte ID authentication information (QEMU id-auth=)."""
+        return self.identity_dir / "id_auth.b64"
+
+    @property
+    def id_block_json(self) -> Path:
+        """The ID block's fields and key digests, for people."""
+        return self.identity_dir / "id_block.json"
+
+    @property
+    def host_data(self) -> Path:
+        """base64 of the 32-byte HOST_DATA (QEMU host-data=)."""
+        return self.identity_dir / "host_data.b64"
 
     # launcher state
     @property

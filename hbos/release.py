@@ -55,6 +55,14 @@ REFERENCE_VALUES = "reference-values.json"  # what a verifier trusts (hbos.refer
 PAYLOAD = tuple(sorted((IMAGE, HASH_TREE, KERNEL, INITRD, FIRMWARE, VM_CONFIG, MEASUREMENT,
                         REFERENCE_VALUES)))
 
+# A signed release (identity.enabled, hbos.provenance) also holds these, listed
+# in the manifest, and the author key's signature over the manifest beside it.
+ID_BLOCK = "id_block.b64"
+ID_AUTH = "id_auth.b64"
+PROVENANCE = "provenance.json"
+OPTIONAL = tuple(sorted((ID_BLOCK, ID_AUTH, PROVENANCE)))
+SIGNATURE = "manifest.json.sig"
+
 # The VM definition's file keys and the release file each must name.
 VM_FILES = {"kernel_file": KERNEL, "initrd_file": INITRD, "ovmf_file": FIRMWARE}
 
@@ -123,9 +131,9 @@ class Manifest:
         names = [f.name for f in files]
         if len(set(names)) != len(names):
             raise ReleaseError(f"{source}: a file is listed more than once")
-        if set(names) != set(PAYLOAD):
+        if not set(PAYLOAD) <= set(names) <= set(PAYLOAD) | set(OPTIONAL):
             missing = sorted(set(PAYLOAD) - set(names))
-            extra = sorted(set(names) - set(PAYLOAD))
+            extra = sorted(set(names) - set(PAYLOAD) - set(OPTIONAL))
             raise ReleaseError(f"{source}: the file list is not a release's "
                                f"(missing: {', '.join(missing) or '-'}; "
                                f"unexpected: {', '.join(extra) or '-'})")
@@ -183,7 +191,7 @@ def check_files(root: Path, manifest: Manifest, *, full: bool = True) -> None:
     missing = sorted(expected - set(present))
     if missing:
         raise ReleaseError(f"release {root}: missing file(s): {', '.join(missing)}")
-    extra = sorted(set(present) - expected)
+    extra = sorted(set(present) - expected - {SIGNATURE})
     if extra:
         raise ReleaseError(f"release {root}: unexpected file(s) not in the manifest: "
                            f"{', '.join(extra)}")
@@ -303,9 +311,11 @@ def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
 
 def verify_release(root: Path, *, pinned_digest: str = "", full: bool = True) -> Manifest:
     """Refuse a release directory unless every check above passes."""
+    from hbos import provenance
     manifest = read_manifest(root)
     check_files(root, manifest, full=full)
     check_digest(root, manifest, pinned_digest)
+    provenance.check_release(root, manifest)  # signature, ID block, HOST_DATA if present
     return manifest
 
 
@@ -349,4 +359,5 @@ def start_release(cfg, paths, options) -> Any:
     cfg = with_release_ports(cfg, manifest)
     return launch.start_vm(cfg, paths, vm_config=root / VM_CONFIG,
                            measurement=root / MEASUREMENT, image=root / IMAGE,
-                           hash_tree=root / HASH_TREE, options=options)
+                           hash_tree=root / HASH_TREE, options=options,
+                           identity_dir=root if (root / ID_BLOCK).exists() else None)

@@ -38,7 +38,8 @@ def test_doit_measure_writes_reference_values(build, tmp_path):
     assert ref["min_tcb"] == {cfg.vm.host_cpu_family: {
         "bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode}}
     assert ref["family_id"] == cfg.vm.family_id and ref["debug"] is False
-    assert "host_data" not in ref  # the build sets none
+    assert ref["host_data"] == record["host_data"]  # HOST_DATA = the node configuration (issue 15)
+    assert "id_key_digest" not in ref  # identity disabled
     assert reference.load(paths.reference_values)["measurements"] == ref["measurements"]
 
 
