@@ -92,14 +92,13 @@ def read_bytes(path: str | os.PathLike, limit: int, what: str,
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{what} {p} is not a regular file")
         if st.st_size > limit:
-            raise error(f"{what} {p} is {st.st_size} bytes, more than the {limit} a {what} "
-                        f"may have")
+            raise error(f"{what} {p} is larger than {limit} bytes ({st.st_size} bytes)")
         try:
             data = fh.read(limit + 1)
         except OSError as exc:
             raise error(f"cannot read {what} {p}: {exc.strerror or exc}") from None
     if len(data) > limit:
-        raise error(f"{what} {p} is more than the {limit} bytes a {what} may have")
+        raise error(f"{what} {p} is larger than {limit} bytes")
     return data
 
 
