@@ -39,6 +39,7 @@ def resolve_request(cfg, url: str = "", sha256: str = "") -> tuple[str, str]:
         raise ReleaseError("no release URL given",
                            hint="doit download_release --url URL [--sha256 HEX], "
                                 "or set release.url in config.yaml")
+    fetch.parse_url(url)  # a malformed URL is a usage error, not a retried download
     pin = (sha256 or cfg.release.sha256).strip().lower()
     if pin and not _HEX64.match(pin):
         raise ReleaseError(f"--sha256 must be 64 hex digits, got {pin!r}")
@@ -70,7 +71,7 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", *,
 
 def local_source(url: str) -> Path | None:
     """The file a `file://` URL or a plain path names (for air-gapped hosts), else None."""
-    parsed = urllib.parse.urlparse(url)
+    parsed = fetch.parse_url(url)
     if parsed.scheme == "file":
         return Path(urllib.parse.unquote(parsed.path))
     if parsed.scheme == "":
