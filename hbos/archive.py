@@ -97,6 +97,7 @@ def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
 
 # A truncated or corrupt compressed stream: gzip raises EOFError, zlib its own error.
 _CORRUPT = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+CORRUPT = _CORRUPT
 
 
 def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,

@@ -8,7 +8,8 @@ The tarball is fetched by hbos.fetch (streamed, retried on transient errors,
 truncation detected, sha256 checked when pinned; `file://` URLs and plain
 paths are copied, for hosts without a server), extracted by hbos.archive
 (absolute paths, `..`, escaping links, devices, fifos, duplicates refused)
-into a staging directory inside build/releases/, and verified there
+and hbos.release_unpack (only the files the manifest names, at its sizes,
+within the free space, all checked before writing) into a staging directory inside build/releases/, and verified there
 (hbos.release.verify_release). Only then does the `current` symlink move to
 it, by one atomic rename; a refused release leaves the previous one in place
 and nothing of itself behind.
@@ -24,7 +25,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from hbos import archive, fetch, release
+from hbos import fetch, release, release_unpack
 from hbos.errors import HashMismatch, ReleaseError
 from hbos.fsutil import atomic_path, remove, sha256_file
 
@@ -106,7 +107,7 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str) -> Path:
     stage = releases / f".incoming-{os.getpid()}"
     remove(stage)
     try:
-        archive.extract(tarball, stage, max_bytes=shutil.disk_usage(releases).free - RESERVE)
+        release_unpack.extract(tarball, stage, max_bytes=release_unpack.free_space(releases))
         release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
         final = releases / f"{tarball_sha256[:16]}.{secrets.token_hex(4)}"
         os.rename(stage, final)
