@@ -15,6 +15,7 @@ from doit.tools import config_changed
 from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
+from hbos import lock
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -233,7 +234,7 @@ def task_measure():
 
 def _start(data_disk, self_url, peer_url, no_auto):
     opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
-    (action,) = act(launch.start_from_build, CFG, P, opts)
+    (action,) = act(lock.guarded(P.lock("vm"), "start", launch.start_from_build), CFG, P, opts)
     return action()
 
 
@@ -250,7 +251,8 @@ def task_start():
 
 
 def _stop():
-    launch.stop_vm(P)
+    with lock.hold(P.lock("vm"), "stop"):
+        launch.stop_vm(P)
 
 
 def task_stop():
@@ -293,7 +295,8 @@ _RELEASE_PARAMS = [
 
 
 def _download_release(url, sha256):
-    (action,) = act(release_fetch.download_release, CFG, P, url, sha256)
+    (action,) = act(lock.guarded(P.lock("releases"), "download_release",
+                                 release_fetch.download_release), CFG, P, url, sha256)
     return action()
 
 
@@ -309,7 +312,8 @@ def task_download_release():
 
 def _start_release(data_disk, self_url, peer_url, no_auto):
     opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
-    (action,) = act(release.start_release, CFG, P, opts)
+    (action,) = act(lock.guarded(P.lock("vm"), "start_release", release.start_release),
+                    CFG, P, opts)
     return action()
 
 

@@ -74,3 +74,7 @@ class HostError(HbosError):
 
 class AttestationError(HbosError):
     """An attestation report cannot be parsed or verified."""
+
+
+class Busy(HbosError):
+    """Another run holds a lock this one needs (hbos.lock)."""

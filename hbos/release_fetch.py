@@ -50,6 +50,7 @@ def resolve_request(cfg, url: str = "", sha256: str = "") -> tuple[str, str]:
 def download_release(cfg, paths, url: str = "", sha256: str = "", *,
                      progress: bool | None = None) -> Path:
     """Fetch, verify and install a release; return its installed directory."""
+    remove_partials(paths)
     url, pin = resolve_request(cfg, url, sha256)
     if not pin:
         print("download_release: warning: no --sha256 given; the release will be checked for "
@@ -68,6 +69,16 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", *,
           f"  tarball sha256 {digest}\n  expected launch digest {manifest.launch_digest}\n"
           f"  {paths.current_release} -> {root.name}")
     return root
+
+
+def remove_partials(paths) -> None:
+    """Remove the partial downloads (.incoming-PID...) of runs that were killed."""
+    if not paths.downloads.is_dir():
+        return
+    for entry in paths.downloads.iterdir():
+        m = re.match(r"^\.\.?incoming-(\d+)", entry.name)
+        if m and (int(m[1]) == os.getpid() or not _alive(int(m[1]))):
+            remove(entry)
 
 
 def local_source(url: str) -> Path | None:
