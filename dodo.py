@@ -17,6 +17,7 @@ from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttoo
                   templates, tools, verity, vmconfig)
 from hbos import reference
 from hbos import hostdata, idblock, identity
+from hbos import lock
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -280,7 +281,7 @@ def task_id_block():
 
 def _start(data_disk, self_url, peer_url, no_auto):
     opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
-    (action,) = act(launch.start_from_build, CFG, P, opts)
+    (action,) = act(lock.guarded(P.lock("vm"), "start", launch.start_from_build), CFG, P, opts)
     return action()
 
 
@@ -298,7 +299,8 @@ def task_start():
 
 
 def _stop():
-    launch.stop_vm(P)
+    with lock.hold(P.lock("vm"), "stop"):
+        launch.stop_vm(P)
 
 
 def task_stop():
@@ -345,7 +347,8 @@ _RELEASE_PARAMS = [
 
 
 def _download_release(url, sha256, trusted_key):
-    (action,) = act(release_fetch.download_release, CFG, P, url, sha256, trusted_key)
+    (action,) = act(lock.guarded(P.lock("releases"), "download_release",
+                                 release_fetch.download_release), CFG, P, url, sha256, trusted_key)
     return action()
 
 
@@ -361,7 +364,8 @@ def task_download_release():
 
 def _start_release(data_disk, self_url, peer_url, no_auto):
     opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
-    (action,) = act(release.start_release, CFG, P, opts)
+    (action,) = act(lock.guarded(P.lock("vm"), "start_release", release.start_release),
+                    CFG, P, opts)
     return action()
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
+from hbos import limits
 from hbos.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -52,6 +52,11 @@ def _range(lo: int, hi: int):
     def check(value: int) -> str | None:
         return None if lo <= value <= hi else f"must be between {lo} and {hi}, got {value}"
     return check
+
+
+def _limit(rng: limits.Range):
+    """The shared VM ranges (hbos.limits): config, measure --inputs and releases agree."""
+    return rng.problem
 
 
 def _port(value: int) -> str | None:
@@ -180,16 +185,16 @@ class TcbConfig:
 @dataclass(frozen=True)
 class VmConfig:
     host_cpu_family: Literal["Milan", "Genoa", "Turin"] = "Milan"
-    vcpu_count: int = field(default=1, metadata=check(_range(1, 512)))
+    vcpu_count: int = field(default=1, metadata=check(_limit(limits.VCPUS)))
     vcpu_type: str = field(default="EPYC-v4", metadata=check(_vcpu_type))
     vmm_type: Literal["QEMU"] = "QEMU"
-    guest_features: int = field(default=0x1, metadata=check(_range(0, 2**64 - 1)))
+    guest_features: int = field(default=0x1, metadata=check(_limit(limits.GUEST_FEATURES)))
     platform_info: int = field(default=0x3, metadata=check(_range(0, 2**64 - 1)))
     guest_policy: int = field(default=0x30000, metadata=check(_range(0, 2**64 - 1)))
     family_id: str = field(default="0" * 32, metadata=check(_hex_digits(32)))
     image_id: str = field(default="0" * 32, metadata=check(_hex_digits(32)))
     min_committed_tcb: TcbConfig = TcbConfig()
-    memory_mib: int = field(default=4096, metadata=check(_min(128)))
+    memory_mib: int = field(default=4096, metadata=check(_limit(limits.MEMORY_MIB)))
 
 
 @dataclass(frozen=True)
@@ -429,20 +434,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{pos}: YAML syntax error: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
+    data = limits.load_yaml(path, limits.CONFIG_BYTES, "config file", ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -24,6 +24,10 @@ class Paths:
     def dep_file(self) -> Path:
         return self.build / ".doit.db"
 
+    def lock(self, name: str) -> Path:
+        """The lock file one kind of run holds (hbos.lock): vm, releases."""
+        return self.build / "locks" / f"{name}.lock"
+
     @property
     def logs(self) -> Path:
         return self.build / "logs"
