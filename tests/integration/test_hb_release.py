@@ -131,6 +131,8 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         assert info["port"] == port and info["operator"] == "unclaimed"
         assert info["cwd"] == str(opt)            # relx cd'ed into the release root
         assert info["store"] == str(opt / "cache-mainnet")
+        assert info["store_link"] == str(state / "cache-mainnet")
+        assert info["store_files"] == ["boots"]
         assert info["sev_guest"] in ("enoent", "eacces", "opened")
         # the default post-start (unclaimed: an unsigned POST is applied) ...
         record = {k: f"v-{k}" for k in node_http.TRUSTED_KEYS} | {"expected_hash": "x"}

@@ -84,6 +84,8 @@ handle_call(info, _From, S = #{msg := Msg}) ->
     {reply, Msg#{<<"address">> => maps:get(address, S),
                  <<"sev_guest">> => maps:get(sev, S),
                  <<"store">> => list_to_binary(maps:get(store, S)),
+                 <<"store_link">> => store_link(),
+                 <<"store_files">> => store_files(),
                  <<"cwd">> => list_to_binary(maps:get(cwd, S)),
                  <<"config_location">> => list_to_binary(maps:get(config, S)),
                  <<"node">> => <<"hbos-hb_node">>}, S};
@@ -109,6 +111,19 @@ env_port() ->
     case os:getenv("HB_PORT") of
         false -> 8734;
         P -> list_to_integer(P)
+    end.
+
+%% Where the store really is (the image links it into /var/lib/hyperbeam).
+store_link() ->
+    case file:read_link(?STORE) of
+        {ok, Target} -> list_to_binary(Target);
+        {error, _} -> null
+    end.
+
+store_files() ->
+    case file:list_dir(?STORE) of
+        {ok, Names} -> [list_to_binary(N) || N <- lists:sort(Names)];
+        {error, _} -> []
     end.
 
 %% The node's key: created at first start (never part of the image).
