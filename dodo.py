@@ -12,7 +12,8 @@ through config_changed) and its targets; the work lives in the hbos package.
 from doit import get_var
 from doit.tools import config_changed
 
-from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
+from hbos import (attest_cli, content, edk2, firmware, hb_release, host, host_setup, hosttools,
+                  initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
 from hbos import reference
@@ -90,6 +91,18 @@ def task_kernel():
         "file_dep": _kernel_deps(),
         "targets": strs([P.vmlinuz, P.kernel_manifest]),
         "uptodate": [config_changed(CFG.slice("kernel"))],
+        "clean": True,
+    }
+
+
+def task_hb_release():
+    """Local payload: tools/hb_node as a relx release `hb` (Debian erlang + rebar3; content.source erlang)."""
+    return {
+        "actions": [act(hb_release.build, CFG, P)],
+        "file_dep": strs(hb_release.source_files()),
+        "targets": strs([P.hb_release_manifest]),
+        "uptodate": [config_changed(CFG.slice("source_date_epoch")),
+                     hb_release.tooling_unchanged(P)],
         "clean": True,
     }
 

@@ -148,6 +148,20 @@ class Paths:
         """What the content was built from (dir fingerprint); not a downstream input."""
         return self.content_dir / "source-state.json"
 
+    # hb_release: tools/hb_node built into a relx release (content.source: erlang)
+    @property
+    def hb_release_dir(self) -> Path:
+        return self.build / "hb-release"
+
+    @property
+    def hb_release_tree(self) -> Path:
+        """The relx release `hb` (installed as opt/hyperbeam)."""
+        return self.hb_release_dir / "hb"
+
+    @property
+    def hb_release_manifest(self) -> Path:
+        return self.hb_release_dir / "manifest.json"
+
     # verity root
     @property
     def verity_dir(self) -> Path:

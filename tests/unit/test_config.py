@@ -31,7 +31,7 @@ def test_default_config_loads_and_every_profile_validates():
     assert local.kernel.source == "package"
     assert local.kernel.package == "linux-image-cloud-amd64"
     assert local.firmware.source == "build"
-    assert local.content.source == "sample"
+    assert local.content.source == "erlang"
 
 
 def test_unknown_key_names_itself_with_did_you_mean(tmp_path):
