@@ -1,13 +1,13 @@
 # syntax=docker/dockerfile:1
 # HyperBEAM OS guest content: the HyperBEAM release and the AO compute unit,
-# built on Debian bookworm (the guest's own base, so the binaries link against
+# built on Debian trixie (rootfs.suite: the guest's own base, so the binaries link against
 # the guest's glibc). hbos/content.py runs, never editing this file:
 #
 #   docker build -f resources/content.Dockerfile --target content \
 #     --build-arg HB_REPO=... --build-arg HB_COMMIT=<40 hex> --build-arg HB_PROFILE=... \
 #     --build-arg AO_REPO=... --build-arg AO_COMMIT=<40 hex> \
 #     --build-arg OTP_VERSION=27 --build-arg NODE_VERSION=22 \
-#     --build-arg GUEST_SUITE=bookworm -t TAG resources
+#     --build-arg GUEST_SUITE=trixie -t TAG resources
 #
 # Commits are resolved on the host (git ls-remote), so a moved branch is a new
 # build argument and Docker's layer cache cannot serve stale sources.
@@ -22,7 +22,7 @@
 ARG OTP_VERSION=27
 ARG NODE_VERSION=22
 # The guest root's Debian suite (rootfs.suite): the build images must match it.
-ARG GUEST_SUITE=bookworm
+ARG GUEST_SUITE=trixie
 
 FROM node:${NODE_VERSION}-${GUEST_SUITE} AS node
 

@@ -54,7 +54,7 @@ def test_build_argv_is_exact(tmp_path):
         "--target", "content", "--progress=plain",
         "--build-arg", "AO_COMMIT=" + AO,
         "--build-arg", "AO_REPO=https://github.com/permaweb/ao.git",
-        "--build-arg", "GUEST_SUITE=bookworm",
+        "--build-arg", "GUEST_SUITE=trixie",
         "--build-arg", "HB_COMMIT=" + HB,
         "--build-arg", "HB_PROFILE=genesis_wasm",
         "--build-arg", "HB_REPO=https://github.com/permaweb/HyperBEAM.git",
