@@ -231,8 +231,9 @@ def task_measure():
 # ------------------------------------------------------------------ launch (hbos/launch.py)
 
 
-def _start(data_disk, self_url, peer_url, no_auto):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
+def _start(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
+                                      dry_run, mode, qemu)
     (action,) = act(launch.start_from_build, CFG, P, opts)
     return action()
 
@@ -307,8 +308,9 @@ def task_download_release():
     }
 
 
-def _start_release(data_disk, self_url, peer_url, no_auto):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
+def _start_release(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
+                                      dry_run, mode, qemu)
     (action,) = act(release.start_release, CFG, P, opts)
     return action()
 
