@@ -292,8 +292,9 @@ def task_id_block():
 # ------------------------------------------------------------------ launch (hbos/launch.py)
 
 
-def _start(data_disk, self_url, peer_url, no_auto):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
+def _start(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
+                                      dry_run, mode, qemu)
     (action,) = act(lock.guarded(P.lock("vm"), "start", launch.start_from_build), CFG, P, opts)
     return action()
 
@@ -375,8 +376,9 @@ def task_download_release():
     }
 
 
-def _start_release(data_disk, self_url, peer_url, no_auto):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
+def _start_release(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
+                                      dry_run, mode, qemu)
     (action,) = act(lock.guarded(P.lock("vm"), "start_release", release.start_release),
                     CFG, P, opts)
     return action()

@@ -170,6 +170,18 @@ def _self_url(value: str) -> str | None:
     return None
 
 
+def _suite_or_empty(value: str) -> str | None:
+    if value and not re.match(r"^[a-z][a-z0-9-]*$", value):
+        return f"expected a Debian suite name (e.g. trixie) or empty, got {value!r}"
+    return None
+
+
+def _apt_mirror(value: str) -> str | None:
+    if not re.match(r"^(https?|file)://\S+$", value):
+        return f"expected a Debian mirror URL (http://, https:// or file://), got {value!r}"
+    return None
+
+
 def check(fn) -> dict[str, Any]:
     """Field metadata attaching a validator: fn(value) -> error text or None."""
     return {"check": fn}
@@ -187,14 +199,16 @@ class SnpReleaseConfig:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    source: Literal["snp_release", "deb", "package"] = "snp_release"
+    source: Literal["snp_release", "deb", "package"] = "package"
     deb: str = ""
-    package: str = "linux-image-cloud-amd64"
+    package: str = "linux-image-amd64"
+    suite: str = field(default="trixie", metadata=check(_suite_or_empty))
+    mirror: str = field(default="http://deb.debian.org/debian", metadata=check(_apt_mirror))
 
 
 @dataclass(frozen=True)
 class FirmwareConfig:
-    source: Literal["snp_release", "path", "build"] = "snp_release"
+    source: Literal["snp_release", "path", "build"] = "build"
     ovmf: str = ""
     # source: build -- Debian trixie's edk2 source package (hbos/edk2.py),
     # pinned by the sha256 of the archive's Sources index.
@@ -255,7 +269,7 @@ class InitramfsConfig:
 
 @dataclass(frozen=True)
 class RootfsConfig:
-    suite: str = "bookworm"
+    suite: str = "trixie"
     mirror: str = "http://deb.debian.org/debian"
     variant: Literal["minbase", "essential", "apt", "required", "important", "standard"] = "minbase"
     packages: tuple[str, ...] = ("systemd", "systemd-sysv", "udev", "ca-certificates")

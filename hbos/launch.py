@@ -58,6 +58,9 @@ class StartOptions:
     self_url: str = ""              # --self: this node's URL as peers reach it
     peer_url: str = ""              # --peer: a peer node's URL
     no_auto: bool = False           # --no-auto: skip the post-start configuration
+    dry_run: bool = False           # --dry-run: print the decisions and the QEMU line only
+    mode: str = ""                  # --mode auto|snp|emulated (default: launch.snp)
+    qemu: str = ""                  # --qemu PATH (default: launch.qemu, release, PATH)
 
 
 def say(text: str) -> None:
@@ -576,6 +579,10 @@ def launch_identity(cfg: Config, record: dict[str, Any], vm: qemu.VmDefinition, 
 def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
              hash_tree: Path, options: StartOptions, identity_dir: Path | None = None) -> None:
     """Launch the measured VM (SNP, or emulated when allowed) and wait until healthy."""
+    if options.dry_run:
+        dry_run(cfg, paths, vm_config=vm_config, measurement=measurement, image=image,
+                hash_tree=hash_tree, options=options, identity_dir=identity_dir)
+        return
     files = qemu.RunFiles(paths.run_dir)
     files.directory.mkdir(parents=True, exist_ok=True)
     pid = running_pid(files)
@@ -601,9 +608,10 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     record = check_measurement(vm, measurement)
 
     ready, why = snp_host_ready()
-    mode = decide_mode(cfg.launch.snp, ready, why)
+    from hbos import launch_plan
+    mode = decide_mode(launch_plan.mode_setting(cfg.launch.snp, options.mode), ready, why)
     generated = launch_identity(cfg, record, vm, options, identity_dir, mode)
-    binary = find_qemu(cfg, paths, mode)
+    binary = Path(options.qemu) if options.qemu else find_qemu(cfg, paths, mode)
     facts = host_facts(binary)
     model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
     accel, accel_why = choose_accel(
@@ -668,6 +676,24 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         f"{', NOT CONFIDENTIAL' if mode == 'emulated' else ''})\n"
         f"  node:    http://{node_http.host_address(cfg, mode)}:{port}{HEALTH_PATH}\n"
         f"  console: {files.console}\n  QMP:     {files.qmp}\n  stop:    doit stop")
+
+
+def dry_run(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
+            hash_tree: Path, options: StartOptions, identity_dir: Path | None = None) -> None:
+    """`start --dry-run`: the same checks, then the decisions and the QEMU line on
+    stdout (hbos.launch_plan); nothing is started or written."""
+    from hbos import launch_plan
+    raw = vmconfig.load(vm_config)
+    vm = qemu.VmDefinition.from_vm_config(raw)
+    record = check_measurement(vm, measurement)
+    data = Path(options.data_disk).expanduser().resolve() if options.data_disk else None
+    p = launch_plan.plan(cfg, paths, vm=vm,
+                         disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data),
+                         forwards=lambda mode: _forwards(cfg, bool(raw.get("debug")), mode),
+                         identity=lambda mode: launch_identity(cfg, record, vm, options,
+                                                               identity_dir, mode),
+                         requested_mode=options.mode, qemu_path=options.qemu)
+    print(p.describe(), flush=True)
 
 
 def start_from_build(cfg: Config, paths: Paths, options: StartOptions) -> None:
@@ -795,10 +821,19 @@ DOIT_PARAMS = [
      "help": "a peer node's URL, sent in the post-start configuration"},
     {"name": "no_auto", "long": "no-auto", "type": bool, "default": False,
      "help": "do not send the post-start configuration"},
+    {"name": "dry_run", "long": "dry-run", "type": bool, "default": False,
+     "help": "print the mode, accelerator, firmware and the QEMU command line; start nothing"},
+    {"name": "mode", "long": "mode", "type": str, "default": "",
+     "help": "auto | snp | emulated (default: launch.snp); with --dry-run, snp builds "
+             "the SNP command line even on a host without SNP"},
+    {"name": "qemu", "long": "qemu", "type": str, "default": "",
+     "help": "the QEMU binary (default: launch.qemu, the SNP release's, else PATH)"},
 ]
 
 
 def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",
-                        no_auto: bool = False) -> StartOptions:
+                        no_auto: bool = False, dry_run: bool = False, mode: str = "",
+                        qemu: str = "") -> StartOptions:
     return StartOptions(data_disk=Path(data_disk) if data_disk else None,
-                        self_url=self_url, peer_url=peer_url, no_auto=bool(no_auto))
+                        self_url=self_url, peer_url=peer_url, no_auto=bool(no_auto),
+                        dry_run=bool(dry_run), mode=mode, qemu=qemu)

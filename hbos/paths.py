@@ -58,6 +58,10 @@ class Paths:
         """The guest kernel package that `kernel` unpacks (package source)."""
         return self.downloads / "guest-kernel.deb"
 
+    def apt_dir(self, suite: str) -> Path:
+        """A private apt (sources.list, lists, cache) for one Debian suite."""
+        return self.build / "apt" / suite
+
     @property
     def vmlinuz(self) -> Path:
         return self.kernel_dir / "vmlinuz"

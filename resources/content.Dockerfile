@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # HyperBEAM OS guest content: the HyperBEAM release and the AO compute unit,
-# built on Debian bookworm (the guest's own base, so the binaries link against
+# built on Debian trixie (rootfs.suite: the guest's own base, so the binaries link against
 # the guest's glibc). hbos/content.py runs, never editing this file:
 #
 #   docker build -f resources/content.Dockerfile --target content \
@@ -27,7 +27,7 @@
 ARG OTP_VERSION=27
 ARG NODE_VERSION=22
 # The guest root's Debian suite (rootfs.suite): the build images must match it.
-ARG GUEST_SUITE=bookworm
+ARG GUEST_SUITE=trixie
 
 FROM node:${NODE_VERSION}-${GUEST_SUITE} AS node
 
