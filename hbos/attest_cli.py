@@ -9,6 +9,7 @@ Certificates come from --vcek / --certs-dir, else from AMD's KDS (cached).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -323,6 +324,12 @@ DOIT_PARAMS = [
      "help": "accept a policy that allows debugging"},
     {"name": "json", "long": "json", "type": bool, "default": False,
      "help": "print the verdict as JSON"},
+    {"name": "at", "long": "at", "type": str, "default": "",
+     "help": "verification time (ISO 8601 or Unix seconds); default now"},
+    {"name": "crl", "long": "crl", "type": str, "default": "",
+     "help": "AMD's CRL for the product (DER or PEM); default: from the KDS"},
+    {"name": "require_crl", "long": "require-crl", "type": bool, "default": False,
+     "help": "fail when no current CRL can be had"},
 ]
 
 
@@ -331,7 +338,8 @@ def doit_action(cfg, paths):
     from doit.exceptions import TaskFailed
 
     def verify_report(report: str, vcek: str, certs_dir: str, report_data: str, vmpl: str,
-                      allow_debug: bool, json: bool):
+                      allow_debug: bool, json: bool, at: str = "", crl: str = "",
+                      require_crl: bool = False):
         try:
             if not report:
                 raise AttestationError("no report given", hint="doit verify_report --report FILE")
@@ -340,10 +348,13 @@ def doit_action(cfg, paths):
                 report_data=attest.parse_hex_bytes(report_data, 64, "--report-data", pad=True)
                 if report_data else None,
                 vmpl=_int(vmpl, "--vmpl") if vmpl else None)
+            expect = dataclasses.replace(expect, at=parse_time(at) if at else None,
+                                         require_crl=require_crl)
             cache = cfg.path(cfg.attest.cert_cache) if cfg.attest.cert_cache else paths.cert_cache
             v = run(report, expect, record=record, product=cfg.vm.host_cpu_family,
                     vcek_path=vcek or None, certs_dir=certs_dir or None,
-                    kds_url=cfg.attest.kds_url, cache=cache, explain=cfg.attest.explain)
+                    kds_url=cfg.attest.kds_url, cache=cache, explain=cfg.attest.explain,
+                    crl_path=crl or None)
         except HbosError as exc:
             return TaskFailed(str(exc))
         emit(v, json)

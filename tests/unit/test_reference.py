@@ -16,6 +16,16 @@ from tests.unit.test_graph import load_dodo
 HBOS_REPORT = "hbos-benign-report.bin"
 
 
+
+@pytest.fixture(autouse=True)
+def _fixed_verification_time(monkeypatch):
+    """Where a test gives no --at: a fixed time inside the vectors' validity, not now."""
+    import datetime
+
+    from hbos import attest
+    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+        2026, 6, 1, tzinfo=datetime.timezone.utc))
+
 @pytest.fixture
 def build(tmp_path, amdsev_ovmf):
     return make_build(tmp_path, amdsev_ovmf)
