@@ -15,7 +15,7 @@ from doit.tools import config_changed
 from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
-from hbos import reference
+from hbos import hyperbeam, reference
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -217,14 +217,15 @@ def _measure():
     expected = record["expected_hash"] or f"none ({record['expected_hash_reason']})"
     print(f"measure: expected launch digest {expected}")
     reference.write(P.reference_values, record, str(P.measurement))
+    hyperbeam.write_trusted(P.snp_trusted, record)
 
 
 def task_measure():
-    """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference-values.json)."""
+    """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference values, snp_trusted)."""
     return {
         "actions": [act(_measure)],
         "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps(),
-        "targets": strs([P.measurement, P.reference_values]),
+        "targets": strs([P.measurement, P.reference_values, P.snp_trusted]),
         "uptodate": [config_changed(CFG.slice("source_date_epoch"))],
         "clean": True,
     }

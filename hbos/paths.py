@@ -179,6 +179,10 @@ class Paths:
     def reference_values(self) -> Path:
         return self.build / "reference-values.json"
 
+    @property
+    def snp_trusted(self) -> Path:
+        return self.build / "snp_trusted.json"
+
     # launcher state
     @property
     def run_dir(self) -> Path:
