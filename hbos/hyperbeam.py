@@ -41,7 +41,7 @@ from sevsnpmeasure.vcpu_types import CPU_SIGS
 from sevsnpmeasure.vmm_types import VMMType
 from sevsnpmeasure.vmsa import VMSA
 
-from hbos.errors import HbosError, MeasurementError
+from hbos.errors import MeasurementError
 
 COMMITTED_PARAMETERS = ("vcpus", "vcpu_type", "vmm_type", "guest_features", "firmware",
                         "kernel", "initrd", "append")
@@ -290,11 +290,7 @@ def main(args) -> int:
             raise AttestationError(f"--{key} is empty", hint="give a value or leave it out")
     record = attest.load_measurement_json(args.inputs)
     rep = reportmod.load(args.report) if args.report else None
-    try:
-        c = check(record, ovmf=args.ovmf, report=rep, product=args.product,
-                  source=args.inputs)
-    except HbosError:
-        raise
+    c = check(record, ovmf=args.ovmf, report=rep, product=args.product, source=args.inputs)
     if args.json:
         print(json.dumps(c.as_dict(), indent=2))
     else:
