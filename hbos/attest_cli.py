@@ -142,10 +142,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a build's or release's measurement.json (expected_hash; also its "
                         "pinned vm.guest_policy/family_id/image_id; inputs for --explain)")
     m.add_argument("--measurement", metavar="HEX", help="the expected launch digest (96 hex)")
-    p.add_argument("--reference", metavar="FILE",
+    p.add_argument("--reference", metavar="FILE", action="append",
                    help="reference values (build/reference-values.json, or a release's): "
                         "trusted measurement(s), policy, minimum TCB per product, ids and "
-                        "digests; flags given as well override them")
+                        "digests; repeat it to trust several releases at once; flags given "
+                        "as well override them")
     p.add_argument("--vcek", metavar="FILE", help="the chip's VCEK, or the VLEK of a "
                                                    "VLEK-signed report (PEM or DER); default: "
                                                    "the VCEK fetched from the KDS")
@@ -244,6 +245,8 @@ def parse_platform_info(text: str) -> tuple[int, int]:
 def refuse_empty(args: argparse.Namespace) -> None:
     """An empty value for any option is a usage error: never a step silently skipped."""
     for key, value in vars(args).items():
+        if isinstance(value, list):  # a repeatable option: each occurrence counts
+            value = next((v for v in value if isinstance(v, str) and not v.strip()), None)
         if isinstance(value, str) and not value.strip() and not key.startswith("_"):
             raise AttestationError(f"--{key.replace('_', '-')} is empty",
                                    hint="give a value or leave the option out")
@@ -254,8 +257,9 @@ def expectations_from_args(args: argparse.Namespace) -> tuple[attest.Expectation
     refuse_empty(args)
     fields: dict[str, Any] = {}
     record = None
-    if args.reference is not None:
-        fields.update(reference.expectation_fields(reference.load(args.reference)))
+    if args.reference:
+        refs = [reference.load(f) for f in args.reference]
+        fields.update(reference.expectation_fields(reference.merge(refs)))
     if args.measurement_json is not None:
         record = attest.load_measurement_json(args.measurement_json)
         fields.update(attest.measurement_expectation(record, args.measurement_json))

@@ -153,3 +153,22 @@ def test_release_carries_and_checks_reference_values(build):
     (root / release.MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ReleaseError, match="measurements differ from what measurement.json"):
         release.verify_release(root)
+
+
+def test_several_reference_files_trust_several_releases(vectors, tmp_path, capsys):
+    att = vectors / "attestation"
+    rep = report.load(att / HBOS_REPORT)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    base = {"format": reference.FORMAT, "guest_policy": 0x30000}
+    a.write_text(json.dumps({**base, "measurements": ["cd" * 48]}))
+    b.write_text(json.dumps({**base, "measurements": [rep.measurement.hex()]}))
+    rc, v = _verify(att, a, capsys)
+    assert rc == 1 and v["failed"] == ["measurement"]
+    rc, v = _verify(att, a, capsys, "--reference", str(b))
+    assert rc == 0 and "trusted digest 2 of 2" in {
+        s["name"]: s for s in v["steps"]}["measurement"]["detail"]
+    b.write_text(json.dumps({**base, "guest_policy": 0x10000, "measurements": []}))
+    rc, err = _verify(att, a, capsys, "--reference", str(b))
+    assert rc == 2 and "differ in guest_policy" in err
+    rc, err = _verify(att, a, capsys, "--reference", "")
+    assert rc == 2 and "--reference is empty" in err
