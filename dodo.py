@@ -16,9 +16,7 @@ from hbos import (attest_cli, content, edk2, firmware, hb_release, host, host_se
                   initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
-from hbos import reference
-from hbos import hostdata, idblock, identity
-from hbos import lock
+from hbos import hostdata, hyperbeam, idblock, identity, lock, reference
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -233,6 +231,7 @@ def _measure():
     expected = record["expected_hash"] or f"none ({record['expected_hash_reason']})"
     hostdata.write_b64(P.host_data, record["host_data"])
     reference.write(P.reference_values, record, str(P.measurement))
+    hyperbeam.write_trusted(P.snp_trusted, record)
     print(f"measure: expected launch digest {expected}\n"
           f"  HOST_DATA (node configuration) {record['host_data']}")
 
@@ -246,12 +245,12 @@ def _identity_deps():
 
 
 def task_measure():
-    """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference-values.json)."""
+    """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference values, snp_trusted)."""
     return {
         "actions": [act(_measure)],
         "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps()
                     + _identity_deps(),
-        "targets": strs([P.measurement, P.reference_values, P.host_data]),
+        "targets": strs([P.measurement, P.reference_values, P.snp_trusted, P.host_data]),
         "uptodate": [config_changed({**CFG.slice("source_date_epoch", "identity"),
                                      "node_configuration": hostdata.fingerprint(CFG)})],
         "clean": True,

@@ -225,6 +225,10 @@ class Paths:
         """base64 of the 32-byte HOST_DATA (QEMU host-data=)."""
         return self.identity_dir / "host_data.b64"
 
+    @property
+    def snp_trusted(self) -> Path:
+        return self.build / "snp_trusted.json"
+
     # launcher state
     @property
     def run_dir(self) -> Path:
