@@ -135,6 +135,11 @@ def export(tag: str, dest: Path, log: Path | None = None) -> None:
     try:
         run.run(create_argv(tag, name), log=log)
         run.run(cp_argv(name, dest), log=log)
+    except CommandFailed as exc:
+        raise BuildError(f"taking {IMAGE_OUT} out of the image {tag} failed "
+                         f"({exc.message}):\n{run.tail(exc.output, 5)}",
+                         hint=f"the Dockerfile's target must hold {IMAGE_OUT}/tree "
+                              f"and {IMAGE_OUT}/refs") from None
     finally:
         try:
             run.run(rm_argv(name), log=log, check=False)
