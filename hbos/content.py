@@ -321,13 +321,14 @@ def docker_build_args(cfg, refs: dict[str, dict[str, str]]) -> dict[str, str]:
     return args
 
 
-def docker_context(cfg, paths) -> Path:
-    """The build context: only what the Dockerfile COPYs (the rendered config.flat,
-    written into HyperBEAM's source tree before `rebar3 release` as hb-os does,
-    and the CU mode check), so nothing else of the project reaches the engine."""
+def docker_context(cfg, paths, dockerfile: Path) -> Path:
+    """The build context: a copy of the Dockerfile's directory plus the rendered
+    config.flat (written into HyperBEAM's source tree before `rebar3 release`,
+    as hb-os does) and the CU mode check; the project's directories are never
+    the context, and the Dockerfile's own directory is never written to."""
     ctx = paths.content_dir / "docker-context"
     fsutil.remove(ctx)
-    ctx.mkdir(parents=True)
+    copy_tree(dockerfile.parent, ctx)
     (ctx / "config.flat").write_text(render_config_flat(cfg), encoding="utf-8")
     shutil.copyfile(CU_MODE_CHECK, ctx / "cu-mode-check.sh")
     os.chmod(ctx / "cu-mode-check.sh", 0o755)
@@ -350,7 +351,8 @@ def from_docker(cfg, paths, tree: Path) -> dict[str, Any]:
     fsutil.remove(staging)
     staging.mkdir(parents=True)
     try:
-        docker.build_and_export(dockerfile, docker_context(cfg, paths), cfg.content.image_tag,
+        docker.build_and_export(dockerfile, docker_context(cfg, paths, dockerfile),
+                                cfg.content.image_tag,
                                 docker_target(cfg), docker_build_args(cfg, refs),
                                 staging, log=log)
         if not (staging / "tree").is_dir():
