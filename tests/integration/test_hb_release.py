@@ -182,3 +182,39 @@ def test_release_content_installs_under_the_production_unit(release, tmp_path):
     unit = (paths.content_tree / "etc/systemd/system/hyperbeam.service").read_text()
     assert unit == content.render_hyperbeam_unit(cfg)
     assert manifest["hb_release"]["otp_release"]
+
+
+def _package_of(lib: str) -> str:
+    """The Debian package shipping `lib` (usrmerge: try /lib and /usr/lib spellings)."""
+    candidates = [lib, lib.removeprefix("/usr"), "/usr" + lib if not lib.startswith("/usr")
+                  else lib]
+    for path in candidates:
+        proc = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode == 0:
+            return proc.stdout.split(":", 1)[0]
+    raise AssertionError(f"no package ships {lib}")
+
+
+def test_every_library_erts_links_is_in_the_guest_root(release):
+    """ldd of the release's ERTS and crypto NIF -> Debian packages -> rootfs.packages
+    (libc6 and libgcc-s1 are Essential, in every minbase root)."""
+    import shutil as sh
+    if not sh.which("ldd") or not sh.which("dpkg"):
+        missing_prerequisite("ldd and dpkg are needed to map libraries to packages")
+    _, paths = release
+    tree = paths.hb_release_tree
+    binaries = [*tree.glob("erts-*/bin/beam.smp"), *tree.glob("lib/crypto-*/priv/lib/crypto.so")]
+    assert len(binaries) == 2, binaries
+    libs = set()
+    for binary in binaries:
+        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,
+                             check=True).stdout
+        libs |= {line.split("=>")[1].split()[0] for line in out.splitlines()
+                 if "=>" in line and "/" in line.split("=>")[1]}
+    packages = {_package_of(lib) for lib in libs}
+    assert {"libtinfo6", "zlib1g", "libssl3"} <= packages
+    for cfg in (hconfig.load(), hconfig.load(profile="local")):
+        # trixie renamed some (libssl3 -> libssl3t64, the 64-bit time_t transition)
+        guest = {p.removesuffix("t64") for p in cfg.rootfs.packages}
+        assert packages - {"libc6", "libgcc-s1"} <= guest, packages
