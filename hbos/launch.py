@@ -453,6 +453,18 @@ def send_post_start(port: int, body: dict[str, Any]) -> dict[str, Any]:
         raise LaunchError(f"sending the post-start configuration failed: {exc}") from None
 
 
+def follow_up(port: int, path: str, headers: dict[str, str]) -> str:
+    """One post-start follow-up GET; its status in words (never fatal, as hb-os)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with _LOCAL.open(req, timeout=60) as resp:
+            return f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.read()[:200].decode(errors='replace')} (warning)"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"failed: {exc} (warning)"
+
+
 BANNER = """
 ##########################################################################
 #                                                                        #
@@ -614,6 +626,8 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
                 options.peer_url)
             reply = send_post_start(port, body)
             say(f"start: post-start configuration accepted ({len(json.dumps(reply))} bytes)")
+            for path, headers in node_http.follow_up_calls(body):
+                say(f"start: post-start GET {path}: {follow_up(port, path, headers)}")
         else:
             say("start: post-start configuration not sent ("
                 f"{'--no-auto' if options.no_auto else 'post_start.auto: false'})")

@@ -148,6 +148,9 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         assert code == 400 and "permanent" in answer["body"]
         code, _ = _request(port, "GET", path=launch.HEALTH_PATH + "/operator")
         assert code == 200
+        # a follow-up call this node does not serve is a warning, not an error
+        said = launch.follow_up(port, "/~greenzone@1.0/init", {})
+        assert said.startswith("HTTP 404") and said.endswith("(warning)")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

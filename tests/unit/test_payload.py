@@ -281,3 +281,21 @@ def test_release_sources_exclude_build_output():
     files = [p.relative_to(hb_release.SOURCE).as_posix() for p in hb_release.source_files()]
     assert "rebar.config" in files and "src/hb_node_http.erl" in files
     assert not any(f.startswith("_build/") for f in files)
+
+
+def test_post_start_placeholders_and_follow_up_calls_as_hb_os(tmp_path):
+    lines = ("router_peer_location: $PEER", "router_prefix: $SELF",
+             "green_zone_peer_location: http://gz:80", "green_zone_peer_id: abc",
+             "green_zone_adopt_config: false", "green_zone_required_config: x")
+    body = node_http.post_start_body(RECORD, lines, "http://me:80", "http://router:80")
+    assert body["router_peer_location"] == "http://router:80"
+    assert body["router_prefix"] == "http://me:80"
+    assert node_http.follow_up_calls(body) == [
+        ("/~router@1.0/register", {}),
+        ("/~greenzone@1.0/join", {"peer-location": "http://gz:80", "peer-id": "abc",
+                                  "adopt-config": "false"}),
+        ("/~greenzone@1.0/become", {"peer-location": "http://gz:80", "peer-id": "abc"}),
+        ("/~greenzone@1.0/init", {})]
+    cfg, _ = load(tmp_path)
+    default = node_http.post_start_body(RECORD, cfg.post_start.settings, "http://me")
+    assert node_http.follow_up_calls(default) == []
