@@ -580,6 +580,14 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         lambda: cached_probe_kvm(facts, model, vm.kernel, files.directory,
                                  cfg.launch.kvm_probe_timeout))
 
+    low = node_http.unbindable(_forwards(cfg, bool(raw.get("debug")), mode), os.geteuid(),
+                               node_http.unprivileged_port_start())
+    if low:
+        ports = ", ".join(f"{f.host_address}:{f.host_port}" for f in low)
+        raise LaunchError(f"cannot forward host port(s) {ports}: binding a port below "
+                          f"{node_http.unprivileged_port_start()} needs root",
+                          hint="run as root (hb-os's :80), or set launch.host_port "
+                               "(e.g. 0: the node's own port) and launch.forwards")
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data), run=files,
         host=facts, mode=mode, accel=accel, forwards=_forwards(cfg, bool(raw.get("debug")), mode),

@@ -66,6 +66,22 @@ def forwards(cfg, mode: str, debug: bool) -> tuple[qemu.Forward, ...]:
     return tuple(out)
 
 
+def unbindable(fwds: tuple[qemu.Forward, ...], euid: int, unprivileged_start: int
+               ) -> list[qemu.Forward]:
+    """Forwards whose host port this user cannot bind (net.ipv4.ip_unprivileged_port_start)."""
+    if euid == 0:
+        return []
+    return [f for f in fwds if f.host_port < unprivileged_start]
+
+
+def unprivileged_port_start(path: str = "/proc/sys/net/ipv4/ip_unprivileged_port_start") -> int:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
 def self_url(cfg, given: str = "") -> str:
     return given or cfg.post_start.self_url or f"http://localhost:{host_port(cfg)}"
 

@@ -299,3 +299,15 @@ def test_post_start_placeholders_and_follow_up_calls_as_hb_os(tmp_path):
     cfg, _ = load(tmp_path)
     default = node_http.post_start_body(RECORD, cfg.post_start.settings, "http://me")
     assert node_http.follow_up_calls(default) == []
+
+
+def test_low_host_ports_need_root(tmp_path):
+    cfg, _ = load(tmp_path)
+    fwds = node_http.forwards(cfg, "snp", False)
+    assert node_http.unbindable(fwds, 0, 1024) == []
+    assert node_http.unbindable(fwds, 1000, 1024) == [qemu.Forward(80, 10000, "0.0.0.0")]
+    assert node_http.unbindable(fwds, 1000, 0) == []
+    sysctl = tmp_path / "start"
+    sysctl.write_text("80\n")
+    assert node_http.unprivileged_port_start(str(sysctl)) == 80
+    assert node_http.unprivileged_port_start(str(tmp_path / "none")) == 1024
