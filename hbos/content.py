@@ -115,8 +115,15 @@ def render_cu_unit(cfg) -> str:
                             node_flags=list(CU_NODE_FLAGS), **_service_ctx(cfg, cfg.ports.cu))
 
 
-def render_data_disk_unit() -> str:
-    return templates.render("hbos-data.service.j2", device=DATA_DISK_GUEST)
+def state_dirs(cfg) -> list[str]:
+    """Where systemd keeps the services' StateDirectory= (DynamicUser: under private/)."""
+    base = "/var/lib" if cfg.content.service_user == "root" else "/var/lib/private"
+    return [f"{base}/hyperbeam", f"{base}/cu"]
+
+
+def render_data_disk_unit(cfg) -> str:
+    return templates.render("hbos-data.service.j2", device=DATA_DISK_GUEST,
+                            dirs=state_dirs(cfg))
 
 
 def render_config_flat(cfg) -> str:
@@ -207,12 +214,12 @@ def link_state(cfg, tree: Path) -> None:
         os.symlink(f"{HYPERBEAM_STATE}/{name}", link)
 
 
-def install_data_disk(tree: Path) -> None:
+def install_data_disk(cfg, tree: Path) -> None:
     dest = tree / "opt" / "hbos" / "hbos-data.sh"
     ensure_dir(dest.parent)
     shutil.copyfile(DATA_DISK_SCRIPT, dest)
     os.chmod(dest, 0o755)
-    install_unit(tree, "hbos-data.service", render_data_disk_unit())
+    install_unit(tree, "hbos-data.service", render_data_disk_unit(cfg))
 
 
 def install_services(cfg, tree: Path) -> list[str]:
@@ -232,7 +239,7 @@ def install_services(cfg, tree: Path) -> list[str]:
         install_unit(tree, "cu.service", render_cu_unit(cfg))
         installed.append("cu")
     if installed:
-        install_data_disk(tree)
+        install_data_disk(cfg, tree)
     return installed
 
 

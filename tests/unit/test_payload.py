@@ -201,16 +201,21 @@ def test_production_sizing_holds_a_node():
 
 
 def test_data_disk_unit_mounts_before_the_services(tmp_path):
-    unit = content.render_data_disk_unit()
+    cfg, _ = load(tmp_path)
+    unit = content.render_data_disk_unit(cfg)
     assert "ConditionPathExists=/dev/vdc\n" in unit
     assert "Before=hyperbeam.service cu.service\n" in unit
-    assert "ExecStart=/opt/hbos/hbos-data.sh /dev/vdc\n" in unit
+    assert "ExecStart=/opt/hbos/hbos-data.sh /dev/vdc /var/lib/hyperbeam /var/lib/cu\n" in unit
+    dyn, _ = load(tmp_path, "content: {service_user: hb}\n")
+    assert ("ExecStart=/opt/hbos/hbos-data.sh /dev/vdc /var/lib/private/hyperbeam "
+            "/var/lib/private/cu\n") in content.render_data_disk_unit(dyn)
     assert "After=network-online.target hyperbeam.service hbos-data.service\n" in \
         content.render_cu_unit(load(tmp_path)[0])
 
 
 def test_data_disk_script_without_a_disk_says_so(tmp_path):
-    proc = subprocess.run(["sh", str(content.DATA_DISK_SCRIPT), str(tmp_path / "vdc")],
+    proc = subprocess.run(["sh", str(content.DATA_DISK_SCRIPT), str(tmp_path / "vdc"),
+                           str(tmp_path / "hyperbeam")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     assert "no data disk" in proc.stdout and "lost at stop" in proc.stdout
