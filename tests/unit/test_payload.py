@@ -40,6 +40,9 @@ def test_hyperbeam_unit_gives_the_release_a_writable_state(tmp_path):
     assert "Environment=ERL_CRASH_DUMP=/var/lib/hyperbeam/erl_crash.dump\n" in unit
     assert "Environment=HB_KEY=/var/lib/hyperbeam/hyperbeam-key.json\n" in unit
     assert "After=network-online.target hbos-data.service\n" in unit
+    # Erlang distribution (relx default -sname/-setcookie) on loopback only
+    assert "Environment=ERL_EPMD_ADDRESS=127.0.0.1\n" in unit
+    assert 'Environment="ERL_AFLAGS=-kernel inet_dist_use_interface {127,0,0,1}"\n' in unit
 
 
 def test_state_names_become_links_into_var_lib(tmp_path):
