@@ -24,7 +24,7 @@ from hbos import config as hconfig
 from hbos import content, fsutil
 from hbos.errors import BuildError
 from hbos.paths import Paths
-from tests.conftest import ROOT, cache_dir, missing_prerequisite, rootfs_cache_key
+from tests.conftest import ROOT, missing_prerequisite, rootfs_cache_key
 
 pytestmark = [pytest.mark.integration]
 

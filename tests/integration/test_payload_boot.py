@@ -23,7 +23,13 @@ import pytest
 from hbos import config as hconfig
 from hbos import fsutil, hb_release, launch, node_http, qemu
 from hbos.paths import Paths
-from tests.conftest import doit, kill_qemu, link_base_rootfs, missing_prerequisite, write_overlay
+from tests.conftest import (
+    doit,
+    kill_qemu,
+    link_base_rootfs,
+    missing_prerequisite,
+    write_overlay,
+)
 from tests.integration.test_start import free_port
 
 pytestmark = [pytest.mark.integration]

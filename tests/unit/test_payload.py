@@ -9,7 +9,6 @@ import os
 import subprocess
 from pathlib import Path
 
-
 from hbos import config as hconfig
 from hbos import content, hb_release, launch, node_http, qemu
 from hbos.paths import Paths
