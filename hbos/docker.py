@@ -38,6 +38,8 @@ def build_argv(dockerfile: Path, context: Path, tag: str, target: str,
     argv = ["docker", "build", "--file", str(dockerfile), "--tag", tag, "--target", target]
     if buildkit:
         argv.append("--progress=plain")  # step-prefixed output: failing_step() reads it
+    else:
+        argv.append("--force-rm")  # the legacy builder keeps a failed step's container
     for key in sorted(build_args):
         argv += ["--build-arg", f"{key}={build_args[key]}"]
     return argv + [str(context)]

@@ -15,6 +15,8 @@ ARG BASE_IMAGE
 ARG HB_OUT=out-hb
 
 FROM ${BASE_IMAGE} AS hyperbeam
+# every image this file makes carries the label: the test removes them after
+LABEL hbos-test=content
 ARG HB_REPO
 ARG HB_COMMIT
 ARG HB_PROFILE
@@ -37,6 +39,7 @@ RUN mkdir -p /hbos/refs /hbos/tree/opt/hyperbeam/bin \
       > /hbos/tree/opt/hyperbeam/build-args
 
 FROM ${BASE_IMAGE} AS cu
+LABEL hbos-test=content
 ARG AO_REPO
 ARG AO_COMMIT
 ARG CU_UNIT_MODE=cu
@@ -52,9 +55,11 @@ RUN mkdir -p /hbos/refs /hbos/tree/opt/cu /hbos/tree/opt/node/bin \
  && cp /bin/true /hbos/tree/opt/node/bin/node
 
 FROM scratch AS out-hb
+LABEL hbos-test=content
 COPY --from=hyperbeam /hbos/ /hbos/
 
 FROM ${BASE_IMAGE} AS out-empty
+LABEL hbos-test=content
 
 FROM ${HB_OUT} AS content-hb
 

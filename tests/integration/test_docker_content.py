@@ -81,12 +81,16 @@ def docker_engine(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_image(docker_engine, base_rootfs_cache):
-    """The guest's base root as a local image (docker import), once per rootfs config."""
+    """The guest's base root as a local image (docker import), once per rootfs config;
+    the images the test Dockerfile made (label hbos-test=content) are removed after."""
     cfg = hconfig.load(profile="local")
     tag = f"hbos-test-base:{rootfs_cache_key(cfg)}"
     if _docker("image", "inspect", tag, check=False).returncode != 0:
         _docker("import", str(base_rootfs_cache.base_rootfs), tag)
-    return tag
+    yield tag
+    made = _docker("images", "-a", "-q", "--filter", "label=hbos-test=content",
+                   check=False).stdout.split()
+    _docker("rmi", "-f", TAG, *sorted(set(made)), check=False)
 
 
 def _git_repo(path: Path, branch: str) -> str:
@@ -168,13 +172,19 @@ def test_an_image_with_another_commit_is_refused(tmp_path, base_image, repos):
     assert _containers() == []
 
 
+def _all_containers() -> set[str]:
+    return set(_docker("ps", "-a", "-q").stdout.split())
+
+
 def test_a_failing_step_shows_its_own_output(tmp_path, base_image, repos):
     cfg, paths = _load(tmp_path, base_image, repos, args=("FAIL_AT=hyperbeam",), cu=False)
+    before = _all_containers()
     with pytest.raises(BuildError) as exc:
         content.build(cfg, paths)
     msg = str(exc.value)
     assert "docker build failed" in msg and str(paths.log("content")) in msg
     assert "src/hb_opts.erl:42: syntax error before: '}'" in msg
+    assert _all_containers() == before     # the failed step's container is gone too
 
 
 def test_a_failed_copy_still_removes_the_container(tmp_path, base_image, repos):

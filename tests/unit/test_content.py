@@ -185,6 +185,7 @@ def test_without_buildx_the_legacy_builder_is_used(tmp_path, stub, monkeypatch):
     content.build(cfg, paths)
     build = docker_stub.calls(stub)[2]
     assert build[:2] == ["docker", "build"] and "--progress=plain" not in build
+    assert "--force-rm" in build
     assert build == docker.build_argv(cfg.path(cfg.content.dockerfile),
                                       paths.content_dir / "docker-context",
                                       "hbos-content:latest", "content-hb",
