@@ -106,7 +106,7 @@ def task_hb_release():
 
 
 def task_content():
-    """Guest content (HyperBEAM + AO CU via Docker, a prebuilt dir/tarball, or the sample node)."""
+    """Guest content (HyperBEAM + AO CU via Docker, a prebuilt dir/tarball, the local Erlang release, or the sample node)."""
     # docker: the uptodate callable re-resolves the git refs (git ls-remote) so a
     # moved branch rebuilds; dir: a stat fingerprint of content.path. The manifest
     # is rewritten only when the content changed (verity depends on it).

@@ -115,8 +115,15 @@ def render_cu_unit(cfg) -> str:
                             node_flags=list(CU_NODE_FLAGS), **_service_ctx(cfg, cfg.ports.cu))
 
 
-def render_data_disk_unit() -> str:
-    return templates.render("hbos-data.service.j2", device=DATA_DISK_GUEST)
+def state_dirs(cfg) -> list[str]:
+    """Where systemd keeps the services' StateDirectory= (DynamicUser: under private/)."""
+    base = "/var/lib" if cfg.content.service_user == "root" else "/var/lib/private"
+    return [f"{base}/hyperbeam", f"{base}/cu"]
+
+
+def render_data_disk_unit(cfg) -> str:
+    return templates.render("hbos-data.service.j2", device=DATA_DISK_GUEST,
+                            dirs=state_dirs(cfg))
 
 
 def render_config_flat(cfg) -> str:
@@ -207,12 +214,12 @@ def link_state(cfg, tree: Path) -> None:
         os.symlink(f"{HYPERBEAM_STATE}/{name}", link)
 
 
-def install_data_disk(tree: Path) -> None:
+def install_data_disk(cfg, tree: Path) -> None:
     dest = tree / "opt" / "hbos" / "hbos-data.sh"
     ensure_dir(dest.parent)
     shutil.copyfile(DATA_DISK_SCRIPT, dest)
     os.chmod(dest, 0o755)
-    install_unit(tree, "hbos-data.service", render_data_disk_unit())
+    install_unit(tree, "hbos-data.service", render_data_disk_unit(cfg))
 
 
 def install_services(cfg, tree: Path) -> list[str]:
@@ -232,7 +239,7 @@ def install_services(cfg, tree: Path) -> list[str]:
         install_unit(tree, "cu.service", render_cu_unit(cfg))
         installed.append("cu")
     if installed:
-        install_data_disk(tree)
+        install_data_disk(cfg, tree)
     return installed
 
 
@@ -321,13 +328,14 @@ def docker_build_args(cfg, refs: dict[str, dict[str, str]]) -> dict[str, str]:
     return args
 
 
-def docker_context(cfg, paths) -> Path:
-    """The build context: only what the Dockerfile COPYs (the rendered config.flat,
-    written into HyperBEAM's source tree before `rebar3 release` as hb-os does,
-    and the CU mode check), so nothing else of the project reaches the engine."""
+def docker_context(cfg, paths, dockerfile: Path) -> Path:
+    """The build context: a copy of the Dockerfile's directory plus the rendered
+    config.flat (written into HyperBEAM's source tree before `rebar3 release`,
+    as hb-os does) and the CU mode check; the project's directories are never
+    the context, and the Dockerfile's own directory is never written to."""
     ctx = paths.content_dir / "docker-context"
     fsutil.remove(ctx)
-    ctx.mkdir(parents=True)
+    copy_tree(dockerfile.parent, ctx)
     (ctx / "config.flat").write_text(render_config_flat(cfg), encoding="utf-8")
     shutil.copyfile(CU_MODE_CHECK, ctx / "cu-mode-check.sh")
     os.chmod(ctx / "cu-mode-check.sh", 0o755)
@@ -350,7 +358,8 @@ def from_docker(cfg, paths, tree: Path) -> dict[str, Any]:
     fsutil.remove(staging)
     staging.mkdir(parents=True)
     try:
-        docker.build_and_export(dockerfile, docker_context(cfg, paths), cfg.content.image_tag,
+        docker.build_and_export(dockerfile, docker_context(cfg, paths, dockerfile),
+                                cfg.content.image_tag,
                                 docker_target(cfg), docker_build_args(cfg, refs),
                                 staging, log=log)
         if not (staging / "tree").is_dir():

@@ -38,6 +38,8 @@ def build_argv(dockerfile: Path, context: Path, tag: str, target: str,
     argv = ["docker", "build", "--file", str(dockerfile), "--tag", tag, "--target", target]
     if buildkit:
         argv.append("--progress=plain")  # step-prefixed output: failing_step() reads it
+    else:
+        argv.append("--force-rm")  # the legacy builder keeps a failed step's container
     for key in sorted(build_args):
         argv += ["--build-arg", f"{key}={build_args[key]}"]
     return argv + [str(context)]
@@ -135,6 +137,11 @@ def export(tag: str, dest: Path, log: Path | None = None) -> None:
     try:
         run.run(create_argv(tag, name), log=log)
         run.run(cp_argv(name, dest), log=log)
+    except CommandFailed as exc:
+        raise BuildError(f"taking {IMAGE_OUT} out of the image {tag} failed "
+                         f"({exc.message}):\n{run.tail(exc.output, 5)}",
+                         hint=f"the Dockerfile's target must hold {IMAGE_OUT}/tree "
+                              f"and {IMAGE_OUT}/refs") from None
     finally:
         try:
             run.run(rm_argv(name), log=log, check=False)

@@ -465,6 +465,18 @@ def send_post_start(port: int, body: dict[str, Any]) -> dict[str, Any]:
         raise LaunchError(f"sending the post-start configuration failed: {exc}") from None
 
 
+def follow_up(port: int, path: str, headers: dict[str, str]) -> str:
+    """One post-start follow-up GET; its status in words (never fatal, as hb-os)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with _LOCAL.open(req, timeout=60) as resp:
+            return f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.read()[:200].decode(errors='replace')} (warning)"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"failed: {exc} (warning)"
+
+
 BANNER = """
 ##########################################################################
 #                                                                        #
@@ -619,6 +631,14 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         lambda: cached_probe_kvm(facts, model, vm.kernel, files.directory,
                                  cfg.launch.kvm_probe_timeout))
 
+    low = node_http.unbindable(_forwards(cfg, bool(raw.get("debug")), mode), os.geteuid(),
+                               node_http.unprivileged_port_start())
+    if low:
+        ports = ", ".join(f"{f.host_address}:{f.host_port}" for f in low)
+        raise LaunchError(f"cannot forward host port(s) {ports}: binding a port below "
+                          f"{node_http.unprivileged_port_start()} needs root",
+                          hint="run as root (hb-os's :80), or set launch.host_port "
+                               "(e.g. 0: the node's own port) and launch.forwards")
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data), run=files,
         host=facts, mode=mode, accel=accel, forwards=_forwards(cfg, bool(raw.get("debug")), mode),
@@ -663,6 +683,8 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         if body is not None:
             reply = send_post_start(port, body)
             say(f"start: post-start configuration accepted ({len(json.dumps(reply))} bytes)")
+            for path, headers in node_http.follow_up_calls(body):
+                say(f"start: post-start GET {path}: {follow_up(port, path, headers)}")
         else:
             say("start: post-start configuration not sent ("
                 f"{'--no-auto' if options.no_auto else 'post_start.auto: false'})")

@@ -17,7 +17,12 @@ Post-start (hb-os scripts/post_start.py with config/server.jsonc): one POST
 initialized: permanent), snp_trusted = [the measurement inputs without
 expected_hash], self (--self, else post_start.self_url, else
 http://localhost:<host port>, hb-os's default http://localhost:80) and peer
-when given.
+when given; a settings value "$SELF" or "$PEER" becomes that URL (hb-os's
+placeholders; $SELF_ID/$PEER_ID are not supported). Then, as hb-os does after
+its POST, the calls `follow_up_calls` lists for the keys the body holds
+(router registration, green-zone join/become, green-zone init); their
+failures are reported, not fatal (hb-os prints a warning and goes on). The
+volume calls (volume_key, encrypted with the node's public key) are not made.
 """
 
 from __future__ import annotations
@@ -61,6 +66,22 @@ def forwards(cfg, mode: str, debug: bool) -> tuple[qemu.Forward, ...]:
     return tuple(out)
 
 
+def unbindable(fwds: tuple[qemu.Forward, ...], euid: int, unprivileged_start: int
+               ) -> list[qemu.Forward]:
+    """Forwards whose host port this user cannot bind (net.ipv4.ip_unprivileged_port_start)."""
+    if euid == 0:
+        return []
+    return [f for f in fwds if f.host_port < unprivileged_start]
+
+
+def unprivileged_port_start(path: str = "/proc/sys/net/ipv4/ip_unprivileged_port_start") -> int:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
 def self_url(cfg, given: str = "") -> str:
     return given or cfg.post_start.self_url or f"http://localhost:{host_port(cfg)}"
 
@@ -92,9 +113,29 @@ def snp_trusted(record: dict[str, Any]) -> dict[str, Any]:
 def post_start_body(record: dict[str, Any], lines: tuple[str, ...], self_url: str,
                     peer_url: str = "") -> dict[str, Any]:
     """The post-start node message (a pure function: HOST_DATA may hash it)."""
-    body: dict[str, Any] = settings(lines)
+    places = {"$SELF": self_url, "$PEER": peer_url}
+    body: dict[str, Any] = {k: places.get(v, v) if isinstance(v, str) else v
+                            for k, v in settings(lines).items()}
     body["snp_trusted"] = [snp_trusted(record)]
     body["self"] = self_url
     if peer_url:
         body["peer"] = peer_url
     return body
+
+
+def follow_up_calls(body: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """(path, headers) of the GETs hb-os's post_start.py makes after its POST, in
+    its order, for the keys `body` holds (scripts/node_api.py)."""
+    calls: list[tuple[str, dict[str, str]]] = []
+    if "router_peer_location" in body:
+        calls.append(("/~router@1.0/register", {}))
+    if "green_zone_peer_location" in body:
+        peer = {"peer-location": str(body["green_zone_peer_location"]),
+                "peer-id": str(body.get("green_zone_peer_id", ""))}
+        adopt = body.get("green_zone_adopt_config", True)
+        calls.append(("/~greenzone@1.0/join",
+                      {**peer, "adopt-config": str(adopt).lower()}))
+        calls.append(("/~greenzone@1.0/become", peer))
+    if "green_zone_required_config" in body:
+        calls.append(("/~greenzone@1.0/init", {}))
+    return calls

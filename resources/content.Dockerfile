@@ -9,8 +9,8 @@
 #     --build-arg OTP_VERSION=27 --build-arg NODE_VERSION=22 \
 #     --build-arg GUEST_SUITE=<rootfs.suite> -t TAG build/content/docker-context
 #
-# The build context holds only config.flat (rendered from config.yaml) and
-# cu-mode-check.sh: config.flat is written into HyperBEAM's source tree before
+# The build context is a copy of this directory plus config.flat (rendered
+# from config.yaml) and cu-mode-check.sh: config.flat is written into HyperBEAM's source tree before
 # `rebar3 release`, as hb-os does (HyperBEAM edge git-ignores `config.*`, and
 # relx's overlay copies config.flat into the release).
 #

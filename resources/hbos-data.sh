@@ -1,13 +1,15 @@
 #!/bin/sh
 # HyperBEAM OS: put the node's state on the data disk (`doit start --data-disk`).
 # Run by hbos-data.service before hyperbeam.service and cu.service.
-#   hbos-data.sh DEVICE
-# A blank DEVICE is formatted (ext4, label hbos-data); it is mounted at
-# /var/lib/hbos-data and its hyperbeam/ and cu/ directories are bind-mounted
-# on /var/lib/hyperbeam and /var/lib/cu. Without a data disk the state lives
-# in the tmpfs overlay on /var and is lost when the VM stops.
+#   hbos-data.sh DEVICE STATE_DIR...
+# A blank DEVICE is formatted (ext4, label hbos-data) and mounted at
+# /var/lib/hbos-data; for each STATE_DIR (e.g. /var/lib/hyperbeam; under
+# /var/lib/private with systemd's DynamicUser) its basename's directory on the
+# disk is bind-mounted on it. Without a data disk the state lives in the tmpfs
+# overlay on /var and is lost when the VM stops.
 set -eu
-DEV="${1:?usage: hbos-data.sh DEVICE}"
+DEV="${1:?usage: hbos-data.sh DEVICE STATE_DIR...}"
+shift
 MNT=/var/lib/hbos-data
 if [ ! -b "$DEV" ]; then
     echo "hbos-data: no data disk at $DEV: state lives in memory and is lost at stop"
@@ -19,8 +21,9 @@ if ! blkid "$DEV" >/dev/null 2>&1; then
 fi
 mkdir -p "$MNT"
 mount -o nodev,nosuid "$DEV" "$MNT"
-for d in hyperbeam cu; do
-    mkdir -p "$MNT/$d" "/var/lib/$d"
-    mount --bind "$MNT/$d" "/var/lib/$d"
+for dir in "$@"; do
+    name=$(basename "$dir")
+    mkdir -p "$MNT/$name" "$dir"
+    mount --bind "$MNT/$name" "$dir"
 done
-echo "hbos-data: $DEV mounted at $MNT; /var/lib/hyperbeam and /var/lib/cu live on it"
+echo "hbos-data: $DEV mounted at $MNT; $* live on it"

@@ -75,27 +75,31 @@ class Project:
 # ----------------------------------------------------------------- sample
 
 
+# the local profile's content is the Erlang release; these tests are about the sample
+SAMPLE = "content: {source: sample}\n"
+
+
 def test_sample_through_doit_and_manifest_changes_exactly_with_content(tmp_path):
     p = Project(tmp_path, profile="local")
-    p.write()
+    p.write(SAMPLE)
     assert ran(p.doit())
     manifest = p.paths.content_manifest
     first = manifest.read_bytes()
     mtime = manifest.stat().st_mtime_ns
     assert skipped(p.doit())                       # nothing changed: nothing runs
 
-    p.write("vm: {memory_mib: 2048}\n")             # a setting content does not read
+    p.write(SAMPLE + "vm: {memory_mib: 2048}\n")             # a setting content does not read
     assert skipped(p.doit())
 
     forced = p.doit("--always-execute")            # rebuilt, same content
     assert ran(forced) and "manifest unchanged" in forced.stdout
     assert manifest.read_bytes() == first and manifest.stat().st_mtime_ns == mtime
 
-    p.write("content: {hyperbeam_ref: some-branch}\n")  # read by docker only
+    p.write("content: {source: sample, hyperbeam_ref: some-branch}\n")  # read by docker only
     proc = p.doit()
     assert ran(proc) and manifest.read_bytes() == first
 
-    p.write("ports: {hyperbeam: 10001}\n")          # the unit's port: content changed
+    p.write(SAMPLE + "ports: {hyperbeam: 10001}\n")          # the unit's port: content changed
     proc = p.doit()
     assert ran(proc) and "manifest updated" in proc.stdout
     changed = fsutil.read_json(manifest)
@@ -161,7 +165,7 @@ def _exercise(port: int, proc, build: str) -> None:
 @pytest.fixture(scope="module")
 def sample_tree(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sample")
-    (tmp / "over.yaml").write_text(f"build_dir: {tmp / 'build'}\n")
+    (tmp / "over.yaml").write_text(f"build_dir: {tmp / 'build'}\n{SAMPLE}")
     cfg = hconfig.load(overlay=tmp / "over.yaml", profile="local")
     paths = Paths.from_config(cfg)
     content.build(cfg, paths)
@@ -288,7 +292,7 @@ def make_prebuilt(root: Path) -> Path:
 
 def _assert_services(tree: Path) -> None:
     wants = tree / "etc/systemd/system/multi-user.target.wants"
-    assert sorted(os.listdir(wants)) == ["cu.service", "hyperbeam.service"]
+    assert sorted(os.listdir(wants)) == ["cu.service", "hbos-data.service", "hyperbeam.service"]
     for unit in ("hyperbeam.service", "cu.service"):
         assert os.readlink(wants / unit) == f"../{unit}"
         assert (tree / "etc/systemd/system" / unit).is_file()

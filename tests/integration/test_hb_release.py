@@ -109,9 +109,12 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     (state / "cache-mainnet").mkdir(parents=True)
     os.symlink(state / "cache-mainnet", opt / "cache-mainnet")
     before = fsutil.tree_manifest(opt)
-    env = {**os.environ, "HOME": str(state), "ERL_CRASH_DUMP": str(state / "erl_crash.dump"),
-           "HB_CONFIG": str(opt / "config.flat"), "HB_KEY": str(state / "hyperbeam-key.json"),
-           "HB_PORT": str(port), "RELX_OUT_FILE_PATH": str(tmp_path / "run")}
+    # exactly the unit's environment, its guest paths mapped into tmp_path
+    where = {"/var/lib/hyperbeam": str(state), "/opt/hyperbeam": str(opt),
+             "/run/hyperbeam": str(tmp_path / "run")}
+    env = {**os.environ, **unit_environment(content.render_hyperbeam_unit(cfg), where)}
+    assert {"HOME", "ERL_CRASH_DUMP", "HB_CONFIG", "HB_KEY", "HB_PORT", "ERL_EPMD_ADDRESS",
+            "ERL_AFLAGS", "RELX_OUT_FILE_PATH"} <= set(env)
     (tmp_path / "run").mkdir()
     epmd_before = _epmd_pids()
     log = open(tmp_path / "hb.log", "wb")
@@ -148,6 +151,13 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         assert code == 400 and "permanent" in answer["body"]
         code, _ = _request(port, "GET", path=launch.HEALTH_PATH + "/operator")
         assert code == 200
+        # Erlang distribution and epmd on loopback only; HTTP on every interface
+        for addr, owner in _listeners({proc.pid, *_descendants(proc.pid)},
+                                      _epmd_pids() - epmd_before):
+            assert addr in ("127.0.0.1", "::1") or owner == f"http:{port}", (addr, owner)
+        # a follow-up call this node does not serve is a warning, not an error
+        said = launch.follow_up(port, "/~greenzone@1.0/init", {})
+        assert said.startswith("HTTP 404") and said.endswith("(warning)")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -159,6 +169,53 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     assert stored == ["boots", "node-message-1.json"]
     assert (state / "hyperbeam-key.json").stat().st_mode & 0o777 == 0o600
     assert fsutil.tree_manifest(opt) == before
+
+
+def unit_environment(unit: str, where: dict[str, str]) -> dict[str, str]:
+    """Environment= lines of a rendered unit (systemd quoting), guest paths replaced."""
+    env = {}
+    for line in unit.splitlines():
+        if not line.startswith("Environment="):
+            continue
+        value = line[len("Environment="):]
+        if value.startswith('"') and value.endswith('"'):
+            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        key, _, val = value.partition("=")
+        for guest, host in where.items():
+            val = val.replace(guest, host)
+        env[key] = val.replace("%%", "%")
+    return env
+
+
+def _descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                out |= {int(d.name), *_descendants(int(d.name))}
+    return out
+
+
+def _listeners(node_pids: set[int], epmd_pids: set[int]) -> list[tuple[str, str]]:
+    """(address, owner) of every TCP listener of these processes (ss -ltnp)."""
+    import re
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if not pids & (node_pids | epmd_pids):
+            continue
+        local = line.split()[3]
+        addr, _, lport = local.rpartition(":")
+        addr = addr.strip("[]")
+        owner = "epmd" if pids & epmd_pids else ("http:" + lport)
+        found.append((addr, owner))
+    assert any(o == "epmd" for _, o in found), out
+    return found
 
 
 def _overlay(tmp_path: Path, text: str) -> Path:
@@ -182,3 +239,39 @@ def test_release_content_installs_under_the_production_unit(release, tmp_path):
     unit = (paths.content_tree / "etc/systemd/system/hyperbeam.service").read_text()
     assert unit == content.render_hyperbeam_unit(cfg)
     assert manifest["hb_release"]["otp_release"]
+
+
+def _package_of(lib: str) -> str:
+    """The Debian package shipping `lib` (usrmerge: try /lib and /usr/lib spellings)."""
+    candidates = [lib, lib.removeprefix("/usr"), "/usr" + lib if not lib.startswith("/usr")
+                  else lib]
+    for path in candidates:
+        proc = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode == 0:
+            return proc.stdout.split(":", 1)[0]
+    raise AssertionError(f"no package ships {lib}")
+
+
+def test_every_library_erts_links_is_in_the_guest_root(release):
+    """ldd of the release's ERTS and crypto NIF -> Debian packages -> rootfs.packages
+    (libc6 and libgcc-s1 are Essential, in every minbase root)."""
+    import shutil as sh
+    if not sh.which("ldd") or not sh.which("dpkg"):
+        missing_prerequisite("ldd and dpkg are needed to map libraries to packages")
+    _, paths = release
+    tree = paths.hb_release_tree
+    binaries = [*tree.glob("erts-*/bin/beam.smp"), *tree.glob("lib/crypto-*/priv/lib/crypto.so")]
+    assert len(binaries) == 2, binaries
+    libs = set()
+    for binary in binaries:
+        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,
+                             check=True).stdout
+        libs |= {line.split("=>")[1].split()[0] for line in out.splitlines()
+                 if "=>" in line and "/" in line.split("=>")[1]}
+    packages = {_package_of(lib) for lib in libs}
+    assert {"libtinfo6", "zlib1g", "libssl3"} <= packages
+    for cfg in (hconfig.load(), hconfig.load(profile="local")):
+        # trixie renamed some (libssl3 -> libssl3t64, the 64-bit time_t transition)
+        guest = {p.removesuffix("t64") for p in cfg.rootfs.packages}
+        assert packages - {"libc6", "libgcc-s1"} <= guest, packages

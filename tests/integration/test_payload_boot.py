@@ -2,7 +2,9 @@
 production hyperbeam.service (issue 13): `doit start profile=local` builds
 the image (cached base root, the Debian cloud kernel, the AmdSev OVMF vector
 as the measured firmware) and starts it; then the node, its store, the
-default post-start, the forwards, verity and `doit stop` are checked.
+default post-start, the forwards, verity and `doit stop` are checked. A blank
+raw data disk is attached (`--data-disk`): hbos-data.service formats it and
+the node's state lands on it, read back afterwards with debugfs.
 
 Every QEMU started here is killed by pidfile in the teardown."""
 
@@ -21,7 +23,13 @@ import pytest
 from hbos import config as hconfig
 from hbos import fsutil, hb_release, launch, node_http, qemu
 from hbos.paths import Paths
-from tests.conftest import doit, kill_qemu, link_base_rootfs, missing_prerequisite, write_overlay
+from tests.conftest import (
+    doit,
+    kill_qemu,
+    link_base_rootfs,
+    missing_prerequisite,
+    write_overlay,
+)
 from tests.integration.test_start import free_port
 
 pytestmark = [pytest.mark.integration]
@@ -57,12 +65,15 @@ def booted(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory):
     paths = Paths.from_config(cfg)
     link_base_rootfs(base_rootfs_cache, paths)
     args = ["profile=local", f"config={overlay}"]
+    data = root / "data.raw"
+    with open(data, "wb") as fh:
+        fh.truncate(64 << 20)                      # blank and sparse
     try:
         doit(["measure", *args], timeout=3600)
         image_sha = fsutil.sha256_file(paths.verity_image)
-        started = doit(["start", *args], check=False, timeout=3600)
+        started = doit(["start", *args, "--data-disk", str(data)], check=False, timeout=3600)
         yield {"cfg": cfg, "paths": paths, "port": port, "args": args, "start": started,
-               "image_sha": image_sha}
+               "image_sha": image_sha, "data": data}
     finally:
         kill_qemu(paths.run_dir)
 
@@ -79,6 +90,7 @@ def test_local_image_runs_the_release_under_the_production_unit(booted):
     console = launch.ANSI.sub("", paths.run_dir.joinpath("console.log").read_text(
         errors="replace"))
     assert re.search(r"Started hyperbeam\.service", console), console[-3000:]
+    assert re.search(r"Finished hbos-data\.service", console), console[-3000:]
 
     code, info = _request(port)
     assert code == 200
@@ -120,3 +132,13 @@ def test_stop_leaves_no_qemu_and_verity_intact(booted):
     assert fsutil.sha256_file(paths.verity_image) == booted["image_sha"]
     subprocess.run(["veritysetup", "verify", str(paths.verity_image), str(paths.hash_tree),
                     paths.roothash.read_text().strip()], check=True, capture_output=True)
+    # the state went to the data disk (formatted in the guest): store and key
+    if not shutil.which("debugfs"):
+        missing_prerequisite("debugfs is not installed (e2fsprogs)")
+
+    def ls(path: str) -> list[str]:
+        out = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(booted["data"])],
+                             capture_output=True, text=True, check=True).stdout
+        return [f.split("/")[5] for f in out.splitlines() if f.count("/") >= 6]
+    assert {"boots", "node-message-1.json"} <= set(ls("/hyperbeam/cache-mainnet"))
+    assert "hyperbeam-key.json" in ls("/hyperbeam")

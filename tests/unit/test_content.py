@@ -144,9 +144,10 @@ def test_docker_source_runs_exact_commands_and_never_edits_the_dockerfile(tmp_pa
     assert listed["etc/systemd/system/multi-user.target.wants/cu.service"]["target"] == \
         "../cu.service"
     assert not (paths.content_dir / f".docker-out-{os.getpid()}").exists()
-    # the context: only the rendered config.flat and the CU mode check
+    # the context: the Dockerfile's directory, the rendered config.flat, the CU mode check
     ctx = paths.content_dir / "docker-context"
-    assert sorted(p.name for p in ctx.iterdir()) == ["config.flat", "cu-mode-check.sh"]
+    assert sorted(p.name for p in ctx.iterdir()) == sorted(
+        {p.name for p in dockerfile.parent.iterdir()} | {"config.flat", "cu-mode-check.sh"})
     assert (ctx / "config.flat").read_text() == content.render_config_flat(cfg)
     assert listed["opt/hyperbeam/cache-mainnet"]["target"] == "/var/lib/hyperbeam/cache-mainnet"
     assert listed["etc/systemd/system/multi-user.target.wants/hbos-data.service"]["target"] \
@@ -184,6 +185,7 @@ def test_without_buildx_the_legacy_builder_is_used(tmp_path, stub, monkeypatch):
     content.build(cfg, paths)
     build = docker_stub.calls(stub)[2]
     assert build[:2] == ["docker", "build"] and "--progress=plain" not in build
+    assert "--force-rm" in build
     assert build == docker.build_argv(cfg.path(cfg.content.dockerfile),
                                       paths.content_dir / "docker-context",
                                       "hbos-content:latest", "content-hb",

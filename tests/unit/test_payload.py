@@ -9,7 +9,6 @@ import os
 import subprocess
 from pathlib import Path
 
-
 from hbos import config as hconfig
 from hbos import content, hb_release, launch, node_http, qemu
 from hbos.paths import Paths
@@ -40,6 +39,9 @@ def test_hyperbeam_unit_gives_the_release_a_writable_state(tmp_path):
     assert "Environment=ERL_CRASH_DUMP=/var/lib/hyperbeam/erl_crash.dump\n" in unit
     assert "Environment=HB_KEY=/var/lib/hyperbeam/hyperbeam-key.json\n" in unit
     assert "After=network-online.target hbos-data.service\n" in unit
+    # Erlang distribution (relx default -sname/-setcookie) on loopback only
+    assert "Environment=ERL_EPMD_ADDRESS=127.0.0.1\n" in unit
+    assert 'Environment="ERL_AFLAGS=-kernel inet_dist_use_interface {127,0,0,1}"\n' in unit
 
 
 def test_state_names_become_links_into_var_lib(tmp_path):
@@ -203,16 +205,21 @@ def test_production_sizing_holds_a_node():
 
 
 def test_data_disk_unit_mounts_before_the_services(tmp_path):
-    unit = content.render_data_disk_unit()
+    cfg, _ = load(tmp_path)
+    unit = content.render_data_disk_unit(cfg)
     assert "ConditionPathExists=/dev/vdc\n" in unit
     assert "Before=hyperbeam.service cu.service\n" in unit
-    assert "ExecStart=/opt/hbos/hbos-data.sh /dev/vdc\n" in unit
+    assert "ExecStart=/opt/hbos/hbos-data.sh /dev/vdc /var/lib/hyperbeam /var/lib/cu\n" in unit
+    dyn, _ = load(tmp_path, "content: {service_user: hb}\n")
+    assert ("ExecStart=/opt/hbos/hbos-data.sh /dev/vdc /var/lib/private/hyperbeam "
+            "/var/lib/private/cu\n") in content.render_data_disk_unit(dyn)
     assert "After=network-online.target hyperbeam.service hbos-data.service\n" in \
         content.render_cu_unit(load(tmp_path)[0])
 
 
 def test_data_disk_script_without_a_disk_says_so(tmp_path):
-    proc = subprocess.run(["sh", str(content.DATA_DISK_SCRIPT), str(tmp_path / "vdc")],
+    proc = subprocess.run(["sh", str(content.DATA_DISK_SCRIPT), str(tmp_path / "vdc"),
+                           str(tmp_path / "hyperbeam")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     assert "no data disk" in proc.stdout and "lost at stop" in proc.stdout
@@ -283,3 +290,33 @@ def test_release_sources_exclude_build_output():
     files = [p.relative_to(hb_release.SOURCE).as_posix() for p in hb_release.source_files()]
     assert "rebar.config" in files and "src/hb_node_http.erl" in files
     assert not any(f.startswith("_build/") for f in files)
+
+
+def test_post_start_placeholders_and_follow_up_calls_as_hb_os(tmp_path):
+    lines = ("router_peer_location: $PEER", "router_prefix: $SELF",
+             "green_zone_peer_location: http://gz:80", "green_zone_peer_id: abc",
+             "green_zone_adopt_config: false", "green_zone_required_config: x")
+    body = node_http.post_start_body(RECORD, lines, "http://me:80", "http://router:80")
+    assert body["router_peer_location"] == "http://router:80"
+    assert body["router_prefix"] == "http://me:80"
+    assert node_http.follow_up_calls(body) == [
+        ("/~router@1.0/register", {}),
+        ("/~greenzone@1.0/join", {"peer-location": "http://gz:80", "peer-id": "abc",
+                                  "adopt-config": "false"}),
+        ("/~greenzone@1.0/become", {"peer-location": "http://gz:80", "peer-id": "abc"}),
+        ("/~greenzone@1.0/init", {})]
+    cfg, _ = load(tmp_path)
+    default = node_http.post_start_body(RECORD, cfg.post_start.settings, "http://me")
+    assert node_http.follow_up_calls(default) == []
+
+
+def test_low_host_ports_need_root(tmp_path):
+    cfg, _ = load(tmp_path)
+    fwds = node_http.forwards(cfg, "snp", False)
+    assert node_http.unbindable(fwds, 0, 1024) == []
+    assert node_http.unbindable(fwds, 1000, 1024) == [qemu.Forward(80, 10000, "0.0.0.0")]
+    assert node_http.unbindable(fwds, 1000, 0) == []
+    sysctl = tmp_path / "start"
+    sysctl.write_text("80\n")
+    assert node_http.unprivileged_port_start(str(sysctl)) == 80
+    assert node_http.unprivileged_port_start(str(tmp_path / "none")) == 1024
