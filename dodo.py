@@ -10,19 +10,18 @@ through config_changed) and its targets; the work lives in the hbos package.
 """
 
 from doit import get_var
-from doit.tools import config_changed
 
-from hbos import (attest_cli, content, edk2, firmware, hb_release, host, host_setup, hosttools,
-                  initramfs, kernel,
-                  launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
-                  templates, tools, verity, vmconfig)
-from hbos import hostdata, hyperbeam, idblock, identity, lock, reference
-from hbos.doit_support import SizeAwareChecker, act, load_config, strs
+# Graph time imports only what file_dep, targets and uptodate need; the stage
+# modules (and sev-snp-measure, cryptography, jinja2, requests) are imported
+# when an action runs: action("hbos.module:function", ...) (hbos/stage.py).
+from hbos import content, firmware, hb_release, kernel, rootfs, stages, templates, tools, vmconfig
+from hbos.doit_support import SizeAwareChecker, load_config, strs
 from hbos.paths import Paths
+from hbos.stage import action, late
+from hbos.task_params import DOWNLOAD_RELEASE, SETUP_HOST, START, VERIFY_REPORT
 
-CFG = load_config(get_var)
+CFG = load_config(get_var)  # creates build_dir, or exits with one line
 P = Paths.from_config(CFG)
-P.build.mkdir(parents=True, exist_ok=True)
 
 DOIT_CONFIG = {
     "dep_file": str(P.dep_file),
@@ -33,19 +32,11 @@ DOIT_CONFIG = {
 }
 
 
-def _init_dirs():
-    for d in (P.build, P.downloads, P.logs, P.guest_dir):
-        d.mkdir(parents=True, exist_ok=True)
-
-
-def _check_tools(install=False):
-    hosttools.check(CFG, install=install)
-
-
 def task_init():
     """Create the build directories, check host tools, fetch the SNP release."""
     return {
-        "actions": [act(_init_dirs), act(_check_tools, install=get_var("install", "") == "yes")],
+        "actions": [action("hbos.fsutil:make_dirs", P.build, P.downloads, P.logs, P.guest_dir),
+                    action("hbos.hosttools:check", CFG, install=get_var("install", "") == "yes")],
         "task_dep": ["snp_release"],
         "uptodate": [False],
         "verbosity": 2,
@@ -55,9 +46,9 @@ def task_init():
 def task_snp_release():
     """Download, verify (sha256) and unpack the SNP release (host+guest kernel, QEMU, OVMF)."""
     return {
-        "actions": [act(snp_release.fetch_release, CFG, P)],
+        "actions": [stages.SNP_RELEASE.action(CFG, P)],
         "targets": strs([P.snp_release_manifest]),
-        "uptodate": [config_changed(CFG.slice("snp_release"))],
+        "uptodate": [stages.SNP_RELEASE.config_changed(CFG)],
         "clean": True,
     }
 
@@ -67,9 +58,9 @@ def task_kernel_deb():
     if CFG.kernel.source != "package":
         return {"actions": None, "doc": "(kernel.source is not 'package': nothing to fetch)"}
     return {
-        "actions": [act(kernel.fetch_package, CFG, P)],
+        "actions": [stages.KERNEL_DEB.action(CFG, P)],
         "targets": strs([P.kernel_deb]),
-        "uptodate": [config_changed(CFG.slice("kernel"))],
+        "uptodate": [stages.KERNEL_DEB.config_changed(CFG)],
         "clean": True,
     }
 
@@ -85,10 +76,10 @@ def _kernel_deps():
 def task_kernel():
     """Unpack the guest kernel .deb: build/kernel/vmlinuz and its modules (depmod'ed)."""
     return {
-        "actions": [act(kernel.unpack, CFG, P)],
+        "actions": [stages.KERNEL.action(CFG, P)],
         "file_dep": _kernel_deps(),
         "targets": strs([P.vmlinuz, P.kernel_manifest]),
-        "uptodate": [config_changed(CFG.slice("kernel"))],
+        "uptodate": [stages.KERNEL.config_changed(CFG)],
         "clean": True,
     }
 
@@ -96,11 +87,10 @@ def task_kernel():
 def task_hb_release():
     """Local payload: tools/hb_node as a relx release `hb` (Debian erlang + rebar3; content.source erlang)."""
     return {
-        "actions": [act(hb_release.build, CFG, P)],
+        "actions": [stages.HB_RELEASE.action(CFG, P)],
         "file_dep": strs(hb_release.source_files()),
         "targets": strs([P.hb_release_manifest]),
-        "uptodate": [config_changed(CFG.slice("source_date_epoch")),
-                     hb_release.tooling_unchanged(P)],
+        "uptodate": [stages.HB_RELEASE.config_changed(CFG), hb_release.tooling_unchanged(P)],
         "clean": True,
     }
 
@@ -111,10 +101,10 @@ def task_content():
     # moved branch rebuilds; dir: a stat fingerprint of content.path. The manifest
     # is rewritten only when the content changed (verity depends on it).
     return {
-        "actions": [act(content.build, CFG, P)],
+        "actions": [stages.CONTENT.action(CFG, P)],
         "file_dep": strs(content.file_deps(CFG)),
         "targets": strs([P.content_manifest]),
-        "uptodate": [config_changed(content.config_slice(CFG))] + content.uptodate_checks(CFG, P),
+        "uptodate": [stages.CONTENT.config_changed(CFG)] + content.uptodate_checks(CFG, P),
         "clean": True,
     }
 
@@ -132,11 +122,11 @@ def task_initramfs():
     if CFG.initramfs.path:
         return {"actions": None, "doc": "(initramfs.path is set: the prebuilt initrd is used)"}
     return {
-        "actions": [act(initramfs.build, CFG, P)],
+        "actions": [stages.INITRAMFS.action(CFG, P)],
         "file_dep": strs([P.kernel_manifest, templates.path("init.sh.j2")])
                     + _host_tool_deps("busybox", "veritysetup"),
         "targets": strs([P.initramfs, P.initramfs_manifest]),
-        "uptodate": [config_changed(CFG.slice("initramfs", "image", "source_date_epoch"))],
+        "uptodate": [stages.INITRAMFS.config_changed(CFG)],
         "clean": True,
     }
 
@@ -144,7 +134,7 @@ def task_initramfs():
 def task_base_rootfs():
     """Build the base Debian root with mmdebstrap (SOURCE_DATE_EPOCH) -> build/base/rootfs.tar."""
     return {
-        "actions": [act(rootfs.build, CFG, P)],
+        "actions": [stages.BASE_ROOTFS.action(CFG, P)],
         "targets": strs([P.base_rootfs, P.base_rootfs_manifest]),
         "uptodate": [rootfs.up_to_date(CFG, P)],
         "clean": True,
@@ -154,11 +144,11 @@ def task_base_rootfs():
 def task_base_image():
     """Base root + kernel modules as a bootable ext4 qcow2 for debugging -> build/guest/base.qcow2."""
     return {
-        "actions": [act(rootfs.build_image, CFG, P)],
+        "actions": [stages.BASE_IMAGE.action(CFG, P)],
         "file_dep": strs([P.base_rootfs, P.base_rootfs_manifest, P.kernel_manifest,
                           templates.path(rootfs.SERIAL_LOGIN_TEMPLATE)]),
         "targets": strs([P.base_image]),
-        "uptodate": [config_changed(CFG.slice("source_date_epoch"))],
+        "uptodate": [stages.BASE_IMAGE.config_changed(CFG)],
         "clean": True,
     }
 
@@ -166,11 +156,11 @@ def task_base_image():
 def task_verity():
     """Guest root (base + modules + content) as erofs/ext4 + dm-verity hash tree and root hash."""
     return {
-        "actions": [act(verity.build, CFG, P)],
+        "actions": [stages.VERITY.action(CFG, P)],
         "file_dep": strs([P.base_rootfs_manifest, P.kernel_manifest, P.content_manifest,
                           *sorted(templates.path("guest").glob("*.j2"))]),
         "targets": strs([P.verity_image, P.hash_tree, P.roothash, P.verity_manifest]),
-        "uptodate": [config_changed(CFG.slice("image", "debug", "source_date_epoch"))],
+        "uptodate": [stages.VERITY.config_changed(CFG)],
         "clean": True,
     }
 
@@ -193,9 +183,9 @@ def task_firmware():
         return {"actions": None, "doc": "Build the SEV-SNP OVMF from Debian's edk2 source "
                 "(inactive: firmware.source is not 'build' or firmware.ovmf is set)"}
     return {
-        "actions": [act(edk2.build_ovmf, CFG, P)],
+        "actions": [stages.FIRMWARE.action(CFG, P)],
         "targets": strs([P.built_ovmf]),
-        "uptodate": [config_changed(CFG.slice("firmware", "source_date_epoch"))],
+        "uptodate": [stages.FIRMWARE.config_changed(CFG)],
         "clean": True,
     }
 
@@ -209,37 +199,23 @@ def _ovmf_deps():
     return strs([P.snp_release_manifest])
 
 
-def _write_vm_config():
-    vmconfig.write(CFG, P, ovmf=firmware.resolve(CFG, P), roothash_file=P.roothash)
-
-
 def task_vm_config():
     """Write the VM definition build/guest/vm-config.toml (kernel, initrd, OVMF, cmdline, VM)."""
     return {
-        "actions": [act(_write_vm_config)],
+        "actions": [stages.VM_CONFIG.action(CFG, P, ovmf=late("hbos.firmware:resolve", CFG, P),
+                                             roothash_file=P.roothash)],
         "file_dep": strs([P.vmlinuz, vmconfig.initrd_path(CFG, P), P.roothash]) + _ovmf_deps(),
         "targets": strs([P.vm_config]),
-        "uptodate": [config_changed(CFG.slice("vm", "cmdline", "debug", "firmware", "initramfs"))],
+        "uptodate": [stages.VM_CONFIG.config_changed(CFG)],
         "clean": True,
     }
-
-
-def _measure():
-    record = measure.measure_vm_config(P.vm_config, P.measurement,
-                                       source_date_epoch=CFG.source_date_epoch,
-                                       extra=lambda rec: identity.measurement_fields(CFG, rec))
-    expected = record["expected_hash"] or f"none ({record['expected_hash_reason']})"
-    hostdata.write_b64(P.host_data, record["host_data"])
-    reference.write(P.reference_values, record, str(P.measurement))
-    hyperbeam.write_trusted(P.snp_trusted, record)
-    print(f"measure: expected launch digest {expected}\n"
-          f"  HOST_DATA (node configuration) {record['host_data']}")
 
 
 def _identity_deps():
     """The public keys when identity is enabled (their digests go into measurement.json)."""
     if not CFG.identity.enabled:
         return []
+    from hbos import identity  # cryptography: only for a build with a launch identity
     files = identity.key_files(CFG)
     return strs([files.public(identity.ID), files.public(identity.AUTHOR)])
 
@@ -247,12 +223,12 @@ def _identity_deps():
 def task_measure():
     """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference values, snp_trusted)."""
     return {
-        "actions": [act(_measure)],
-        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps()
+        "actions": [stages.MEASURE.action(CFG, P)],
+        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P),
+                          templates.path("config.flat.j2")]) + _ovmf_deps()
                     + _identity_deps(),
         "targets": strs([P.measurement, P.reference_values, P.snp_trusted, P.host_data]),
-        "uptodate": [config_changed({**CFG.slice("source_date_epoch", "identity"),
-                                     "node_configuration": hostdata.fingerprint(CFG)})],
+        "uptodate": [stages.MEASURE.config_changed(CFG)],
         "clean": True,
     }
 
@@ -263,7 +239,7 @@ def task_measure():
 def task_keys():
     """Create the ID and author keys (ECDSA P-384, 0600) in identity.keys_dir; never overwrites."""
     return {
-        "actions": [act(identity.make_keys, CFG)],
+        "actions": [action("hbos.identity:make_keys", CFG)],
         "uptodate": [False],
         "verbosity": 2,
         # no targets and no clean: doit must never delete a key
@@ -280,10 +256,10 @@ def task_id_block():
         return {"actions": None, "doc": "Sign the SEV-SNP ID block (inactive: identity.enabled "
                 "is false)"}
     return {
-        "actions": [act(idblock.write_id_block, CFG, P)],
+        "actions": [stages.ID_BLOCK.action(CFG, P)],
         "file_dep": strs([P.measurement]) + _identity_deps(),
         "targets": _id_block_targets(),
-        "uptodate": [config_changed(CFG.slice("identity"))],
+        "uptodate": [stages.ID_BLOCK.config_changed(CFG)],
         "clean": True,
     }
 
@@ -291,18 +267,12 @@ def task_id_block():
 # ------------------------------------------------------------------ launch (hbos/launch.py)
 
 
-def _start(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
-                                      dry_run, mode, qemu)
-    (action,) = act(lock.guarded(P.lock("vm"), "start", launch.start_from_build), CFG, P, opts)
-    return action()
-
-
 def task_start():
     """Build what is missing, boot the guest (SNP, or emulated: NOT CONFIDENTIAL), wait healthy."""
     return {
-        "actions": [_start],
-        "params": launch.DOIT_PARAMS,
+        "actions": [action("hbos.launch:start_from_build", CFG, P, lock=(P.lock("vm"), "start"),
+                           options="hbos.launch:options_from_params")],
+        "params": START,
         # doit builds whatever produces these first; start itself always runs
         "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement])
                     + (_id_block_targets() if CFG.identity.enabled else []),
@@ -311,23 +281,16 @@ def task_start():
     }
 
 
-def _stop():
-    with lock.hold(P.lock("vm"), "stop"):
-        launch.stop_vm(P)
-
-
 def task_stop():
     """Stop the running guest (QMP power-down/quit, then signals), clean its pidfile."""
-    return {"actions": [act(_stop)], "uptodate": [False], "verbosity": 2}
-
-
-def _status():
-    launch.print_status(P)
+    return {"actions": [action("hbos.launch:stop_vm", P, lock=(P.lock("vm"), "stop"))],
+            "uptodate": [False], "verbosity": 2}
 
 
 def task_status():
     """Is the guest running? pid, mode (SNP/emulated), accel, QMP state, health endpoint."""
-    return {"actions": [act(_status)], "uptodate": [False], "verbosity": 2}
+    return {"actions": [action("hbos.launch:print_status", P)],
+            "uptodate": [False], "verbosity": 2}
 
 
 # ------------------------------------------------------------------ releases
@@ -336,58 +299,34 @@ def task_status():
 def task_package_release():
     """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement (+ signature, provenance) -> release.tar.gz."""
     return {
-        "actions": [act(release_pack.package_release, CFG, P)],
+        "actions": [stages.PACKAGE_RELEASE.action(CFG, P)],
         "file_dep": strs([P.verity_image, P.hash_tree, P.vmlinuz, vmconfig.initrd_path(CFG, P),
                           P.vm_config, P.measurement]) + _ovmf_deps()
                     + (_id_block_targets() if CFG.identity.enabled else []),
         "targets": strs([P.release_manifest, P.release_tarball, P.release_tarball_sha256]),
-        "uptodate": [config_changed({"name": CFG.release.name,
-                                     "compresslevel": CFG.release.compresslevel,
-                                     **CFG.slice("source_date_epoch", "identity")})],
+        "uptodate": [stages.PACKAGE_RELEASE.config_changed(CFG)],
         "clean": True,
     }
-
-
-_RELEASE_PARAMS = [
-    {"name": "url", "long": "url", "type": str, "default": "",
-     "help": "release tarball URL, file:// URL or path (default: release.url)"},
-    {"name": "sha256", "long": "sha256", "type": str, "default": "",
-     "help": "expected tarball sha256 (default: release.sha256)"},
-    {"name": "trusted_key", "long": "trusted-key", "type": str, "default": "",
-     "help": "author public key (PEM): refuse a release not signed by it "
-             "(default: release.trusted_keys)"},
-]
-
-
-def _download_release(url, sha256, trusted_key):
-    (action,) = act(lock.guarded(P.lock("releases"), "download_release",
-                                 release_fetch.download_release), CFG, P, url, sha256, trusted_key)
-    return action()
 
 
 def task_download_release():
     """Download --url [--sha256], verify every file and the launch digest, install as current."""
     return {
-        "actions": [_download_release],
-        "params": _RELEASE_PARAMS,
+        "actions": [action("hbos.release_fetch:download_release", CFG, P,
+                           lock=(P.lock("releases"), "download_release"))],
+        "params": DOWNLOAD_RELEASE,
         "uptodate": [False],
         "verbosity": 2,
     }
 
 
-def _start_release(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
-                                      dry_run, mode, qemu)
-    (action,) = act(lock.guarded(P.lock("vm"), "start_release", release.start_release),
-                    CFG, P, opts)
-    return action()
-
-
 def task_start_release():
     """Start the installed release (build/releases/current) through the launcher, same checks."""
     return {
-        "actions": [_start_release],
-        "params": launch.DOIT_PARAMS,  # the same options as start
+        "actions": [action("hbos.release:start_release", CFG, P,
+                           lock=(P.lock("vm"), "start_release"),
+                           options="hbos.launch:options_from_params")],
+        "params": START,  # the same options as start
         "uptodate": [False],
         "verbosity": 2,
     }
@@ -396,8 +335,8 @@ def task_start_release():
 def task_verify_report():
     """Verify an SNP attestation report against this build: doit verify_report --report FILE."""
     return {
-        "actions": [(attest_cli.doit_action(CFG, P),)],
-        "params": attest_cli.DOIT_PARAMS,
+        "actions": [action("hbos.attest_cli:verify_report", CFG, P)],
+        "params": VERIFY_REPORT,
         "uptodate": [False],
         "verbosity": 2,
     }
@@ -408,15 +347,15 @@ def task_verify_report():
 
 def task_check_host():
     """Check this host can run SEV-SNP guests: CPU, BIOS, kernel, KVM, /dev/sev, firmware, QEMU."""
-    return {"actions": [act(host.check_host, CFG, P)], "uptodate": [False], "verbosity": 2}
+    return {"actions": [action("hbos.host:check_host", CFG, P)],
+            "uptodate": [False], "verbosity": 2}
 
 
 def task_setup_host():
     """Install the SNP release's host kernel, QEMU and OVMF (prints the plan; --yes if no tty)."""
     return {
-        "actions": [(host_setup.task_action(CFG, P),)],
-        "params": [{"name": "yes", "long": "yes", "type": bool, "default": False,
-                    "help": "install without asking (required when stdin is not a terminal)"}],
+        "actions": [action("hbos.host_setup:setup_from_config", CFG, P)],
+        "params": SETUP_HOST,
         "task_dep": ["snp_release"],
         "uptodate": [False],
         "verbosity": 2,

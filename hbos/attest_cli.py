@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hbos import attest, certs, kds, reference, report as reportmod
+from hbos import attest, certs, kds, reference, report as reportmod, task_params
 from hbos.errors import AttestationError, HbosError, MeasurementError
 from hbos.report import parse_tcb
 
@@ -314,56 +314,29 @@ def main(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ doit
 
-DOIT_PARAMS = [
-    {"name": "report", "long": "report", "type": str, "default": "",
-     "help": "the attestation report file (binary, hex or sev JSON)"},
-    {"name": "vcek", "long": "vcek", "type": str, "default": "",
-     "help": "the chip's VCEK (PEM or DER); default: fetched from the KDS and cached"},
-    {"name": "certs_dir", "long": "certs-dir", "type": str, "default": "",
-     "help": "directory with ark_<product>.pem and ask_<product>.pem (offline)"},
-    {"name": "report_data", "long": "report-data", "type": str, "default": "",
-     "help": "expected REPORT_DATA (hex)"},
-    {"name": "vmpl", "long": "vmpl", "type": str, "default": "", "help": "expected VMPL"},
-    {"name": "allow_debug", "long": "allow-debug", "type": bool, "default": False,
-     "help": "accept a policy that allows debugging"},
-    {"name": "json", "long": "json", "type": bool, "default": False,
-     "help": "print the verdict as JSON"},
-    {"name": "at", "long": "at", "type": str, "default": "",
-     "help": "verification time (ISO 8601 or Unix seconds); default now"},
-    {"name": "crl", "long": "crl", "type": str, "default": "",
-     "help": "AMD's CRL for the product (DER or PEM); default: from the KDS"},
-    {"name": "require_crl", "long": "require-crl", "type": bool, "default": False,
-     "help": "fail when no current CRL can be had"},
-]
+DOIT_PARAMS = task_params.VERIFY_REPORT
 
 
-def doit_action(cfg, paths):
-    """A doit python-action (its keyword names match DOIT_PARAMS)."""
-    from doit.exceptions import TaskFailed
-
-    def verify_report(report: str, vcek: str, certs_dir: str, report_data: str, vmpl: str,
-                      allow_debug: bool, json: bool, at: str = "", crl: str = "",
-                      require_crl: bool = False):
-        try:
-            if not report:
-                raise AttestationError("no report given", hint="doit verify_report --report FILE")
-            expect, record = attest.expectations_from_build(
-                cfg, paths, allow_debug=allow_debug,
-                report_data=attest.parse_hex_bytes(report_data, 64, "--report-data", pad=True)
-                if report_data else None,
-                vmpl=_int(vmpl, "--vmpl") if vmpl else None)
-            expect = dataclasses.replace(expect, at=parse_time(at) if at else None,
-                                         require_crl=require_crl)
-            cache = cfg.path(cfg.attest.cert_cache) if cfg.attest.cert_cache else paths.cert_cache
-            v = run(report, expect, record=record, product=cfg.vm.host_cpu_family,
-                    vcek_path=vcek or None, certs_dir=certs_dir or None,
-                    kds_url=cfg.attest.kds_url, cache=cache, explain=cfg.attest.explain,
-                    crl_path=crl or None)
-        except HbosError as exc:
-            return TaskFailed(str(exc))
-        emit(v, json)
-        if not v.ok:
-            return TaskFailed(f"attestation report NOT verified: failed {', '.join(v.failed)}")
-        return None
-    return verify_report
+def verify_report(cfg, paths, report: str = "", vcek: str = "", certs_dir: str = "",
+                  report_data: str = "", vmpl: str = "", allow_debug: bool = False,
+                  json: bool = False, at: str = "", crl: str = "",
+                  require_crl: bool = False) -> None:
+    """`doit verify_report`: its keyword names are task_params.VERIFY_REPORT (run by hbos.stage)."""
+    if not report:
+        raise AttestationError("no report given", hint="doit verify_report --report FILE")
+    expect, record = attest.expectations_from_build(
+        cfg, paths, allow_debug=allow_debug,
+        report_data=attest.parse_hex_bytes(report_data, 64, "--report-data", pad=True)
+        if report_data else None,
+        vmpl=_int(vmpl, "--vmpl") if vmpl else None)
+    expect = dataclasses.replace(expect, at=parse_time(at) if at else None,
+                                 require_crl=require_crl)
+    cache = cfg.path(cfg.attest.cert_cache) if cfg.attest.cert_cache else paths.cert_cache
+    v = run(report, expect, record=record, product=cfg.vm.host_cpu_family,
+            vcek_path=vcek or None, certs_dir=certs_dir or None,
+            kds_url=cfg.attest.kds_url, cache=cache, explain=cfg.attest.explain,
+            crl_path=crl or None)
+    emit(v, json)
+    if not v.ok:
+        raise AttestationError(f"attestation report NOT verified: failed {', '.join(v.failed)}")
 

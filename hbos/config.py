@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -483,8 +484,14 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
     raise AssertionError(f"unsupported config type {tp!r} for {key}")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The evaluated field types of a section (evaluating them is most of a load)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():

@@ -532,11 +532,6 @@ def paths_manifest(cfg) -> Path:
     return Paths.from_config(cfg).hb_release_manifest
 
 
-def config_slice(cfg) -> dict[str, Any]:
-    # rootfs.suite only: the docker build checks its images match the guest's suite
-    return {**cfg.slice("content", "ports", "source_date_epoch"), "guest_suite": cfg.rootfs.suite}
-
-
 def _recorded(path: Path) -> Any:
     try:
         return fsutil.read_json(path)

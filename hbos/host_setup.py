@@ -300,19 +300,3 @@ def setup_host(release: Path, root: Path | str = "/", *, yes: bool = False,
 def setup_from_config(cfg, paths, yes: bool = False) -> None:
     from hbos import snp_release
     setup_host(snp_release.root(paths), "/", yes=yes, log=paths.log("setup_host"))
-
-
-def task_action(cfg, paths):
-    """A doit python-action taking the task parameter `yes` (HbosError -> TaskFailed)."""
-    from doit.exceptions import TaskFailed
-    from hbos.errors import HbosError
-
-    def setup_host_action(yes=False):
-        try:
-            setup_from_config(cfg, paths, yes=yes)
-        except HbosError as exc:
-            return TaskFailed(str(exc))
-        except (KeyboardInterrupt, EOFError):
-            return TaskFailed("setup_host: interrupted, see the output above")
-        return None
-    return setup_host_action

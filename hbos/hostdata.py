@@ -58,15 +58,6 @@ def node_configuration(cfg, record: dict[str, Any], options=None) -> dict[str, A
     return document(content.render_config_flat(cfg), launch.post_start_body(cfg, record, opts))
 
 
-def fingerprint(cfg) -> dict[str, Any]:
-    """What the document depends on in the config, for doit's config_changed.
-
-    The record-derived part (the measurement inputs in snp_trusted) changes
-    only with the files measure depends on anyway.
-    """
-    return node_configuration(cfg, {})
-
-
 def measurement_fields(cfg, record: dict[str, Any]) -> dict[str, Any]:
     """measurement.json's node_configuration and host_data for `record`."""
     doc = node_configuration(cfg, record)

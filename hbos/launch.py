@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import measure, node_http, qemu, run as hrun, vmconfig
+from hbos import measure, node_http, qemu, run as hrun, task_params, vmconfig
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
 from hbos.fsutil import sha256_file, write_json
@@ -834,23 +834,7 @@ def print_status(paths: Paths) -> None:
 
 # `doit start --data-disk PATH --self URL --peer URL --no-auto` (also usable by
 # start_release): the original tool's options.
-DOIT_PARAMS = [
-    {"name": "data_disk", "long": "data-disk", "type": str, "default": "",
-     "help": "a writable disk image attached after the root disks (/dev/vdc)"},
-    {"name": "self_url", "long": "self", "type": str, "default": "",
-     "help": "this node's URL as peers reach it (default: post_start.self_url, else http://localhost:<host port>)"},
-    {"name": "peer_url", "long": "peer", "type": str, "default": "",
-     "help": "a peer node's URL, sent in the post-start configuration"},
-    {"name": "no_auto", "long": "no-auto", "type": bool, "default": False,
-     "help": "do not send the post-start configuration"},
-    {"name": "dry_run", "long": "dry-run", "type": bool, "default": False,
-     "help": "print the mode, accelerator, firmware and the QEMU command line; start nothing"},
-    {"name": "mode", "long": "mode", "type": str, "default": "",
-     "help": "auto | snp | emulated (default: launch.snp); with --dry-run, snp builds "
-             "the SNP command line even on a host without SNP"},
-    {"name": "qemu", "long": "qemu", "type": str, "default": "",
-     "help": "the QEMU binary (default: launch.qemu, the SNP release's, else PATH)"},
-]
+DOIT_PARAMS = task_params.START  # declared where dodo.py reads them at graph time
 
 
 def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",

@@ -22,6 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
 IN_CI = os.environ.get("CI") == "true"
+# a stage that reads a config key it does not declare fails (hbos/stages.py);
+# the doit runs the tests start inherit it
+os.environ["HBOS_STRICT_CONFIG"] = "1"
 
 
 def cache_dir() -> Path:

@@ -9,7 +9,7 @@ import warnings
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hbos import attest, attest_cli, certs, report
+from hbos import attest, attest_cli, certs, report, stage
 from hbos.attest import Expectations
 from hbos.cli import main as cli_main
 from hbos.errors import AttestationError
@@ -303,7 +303,7 @@ def _action_kwargs(att, **kw):
 def test_doit_action_against_a_build(att, build, capsys):
     from doit.exceptions import TaskFailed
     cfg, paths = build
-    action = attest_cli.doit_action(cfg, paths)
+    (action,) = stage.action(attest_cli.verify_report, cfg, paths)
     assert isinstance(action(**_action_kwargs(att)), TaskFailed)  # no measurement.json yet
     assert "doit measure" in capsys.readouterr().out + str(action(**_action_kwargs(att)))
     paths.measurement.write_text(json.dumps({"expected_hash": REPORTS["hbos"][2]}))

@@ -365,7 +365,7 @@ def test_crl_through_the_cli_offline(ca, base, monkeypatch, tmp_path, capsys):
 def test_doit_action_takes_at_and_require_crl(att, tmp_path, capsys):
     from doit.exceptions import TaskFailed
 
-    from hbos import attest_cli, config as hconfig
+    from hbos import attest_cli, config as hconfig, stage
     from hbos.paths import Paths
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'build'}\n")
@@ -374,7 +374,7 @@ def test_doit_action_takes_at_and_require_crl(att, tmp_path, capsys):
     paths.build.mkdir(parents=True)
     rep, cert, _, _ = _real(att, "milan-hbos")
     paths.measurement.write_text(json.dumps({"expected_hash": rep.measurement.hex()}))
-    action = attest_cli.doit_action(cfg, paths)
+    (action,) = stage.action(attest_cli.verify_report, cfg, paths)
     kw = dict(report=str(att / REAL["milan-hbos"][0]), vcek=str(att / REAL["milan-hbos"][1]),
               certs_dir=str(att / "certs"), report_data="", vmpl="1", allow_debug=False,
               json=False)

@@ -308,8 +308,8 @@ def test_host_data_follows_config_flat(tmp_path):
     over.write_text("content: {hyperbeam_config: ['mode: debug']}\n")
     b = hconfig.load(overlay=over)
     assert content.render_config_flat(a) != content.render_config_flat(b)
-    assert hostdata.fingerprint(a) != hostdata.fingerprint(b)
-    assert hostdata.fingerprint(a) == hostdata.fingerprint(hconfig.load())
+    assert hostdata.node_configuration(a, {}) != hostdata.node_configuration(b, {})
+    assert hostdata.node_configuration(a, {}) == hostdata.node_configuration(hconfig.load(), {})
 
 
 def test_launch_refuses_snp_with_a_configuration_other_than_the_measured(build):

@@ -1,0 +1,73 @@
+"""hbos.stage: the one doit adapter, and what dodo.py imports at graph time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from doit.exceptions import TaskFailed
+
+from hbos import stage
+from hbos.errors import BuildError, Busy
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("cryptography", "jinja2", "sevsnpmeasure", "requests")
+# config validation reads the vCPU names from sev-snp-measure's plain data module
+LIGHT = ("sevsnpmeasure", "sevsnpmeasure.vcpu_types")
+
+
+def test_dodo_import_does_not_import_the_heavy_libraries(tmp_path):
+    over = tmp_path / "over.yaml"
+    over.write_text(f"build_dir: {tmp_path / 'build'}\n")
+    code = ("import sys; import doit.doit_cmd as c; c._CMDLINE_VARS = {'config': sys.argv[1]}; "
+            "import dodo; [getattr(dodo, n)() for n in dir(dodo) if n.startswith('task_')]; "
+            "print(' '.join(m for m in sys.modules if m.partition('.')[0] in "
+            f"{HEAVY!r} and m not in {LIGHT!r}))")
+    out = subprocess.run([sys.executable, "-c", code, str(over)], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.split() == []
+
+
+def _boom(kind):
+    if kind == "hbos":
+        raise BuildError("the thing failed", hint="do the other thing")
+    if kind == "os":
+        raise PermissionError(13, "Permission denied", "/x/y")
+    return {"ok": kind}
+
+
+def test_action_turns_errors_into_one_line():
+    (run,) = stage.action(_boom, "hbos")
+    failed = run()
+    assert isinstance(failed, TaskFailed)
+    assert str(failed.message) == "the thing failed\n  hint: do the other thing"
+    failed = stage.action(_boom, "os")[0]()
+    assert isinstance(failed, TaskFailed) and failed.message == "_boom: Permission denied: /x/y"
+    assert stage.action(_boom, "fine")[0]() == {"ok": "fine"}
+
+
+def test_action_imports_late_and_passes_params():
+    (run,) = stage.action("hbos.launch:options_from_params")
+    assert run.__name__ == "options_from_params"
+    # params arrive as keywords; the result (not dict/str) is dropped for doit
+    assert run(data_disk="", self_url="http://x", peer_url="", no_auto=True) is None
+    (run,) = stage.action("hbos.no_such_module:fn")
+    with pytest.raises(ModuleNotFoundError):
+        run()
+
+
+def test_action_options_and_lock(tmp_path):
+    seen = []
+    (run,) = stage.action(lambda a, opts: seen.append((a, opts)), "A",
+                          options="hbos.launch:options_from_params",
+                          lock=(tmp_path / "locks" / "vm", "start"))
+    assert run(self_url="http://me", no_auto=True) is None
+    a, opts = seen[0]
+    assert a == "A" and opts.self_url == "http://me" and opts.no_auto is True
+    from hbos import lock
+    with lock.hold(tmp_path / "locks" / "vm", "stop"):
+        failed = run(self_url="")
+    assert isinstance(failed, TaskFailed) and "another run holds it" in failed.message
+    assert issubclass(Busy, Exception) and len(seen) == 1

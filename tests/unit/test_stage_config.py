@@ -1,0 +1,178 @@
+"""Each stage's declared config (hbos/stages.py) over the real task graph.
+
+Changing any declared key changes the task's config_changed digest (doit
+reruns the stage); a stage reading a key it did not declare fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+
+from hbos import config as hconfig, stage, stages
+from hbos.errors import ConfigError
+from tests.unit.test_graph import load_dodo
+
+
+def _leaves(cls: type, prefix: str) -> list[tuple[str, typing.Any]]:
+    """(dotted key, type) of every setting under a section."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += _leaves(tp, f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, tp))
+    return out
+
+
+LEAVES = dict(_leaves(hconfig.Config, ""))
+
+
+def _candidates(tp: typing.Any, value: typing.Any) -> list[typing.Any]:
+    """Other values of the same type, in YAML form; the first the config accepts is used."""
+    if typing.get_origin(tp) is typing.Literal:
+        return [c for c in typing.get_args(tp) if c != value]
+    if tp is bool:
+        return [not value]
+    if tp is int:
+        return [value + 1, value - 1, 1, 0]
+    if typing.get_origin(tp) is tuple:
+        return [list(value[:-1]), list(value) + [value[0]] if value else ["x=1"], ["cache-x"],
+                ["8735:8734"], ["a: 1"], ["A=1"]]
+    if tp is str:
+        flipped = ("2" if value[:1] == "1" else "1") + value[1:]  # keeps a hex digest valid
+        return [value + "1", flipped, value + "x", "EPYC-Milan", "a" * 32, "a" * 64, "a" * 96,
+                "http://example.org/x", "/tmp/x", "x"]
+    raise AssertionError(tp)
+
+
+def _overlay(dotted: str | None = None, value: typing.Any = None) -> str:
+    """The overlay (block YAML) with identity enabled, and `dotted` set to `value`."""
+    import yaml
+    data: dict[str, typing.Any] = {"identity": {"enabled": True, "keys_dir": "/nonexistent"}}
+    if dotted:
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return yaml.safe_dump(data)
+
+
+def _load(where, text: str = "") -> dict:
+    where.mkdir(parents=True)
+    return load_dodo(where, text)
+
+
+def _digest(graph: dict, task: str) -> str | None:
+    """The config_changed digest, or None when the value made the stage inactive
+    (e.g. firmware.ovmf set: nothing to build)."""
+    if "uptodate" not in graph["tasks"][task]:
+        return None
+    (changed,) = [u for u in graph["tasks"][task]["uptodate"] if hasattr(u, "_calc_digest")]
+    return changed._calc_digest()
+
+
+def _current(cfg, dotted):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+# base_rootfs keeps its record beside rootfs.tar (rootfs.up_to_date), not in doit's db
+GRAPH_STAGES = [s for s in stages.ALL if s is not stages.BASE_ROOTFS]
+
+
+def test_every_declared_key_names_a_setting():
+    for s in stages.ALL:
+        for key in s.reads.keys:
+            assert key in LEAVES or any(k.startswith(key + ".") for k in LEAVES), (s.name, key)
+
+
+def test_changing_a_declared_key_reruns_the_stage(tmp_path, capsys):
+    """For every stage and every setting it declares, a changed value gives another
+    config_changed digest (so doit reruns it)."""
+    base = _load(tmp_path / "base", _overlay())
+    cfg = base["module"].CFG
+    base_digests = {s.name: _digest(base, s.name) for s in GRAPH_STAGES}
+    for s in GRAPH_STAGES:
+        for key in [k for k in LEAVES if s.reads.covers(k)]:
+            candidates = _candidates(LEAVES[key], _current(cfg, key))
+            if not candidates:
+                continue  # a setting with one allowed value (vm.vmm_type) cannot change
+            for n, candidate in enumerate(candidates):
+                where = tmp_path / f"{s.name}-{key}-{n}"
+                try:
+                    graph = _load(where, _overlay(key, candidate))
+                except SystemExit:  # load_config: a value the config rejects; try another
+                    continue
+                if _current(graph["module"].CFG, key) == _current(cfg, key):
+                    continue
+                assert _digest(graph, s.name) != base_digests[s.name], (s.name, key, candidate)
+                break
+            else:
+                pytest.fail(f"no valid other value for {key} (stage {s.name})")
+
+
+def test_ports_change_repackages_the_release(tmp_path):
+    """The acceptance case: ports.hyperbeam alone reruns package_release (not verity)."""
+    base = _load(tmp_path / "a")
+    other = _load(tmp_path / "b", "ports: {hyperbeam: 10001}\n")
+    assert _digest(base, "package_release") != _digest(other, "package_release")
+    assert _digest(base, "verity") == _digest(other, "verity")
+
+
+def test_view_refuses_an_undeclared_key(monkeypatch):
+    cfg = hconfig.load()
+    view = stage.Reads("ports", "release.name").view(cfg, "package_release")
+    assert view.ports.hyperbeam == cfg.ports.hyperbeam
+    assert view.release.name == cfg.release.name
+    assert view.path("x") == cfg.path("x") and view.build_dir == cfg.build_dir
+    assert view.slice("ports") == cfg.slice("ports")
+    monkeypatch.setenv(stage.STRICT_ENV, "1")
+    with pytest.raises(stage.UndeclaredConfig, match="package_release read config key 'release.url'"):
+        view.release.url
+    with pytest.raises(stage.UndeclaredConfig, match="'vm'"):
+        view.vm
+    with pytest.raises(stage.UndeclaredConfig, match="'kernel'"):
+        view.slice("kernel")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.ports = None
+    monkeypatch.setenv(stage.STRICT_ENV, "0")  # outside tests: the value, as before
+    assert view.release.url == cfg.release.url
+
+
+def test_stage_functions_receive_the_view(tmp_path, monkeypatch):
+    """The action hands the stage its view: an undeclared read fails as a task failure."""
+    monkeypatch.setenv(stage.STRICT_ENV, "1")
+    seen = []
+    s = stage.Stage("demo", "x:y", stage.Reads("ports.cu"))
+    s = dataclasses.replace(s, run=lambda c: seen.append(c.ports.cu) or c.ports.ssh)  # type: ignore
+    cfg = hconfig.load()
+    with pytest.raises(stage.UndeclaredConfig, match="'ports.ssh'"):
+        s.action(cfg)[0]()
+    assert seen == [cfg.ports.cu]
+
+
+def test_config_error_for_a_bad_value_is_not_a_declaration_problem(tmp_path):
+    over = tmp_path / "o.yaml"
+    over.write_text("ports: {hyperbeam: 0}\n")
+    with pytest.raises(ConfigError):
+        hconfig.load(overlay=over)
+
+
+def test_measure_declares_what_the_node_configuration_reads(monkeypatch):
+    """HOST_DATA hashes config.flat and the post-start body: measure's view holds all they read."""
+    from hbos import hostdata, launch
+    monkeypatch.setenv(stage.STRICT_ENV, "1")
+    cfg = hconfig.load()
+    view = stages.MEASURE.reads.view(cfg, "measure")
+    assert hostdata.node_configuration(view, {}) == hostdata.node_configuration(cfg, {})
+    assert hostdata.node_configuration(view, {}, launch.StartOptions(self_url="http://x:1"))
