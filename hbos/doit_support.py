@@ -2,8 +2,7 @@
 
 - `load_config()` reads doit's command-line variables (config=FILE,
   profile=NAME) and exits with one line on a config error (no traceback).
-- `act()` wraps a stage function as a doit python-action: HbosError becomes
-  TaskFailed(message) so the user sees one line, not a traceback.
+- the doit action adapter is hbos/stage.py (`action()`, one for every task).
 - `SizeAwareChecker` keeps no-op runs cheap: mtime+size decide for large
   files, small files whose mtime moved are compared by md5.
 """
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from doit.dependency import FileChangedChecker
-from doit.exceptions import TaskFailed
 
 from hbos import config as hconfig
 from hbos.errors import ConfigError, HbosError
@@ -57,25 +55,6 @@ def make_build_dir(cfg: hconfig.Config) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"{where}: build_dir: {path} is not writable by this user")
     return path
-
-
-def act(fn: Callable[..., Any], *args: Any, **kwargs: Any):
-    """A doit python-action calling fn(*args, **kwargs, **task_params).
-
-    The task's command-line params (doit "params") arrive as keyword
-    arguments, so `fn` must accept those it declares.
-    """
-    def action(**params):
-        try:
-            result = fn(*args, **kwargs, **params)
-        except HbosError as exc:
-            return TaskFailed(str(exc))
-        except KeyboardInterrupt:
-            return TaskFailed("interrupted")
-        return result if isinstance(result, (dict, str)) else None
-    action.__name__ = getattr(fn, "__name__", "action")
-    action.__doc__ = getattr(fn, "__doc__", None)
-    return (action,)
 
 
 def strs(paths: Iterable[os.PathLike | str]) -> list[str]:
