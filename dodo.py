@@ -17,7 +17,7 @@ from doit import get_var
 from hbos import content, firmware, hb_release, kernel, rootfs, stages, templates, tools, vmconfig
 from hbos.doit_support import SizeAwareChecker, load_config, strs
 from hbos.paths import Paths
-from hbos.stage import action, late
+from hbos.stage import action, guard_task_creators, late
 from hbos.task_params import DOWNLOAD_RELEASE, SETUP_HOST, START, VERIFY_REPORT
 
 CFG = load_config(get_var)  # creates build_dir, or exits with one line
@@ -360,3 +360,6 @@ def task_setup_host():
         "uptodate": [False],
         "verbosity": 2,
     }
+
+
+guard_task_creators(globals())  # an HbosError while building the graph: one line, exit 2

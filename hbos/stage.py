@@ -40,9 +40,6 @@ class Reads:
     def __init__(self, *keys: str):
         object.__setattr__(self, "keys", tuple(keys))
 
-    def __add__(self, other: "Reads") -> "Reads":
-        return Reads(*dict.fromkeys(self.keys + other.keys))
-
     def covers(self, dotted: str) -> bool:
         """Is `dotted` declared, itself or through a declared parent?"""
         return any(dotted == k or dotted.startswith(k + ".") for k in self.keys)
@@ -194,3 +191,26 @@ def action(ref: str | Callable[..., Any], *args: Any, lock: tuple[Any, str] | No
 
     run_stage.__name__ = name.rpartition(":")[2] or "action"
     return (run_stage,)
+
+
+def guard_task_creators(namespace: dict[str, Any]) -> None:
+    """Wrap dodo.py's task_* functions: an HbosError while the graph is built
+    (e.g. firmware.source 'path' with no firmware.ovmf) exits with one line, as a
+    config error at load does, instead of doit's traceback."""
+    import functools
+    import sys
+
+    def guarded(creator: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(creator)   # doit orders tasks by the wrapped function's line
+        def create(*args: Any, **kwargs: Any) -> Any:
+            from hbos.errors import HbosError
+            try:
+                return creator(*args, **kwargs)
+            except HbosError as exc:
+                print(f"hbos: error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+        return create
+
+    for name, value in list(namespace.items()):
+        if name.startswith("task_") and callable(value):
+            namespace[name] = guarded(value)

@@ -71,3 +71,21 @@ def test_action_options_and_lock(tmp_path):
         failed = run(self_url="")
     assert isinstance(failed, TaskFailed) and "another run holds it" in failed.message
     assert issubclass(Busy, Exception) and len(seen) == 1
+
+
+@pytest.mark.parametrize("overlay, message", [
+    # at load: the build directory cannot be made (issue 16 acceptance)
+    ("build_dir: /proc/x\n", "build_dir: /proc/x cannot be created"),
+    # while the graph is built: a task creator meets an HbosError
+    ("firmware: {source: path}\n", "firmware.source is 'path' but firmware.ovmf is empty"),
+])
+def test_graph_errors_are_one_line(tmp_path, overlay, message):
+    over = tmp_path / "bad.yaml"
+    over.write_text(overlay if overlay.startswith("build_dir") else
+                    f"build_dir: {tmp_path / 'build'}\n{overlay}")
+    proc = subprocess.run([sys.executable, "-m", "doit", "list", f"config={over}"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hbos: error: ") and message in lines[0]
