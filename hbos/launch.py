@@ -496,6 +496,9 @@ def _b64_file(cfg: Config, value: str, what: str) -> str:
 
 
 def snp_options(cfg: Config) -> qemu.SnpOptions:
+    if not cfg.launch.cbitpos:
+        from hbos import launch_plan
+        launch_plan.load_cpuid_driver()
     cbit = cfg.launch.cbitpos or host_cbitpos()
     if not cbit:
         raise LaunchError("cannot read the C-bit position from CPUID 0x8000001F "

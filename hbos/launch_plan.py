@@ -78,6 +78,31 @@ def cbitpos(configured: int, from_cpuid: int | None) -> tuple[int, str]:
                              "reports no SEV C-bit")
 
 
+CPUID_DEV = Path("/dev/cpu/0/cpuid")
+
+
+def modprobe_cpuid_argv() -> list[str]:
+    return ["modprobe", "cpuid"]
+
+
+def load_cpuid_driver(dev: Path = CPUID_DEV, euid: int | None = None, runner=None) -> bool:
+    """At an SNP launch: the C-bit position is read from /dev/cpu/0/cpuid; when it
+    is missing and we are root, `modprobe cpuid` (and say so). True if it exists."""
+    if dev.exists():
+        return True
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        return False
+    import sys
+    print(f"start: {dev} is missing: modprobe cpuid (to read the C-bit position)",
+          file=sys.stderr, flush=True)
+    try:
+        (runner or (lambda argv: hrun.run(argv, quiet=True)))(modprobe_cpuid_argv())
+    except Exception as exc:  # noqa: BLE001 - reported, then snp_options explains
+        print(f"start: modprobe cpuid failed: {exc}", file=sys.stderr, flush=True)
+    return dev.exists()
+
+
 @dataclass(frozen=True)
 class Plan:
     spec: qemu.LaunchSpec
