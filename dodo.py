@@ -15,6 +15,7 @@ from doit.tools import config_changed
 from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
+from hbos import libvirt
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -224,6 +225,18 @@ def task_measure():
         "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps(),
         "targets": strs([P.measurement]),
         "uptodate": [config_changed(CFG.slice("source_date_epoch"))],
+        "clean": True,
+    }
+
+
+def task_libvirt_xml():
+    """libvirt domains of the same VM: build/guest/domain.xml (SEV-SNP) + domain-emulated.xml."""
+    return {
+        "actions": [act(libvirt.write, CFG, P)],
+        "file_dep": strs([P.vm_config, templates.path(libvirt.TEMPLATE),
+                          *libvirt.file_deps(CFG)]),
+        "targets": strs([P.domain_xml, P.domain_emulated_xml]),
+        "uptodate": [config_changed(libvirt.config_slice(CFG))],
         "clean": True,
     }
 
