@@ -42,7 +42,7 @@ def _check_tools(install=False):
 
 
 def task_init():
-    """Create the build directories, check host tools, fetch the SNP release."""
+    """Create the build directories, check host tools, fetch the SNP release if one is configured."""
     return {
         "actions": [act(_init_dirs), act(_check_tools, install=get_var("install", "") == "yes")],
         "task_dep": ["snp_release"],
@@ -52,7 +52,7 @@ def task_init():
 
 
 def task_snp_release():
-    """Download, verify (sha256) and unpack the SNP release (host+guest kernel, QEMU, OVMF)."""
+    """Optional: download, verify (sha256) and unpack an SNP release (AMD forks: kernels, QEMU, OVMF)."""
     return {
         "actions": [act(snp_release.fetch_release, CFG, P)],
         "targets": strs([P.snp_release_manifest]),
@@ -62,7 +62,7 @@ def task_snp_release():
 
 
 def task_kernel_deb():
-    """Fetch the guest kernel .deb from Debian (kernel.source: package; follows metapackages)."""
+    """Fetch the guest kernel .deb from Debian kernel.suite via a private apt in build/apt (follows metapackages)."""
     if CFG.kernel.source != "package":
         return {"actions": None, "doc": "(kernel.source is not 'package': nothing to fetch)"}
     return {
@@ -357,7 +357,7 @@ def task_check_host():
 
 
 def task_setup_host():
-    """Install the SNP release's host kernel, QEMU and OVMF (prints the plan; --yes if no tty)."""
+    """Install the SNP host stack: Debian trixie's kernel + QEMU, or an SNP release's (plan; --yes if no tty)."""
     return {
         "actions": [(host_setup.task_action(CFG, P),)],
         "params": [{"name": "yes", "long": "yes", "type": bool, "default": False,
