@@ -581,7 +581,7 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     ready, why = snp_host_ready()
     from hbos import launch_plan
     mode = decide_mode(launch_plan.mode_setting(cfg.launch.snp, options.mode), ready, why)
-    binary = Path(options.qemu) if options.qemu else find_qemu(cfg, paths, mode)
+    binary = launch_plan.qemu_override(options.qemu) or find_qemu(cfg, paths, mode)
     facts = host_facts(binary)
     model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
     accel, accel_why = choose_accel(

@@ -78,6 +78,16 @@ def cbitpos(configured: int, from_cpuid: int | None) -> tuple[int, str]:
                              "reports no SEV C-bit")
 
 
+def qemu_override(qemu_path: str) -> Path | None:
+    """--qemu PATH, checked (None when not given)."""
+    if not qemu_path:
+        return None
+    binary = Path(qemu_path).expanduser().resolve()
+    if not binary.is_file():
+        raise LaunchError(f"--qemu {binary} does not exist")
+    return binary
+
+
 CPUID_DEV = Path("/dev/cpu/0/cpuid")
 
 
@@ -134,10 +144,9 @@ def plan(cfg: Config, paths: Paths, *, vm: qemu.VmDefinition, disks: qemu.Disks,
     setting = mode_setting(cfg.launch.snp, requested_mode)
     ready, why = launch.snp_host_ready()
     mode, mode_why = dry_run_mode(setting, ready, why)
-    if qemu_path:
-        binary, where = Path(qemu_path).expanduser().resolve(), "--qemu"
-        if not binary.exists():
-            raise LaunchError(f"--qemu {binary} does not exist")
+    override = qemu_override(qemu_path)
+    if override:
+        binary, where = override, "--qemu"
     else:
         binary = launch.find_qemu(cfg, paths, mode)
         where = "launch.qemu" if cfg.launch.qemu else (

@@ -161,3 +161,11 @@ def test_modprobe_cpuid_when_missing_and_root(tmp_path, capsys):
     # present: nothing runs; not root: nothing runs
     assert launch_plan.load_cpuid_driver(dev, euid=0, runner=pytest.fail) is True
     assert launch_plan.load_cpuid_driver(tmp_path / "none", euid=1000, runner=pytest.fail) is False
+
+
+def test_start_with_missing_qemu_is_one_clean_error(measured, no_snp_host, tmp_path):
+    cfg, paths, vm_config, m = measured
+    with pytest.raises(LaunchError, match="--qemu .*nope does not exist"):
+        launch.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
+                        image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
+                        options=launch.options_from_params(qemu=str(tmp_path / "nope")))
