@@ -45,3 +45,14 @@ def test_validator_rejects_a_broken_launch_security(trixie_root, tmp_path):
         "<policy>0x00030000</policy>", "<policy>snp-please</policy>"))
     proc = _validate(trixie_root, xml)
     assert proc.returncode != 0, proc.stdout + proc.stderr
+
+
+def test_boot_under_libvirtd():
+    """Deliberately not run (issue 12 allowed it only if cheap): a libvirtd here
+    needs libvirt-daemon-system and its QEMU driver in the trixie root, a system
+    D-Bus, virtlogd and cgroup access inside the chroot, all to boot the VM that
+    test_qemu10.py already boots with trixie's QEMU 10 from the same kernel,
+    initrd, cmdline and disks."""
+    pytest.skip("libvirtd boot not attempted: running libvirtd (QEMU driver, D-Bus, "
+                "virtlogd) inside the test chroot costs more than it adds over "
+                "test_qemu10's QEMU 10 boot of the same VM; the XML is schema-validated")
