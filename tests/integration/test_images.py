@@ -214,7 +214,7 @@ def test_unreachable_mirror_names_the_url(tmp_path):
     overlay = write_overlay(tmp_path / "o.yaml", f"build_dir: {tmp_path}\n"
                             "rootfs: {mirror: 'http://127.0.0.1:9/debian'}\n")
     cfg = hconfig.load(overlay=overlay)
-    with pytest.raises(DownloadError, match=r"http://127\.0\.0\.1:9/debian/dists/bookworm/Release"):
+    with pytest.raises(DownloadError, match=r"http://127\.0\.0\.1:9/debian/dists/trixie/Release"):
         rootfs.check_mirror(cfg, timeout=5)
 
 
