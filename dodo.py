@@ -293,7 +293,7 @@ def task_libvirt_xml():
     return {
         "actions": [act(libvirt.write, CFG, P)],
         "file_dep": strs([P.vm_config, templates.path(libvirt.TEMPLATE),
-                          *libvirt.file_deps(CFG)]),
+                          *libvirt.file_deps(CFG, P)]),
         "targets": strs([P.domain_xml, P.domain_emulated_xml]),
         "uptodate": [config_changed(libvirt.config_slice(CFG))],
         "clean": True,

@@ -6,9 +6,10 @@ vdb: the order the initramfs expects), vCPUs, memory, the measured CPU model,
 the measured OVMF as a stateless ROM loader, memfd guest memory, and
 `<launchSecurity type='sev-snp' kernelHashes='yes'>` with the policy, the C-bit
 position (launch.cbitpos; omitted when 0, then libvirt takes it from the host's
-domain capabilities), reducedPhysBits and, when set, the ID block and ID auth
-(launch.id_block / launch.id_auth, with authorKey='yes') and HOST_DATA
-(launch.host_data). Devices use iommu='on' (an SEV guest refuses virtio
+domain capabilities), reducedPhysBits, the ID block and ID auth (with authorKey='yes') and HOST_DATA:
+the launch.id_block / launch.id_auth / launch.host_data files when set, else
+the build's own (build/identity/: HOST_DATA from `doit measure`, the ID block
+and ID auth from `doit id_block` when identity.enabled), as `doit start` does. Devices use iommu='on' (an SEV guest refuses virtio
 without VIRTIO_F_ACCESS_PLATFORM), as the QEMU launcher does.
 
 build/guest/domain-emulated.xml is the same VM without launchSecurity and with
@@ -50,26 +51,37 @@ def disks(image: Path, hash_tree: Path) -> list[Disk]:
             Disk(hash_tree, "vdb", qemu.disk_format(hash_tree), True)]
 
 
-def _read_b64(cfg: Config, value: str, what: str) -> str:
-    if not value:
-        return ""
-    p = cfg.path(value)
+def _read_b64(path: Path, what: str) -> str:
     try:
-        return p.read_text().strip()
+        return path.read_text().strip()
     except OSError as exc:
-        raise BuildError(f"launch.{what} {p}: {exc.strerror}") from None
+        raise BuildError(f"{what} {path}: {exc.strerror}") from None
 
 
-def snp_options(cfg: Config) -> qemu.SnpOptions:
+def identity_files(cfg: Config, paths: Paths) -> dict[str, Path]:
+    """Where id_block, id_auth and host_data come from: launch.* when set, else the build's."""
+    l = cfg.launch
+    built = {"host_data": paths.host_data}
+    if cfg.identity.enabled:
+        built.update(id_block=paths.id_block, id_auth=paths.id_auth)
+    out = {}
+    for key in ("id_block", "id_auth", "host_data"):
+        value = getattr(l, key)
+        if value:
+            out[key] = cfg.path(value)
+        elif key in built:
+            out[key] = built[key]
+    return out
+
+
+def snp_options(cfg: Config, paths: Paths) -> qemu.SnpOptions:
     """The launchSecurity parameters (no CPUID read: 0 leaves cbitpos to libvirt)."""
     l = cfg.launch
-    opts = qemu.SnpOptions(cbitpos=l.cbitpos, reduced_phys_bits=l.reduced_phys_bits,
-                           id_block=_read_b64(cfg, l.id_block, "id_block"),
-                           id_auth=_read_b64(cfg, l.id_auth, "id_auth"),
-                           host_data=_read_b64(cfg, l.host_data, "host_data"))
-    if bool(opts.id_block) != bool(opts.id_auth):
+    if bool(l.id_block) != bool(l.id_auth):
         raise BuildError("launch.id_block and launch.id_auth go together: set both or neither")
-    return opts
+    read = {key: _read_b64(path, f"launch.{key}" if getattr(l, key) else key)
+            for key, path in identity_files(cfg, paths).items()}
+    return qemu.SnpOptions(cbitpos=l.cbitpos, reduced_phys_bits=l.reduced_phys_bits, **read)
 
 
 def render(vm: qemu.VmDefinition, *, image: Path, hash_tree: Path, console: Path,
@@ -87,7 +99,7 @@ def write(cfg: Config, paths: Paths) -> None:
     common = dict(image=paths.verity_image, hash_tree=paths.hash_tree,
                   console=paths.guest_dir / "libvirt-console.log",
                   machine=cfg.launch.machine, vm_config=paths.vm_config)
-    write_text(paths.domain_xml, render(vm, snp=snp_options(cfg), **common))
+    write_text(paths.domain_xml, render(vm, snp=snp_options(cfg, paths), **common))
     write_text(paths.domain_emulated_xml, render(vm, snp=None, **common))
     print(f"libvirt_xml: {paths.domain_xml} (SEV-SNP), {paths.domain_emulated_xml} "
           f"(emulated, NOT CONFIDENTIAL)", file=sys.stderr)
@@ -97,10 +109,10 @@ def config_slice(cfg: Config) -> dict:
     """What the domain XML reads of the config besides vm-config.toml."""
     l = cfg.launch
     return {"launch": {k: getattr(l, k) for k in ("machine", "cbitpos", "reduced_phys_bits",
-                                                  "id_block", "id_auth", "host_data")}}
+                                                  "id_block", "id_auth", "host_data")},
+            "identity": {"enabled": cfg.identity.enabled}}
 
 
-def file_deps(cfg: Config) -> list[Path]:
-    """The ID block / ID auth / HOST_DATA files, when set (their content goes in)."""
-    l = cfg.launch
-    return [cfg.path(v) for v in (l.id_block, l.id_auth, l.host_data) if v]
+def file_deps(cfg: Config, paths: Paths) -> list[Path]:
+    """The ID block / ID auth / HOST_DATA files (their content goes in)."""
+    return list(identity_files(cfg, paths).values())

@@ -7,6 +7,7 @@ tests/integration/test_libvirt_validate.py.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -90,8 +91,31 @@ def test_write_reads_launch_files_and_vm_config(tmp_path, amdsev_ovmf):
     ls = ET.parse(paths.domain_xml).getroot().find("launchSecurity")
     assert ls.findtext("hostData") == HOST_DATA and ls.findtext("idAuth") == ID_AUTH
     assert ET.parse(paths.domain_emulated_xml).getroot().find("launchSecurity") is None
-    assert libvirt.file_deps(cfg) == [tmp_path / "id_block.b64", tmp_path / "id_auth.b64",
-                                      tmp_path / "host_data.b64"]
+    assert libvirt.file_deps(cfg, paths) == [tmp_path / "id_block.b64", tmp_path / "id_auth.b64",
+                                             tmp_path / "host_data.b64"]
+
+
+def test_without_launch_files_the_builds_own_identity_goes_in(tmp_path, amdsev_ovmf):
+    """As `doit start`: HOST_DATA from measure, the ID block from id_block (identity on)."""
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text(f"build_dir: {tmp_path / 'build'}\nidentity: {{enabled: true}}\n")
+    cfg = hconfig.load(overlay=overlay)
+    paths = Paths.from_config(cfg)
+    paths.guest_dir.mkdir(parents=True)
+    paths.identity_dir.mkdir(parents=True)
+    for path, value in ((paths.id_block, ID_BLOCK), (paths.id_auth, ID_AUTH),
+                        (paths.host_data, HOST_DATA)):
+        path.write_text(value + "\n")
+    paths.vm_config.write_text(vmconfig.render(cfg, kernel=paths.vmlinuz, initrd=paths.initramfs,
+                                               ovmf=amdsev_ovmf, cmdline="console=ttyS0"))
+    libvirt.write(cfg, paths)
+    ls = ET.parse(paths.domain_xml).getroot().find("launchSecurity")
+    assert (ls.findtext("idBlock"), ls.findtext("idAuth"), ls.findtext("hostData")) == \
+        (ID_BLOCK, ID_AUTH, HOST_DATA)
+    assert libvirt.file_deps(cfg, paths) == [paths.id_block, paths.id_auth, paths.host_data]
+    off = hconfig.load(overlay=tmp_path / "o.yaml")
+    off = dataclasses.replace(off, identity=dataclasses.replace(off.identity, enabled=False))
+    assert libvirt.file_deps(off, paths) == [paths.host_data]
 
 
 def test_id_block_without_auth_is_refused(tmp_path):
@@ -99,4 +123,5 @@ def test_id_block_without_auth_is_refused(tmp_path):
     overlay = tmp_path / "o.yaml"
     overlay.write_text(f"build_dir: {tmp_path}\nlaunch: {{id_block: {tmp_path / 'b'}}}\n")
     with pytest.raises(BuildError, match="both or neither"):
-        libvirt.snp_options(hconfig.load(overlay=overlay))
+        cfg = hconfig.load(overlay=overlay)
+        libvirt.snp_options(cfg, Paths.from_config(cfg))
