@@ -14,7 +14,8 @@ from doit import get_var
 # Graph time imports only what file_dep, targets and uptodate need; the stage
 # modules (and sev-snp-measure, cryptography, jinja2, requests) are imported
 # when an action runs: action("hbos.module:function", ...) (hbos/stage.py).
-from hbos import content, firmware, hb_release, kernel, rootfs, stages, templates, tools, vmconfig
+from hbos import (content, firmware, hb_release, kernel, libvirt, rootfs, stages, templates, tools,
+                  vmconfig)
 from hbos.doit_support import SizeAwareChecker, load_config, strs
 from hbos.paths import Paths
 from hbos.stage import action, guard_task_creators, late
@@ -33,7 +34,7 @@ DOIT_CONFIG = {
 
 
 def task_init():
-    """Create the build directories, check host tools, fetch the SNP release."""
+    """Create the build directories, check host tools, fetch the SNP release if one is configured."""
     return {
         "actions": [action("hbos.fsutil:make_dirs", P.build, P.downloads, P.logs, P.guest_dir),
                     action("hbos.hosttools:check", CFG, install=get_var("install", "") == "yes")],
@@ -44,7 +45,7 @@ def task_init():
 
 
 def task_snp_release():
-    """Download, verify (sha256) and unpack the SNP release (host+guest kernel, QEMU, OVMF)."""
+    """Optional: download, verify (sha256) and unpack an SNP release (AMD forks: kernels, QEMU, OVMF)."""
     return {
         "actions": [stages.SNP_RELEASE.action(CFG, P)],
         "targets": strs([P.snp_release_manifest]),
@@ -54,7 +55,7 @@ def task_snp_release():
 
 
 def task_kernel_deb():
-    """Fetch the guest kernel .deb from Debian (kernel.source: package; follows metapackages)."""
+    """Fetch the guest kernel .deb from Debian kernel.suite via a private apt in build/apt (follows metapackages)."""
     if CFG.kernel.source != "package":
         return {"actions": None, "doc": "(kernel.source is not 'package': nothing to fetch)"}
     return {
@@ -264,6 +265,18 @@ def task_id_block():
     }
 
 
+def task_libvirt_xml():
+    """libvirt domains of the same VM: build/guest/domain.xml (SEV-SNP) + domain-emulated.xml."""
+    return {
+        "actions": [stages.LIBVIRT_XML.action(CFG, P)],
+        "file_dep": strs([P.vm_config, templates.path(libvirt.TEMPLATE),
+                          *libvirt.file_deps(CFG, P)]),
+        "targets": strs([P.domain_xml, P.domain_emulated_xml]),
+        "uptodate": [stages.LIBVIRT_XML.config_changed(CFG)],
+        "clean": True,
+    }
+
+
 # ------------------------------------------------------------------ launch (hbos/launch.py)
 
 
@@ -352,7 +365,7 @@ def task_check_host():
 
 
 def task_setup_host():
-    """Install the SNP release's host kernel, QEMU and OVMF (prints the plan; --yes if no tty)."""
+    """Install the SNP host stack: Debian trixie's kernel + QEMU, or an SNP release's (plan; --yes if no tty)."""
     return {
         "actions": [action("hbos.host_setup:setup_from_config", CFG, P)],
         "params": SETUP_HOST,

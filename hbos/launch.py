@@ -509,6 +509,9 @@ def _b64_file(cfg: Config, value: str, what: str) -> str:
 def snp_options(cfg: Config, generated: dict[str, str] | None = None) -> qemu.SnpOptions:
     """`generated`: id_block/id_auth/host_data (base64) from the build or release;
     the launch.* files, when set, win."""
+    if not cfg.launch.cbitpos:
+        from hbos import launch_plan
+        launch_plan.load_cpuid_driver()
     cbit = cfg.launch.cbitpos or host_cbitpos()
     if not cbit:
         raise LaunchError("cannot read the C-bit position from CPUID 0x8000001F "
@@ -623,7 +626,7 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     from hbos import launch_plan
     mode = decide_mode(launch_plan.mode_setting(cfg.launch.snp, options.mode), ready, why)
     generated = launch_identity(cfg, record, vm, options, identity_dir, mode)
-    binary = Path(options.qemu) if options.qemu else find_qemu(cfg, paths, mode)
+    binary = launch_plan.qemu_override(options.qemu) or find_qemu(cfg, paths, mode)
     facts = host_facts(binary)
     model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
     accel, accel_why = choose_accel(

@@ -79,6 +79,41 @@ def cbitpos(configured: int, from_cpuid: int | None) -> tuple[int, str]:
                              "reports no SEV C-bit")
 
 
+def qemu_override(qemu_path: str) -> Path | None:
+    """--qemu PATH, checked (None when not given)."""
+    if not qemu_path:
+        return None
+    binary = Path(qemu_path).expanduser().resolve()
+    if not binary.is_file():
+        raise LaunchError(f"--qemu {binary} does not exist")
+    return binary
+
+
+CPUID_DEV = Path("/dev/cpu/0/cpuid")
+
+
+def modprobe_cpuid_argv() -> list[str]:
+    return ["modprobe", "cpuid"]
+
+
+def load_cpuid_driver(dev: Path = CPUID_DEV, euid: int | None = None, runner=None) -> bool:
+    """At an SNP launch: the C-bit position is read from /dev/cpu/0/cpuid; when it
+    is missing and we are root, `modprobe cpuid` (and say so). True if it exists."""
+    if dev.exists():
+        return True
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        return False
+    import sys
+    print(f"start: {dev} is missing: modprobe cpuid (to read the C-bit position)",
+          file=sys.stderr, flush=True)
+    try:
+        (runner or (lambda argv: hrun.run(argv, quiet=True)))(modprobe_cpuid_argv())
+    except Exception as exc:  # noqa: BLE001 - reported, then snp_options explains
+        print(f"start: modprobe cpuid failed: {exc}", file=sys.stderr, flush=True)
+    return dev.exists()
+
+
 @dataclass(frozen=True)
 class Plan:
     spec: qemu.LaunchSpec
@@ -114,10 +149,9 @@ def plan(cfg: Config, paths: Paths, *, vm: qemu.VmDefinition, disks: qemu.Disks,
     setting = mode_setting(cfg.launch.snp, requested_mode)
     ready, why = launch.snp_host_ready()
     mode, mode_why = dry_run_mode(setting, ready, why)
-    if qemu_path:
-        binary, where = Path(qemu_path).expanduser().resolve(), "--qemu"
-        if not binary.exists():
-            raise LaunchError(f"--qemu {binary} does not exist")
+    override = qemu_override(qemu_path)
+    if override:
+        binary, where = override, "--qemu"
     else:
         binary = launch.find_qemu(cfg, paths, mode)
         where = "launch.qemu" if cfg.launch.qemu else (

@@ -64,5 +64,11 @@ PACKAGE_RELEASE = Stage("package_release", "hbos.release_pack:package_release",
                               "kernel.source", "kernel.package", "rootfs.suite",
                               "rootfs.mirror"))
 
+# the launch identity files reach it as files (file_dep)
+LIBVIRT_XML = Stage("libvirt_xml", "hbos.libvirt:write",
+                    Reads("launch.machine", "launch.cbitpos", "launch.reduced_phys_bits",
+                          "launch.id_block", "launch.id_auth", "launch.host_data",
+                          "identity.enabled"))
+
 ALL = (SNP_RELEASE, KERNEL_DEB, KERNEL, HB_RELEASE, CONTENT, INITRAMFS, BASE_ROOTFS, BASE_IMAGE,
-       VERITY, FIRMWARE, VM_CONFIG, MEASURE, ID_BLOCK, PACKAGE_RELEASE)
+       VERITY, FIRMWARE, VM_CONFIG, MEASURE, ID_BLOCK, PACKAGE_RELEASE, LIBVIRT_XML)

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from hbos import config as hconfig, initramfs, kernel
+from hbos import initramfs, kernel
 from hbos.fsutil import sha256_file
 from hbos.paths import Paths
 
