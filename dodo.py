@@ -36,7 +36,7 @@ DOIT_CONFIG = {
 def task_init():
     """Create the build directories, check host tools, fetch the SNP release if one is configured."""
     return {
-        "actions": [action("hbos.fsutil:make_dirs", P.build, P.downloads, P.logs, P.guest_dir),
+        "actions": [action("hbos.stage:make_dirs", P.build, P.downloads, P.logs, P.guest_dir),
                     action("hbos.hosttools:check", CFG, install=get_var("install", "") == "yes")],
         "task_dep": ["snp_release"],
         "uptodate": [False],

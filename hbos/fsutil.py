@@ -109,9 +109,3 @@ def tree_manifest(root: str | os.PathLike) -> list[dict[str, Any]]:
                 entries.append({"path": rel, "type": "special", "mode": mode})
     entries.sort(key=lambda e: e["path"])
     return entries
-
-
-def make_dirs(*dirs: Path) -> None:
-    """Create each directory (and its parents) if missing."""
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)

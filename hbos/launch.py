@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import measure, node_http, qemu, run as hrun, task_params, vmconfig
+from hbos import measure, node_http, qemu, run as hrun, vmconfig
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
 from hbos.fsutil import sha256_file, write_json
@@ -837,7 +837,7 @@ def print_status(paths: Paths) -> None:
 
 # `doit start --data-disk PATH --self URL --peer URL --no-auto` (also usable by
 # start_release): the original tool's options.
-DOIT_PARAMS = task_params.START  # declared where dodo.py reads them at graph time
+from hbos.task_params import START as DOIT_PARAMS  # noqa: E402 (dodo.py reads them there)
 
 
 def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",

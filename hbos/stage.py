@@ -190,7 +190,17 @@ def action(ref: str | Callable[..., Any], *args: Any, lock: tuple[Any, str] | No
         return result if isinstance(result, (dict, str)) else None
 
     run_stage.__name__ = name.rpartition(":")[2] or "action"
+    # what the action will import, so a test can check every reference resolves
+    run_stage.refs = tuple(r for r in (ref, options, *(a.ref for a in (*args, *kwargs.values())
+                                                        if isinstance(a, Late)))
+                           if isinstance(r, str))  # type: ignore[attr-defined]
     return (run_stage,)
+
+
+def make_dirs(*dirs: Any) -> None:
+    """The init task's first action: create each directory (and its parents)."""
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
 
 
 def guard_task_creators(namespace: dict[str, Any]) -> None:

@@ -89,3 +89,19 @@ def test_graph_errors_are_one_line(tmp_path, overlay, message):
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hbos: error: ") and message in lines[0]
+
+
+def test_every_action_names_a_function_that_exists(tmp_path):
+    """Actions name their function as text ("hbos.module:function"): a rename that
+    misses dodo.py fails here, not at a user's doit run."""
+    from tests.unit.test_graph import load_dodo
+    refs = set()
+    for n, overlay in enumerate(("", "identity: {enabled: true}\n")):
+        where = tmp_path / str(n)
+        where.mkdir()
+        for task in load_dodo(where, overlay)["tasks"].values():
+            for act in task.get("actions") or []:  # a python-action is a (callable,) tuple
+                refs.update(getattr(act[0] if isinstance(act, tuple) else act, "refs", ()))
+    assert len(refs) > 20
+    for ref in sorted(refs):
+        assert callable(stage.resolve(ref)), ref
