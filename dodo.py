@@ -1,7 +1,8 @@
 """HyperBEAM OS build graph.
 
-Each task declares its inputs (file_dep, and the exact config slice it reads
-through config_changed) and its targets; the work lives in the hbos package.
+Each task declares its inputs (file_dep, and through config_changed the config
+keys its stage reads, declared once in hbos/stages.py) and its targets; the
+work lives in the hbos package.
 
     doit list                  every stage, one line each
     doit measure               build what is needed and compute the measurement
