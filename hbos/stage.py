@@ -102,6 +102,9 @@ class ConfigView:
     def __setattr__(self, name: str, value: Any) -> None:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # doit -n N pickles the actions
+        return (ConfigView, (self._cfg, self._reads, self._stage, self._prefix))
+
     def slice(self, *keys: str) -> dict[str, Any]:
         for key in keys:
             self.__getattr__(key)  # an undeclared key fails here (strict)

@@ -158,6 +158,8 @@ def test_view_refuses_an_undeclared_key(monkeypatch):
         view.slice("kernel")
     with pytest.raises(dataclasses.FrozenInstanceError):
         view.ports = None
+    import pickle
+    assert pickle.loads(pickle.dumps(view)).release.name == cfg.release.name
     monkeypatch.setenv(stage.STRICT_ENV, "0")  # outside tests: the value, as before
     assert view.release.url == cfg.release.url
 
