@@ -15,8 +15,7 @@ from doit import get_var
 # Graph time imports only what file_dep, targets and uptodate need; the stage
 # modules (and sev-snp-measure, cryptography, jinja2, requests) are imported
 # when an action runs: action("hbos.module:function", ...) (hbos/stage.py).
-from hbos import (content, firmware, hb_release, kernel, libvirt, rootfs, stages, templates, tools,
-                  vmconfig)
+from hbos import content, firmware, hb_release, kernel, libvirt, rootfs, stages, templates, tools, vmconfig
 from hbos.doit_support import SizeAwareChecker, load_config, strs
 from hbos.paths import Paths
 from hbos.stage import action, guard_task_creators, late

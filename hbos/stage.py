@@ -59,8 +59,8 @@ class Reads:
                 value = getattr(value, part)
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
-            node[parts[-1]] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) \
-                else value
+            is_section = dataclasses.is_dataclass(value) and not isinstance(value, type)
+            node[parts[-1]] = dataclasses.asdict(value) if is_section else value
         return out
 
     def view(self, cfg: Any, stage: str) -> "ConfigView":
@@ -170,6 +170,7 @@ def action(ref: str | Callable[..., Any], *args: Any, lock: tuple[Any, str] | No
 
     def run_stage(**params: Any) -> Any:
         from doit.exceptions import TaskFailed
+
         from hbos.errors import HbosError
         try:
             fn = resolve(ref)
@@ -194,9 +195,9 @@ def action(ref: str | Callable[..., Any], *args: Any, lock: tuple[Any, str] | No
 
     run_stage.__name__ = name.rpartition(":")[2] or "action"
     # what the action will import, so a test can check every reference resolves
-    run_stage.refs = tuple(r for r in (ref, options, *(a.ref for a in (*args, *kwargs.values())
-                                                        if isinstance(a, Late)))
-                           if isinstance(r, str))  # type: ignore[attr-defined]
+    late_refs = [a.ref for a in (*args, *kwargs.values()) if isinstance(a, Late)]
+    refs = tuple(r for r in (ref, options, *late_refs) if isinstance(r, str))
+    run_stage.refs = refs  # type: ignore[attr-defined]
     return (run_stage,)
 
 

@@ -151,9 +151,9 @@ def test_view_refuses_an_undeclared_key(monkeypatch):
     assert view.slice("ports") == cfg.slice("ports")
     monkeypatch.setenv(stage.STRICT_ENV, "1")
     with pytest.raises(stage.UndeclaredConfig, match="package_release read config key 'release.url'"):
-        view.release.url
+        _ = view.release.url
     with pytest.raises(stage.UndeclaredConfig, match="'vm'"):
-        view.vm
+        _ = view.vm
     with pytest.raises(stage.UndeclaredConfig, match="'kernel'"):
         view.slice("kernel")
     with pytest.raises(dataclasses.FrozenInstanceError):
