@@ -15,7 +15,7 @@ from doit.tools import config_changed
 from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
-from hbos import hostdata, idblock, identity
+from hbos import hostdata, idblock, identity, reference
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -219,6 +219,7 @@ def _measure():
     hostdata.write_b64(P.host_data, record["host_data"])
     print(f"measure: expected launch digest {expected}\n"
           f"  HOST_DATA (node configuration) {record['host_data']}")
+    reference.write(P.reference_values, record, str(P.measurement))
 
 
 def _identity_deps():
@@ -230,12 +231,12 @@ def _identity_deps():
 
 
 def task_measure():
-    """Compute the expected SEV-SNP launch measurement -> build/measurement.json."""
+    """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference-values.json)."""
     return {
         "actions": [act(_measure)],
         "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps()
                     + _identity_deps(),
-        "targets": strs([P.measurement, P.host_data]),
+        "targets": strs([P.measurement, P.reference_values, P.host_data]),
         "uptodate": [config_changed({**CFG.slice("source_date_epoch", "identity"),
                                      "node_configuration": hostdata.fingerprint(CFG)})],
         "clean": True,

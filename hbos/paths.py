@@ -175,6 +175,10 @@ class Paths:
     def measurement(self) -> Path:
         return self.build / "measurement.json"
 
+    @property
+    def reference_values(self) -> Path:
+        return self.build / "reference-values.json"
+
     # launch identity (hbos/idblock.py, hbos/hostdata.py); the keys live outside build/
     @property
     def identity_dir(self) -> Path:

@@ -49,9 +49,11 @@ FIRMWARE = "OVMF.fd"
 VM_CONFIG = "vm-config.toml"
 MEASUREMENT = "measurement.json"
 MANIFEST = "manifest.json"
+REFERENCE_VALUES = "reference-values.json"  # what a verifier trusts (hbos.reference)
 
 # Every file a release holds besides the manifest, sorted (the tarball order).
-PAYLOAD = tuple(sorted((IMAGE, HASH_TREE, KERNEL, INITRD, FIRMWARE, VM_CONFIG, MEASUREMENT)))
+PAYLOAD = tuple(sorted((IMAGE, HASH_TREE, KERNEL, INITRD, FIRMWARE, VM_CONFIG, MEASUREMENT,
+                        REFERENCE_VALUES)))
 
 # A signed release (identity.enabled, hbos.provenance) also holds these, listed
 # in the manifest, and the author key's signature over the manifest beside it.
@@ -264,6 +266,24 @@ def check_measurement(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
                                f"({actual})", hint="measurement.json was altered or is stale")
 
 
+def check_reference_values(root: Path) -> None:
+    """reference-values.json must say what measurement.json (already checked) implies."""
+    from hbos import reference
+    from hbos.errors import AttestationError
+    try:
+        shipped = reference.validate(json.loads(read_small(root / REFERENCE_VALUES)),
+                                     REFERENCE_VALUES)
+        implied = reference.validate(reference.from_measurement(
+            json.loads(read_small(root / MEASUREMENT)), MEASUREMENT), MEASUREMENT)
+    except (AttestationError, ValueError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"release {root}: {getattr(exc, 'message', exc)}") from None
+    differ = sorted(k for k in set(shipped) | set(implied) if shipped.get(k) != implied.get(k))
+    if differ:
+        raise ReleaseError(f"{REFERENCE_VALUES}: {', '.join(differ)} differ from what "
+                           f"{MEASUREMENT} implies",
+                           hint="reference-values.json was altered; refusing this release")
+
+
 def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
     """Recompute the launch digest from the release's files; it must equal the
     manifest's expected digest, measurement.json's, and the pin when given."""
@@ -281,6 +301,7 @@ def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
             f"  {digest}\n  but the manifest expects\n  {manifest.launch_digest}",
             hint="an input was altered (and the manifest edited to hide it); refusing this release")
     check_measurement(root, vm, inputs, firmware, digest)
+    check_reference_values(root)
     if pinned and digest != pinned.lower():
         raise ReleaseError(f"launch digest {digest} is not the pinned release.launch_digest "
                            f"{pinned.lower()}",

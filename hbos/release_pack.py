@@ -20,7 +20,7 @@ import tarfile
 import tomllib
 from pathlib import Path
 
-from hbos import __version__, identity, provenance, release, vmconfig
+from hbos import __version__, identity, provenance, reference, release, vmconfig
 from hbos.errors import HbosError, ReleaseError
 from hbos.fsutil import atomic_path, read_json, sha256_file, write_json, write_text
 from hbos.measure import measure_vm_config
@@ -133,6 +133,7 @@ def build_release_dir(cfg, paths, tmp: Path) -> release.Manifest:
         raise ReleaseError(f"{paths.measurement} expects {built.get('expected_hash')} but the "
                            f"files to package give {digest}",
                            hint="the measurement is stale: run doit measure")
+    reference.write(tmp / release.REFERENCE_VALUES, record, release.MEASUREMENT)
     files = [release.file_entry(tmp / n) for n in release.PAYLOAD]
     if cfg.identity.enabled:
         files += signed_files(cfg, paths, tmp, files)

@@ -81,6 +81,9 @@ def test_signed_release_holds_signature_provenance_and_id_block(signed):
     for key in ("host_data", "id_key_digest", "author_key_digest", "guest_svn"):
         assert rec[key] == built[key]
     assert len(rec["author_key_digest"]) == 96 and rec["guest_svn"] == 3
+    ref = json.loads((paths.release_dir / release.REFERENCE_VALUES).read_text())
+    for key in ("host_data", "id_key_digest", "author_key_digest"):
+        assert ref[key] == built[key]  # what a verifier pins (hbos.reference)
 
 
 def test_openssl_verifies_the_manifest_signature(signed, tmp_path):
