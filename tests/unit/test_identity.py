@@ -342,3 +342,52 @@ def test_graph_identity_tasks(tmp_path):
     assert str(p.id_block) in t["targets"] and str(p.id_auth) in t["targets"]
     assert str(keys / "id.pub.pem") in on["tasks"]["measure"]["file_dep"]
     assert str(p.id_block) in on["tasks"]["start"]["file_dep"]
+
+
+def test_launch_files_prefer_explicit_launch_files(build, tmp_path):
+    import dataclasses
+    cfg, paths, _ = build
+    files = idblock.launch_files(cfg, paths)
+    assert files == {"id_block": paths.id_block, "id_auth": paths.id_auth,
+                     "host_data": paths.host_data}
+    mine = tmp_path / "mine.b64"
+    cfg2 = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, host_data=str(mine)),
+                               identity=dataclasses.replace(cfg.identity, enabled=False))
+    assert idblock.launch_files(cfg2, paths) == {"id_block": None, "id_auth": None,
+                                                 "host_data": mine}
+
+
+def test_graph_measure_reruns_exactly_when_the_node_configuration_changes(tmp_path, amdsev_ovmf):
+    """Over the real graph (dodo.py's measure task): its config_changed and its action."""
+    from tests.release_fixtures import make_build
+    from tests.unit.test_graph import load_dodo
+    cfg, paths = make_build(tmp_path / "b", amdsev_ovmf)
+    fw = tmp_path / "b" / "fw" / "OVMF.fd"
+
+    def graph(name, extra=""):
+        d = tmp_path / name
+        d.mkdir()
+        g = load_dodo(d, f"firmware: {{ovmf: {fw}}}\n{extra}")
+        g["module"].P = paths  # the synthetic build's artifacts
+        return g
+
+    def measured(g):
+        (action,) = g["tasks"]["measure"]["actions"][0]
+        assert action() is None
+        return json.loads(paths.measurement.read_text())
+
+    def fingerprint(g):
+        (checker,) = g["tasks"]["measure"]["uptodate"]
+        return checker.config
+
+    base = graph("base")
+    unrelated = graph("unrelated", "launch: {health_timeout: 5}\nrelease: {retries: 9}\n")
+    node = graph("node", "content: {hyperbeam_config: ['mode: prod']}\n")
+    assert fingerprint(unrelated) == fingerprint(base)
+    assert fingerprint(node) != fingerprint(base)
+    a, b = measured(base), measured(node)
+    assert a["host_data"] != b["host_data"]
+    assert hostdata.to_b64(b["host_data"]) == paths.host_data.read_text().strip()
+    assert {k: v for k, v in a.items() if k not in ("host_data", "node_configuration")} == \
+        {k: v for k, v in b.items() if k not in ("host_data", "node_configuration")}
+    assert a["node_configuration"]["post_start"] == b["node_configuration"]["post_start"]
