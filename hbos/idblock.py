@@ -74,7 +74,7 @@ class IdBlock:
                 + self.policy.to_bytes(8, "little"))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "IdBlock":
+    def from_bytes(cls, data: bytes) -> IdBlock:
         if len(data) != ID_BLOCK_SIZE:
             raise IdentityError(f"an ID block is {ID_BLOCK_SIZE} bytes, got {len(data)}")
         return cls(launch_digest=data[0:48], family_id=data[48:64], image_id=data[64:80],

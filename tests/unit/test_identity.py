@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from hbos import config as hconfig, hostdata, idblock, identity, launch, measure, qemu, vmconfig
+from hbos import config as hconfig
+from hbos import hostdata, idblock, identity, launch, measure, qemu, vmconfig
 from hbos.errors import IdentityError, LaunchError
 from hbos.paths import Paths
 
@@ -282,7 +283,7 @@ def test_launcher_refuses_an_id_block_for_another_measurement(build):
 
 
 def test_host_data_follows_the_post_start_body_and_nothing_else(build):
-    cfg, paths, vm_config = build
+    cfg, paths, _vm_config = build
     rec = json.loads(paths.measurement.read_text())
     base = hostdata.node_configuration(cfg, rec)
     peer = hostdata.node_configuration(
@@ -310,7 +311,7 @@ def test_host_data_follows_config_flat(tmp_path):
 
 
 def test_launch_refuses_snp_with_a_configuration_other_than_the_measured(build):
-    cfg, paths, vm_config = build
+    _cfg, paths, vm_config = build
     rec = json.loads(paths.measurement.read_text())
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     opts = launch.StartOptions(self_url="http://me:1")
@@ -361,7 +362,7 @@ def test_graph_measure_reruns_exactly_when_the_node_configuration_changes(tmp_pa
     """Over the real graph (dodo.py's measure task): its config_changed and its action."""
     from tests.release_fixtures import make_build
     from tests.unit.test_graph import load_dodo
-    cfg, paths = make_build(tmp_path / "b", amdsev_ovmf)
+    _cfg, paths = make_build(tmp_path / "b", amdsev_ovmf)
     fw = tmp_path / "b" / "fw" / "OVMF.fd"
 
     def graph(name, extra=""):
