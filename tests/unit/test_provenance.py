@@ -258,3 +258,18 @@ def test_a_tampered_id_block_in_a_release_is_refused(signed, tmp_path):
     (d / release.ID_BLOCK).write_text(base64.b64encode(bytes(raw)).decode() + "\n")
     with pytest.raises(ReleaseError):
         release.verify_release(d)
+
+
+def test_start_release_rechecks_the_trusted_keys(installed, other_key, monkeypatch):
+    import dataclasses
+    cfg, paths, pub, root = installed
+    started = []
+    monkeypatch.setattr("hbos.launch.start_vm", lambda *a, **k: started.append(k))
+    strict = dataclasses.replace(cfg, release=dataclasses.replace(
+        cfg.release, trusted_keys=(str(other_key),)))
+    with pytest.raises(ReleaseError, match="not a trusted key"):
+        release.start_release(strict, paths, object())
+    assert not started
+    ok = dataclasses.replace(cfg, release=dataclasses.replace(cfg.release, trusted_keys=(str(pub),)))
+    release.start_release(ok, paths, object())
+    assert started and started[0]["identity_dir"] == root
