@@ -392,3 +392,24 @@ def test_graph_measure_reruns_exactly_when_the_node_configuration_changes(tmp_pa
     assert {k: v for k, v in a.items() if k not in ("host_data", "node_configuration")} == \
         {k: v for k, v in b.items() if k not in ("host_data", "node_configuration")}
     assert a["node_configuration"]["post_start"] == b["node_configuration"]["post_start"]
+
+
+def test_doit_keys_creates_once_and_logs_no_secret(tmp_path):
+    from tests.conftest import doit
+    keys = tmp_path / "k"
+    over = tmp_path / "o.yaml"
+    over.write_text(f"build_dir: {tmp_path / 'build'}\n"
+                    f"identity: {{enabled: true, keys_dir: {keys}}}\n")
+    first = doit(["keys", "profile=local", f"config={over}"])
+    files = identity.KeyFiles(keys)
+    assert all(p.is_file() for p in files.all())
+    assert stat.S_IMODE(files.private("id").stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    before = {p: p.read_bytes() for p in files.all()}
+    second = doit(["keys", "profile=local", f"config={over}"])
+    assert "kept (exists)" in second.stdout + second.stderr
+    assert {p: p.read_bytes() for p in files.all()} == before
+    out = first.stdout + first.stderr + second.stdout + second.stderr
+    assert "PRIVATE" not in out
+    logs = tmp_path / "build"
+    assert not any(b"PRIVATE KEY" in p.read_bytes() for p in logs.rglob("*") if p.is_file())
