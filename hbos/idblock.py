@@ -190,7 +190,11 @@ def write_id_block(cfg, paths) -> None:
     """`doit id_block`: sign the ID block for measurement.json with the configured keys."""
     if not cfg.identity.enabled:
         raise IdentityError("identity.enabled is false", hint="set identity.enabled: true")
-    record = json.loads(paths.measurement.read_text())
+    try:
+        record = json.loads(paths.measurement.read_text())
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot read {paths.measurement}: {exc}",
+                            hint="run: doit measure") from None
     files = identity.key_files(cfg)
     id_key = identity.load_private(files.private(identity.ID))
     author_key = identity.load_private(files.private(identity.AUTHOR))

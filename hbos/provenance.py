@@ -189,7 +189,8 @@ def materials(cfg, paths) -> list[dict[str, Any]]:
                     "digest": {"sha256": kernel["deb_sha256"]},
                     "annotations": {"version": kernel.get("version"),
                                     "source": cfg.kernel.source,
-                                    "package": cfg.kernel.package}})
+                                    **({"package": cfg.kernel.package}
+                                       if cfg.kernel.source == "package" else {})}})
     if firmware.built_here(cfg):
         f = cfg.firmware
         out += [{"name": "edk2.orig.tar.xz", "uri": f.orig_url, "digest": {"sha256": f.orig_sha256}},
