@@ -15,8 +15,13 @@ import tarfile
 
 import pytest
 
-from hbos import identity, idblock
-from tests.conftest import GuestBuild, link_base_rootfs, write_overlay, write_test_content
+from hbos import idblock, identity
+from tests.conftest import (
+    GuestBuild,
+    link_base_rootfs,
+    write_overlay,
+    write_test_content,
+)
 
 pytestmark = [pytest.mark.integration]
 
