@@ -12,10 +12,11 @@ through config_changed) and its targets; the work lives in the hbos package.
 from doit import get_var
 from doit.tools import config_changed
 
-from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
+from hbos import (attest_cli, content, edk2, firmware, hb_release, host, host_setup, hosttools,
+                  initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
-from hbos import hostdata, idblock, identity, reference
+from hbos import hostdata, hyperbeam, idblock, identity, lock, reference
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -88,6 +89,18 @@ def task_kernel():
         "file_dep": _kernel_deps(),
         "targets": strs([P.vmlinuz, P.kernel_manifest]),
         "uptodate": [config_changed(CFG.slice("kernel"))],
+        "clean": True,
+    }
+
+
+def task_hb_release():
+    """Local payload: tools/hb_node as a relx release `hb` (Debian erlang + rebar3; content.source erlang)."""
+    return {
+        "actions": [act(hb_release.build, CFG, P)],
+        "file_dep": strs(hb_release.source_files()),
+        "targets": strs([P.hb_release_manifest]),
+        "uptodate": [config_changed(CFG.slice("source_date_epoch")),
+                     hb_release.tooling_unchanged(P)],
         "clean": True,
     }
 
@@ -217,9 +230,10 @@ def _measure():
                                        extra=lambda rec: identity.measurement_fields(CFG, rec))
     expected = record["expected_hash"] or f"none ({record['expected_hash_reason']})"
     hostdata.write_b64(P.host_data, record["host_data"])
+    reference.write(P.reference_values, record, str(P.measurement))
+    hyperbeam.write_trusted(P.snp_trusted, record)
     print(f"measure: expected launch digest {expected}\n"
           f"  HOST_DATA (node configuration) {record['host_data']}")
-    reference.write(P.reference_values, record, str(P.measurement))
 
 
 def _identity_deps():
@@ -231,12 +245,12 @@ def _identity_deps():
 
 
 def task_measure():
-    """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference-values.json)."""
+    """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference values, snp_trusted)."""
     return {
         "actions": [act(_measure)],
         "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps()
                     + _identity_deps(),
-        "targets": strs([P.measurement, P.reference_values, P.host_data]),
+        "targets": strs([P.measurement, P.reference_values, P.snp_trusted, P.host_data]),
         "uptodate": [config_changed({**CFG.slice("source_date_epoch", "identity"),
                                      "node_configuration": hostdata.fingerprint(CFG)})],
         "clean": True,
@@ -277,9 +291,10 @@ def task_id_block():
 # ------------------------------------------------------------------ launch (hbos/launch.py)
 
 
-def _start(data_disk, self_url, peer_url, no_auto):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
-    (action,) = act(launch.start_from_build, CFG, P, opts)
+def _start(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
+                                      dry_run, mode, qemu)
+    (action,) = act(lock.guarded(P.lock("vm"), "start", launch.start_from_build), CFG, P, opts)
     return action()
 
 
@@ -297,7 +312,8 @@ def task_start():
 
 
 def _stop():
-    launch.stop_vm(P)
+    with lock.hold(P.lock("vm"), "stop"):
+        launch.stop_vm(P)
 
 
 def task_stop():
@@ -344,7 +360,8 @@ _RELEASE_PARAMS = [
 
 
 def _download_release(url, sha256, trusted_key):
-    (action,) = act(release_fetch.download_release, CFG, P, url, sha256, trusted_key)
+    (action,) = act(lock.guarded(P.lock("releases"), "download_release",
+                                 release_fetch.download_release), CFG, P, url, sha256, trusted_key)
     return action()
 
 
@@ -358,9 +375,11 @@ def task_download_release():
     }
 
 
-def _start_release(data_disk, self_url, peer_url, no_auto):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
-    (action,) = act(release.start_release, CFG, P, opts)
+def _start_release(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
+                                      dry_run, mode, qemu)
+    (action,) = act(lock.guarded(P.lock("vm"), "start_release", release.start_release),
+                    CFG, P, opts)
     return action()
 
 

@@ -57,6 +57,7 @@ def _resolve(path: str, links: dict[str, str]) -> str | None:
 def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
     """Return the members of `tar` after refusing every unsafe one."""
     seen: set[str] = set()
+    files: set[str] = set()   # regular files so far: the only valid hardlink targets
     members = []
     symlinks = {posixpath.normpath(m.name): m.linkname for m in tar.getmembers() if m.issym()}
     for m in tar.getmembers():
@@ -75,6 +76,11 @@ def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
             if m.linkname.startswith("/") or not _inside(m.linkname) \
                     or _resolve(m.linkname, symlinks) is None:
                 raise UnsafeArchive(f"{name}: hardlink '{path}' -> '{m.linkname}' leaves the destination")
+            if posixpath.normpath(m.linkname) not in files:
+                raise UnsafeArchive(f"{name}: hardlink '{path}' -> '{m.linkname}' names no "
+                                    "regular file stored before it")
+        if m.isfile():
+            files.add(norm)
         if norm in seen and not m.isdir():
             raise UnsafeArchive(f"{name}: member '{path}' appears more than once")
         seen.add(norm)
@@ -91,6 +97,7 @@ def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
 
 # A truncated or corrupt compressed stream: gzip raises EOFError, zlib its own error.
 _CORRUPT = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+CORRUPT = _CORRUPT
 
 
 def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,

@@ -9,6 +9,7 @@ Certificates come from --vcek / --certs-dir, else from AMD's KDS (cached).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -141,10 +142,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a build's or release's measurement.json (expected_hash; also its "
                         "pinned vm.guest_policy/family_id/image_id; inputs for --explain)")
     m.add_argument("--measurement", metavar="HEX", help="the expected launch digest (96 hex)")
-    p.add_argument("--reference", metavar="FILE",
+    p.add_argument("--reference", metavar="FILE", action="append",
                    help="reference values (build/reference-values.json, or a release's): "
                         "trusted measurement(s), policy, minimum TCB per product, ids and "
-                        "digests; flags given as well override them")
+                        "digests; repeat it to trust several releases at once; flags given "
+                        "as well override them")
     p.add_argument("--vcek", metavar="FILE", help="the chip's VCEK, or the VLEK of a "
                                                    "VLEK-signed report (PEM or DER); default: "
                                                    "the VCEK fetched from the KDS")
@@ -243,6 +245,8 @@ def parse_platform_info(text: str) -> tuple[int, int]:
 def refuse_empty(args: argparse.Namespace) -> None:
     """An empty value for any option is a usage error: never a step silently skipped."""
     for key, value in vars(args).items():
+        if isinstance(value, list):  # a repeatable option: each occurrence counts
+            value = next((v for v in value if isinstance(v, str) and not v.strip()), None)
         if isinstance(value, str) and not value.strip() and not key.startswith("_"):
             raise AttestationError(f"--{key.replace('_', '-')} is empty",
                                    hint="give a value or leave the option out")
@@ -253,8 +257,9 @@ def expectations_from_args(args: argparse.Namespace) -> tuple[attest.Expectation
     refuse_empty(args)
     fields: dict[str, Any] = {}
     record = None
-    if args.reference is not None:
-        fields.update(reference.expectation_fields(reference.load(args.reference)))
+    if args.reference:
+        refs = [reference.load(f) for f in args.reference]
+        fields.update(reference.expectation_fields(reference.merge(refs)))
     if args.measurement_json is not None:
         record = attest.load_measurement_json(args.measurement_json)
         fields.update(attest.measurement_expectation(record, args.measurement_json))
@@ -323,6 +328,12 @@ DOIT_PARAMS = [
      "help": "accept a policy that allows debugging"},
     {"name": "json", "long": "json", "type": bool, "default": False,
      "help": "print the verdict as JSON"},
+    {"name": "at", "long": "at", "type": str, "default": "",
+     "help": "verification time (ISO 8601 or Unix seconds); default now"},
+    {"name": "crl", "long": "crl", "type": str, "default": "",
+     "help": "AMD's CRL for the product (DER or PEM); default: from the KDS"},
+    {"name": "require_crl", "long": "require-crl", "type": bool, "default": False,
+     "help": "fail when no current CRL can be had"},
 ]
 
 
@@ -331,7 +342,8 @@ def doit_action(cfg, paths):
     from doit.exceptions import TaskFailed
 
     def verify_report(report: str, vcek: str, certs_dir: str, report_data: str, vmpl: str,
-                      allow_debug: bool, json: bool):
+                      allow_debug: bool, json: bool, at: str = "", crl: str = "",
+                      require_crl: bool = False):
         try:
             if not report:
                 raise AttestationError("no report given", hint="doit verify_report --report FILE")
@@ -340,10 +352,13 @@ def doit_action(cfg, paths):
                 report_data=attest.parse_hex_bytes(report_data, 64, "--report-data", pad=True)
                 if report_data else None,
                 vmpl=_int(vmpl, "--vmpl") if vmpl else None)
+            expect = dataclasses.replace(expect, at=parse_time(at) if at else None,
+                                         require_crl=require_crl)
             cache = cfg.path(cfg.attest.cert_cache) if cfg.attest.cert_cache else paths.cert_cache
             v = run(report, expect, record=record, product=cfg.vm.host_cpu_family,
                     vcek_path=vcek or None, certs_dir=certs_dir or None,
-                    kds_url=cfg.attest.kds_url, cache=cache, explain=cfg.attest.explain)
+                    kds_url=cfg.attest.kds_url, cache=cache, explain=cfg.attest.explain,
+                    crl_path=crl or None)
         except HbosError as exc:
             return TaskFailed(str(exc))
         emit(v, json)

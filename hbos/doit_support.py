@@ -20,7 +20,7 @@ from doit.dependency import FileChangedChecker
 from doit.exceptions import TaskFailed
 
 from hbos import config as hconfig
-from hbos.errors import HbosError
+from hbos.errors import ConfigError, HbosError
 
 # Files above this size are judged by mtime and size only (never re-hashed).
 HASH_LIMIT = 16 << 20
@@ -28,11 +28,35 @@ HASH_LIMIT = 16 << 20
 
 def load_config(get_var: Callable[[str, Any], Any]) -> hconfig.Config:
     try:
-        return hconfig.load(get_var("base", None), overlay=get_var("config", None),
-                            profile=get_var("profile", None))
+        cfg = hconfig.load(get_var("base", None), overlay=get_var("config", None),
+                           profile=get_var("profile", None))
+        make_build_dir(cfg)
+        return cfg
     except HbosError as exc:
         print(f"hbos: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def make_build_dir(cfg: hconfig.Config) -> Path:
+    """Create build_dir, or say in one line why it cannot be (before doit opens its db)."""
+    where = cfg.sources[-1] if cfg.sources else "config"
+    try:
+        path = cfg.path(cfg.build_dir)
+    except (RuntimeError, ValueError) as exc:  # '~nosuchuser', a NUL byte
+        raise ConfigError(f"{where}: build_dir: unusable path {cfg.build_dir!r} ({exc})") from None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{where}: build_dir: {path} exists and is not a directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{where}: build_dir: {path} lies below a file, not a "
+                          "directory") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: build_dir: {path} cannot be created "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: build_dir: {path} is not writable by this user")
+    return path
 
 
 def act(fn: Callable[..., Any], *args: Any, **kwargs: Any):

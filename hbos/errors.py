@@ -78,3 +78,7 @@ class AttestationError(HbosError):
 
 class IdentityError(HbosError):
     """Launch identity: a key, an ID block or a release signature is missing or wrong."""
+
+
+class Busy(HbosError):
+    """Another run holds a lock this one needs (hbos.lock)."""

@@ -10,6 +10,7 @@ import hashlib
 import os
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 from hbos.errors import DownloadError, HashMismatch
@@ -29,6 +30,8 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     retried `retries` times in all with exponential backoff; a 4xx is final.
     """
     dest = Path(dest)
+    if parse_url(url).scheme not in ("http", "https"):
+        raise DownloadError(f"cannot fetch {url!r}: only http and https URLs are fetched")
     if progress is None:
         progress = sys.stderr.isatty()
     last: DownloadError | None = None
@@ -51,6 +54,18 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
                            hint="the file changed upstream or the pinned hash is wrong; "
                                 "nothing was kept")
     return digest
+
+
+def parse_url(url: str) -> urllib.parse.ParseResult:
+    """`url` split into its parts, or one line saying why it is not a URL."""
+    try:
+        parsed = urllib.parse.urlparse(url)
+        parsed.port  # noqa: B018 -- raises on a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise DownloadError(f"malformed URL {url!r}: {exc}") from None
+    if parsed.scheme in ("http", "https") and not parsed.hostname:
+        raise DownloadError(f"malformed URL {url!r}: no host")
+    return parsed
 
 
 class _Transient(Exception):

@@ -10,7 +10,7 @@ the node configuration document:
 
 The document is rendered by the same functions that render config.flat
 (hbos.content.render_config_flat) and the post-start body
-(hbos.launch.post_start_body), never from copies. measurement.json records
+(hbos.launch.post_start_body, which builds it with hbos.node_http), never from copies. measurement.json records
 the document (`node_configuration`) and its hash (`host_data`, 64 hex), so a
 verifier pins the configuration as well as the image. config.flat is also in
 the measured image; the post-start body is not, and HOST_DATA is what binds it:
@@ -55,7 +55,7 @@ def node_configuration(cfg, record: dict[str, Any], options=None) -> dict[str, A
     """The document for this config and measurement record (start options: the defaults)."""
     from hbos import content, launch
     opts = options if options is not None else launch.StartOptions()
-    return document(content.render_config_flat(cfg), launch.post_start_body(record, opts))
+    return document(content.render_config_flat(cfg), launch.post_start_body(cfg, record, opts))
 
 
 def fingerprint(cfg) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def measurement_fields(cfg, record: dict[str, Any]) -> dict[str, Any]:
     return {"node_configuration": doc, "host_data": host_data(doc)}
 
 
-def for_launch(record: dict[str, Any], options) -> tuple[str, str | None]:
+def for_launch(cfg, record: dict[str, Any], options) -> tuple[str, str | None]:
     """(host_data hex or "", a problem or None) for starting `record` with `options`.
 
     The document is measurement.json's, with the post-start body the launcher
@@ -84,7 +84,7 @@ def for_launch(record: dict[str, Any], options) -> tuple[str, str | None]:
     doc = record.get("node_configuration")
     if not recorded or not isinstance(doc, dict):
         return "", None
-    now = dict(doc, post_start=launch.post_start_body(record, options))
+    now = dict(doc, post_start=launch.post_start_body(cfg, record, options))
     got = host_data(now)
     if got != recorded:
         return got, (f"the node configuration of this start (post-start body) hashes to "

@@ -16,7 +16,6 @@ each vCPU then depends on vcpu_type (its CPUID signature) and guest_features
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,6 +31,7 @@ from sevsnpmeasure.vcpu_types import CPU_SIGS
 from sevsnpmeasure.vmm_types import VMMType
 from sevsnpmeasure.vmsa import VMSA
 
+from hbos import limits
 from hbos.errors import MeasurementError
 from hbos.fsutil import sha256_file
 
@@ -72,6 +72,8 @@ class Firmware:
 
     def __init__(self, path: str | os.PathLike, launch_hash: str | None = None) -> None:
         self.path = Path(path)
+        # bounded: a directory, a device or a huge file is refused before the library reads it
+        limits.read_bytes(self.path, limits.OVMF_BYTES, "firmware", MeasurementError)
         try:
             self.ovmf = OVMF(str(self.path))
         except FileNotFoundError:
@@ -113,8 +115,9 @@ def launch_digest(firmware: Firmware, inputs: LaunchInputs) -> str:
     """The expected MEASUREMENT field of an attestation report (hex, 48 bytes)."""
     if inputs.vcpu_type not in CPU_SIGS:
         raise MeasurementError(f"unknown vCPU type {inputs.vcpu_type!r}")
-    if inputs.vcpus < 1:
-        raise MeasurementError(f"vCPU count must be at least 1, got {inputs.vcpus}")
+    limits.check_range(limits.VCPUS, inputs.vcpus, "vcpus", "launch inputs", MeasurementError)
+    limits.check_range(limits.GUEST_FEATURES, inputs.guest_features, "guest_features",
+                       "launch inputs", MeasurementError)
     try:
         vmm = VMMType[inputs.vmm_type]
     except KeyError:
@@ -198,32 +201,63 @@ def parse_inputs(data: dict[str, Any], source: str = "inputs") -> tuple[LaunchIn
         if not 0 <= vcpu_type < len(RUST_CPU_TYPES):
             raise MeasurementError(f"{source}: unknown vcpu_type enum value {vcpu_type}")
         vcpu_type = RUST_CPU_TYPES[vcpu_type]
-    elif vcpu_type not in CPU_SIGS:
+    elif not isinstance(vcpu_type, str) or vcpu_type not in CPU_SIGS:
         raise MeasurementError(f"{source}: unknown vcpu_type {vcpu_type!r}")
     vmm = data.get("vmm_type", "QEMU")
     if isinstance(vmm, int) and not isinstance(vmm, bool):
         if vmm not in RUST_VMM_TYPES:
             raise MeasurementError(f"{source}: unsupported vmm_type enum value {vmm}")
         vmm = RUST_VMM_TYPES[vmm]
+    elif not isinstance(vmm, str) or vmm not in RUST_VMM_TYPES.values():
+        raise MeasurementError(f"{source}: unsupported vmm_type {vmm!r}")
     fw = data.get("firmware")
     inputs = LaunchInputs(
         kernel_sha256=_hex(data["kernel"], "kernel", 32, source),
         initrd_sha256=_hex(data["initrd"], "initrd", 32, source),
         cmdline_sha256=_hex(data["append"], "append", 32, source),
-        vcpus=_int(data["vcpus"], "vcpus", source),
+        vcpus=limits.check_range(limits.VCPUS, _int(data["vcpus"], "vcpus", source),
+                                 "vcpus", source, MeasurementError),
         vcpu_type=vcpu_type,
-        guest_features=_int(data["guest_features"], "guest_features", source),
+        guest_features=limits.check_range(
+            limits.GUEST_FEATURES, _int(data["guest_features"], "guest_features", source),
+            "guest_features", source, MeasurementError),
         vmm_type=str(vmm))
+    check_record_vm(data, source)
     return inputs, (_hex(fw, "firmware", 48, source) if fw else None)
 
 
+# measurement.json's "vm" record: key -> (type, range or None). Not in the
+# digest, but launched and reported, so a wrong type is refused here.
+RECORD_VM: dict[str, tuple[type, limits.Range | None]] = {
+    "host_cpu_family": (str, None), "vcpu_count": (int, limits.VCPUS),
+    "vcpu_type": (str, None), "guest_features": (int, limits.GUEST_FEATURES),
+    "platform_info": (int, limits.U64), "guest_policy": (int, limits.U64),
+    "family_id": (str, None), "image_id": (str, None),
+    "memory_mib": (int, limits.MEMORY_MIB), "min_commited_tcb": (dict, None),
+}
+
+
+def check_record_vm(data: dict[str, Any], source: str) -> None:
+    """measurement.json's optional "vm" mapping: known keys with the right types."""
+    if "vm" not in data:
+        return
+    vm = data["vm"]
+    if not isinstance(vm, dict):
+        raise MeasurementError(f"{source}: 'vm' must be a mapping, got {vm!r:.60}")
+    for key, value in vm.items():
+        if key not in RECORD_VM:
+            continue
+        typ, rng = RECORD_VM[key]
+        if rng is not None:   # integers may be written as "0x..." strings (inputs.json)
+            limits.check_range(rng, _int(value, f"vm.{key}", source), f"vm.{key}", source,
+                               MeasurementError)
+        elif not isinstance(value, typ):
+            raise MeasurementError(f"{source}: vm.{key}: expected {typ.__name__}, "
+                                   f"got {value!r:.60}")
+
+
 def load_inputs(path: str | os.PathLike) -> tuple[LaunchInputs, str | None, dict[str, Any]]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MeasurementError(f"inputs file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise MeasurementError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = limits.load_json(path, limits.INPUTS_BYTES, "inputs file", MeasurementError)
     if not isinstance(data, dict):
         raise MeasurementError(f"{path}: expected a JSON object")
     inputs, fw = parse_inputs(data, str(path))

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from hbos import limits
 from hbos.errors import MeasurementError
 from hbos.measure import Firmware, launch_digest, load_inputs
 
@@ -28,8 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     inputs, fw_hash, data = load_inputs(args.inputs)
     if args.vcpus is not None:
-        if args.vcpus < 1:
-            raise MeasurementError(f"--vcpus must be at least 1, got {args.vcpus}")
+        limits.check_range(limits.VCPUS, args.vcpus, "--vcpus", "measure", MeasurementError)
         inputs = inputs.replace(vcpus=args.vcpus)
     firmware = Firmware(args.ovmf, launch_hash=fw_hash)
     digest = launch_digest(firmware, inputs)

@@ -24,6 +24,10 @@ class Paths:
     def dep_file(self) -> Path:
         return self.build / ".doit.db"
 
+    def lock(self, name: str) -> Path:
+        """The lock file one kind of run holds (hbos.lock): vm, releases."""
+        return self.build / "locks" / f"{name}.lock"
+
     @property
     def logs(self) -> Path:
         return self.build / "logs"
@@ -53,6 +57,10 @@ class Paths:
     def kernel_deb(self) -> Path:
         """The guest kernel package that `kernel` unpacks (package source)."""
         return self.downloads / "guest-kernel.deb"
+
+    def apt_dir(self, suite: str) -> Path:
+        """A private apt (sources.list, lists, cache) for one Debian suite."""
+        return self.build / "apt" / suite
 
     @property
     def vmlinuz(self) -> Path:
@@ -144,6 +152,20 @@ class Paths:
         """What the content was built from (dir fingerprint); not a downstream input."""
         return self.content_dir / "source-state.json"
 
+    # hb_release: tools/hb_node built into a relx release (content.source: erlang)
+    @property
+    def hb_release_dir(self) -> Path:
+        return self.build / "hb-release"
+
+    @property
+    def hb_release_tree(self) -> Path:
+        """The relx release `hb` (installed as opt/hyperbeam)."""
+        return self.hb_release_dir / "hb"
+
+    @property
+    def hb_release_manifest(self) -> Path:
+        return self.hb_release_dir / "manifest.json"
+
     # verity root
     @property
     def verity_dir(self) -> Path:
@@ -178,7 +200,6 @@ class Paths:
     @property
     def reference_values(self) -> Path:
         return self.build / "reference-values.json"
-
     # launch identity (hbos/idblock.py, hbos/hostdata.py); the keys live outside build/
     @property
     def identity_dir(self) -> Path:
@@ -203,6 +224,10 @@ class Paths:
     def host_data(self) -> Path:
         """base64 of the 32-byte HOST_DATA (QEMU host-data=)."""
         return self.identity_dir / "host_data.b64"
+
+    @property
+    def snp_trusted(self) -> Path:
+        return self.build / "snp_trusted.json"
 
     # launcher state
     @property

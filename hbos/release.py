@@ -30,11 +30,11 @@ import json
 import os
 import re
 import stat
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hbos import limits, vmconfig
 from hbos.errors import HbosError, ReleaseError
 from hbos.fsutil import sha256_file
 from hbos.measure import Firmware, LaunchInputs, inputs_from_files, launch_digest, parse_inputs
@@ -159,12 +159,9 @@ def read_small(path: Path, limit: int = SMALL_LIMIT) -> bytes:
 
 def read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST
-    try:
-        data = json.loads(read_small(path))
-    except FileNotFoundError:
-        raise ReleaseError(f"release {root} has no {MANIFEST}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
+    if not path.exists() and not path.is_symlink():
+        raise ReleaseError(f"release {root} has no {MANIFEST}")
+    data = limits.load_json(path, limits.MANIFEST_BYTES, "release manifest", ReleaseError)
     return Manifest.parse(data, str(path))
 
 
@@ -212,10 +209,7 @@ def check_files(root: Path, manifest: Manifest, *, full: bool = True) -> None:
 def release_vm_config(root: Path) -> dict[str, Any]:
     """The release's VM definition; its files must be the release's own."""
     path = root / VM_CONFIG
-    try:
-        vm = tomllib.loads(read_small(path).decode())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ReleaseError(f"{path}: not a readable VM definition ({exc})") from None
+    vm = vmconfig.parse(path, ReleaseError)   # bounded, typed, ranges checked
     for key, name in VM_FILES.items():
         if vm.get(key) != name:
             raise ReleaseError(f"{path}: {key} must be {name!r} (a file of the release), "
@@ -239,10 +233,10 @@ def check_measurement(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
     """measurement.json must describe these files and this VM, and promise `expected`."""
     path = root / MEASUREMENT
     try:
-        data = json.loads(read_small(path))
+        data = limits.load_json(path, limits.INPUTS_BYTES, "measurement", ReleaseError)
+        if not isinstance(data, dict):
+            raise ReleaseError(f"{path}: expected a JSON object")
         m_inputs, m_fw = parse_inputs(data, str(path))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
     except HbosError as exc:
         raise ReleaseError(str(exc)) from None
     fields = {"kernel sha256": (m_inputs.kernel_sha256, inputs.kernel_sha256),

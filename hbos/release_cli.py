@@ -12,7 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from hbos import archive, release
+from hbos import release, release_unpack
 from hbos.errors import HashMismatch, ReleaseError, UnsafeArchive
 from hbos.fsutil import sha256_file
 
@@ -44,7 +44,7 @@ def verify_path(path: Path, *, sha256: str = "", launch_digest: str = "",
                                f"  got      {got}")
     with tempfile.TemporaryDirectory(prefix="hbos-verify-") as tmp:
         root = Path(tmp) / "release"
-        archive.extract(path, root)
+        release_unpack.extract(path, root, max_bytes=release_unpack.free_space(Path(tmp)))
         return _verified(root, launch_digest, trusted_key, report)
 
 

@@ -8,7 +8,8 @@ The tarball is fetched by hbos.fetch (streamed, retried on transient errors,
 truncation detected, sha256 checked when pinned; `file://` URLs and plain
 paths are copied, for hosts without a server), extracted by hbos.archive
 (absolute paths, `..`, escaping links, devices, fifos, duplicates refused)
-into a staging directory inside build/releases/, and verified there
+and hbos.release_unpack (only the files the manifest names, at its sizes,
+within the free space, all checked before writing) into a staging directory inside build/releases/, and verified there
 (hbos.release.verify_release). Only then does the `current` symlink move to
 it, by one atomic rename; a refused release leaves the previous one in place
 and nothing of itself behind.
@@ -24,7 +25,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from hbos import archive, fetch, release
+from hbos import fetch, release, release_unpack
 from hbos.errors import HashMismatch, ReleaseError
 from hbos.fsutil import atomic_path, remove, sha256_file
 
@@ -39,6 +40,7 @@ def resolve_request(cfg, url: str = "", sha256: str = "") -> tuple[str, str]:
         raise ReleaseError("no release URL given",
                            hint="doit download_release --url URL [--sha256 HEX], "
                                 "or set release.url in config.yaml")
+    fetch.parse_url(url)  # a malformed URL is a usage error, not a retried download
     pin = (sha256 or cfg.release.sha256).strip().lower()
     if pin and not _HEX64.match(pin):
         raise ReleaseError(f"--sha256 must be 64 hex digits, got {pin!r}")
@@ -53,6 +55,7 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", trusted_key: s
     carry that author's valid signature (hbos.provenance), checked before install.
     """
     from hbos import provenance
+    remove_partials(paths)
     url, pin = resolve_request(cfg, url, sha256)
     trusted = provenance.trusted_keys(cfg, trusted_key)
     if not pin and not trusted:
@@ -74,9 +77,19 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", trusted_key: s
     return root
 
 
+def remove_partials(paths) -> None:
+    """Remove the partial downloads (.incoming-PID...) of runs that were killed."""
+    if not paths.downloads.is_dir():
+        return
+    for entry in paths.downloads.iterdir():
+        m = re.match(r"^\.\.?incoming-(\d+)", entry.name)
+        if m and (int(m[1]) == os.getpid() or not _alive(int(m[1]))):
+            remove(entry)
+
+
 def local_source(url: str) -> Path | None:
     """The file a `file://` URL or a plain path names (for air-gapped hosts), else None."""
-    parsed = urllib.parse.urlparse(url)
+    parsed = fetch.parse_url(url)
     if parsed.scheme == "file":
         return Path(urllib.parse.unquote(parsed.path))
     if parsed.scheme == "":
@@ -113,7 +126,7 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str, *,
     stage = releases / f".incoming-{os.getpid()}"
     remove(stage)
     try:
-        archive.extract(tarball, stage, max_bytes=shutil.disk_usage(releases).free - RESERVE)
+        release_unpack.extract(tarball, stage, max_bytes=release_unpack.free_space(releases))
         if trusted:  # cheap (manifest + signature): refuse before hashing the images
             check_signer(stage, trusted)
         release.verify_release(stage, pinned_digest=cfg.release.launch_digest)

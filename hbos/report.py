@@ -420,6 +420,8 @@ def parse_bytes(data: bytes, source: str = "report") -> Report:
                 else ""
             raise AttestationError(f"{source}: looks like JSON but does not parse{where}") \
                 from None
+        except RecursionError:
+            raise AttestationError(f"{source}: JSON nested too deeply: not a report") from None
         return report_from_json(obj, source)
     if len(data) not in (REPORT_SIZE, REPORT_SIZE + MSG_REPORT_RSP_HEADER):
         try:

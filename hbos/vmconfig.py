@@ -7,9 +7,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from hbos import __version__, templates
+from hbos import __version__, limits, templates
 from hbos.config import Config
-from hbos.errors import BuildError
+from hbos.errors import BuildError, HbosError
 from hbos.fsutil import write_text
 from hbos.paths import Paths
 
@@ -47,14 +47,38 @@ def write(cfg: Config, paths: Paths, *, ovmf: Path, roothash_file: Path | None =
     write_text(paths.vm_config, text)
 
 
+# vm-config.toml's keys and their types (ints with the shared hbos.limits ranges).
+FIELDS: dict[str, type | limits.Range] = {
+    "host_cpu_family": str, "vcpu_count": limits.VCPUS, "vcpu_type": str, "vmm_type": str,
+    "memory_mib": limits.MEMORY_MIB, "ovmf_file": str, "guest_features": limits.GUEST_FEATURES,
+    "kernel_file": str, "initrd_file": str, "kernel_cmdline": str,
+    "platform_info": limits.U64, "guest_policy": limits.U64, "family_id": str, "image_id": str,
+    "debug": bool, "min_commited_tcb": dict,
+}
+
+
+def parse(path: Path, error: type[HbosError] = BuildError) -> dict[str, Any]:
+    """Read a vm-config.toml (bounded, UTF-8, TOML) and check every known key's type."""
+    data = limits.load_toml(path, limits.VM_CONFIG_BYTES, "VM definition", error)
+    for key, kind in FIELDS.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if isinstance(kind, limits.Range):
+            limits.check_range(kind, value, key, str(path), error)
+        elif not isinstance(value, kind):
+            raise error(f"{path}: {key}: expected {_TYPE_NAMES[kind]}, got {value!r:.60}")
+    return data
+
+
+_TYPE_NAMES = {str: "a string", bool: "true or false", dict: "a table"}
+
+
 def load(path: Path) -> dict[str, Any]:
     """Parse a vm-config.toml; relative file paths resolve against its directory."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise BuildError(f"VM definition {path} does not exist", hint="run: doit vm_config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BuildError(f"{path}: invalid TOML: {exc}") from None
+    if not path.exists() and not path.is_symlink():
+        raise BuildError(f"VM definition {path} does not exist", hint="run: doit vm_config")
+    data = parse(path)
     for key in ("ovmf_file", "kernel_file", "initrd_file"):
         if key in data and data[key] and not Path(data[key]).is_absolute():
             data[key] = str((path.parent / data[key]).resolve())

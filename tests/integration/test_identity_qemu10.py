@@ -41,7 +41,7 @@ def snp_argv(trixie_root, amdsev_ovmf, tmp_path_factory):
     idblock.write_id_block(cfg, paths)
     wrapper = trixie.wrapper(trixie_root, [root], root / "qemu-system-x86_64")
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(paths.vm_config))
-    generated = launch.launch_identity(record, vm, launch.StartOptions(), paths.identity_dir,
+    generated = launch.launch_identity(cfg, record, vm, launch.StartOptions(), paths.identity_dir,
                                        "snp")
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(paths.verity_image, paths.hash_tree),
@@ -49,7 +49,7 @@ def snp_argv(trixie_root, amdsev_ovmf, tmp_path_factory):
         accel="kvm", forwards=(qemu.Forward(10000, 10000),),
         snp=launch.snp_options(cfg, generated))
     assert spec.host.version[0] == 10
-    return qemu.command_line(spec), paths, record
+    return qemu.command_line(spec), paths, record, cfg
 
 
 def _run(argv, paths):
@@ -62,7 +62,7 @@ def _sev(argv) -> int:
 
 
 def test_qemu10_accepts_id_block_id_auth_author_key_and_host_data(snp_argv):
-    argv, paths, _record = snp_argv
+    argv, paths, _record, _cfg = snp_argv
     obj = argv[_sev(argv)]
     keys = [p.partition("=")[0] for p in obj.split(",")]
     assert {"id-block", "id-auth", "author-key-enabled", "host-data"} <= set(keys)
@@ -78,7 +78,7 @@ def test_qemu10_accepts_id_block_id_auth_author_key_and_host_data(snp_argv):
     ("host-data=", "host-data=!", "Base64"),
 ])
 def test_a_broken_identity_option_fails_at_parsing(snp_argv, old, new, error):
-    argv, paths, _ = snp_argv
+    argv, paths, _, _ = snp_argv
     argv = list(argv)
     i = _sev(argv)
     argv[i] = argv[i].replace(old, new)
@@ -88,11 +88,11 @@ def test_a_broken_identity_option_fails_at_parsing(snp_argv, old, new, error):
 
 
 def test_the_launch_refuses_a_stale_id_block_before_qemu(snp_argv):
-    _, paths, record = snp_argv
+    _, paths, record, cfg = snp_argv
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(paths.vm_config))
     with pytest.raises(Exception, match="LD"):
-        launch.launch_identity(dict(record, expected_hash="00" * 48), vm,
+        launch.launch_identity(cfg, dict(record, expected_hash="00" * 48), vm,
                                launch.StartOptions(), paths.identity_dir, "snp")
     with pytest.raises(Exception, match="policy"):
-        launch.launch_identity(record, dataclasses.replace(vm, guest_policy=0x70000),
+        launch.launch_identity(cfg, record, dataclasses.replace(vm, guest_policy=0x70000),
                                launch.StartOptions(), paths.identity_dir, "snp")

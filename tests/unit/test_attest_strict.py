@@ -33,6 +33,16 @@ REAL = {
 DAY = datetime.timedelta(days=1)
 
 
+
+@pytest.fixture(autouse=True)
+def _fixed_verification_time(monkeypatch):
+    """Where a test gives no --at: a fixed time inside the vectors' validity, not now."""
+    import datetime
+
+    from hbos import attest
+    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+        2026, 6, 1, tzinfo=datetime.timezone.utc))
+
 @pytest.fixture(scope="module")
 def att(vectors):
     return vectors / "attestation"
@@ -350,3 +360,27 @@ def test_crl_through_the_cli_offline(ca, base, monkeypatch, tmp_path, capsys):
     (d / "crl_milan.der").write_bytes(ca.crl([7]).public_bytes(Encoding.DER))
     rc, v = _verdict(capsys, argv + ["--require-crl"])
     assert rc == 0 and {s["name"]: s["status"] for s in v["steps"]}["crl"] == "pass"
+
+
+def test_doit_action_takes_at_and_require_crl(att, tmp_path, capsys):
+    from doit.exceptions import TaskFailed
+
+    from hbos import attest_cli, config as hconfig
+    from hbos.paths import Paths
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"build_dir: {tmp_path / 'build'}\n")
+    cfg = hconfig.load(overlay=overlay)
+    paths = Paths.from_config(cfg)
+    paths.build.mkdir(parents=True)
+    rep, cert, _, _ = _real(att, "milan-hbos")
+    paths.measurement.write_text(json.dumps({"expected_hash": rep.measurement.hex()}))
+    action = attest_cli.doit_action(cfg, paths)
+    kw = dict(report=str(att / REAL["milan-hbos"][0]), vcek=str(att / REAL["milan-hbos"][1]),
+              certs_dir=str(att / "certs"), report_data="", vmpl="1", allow_debug=False,
+              json=False)
+    assert action(**kw, at=(cert.not_valid_before_utc + DAY).isoformat()) is None
+    failed = action(**kw, at=(cert.not_valid_after_utc + DAY).isoformat())
+    assert isinstance(failed, TaskFailed) and "validity" in str(failed)
+    failed = action(**kw, require_crl=True)
+    assert isinstance(failed, TaskFailed) and "crl" in str(failed)
+    capsys.readouterr()

@@ -246,7 +246,7 @@ def test_launcher_passes_id_block_auth_and_host_data_to_qemu(build):
     idblock.write_id_block(cfg, paths)
     rec = json.loads(paths.measurement.read_text())
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
-    gen = launch.launch_identity(rec, vm, launch.StartOptions(), paths.identity_dir, "snp")
+    gen = launch.launch_identity(cfg, rec, vm, launch.StartOptions(), paths.identity_dir, "snp")
     cfg = hconfig.load(overlay=Path(cfg.sources[-1]))
     snp = launch.snp_options(dataclass_replace_launch(cfg, cbitpos=51), gen)
     obj = qemu.sev_snp_object(vm, snp, "upstream")
@@ -272,10 +272,10 @@ def test_launcher_refuses_an_id_block_for_another_measurement(build):
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     other = dict(rec, expected_hash="ab" * 48)
     with pytest.raises(IdentityError, match="LD"):
-        launch.launch_identity(other, vm, launch.StartOptions(), paths.identity_dir, "snp")
+        launch.launch_identity(cfg, other, vm, launch.StartOptions(), paths.identity_dir, "snp")
     import dataclasses
     with pytest.raises(IdentityError, match="policy"):
-        launch.launch_identity(rec, dataclasses.replace(vm, guest_policy=0xB0000),
+        launch.launch_identity(cfg, rec, dataclasses.replace(vm, guest_policy=0xB0000),
                                launch.StartOptions(), paths.identity_dir, "snp")
 
 
@@ -288,10 +288,13 @@ def test_host_data_follows_the_post_start_body_and_nothing_else(build):
     base = hostdata.node_configuration(cfg, rec)
     peer = hostdata.node_configuration(
         cfg, rec, launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2"))
-    assert base["post_start"] is None
-    assert peer["post_start"] == launch.post_start_config(
-        rec, launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2"))
-    assert hostdata.host_data(base) != hostdata.host_data(peer)
+    quiet = hostdata.node_configuration(cfg, rec, launch.StartOptions(no_auto=True))
+    # post-start is on by default (issue 13): the default body is what start sends
+    assert base["post_start"] == launch.post_start_body(cfg, rec, launch.StartOptions())
+    assert base["post_start"]["snp_trusted"] and quiet["post_start"] is None
+    assert peer["post_start"] == launch.post_start_body(
+        cfg, rec, launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2"))
+    assert len({hostdata.host_data(d) for d in (base, peer, quiet)}) == 3
     # the same configuration gives the same HOST_DATA; it is sha256 of the canonical JSON
     assert hostdata.host_data(hostdata.node_configuration(cfg, rec)) == hostdata.host_data(base)
     import hashlib
@@ -311,15 +314,15 @@ def test_host_data_follows_config_flat(tmp_path):
 
 
 def test_launch_refuses_snp_with_a_configuration_other_than_the_measured(build):
-    _cfg, paths, vm_config = build
+    cfg, paths, vm_config = build
     rec = json.loads(paths.measurement.read_text())
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     opts = launch.StartOptions(self_url="http://me:1")
     with pytest.raises(LaunchError, match="HOST_DATA"):
-        launch.launch_identity(rec, vm, opts, None, "snp")
+        launch.launch_identity(cfg, rec, vm, opts, None, "snp")
     # emulated: a note, no HOST_DATA passed, no refusal
-    assert "host_data" in launch.launch_identity(rec, vm, opts, None, "emulated")
-    assert launch.launch_identity(rec, vm, launch.StartOptions(), None, "snp")["host_data"] == \
+    assert "host_data" in launch.launch_identity(cfg, rec, vm, opts, None, "emulated")
+    assert launch.launch_identity(cfg, rec, vm, launch.StartOptions(), None, "snp")["host_data"] == \
         hostdata.to_b64(rec["host_data"])
 
 

@@ -24,6 +24,18 @@ def test_urls_exact():
         f"http://k/vcek/v1/Turin/{CHIP[:8].hex()}?fmcSPL=5&blSPL=1&teeSPL=2&snpSPL=3&ucodeSPL=4")
 
 
+
+@pytest.fixture(autouse=True)
+def _fixed_verification_time(monkeypatch):
+    """Certificates expire (these VCEKs from 2029 on): verify at a fixed time inside every
+    vector's validity instead of now, so the suite does not rot. test_attest_strict covers
+    the validity step itself."""
+    import datetime
+
+    from hbos import attest
+    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+        2026, 6, 1, tzinfo=datetime.timezone.utc))
+
 @pytest.fixture
 def att(vectors):
     return vectors / "attestation"

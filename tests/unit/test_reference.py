@@ -16,6 +16,16 @@ from tests.unit.test_graph import load_dodo
 HBOS_REPORT = "hbos-benign-report.bin"
 
 
+
+@pytest.fixture(autouse=True)
+def _fixed_verification_time(monkeypatch):
+    """Where a test gives no --at: a fixed time inside the vectors' validity, not now."""
+    import datetime
+
+    from hbos import attest
+    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+        2026, 6, 1, tzinfo=datetime.timezone.utc))
+
 @pytest.fixture
 def build(tmp_path, amdsev_ovmf):
     return make_build(tmp_path, amdsev_ovmf)
@@ -38,9 +48,8 @@ def test_doit_measure_writes_reference_values(build, tmp_path):
     assert ref["min_tcb"] == {cfg.vm.host_cpu_family: {
         "bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode}}
     assert ref["family_id"] == cfg.vm.family_id and ref["debug"] is False
-    # HOST_DATA (the node configuration) is always set; key digests only with identity on
-    assert ref["host_data"] == record["host_data"] and len(ref["host_data"]) == 64
-    assert "id_key_digest" not in ref and "author_key_digest" not in ref
+    assert ref["host_data"] == record["host_data"]  # HOST_DATA = the node configuration (issue 15)
+    assert "id_key_digest" not in ref  # identity disabled
     assert reference.load(paths.reference_values)["measurements"] == ref["measurements"]
 
 
@@ -145,3 +154,22 @@ def test_release_carries_and_checks_reference_values(build):
     (root / release.MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ReleaseError, match="measurements differ from what measurement.json"):
         release.verify_release(root)
+
+
+def test_several_reference_files_trust_several_releases(vectors, tmp_path, capsys):
+    att = vectors / "attestation"
+    rep = report.load(att / HBOS_REPORT)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    base = {"format": reference.FORMAT, "guest_policy": 0x30000}
+    a.write_text(json.dumps({**base, "measurements": ["cd" * 48]}))
+    b.write_text(json.dumps({**base, "measurements": [rep.measurement.hex()]}))
+    rc, v = _verify(att, a, capsys)
+    assert rc == 1 and v["failed"] == ["measurement"]
+    rc, v = _verify(att, a, capsys, "--reference", str(b))
+    assert rc == 0 and "trusted digest 2 of 2" in {
+        s["name"]: s for s in v["steps"]}["measurement"]["detail"]
+    b.write_text(json.dumps({**base, "guest_policy": 0x10000, "measurements": []}))
+    rc, err = _verify(att, a, capsys, "--reference", str(b))
+    assert rc == 2 and "differ in guest_policy" in err
+    rc, err = _verify(att, a, capsys, "--reference", "")
+    assert rc == 2 and "--reference is empty" in err
