@@ -387,8 +387,19 @@ def test_graph_measure_reruns_exactly_when_the_node_configuration_changes(tmp_pa
     base = graph("base")
     unrelated = graph("unrelated", "launch: {health_timeout: 5}\nrelease: {retries: 9}\n")
     node = graph("node", "content: {hyperbeam_config: ['mode: prod']}\n")
+    post = graph("post", "post_start: {settings: ['operator: trustless', 'x: 1']}\n")
     assert fingerprint(unrelated) == fingerprint(base)
     assert fingerprint(node) != fingerprint(base)
+    assert fingerprint(post) != fingerprint(base)
+
+    def slices(g):  # every task's config_changed value
+        return {name: [u.config for u in t.get("uptodate", []) if hasattr(u, "config")]
+                for name, t in g["tasks"].items()}
+    changed = {n for n, v in slices(post).items() if v != slices(base)[n]}
+    assert changed == {"measure"}  # the post-start body reruns measure and nothing else
+    p = measured(post)
+    b0 = measured(base)
+    assert p["host_data"] != b0["host_data"] and p["expected_hash"] == b0["expected_hash"]
     a, b = measured(base), measured(node)
     assert a["host_data"] != b["host_data"]
     assert hostdata.to_b64(b["host_data"]) == paths.host_data.read_text().strip()
