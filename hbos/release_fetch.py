@@ -127,9 +127,9 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str, *,
     remove(stage)
     try:
         release_unpack.extract(tarball, stage, max_bytes=release_unpack.free_space(releases))
-        release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
-        if trusted:
+        if trusted:  # cheap (manifest + signature): refuse before hashing the images
             check_signer(stage, trusted)
+        release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
         final = releases / f"{tarball_sha256[:16]}.{secrets.token_hex(4)}"
         os.rename(stage, final)
     except BaseException:
