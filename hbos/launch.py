@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hbos import measure, qemu, run as hrun, vmconfig
+from hbos import limits
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
 from hbos.fsutil import sha256_file, write_json
@@ -128,13 +129,9 @@ def launch_mismatches(vm: qemu.VmDefinition, record: dict[str, Any],
 
 
 def check_measurement(vm: qemu.VmDefinition, measurement: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(measurement.read_text())
-    except FileNotFoundError:
-        raise LaunchError(f"measurement {measurement} does not exist",
-                          hint="run: doit measure") from None
-    except json.JSONDecodeError as exc:
-        raise LaunchError(f"{measurement}: not valid JSON (line {exc.lineno})") from None
+    if not measurement.exists():
+        raise LaunchError(f"measurement {measurement} does not exist", hint="run: doit measure")
+    record = limits.load_json(measurement, limits.INPUTS_BYTES, "measurement", LaunchError)
     if not isinstance(record, dict):
         raise LaunchError(f"{measurement}: expected a JSON object")
     problems = launch_mismatches(vm, record)

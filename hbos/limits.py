@@ -85,12 +85,13 @@ def read_bytes(path: str | os.PathLike, limit: int, what: str,
         raise error(f"{what} {p} does not exist") from None
     except OSError as exc:
         raise error(f"cannot read {what} {p}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             raise error(f"{what} {p} is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what} {p} is not a regular file")
+        raise error(f"{what} {p} is not a regular file")
+    with os.fdopen(fd, "rb") as fh:
         if st.st_size > limit:
             raise error(f"{what} {p} is larger than {limit} bytes ({st.st_size} bytes)")
         try:
