@@ -16,7 +16,8 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from hbos.errors import Busy
 

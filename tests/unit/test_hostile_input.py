@@ -33,12 +33,29 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from hbos import (archive, config as hconfig, fetch, limits, measure, release, release_fetch,
-                  release_pack, release_unpack, vmconfig)
-from hbos.errors import (ConfigError, DownloadError, HbosError, MeasurementError, ReleaseError,
-                         UnsafeArchive)
+from hbos import (
+    archive,
+    fetch,
+    limits,
+    measure,
+    release,
+    release_fetch,
+    release_pack,
+    release_unpack,
+    vmconfig,
+)
+from hbos import config as hconfig
+from hbos.errors import (
+    ConfigError,
+    DownloadError,
+    HbosError,
+    MeasurementError,
+    ReleaseError,
+    UnsafeArchive,
+)
 from hbos.paths import Paths
 from tests.release_fixtures import make_build, member, tar_of
 
@@ -47,6 +64,8 @@ DEEP = 5000   # thousands deep: far past any parser's recursion limit
 FAST = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
+# loading a config validates config.yaml and every profile (~0.1 s): fewer examples
+CONFIG_FAST = settings(FAST, max_examples=25)
 
 
 def one_line(message: str) -> str:
@@ -164,7 +183,7 @@ _vm_keys = st.sampled_from(["vcpu_count", "memory_mib", "guest_features", "vcpu_
                             "family_id", "guest_policy", "min_committed_tcb"])
 
 
-@FAST
+@CONFIG_FAST
 @given(top=st.dictionaries(_config_keys, _yaml_values, max_size=3),
        vm=st.dictionaries(_vm_keys, _yaml_values, max_size=3))
 def test_config_random_types_only_config_error(tmp_path_factory, top, vm):
@@ -184,7 +203,7 @@ def test_config_random_types_only_config_error(tmp_path_factory, top, vm):
         assert rng.problem(getattr(cfg.vm, key)) is None
 
 
-@FAST
+@CONFIG_FAST
 @given(data=st.binary(max_size=300))
 def test_config_random_bytes_only_config_error(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("cfg") / "over.yaml"
