@@ -539,10 +539,13 @@ def _release_with(paths: Paths, tmp_path: Path, name: str, text: str) -> Path:
     (release.VM_CONFIG, 'vcpu_type = "EPYC-v4"', "vcpu_type = [1]"),
     (release.MEASUREMENT, '"vm": {', '"vm": "x", "old": {'),
     (release.MEASUREMENT, '"vcpus": 1', '"vcpus": "1x"'),
+    (release.MEASUREMENT, '"expected_hash": "', '"expected_hash": 5, "old": "'),
+    (release.MEASUREMENT, '"files": {', '"files": [], "old": {'),
     (release.MANIFEST, '"files": [', '"files": "x", "old": ['),
     (release.MANIFEST, '"format"', '"nest": ' + "[" * DEEP + "]" * DEEP + ', "format"'),
 ], ids=["vcpu_count-str", "vcpu_count-range", "guest_features-neg", "vcpu_type-list",
-        "vm-str", "vcpus-str", "files-str", "manifest-deep"])
+        "vm-str", "vcpus-str", "expected_hash-int", "record-files-list", "files-str",
+        "manifest-deep"])
 def test_release_wrong_types_refused(packaged, tmp_path, name, old, new):
     _, paths = packaged
     text = (paths.release_dir / name).read_text()
@@ -859,3 +862,46 @@ def test_two_start_release_at_once(tmp_path, amdsev_ovmf):
             first.wait()
         if guest and _alive(guest):
             os.kill(guest, 9)
+
+
+# ------------------------------------------------------------ random types in a release
+
+
+_record_keys = st.sampled_from(["vm", "files", "cmdline", "expected_hash", "debug", "vcpus",
+                                "vcpu_type", "guest_features", "firmware", "append"])
+
+
+@FAST
+@given(changes=st.dictionaries(_record_keys, _json_values, min_size=1, max_size=3),
+       vm=st.dictionaries(_vm_keys, _json_values, max_size=2))
+def test_release_measurement_random_types_only_release_error(packaged, tmp_path_factory,
+                                                             changes, vm):
+    _, paths = packaged
+    record = json.loads((paths.release_dir / release.MEASUREMENT).read_text())
+    record.update(changes)
+    if vm and isinstance(record.get("vm"), dict):
+        record["vm"] = {**record["vm"], **vm}
+    root = _release_with(paths, tmp_path_factory.mktemp("m"), release.MEASUREMENT,
+                         json.dumps(record))
+    try:
+        release.verify_release(root)
+    except ReleaseError as exc:
+        one_line(str(exc).split("\n  hint:")[0])
+
+
+@FAST
+@given(changes=st.dictionaries(_record_keys, _json_values, min_size=1, max_size=3))
+def test_launch_measurement_random_types_only_launch_error(good_inputs, amdsev_ovmf,
+                                                           tmp_path_factory, changes):
+    from hbos import launch, qemu
+    from hbos.errors import LaunchError
+    d = tmp_path_factory.mktemp("l")
+    vm = qemu.VmDefinition(kernel=d / "k", initrd=d / "i", ovmf=amdsev_ovmf, cmdline="c",
+                           vcpus=2, vcpu_type="EPYC-v4", memory_mib=512,
+                           guest_policy=0x30000, guest_features=1)
+    path = d / "measurement.json"
+    path.write_text(json.dumps(_with(good_inputs, **changes)))
+    try:
+        launch.check_measurement(vm, path)
+    except LaunchError as exc:
+        assert "Traceback" not in str(exc)
