@@ -905,3 +905,19 @@ def test_launch_measurement_random_types_only_launch_error(good_inputs, amdsev_o
         launch.check_measurement(vm, path)
     except LaunchError as exc:
         assert "Traceback" not in str(exc)
+
+
+@pytest.mark.parametrize("case", ["random bytes", "/dev/zero", "empty directory", "a fifo"])
+def test_hbos_verify_release_cli_not_a_release(tmp_path, case):
+    path = {"random bytes": tmp_path / "r.tar.gz", "/dev/zero": Path("/dev/zero"),
+            "empty directory": tmp_path / "d", "a fifo": tmp_path / "fifo"}[case]
+    if case == "random bytes":
+        path.write_bytes(os.urandom(3000))
+    elif case == "empty directory":
+        path.mkdir()
+    elif case == "a fifo":
+        os.mkfifo(path)
+    proc = run("-m", "hbos", "verify-release", str(path), timeout=60)
+    assert proc.returncode == 1
+    lines = problem_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith(f"REFUSED {path}: "), lines
