@@ -921,3 +921,46 @@ def test_hbos_verify_release_cli_not_a_release(tmp_path, case):
     assert proc.returncode == 1
     lines = problem_lines(proc)
     assert len(lines) == 1 and lines[0].startswith(f"REFUSED {path}: "), lines
+
+
+def test_partial_downloads_of_dead_runs_removed_live_ones_kept(tmp_path):
+    cfg = hconfig.load(overlay=_overlay(tmp_path))
+    paths = Paths.from_config(cfg)
+    paths.downloads.mkdir(parents=True)
+    dead = _dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = [paths.downloads / f".incoming-{dead}.tar.gz",
+                paths.downloads / f"..incoming-{dead}.tar.gz.tmp-{dead}",
+                paths.downloads / f".incoming-{os.getpid()}.tar.gz"]
+        kept = [paths.downloads / f".incoming-{live.pid}.tar.gz", paths.downloads / "release.tar.gz"]
+        for p in gone + kept:
+            p.write_bytes(b"x")
+        release_fetch.remove_partials(paths)
+        assert sorted(paths.downloads.iterdir()) == sorted(kept)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_lock_names_the_holder_and_is_released(tmp_path):
+    from hbos import lock
+    from hbos.errors import Busy
+    path = tmp_path / "locks" / "vm.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from hbos import lock\n"
+         f"with lock.hold(Path({str(path)!r}), 'start'):\n"
+         "    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy) as err:
+            with lock.hold(path, "stop"):
+                pass
+        assert str(err.value) == (f"stop: {path} is locked: another run holds it, "
+                                  f"pid {holder.pid}")
+    finally:
+        holder.kill()   # however the holder ends, the kernel drops its lock
+        holder.wait()
+    with lock.hold(path, "stop"):
+        assert path.read_text().strip() == str(os.getpid())
