@@ -337,7 +337,9 @@ def running_pid(files: qemu.RunFiles) -> int | None:
 
 def file_tail(path: Path, lines: int = TAIL) -> str:
     try:
-        data = path.read_bytes()[-65536:]
+        with open(path, "rb") as fh:   # a guest may fill its console: read the end only
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 65536))
+            data = fh.read(65536)
     except OSError:
         return f"({path} is missing)"
     text = data.decode(errors="replace").replace("\r", "")
@@ -483,10 +485,7 @@ def _b64_file(cfg: Config, value: str, what: str) -> str:
     if not value:
         return ""
     p = cfg.path(value)
-    try:
-        return p.read_text().strip()
-    except OSError as exc:
-        raise LaunchError(f"launch.{what} {p}: {exc.strerror}") from None
+    return limits.read_text(p, 64 << 10, f"launch.{what}", LaunchError).strip()
 
 
 def snp_options(cfg: Config) -> qemu.SnpOptions:

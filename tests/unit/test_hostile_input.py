@@ -964,3 +964,25 @@ def test_lock_names_the_holder_and_is_released(tmp_path):
         holder.wait()
     with lock.hold(path, "stop"):
         assert path.read_text().strip() == str(os.getpid())
+
+
+@pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: _non_utf8(p),
+                                  lambda p: _huge(p, 1 << 20), lambda p: None])
+def test_launch_id_block_file_unusable(tmp_path, make):
+    from hbos import launch
+    from hbos.errors import LaunchError
+    path = tmp_path / "id_block.b64"
+    make(path)
+    cfg = hconfig.load(overlay=_overlay(tmp_path, f"launch: {{id_block: {path}}}\n"))
+    with pytest.raises(LaunchError) as err:
+        launch._b64_file(cfg, cfg.launch.id_block, "id_block")
+    assert f"launch.id_block {path}" in one_line(str(err.value))
+
+
+def test_console_tail_reads_only_the_end(tmp_path):
+    from hbos import launch
+    console = _huge(tmp_path / "console.log", 8 << 30)   # sparse: a guest that spammed 8 GiB
+    with open(console, "r+b") as fh:
+        fh.seek((8 << 30) - len(b"\nlast words\n"))
+        fh.write(b"\nlast words\n")
+    assert launch.file_tail(console, 1) == "last words"
