@@ -12,10 +12,11 @@ through config_changed) and its targets; the work lives in the hbos package.
 from doit import get_var
 from doit.tools import config_changed
 
-from hbos import (attest_cli, content, edk2, firmware, host, host_setup, hosttools, initramfs, kernel,
+from hbos import (attest_cli, content, edk2, firmware, hb_release, host, host_setup, hosttools,
+                  initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
-from hbos import lock
+from hbos import hostdata, hyperbeam, idblock, identity, lock, reference
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -88,6 +89,18 @@ def task_kernel():
         "file_dep": _kernel_deps(),
         "targets": strs([P.vmlinuz, P.kernel_manifest]),
         "uptodate": [config_changed(CFG.slice("kernel"))],
+        "clean": True,
+    }
+
+
+def task_hb_release():
+    """Local payload: tools/hb_node as a relx release `hb` (Debian erlang + rebar3; content.source erlang)."""
+    return {
+        "actions": [act(hb_release.build, CFG, P)],
+        "file_dep": strs(hb_release.source_files()),
+        "targets": strs([P.hb_release_manifest]),
+        "uptodate": [config_changed(CFG.slice("source_date_epoch")),
+                     hb_release.tooling_unchanged(P)],
         "clean": True,
     }
 
@@ -213,18 +226,64 @@ def task_vm_config():
 
 def _measure():
     record = measure.measure_vm_config(P.vm_config, P.measurement,
-                                       source_date_epoch=CFG.source_date_epoch)
+                                       source_date_epoch=CFG.source_date_epoch,
+                                       extra=lambda rec: identity.measurement_fields(CFG, rec))
     expected = record["expected_hash"] or f"none ({record['expected_hash_reason']})"
-    print(f"measure: expected launch digest {expected}")
+    hostdata.write_b64(P.host_data, record["host_data"])
+    reference.write(P.reference_values, record, str(P.measurement))
+    hyperbeam.write_trusted(P.snp_trusted, record)
+    print(f"measure: expected launch digest {expected}\n"
+          f"  HOST_DATA (node configuration) {record['host_data']}")
+
+
+def _identity_deps():
+    """The public keys when identity is enabled (their digests go into measurement.json)."""
+    if not CFG.identity.enabled:
+        return []
+    files = identity.key_files(CFG)
+    return strs([files.public(identity.ID), files.public(identity.AUTHOR)])
 
 
 def task_measure():
-    """Compute the expected SEV-SNP launch measurement -> build/measurement.json."""
+    """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference values, snp_trusted)."""
     return {
         "actions": [act(_measure)],
-        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps(),
-        "targets": strs([P.measurement]),
-        "uptodate": [config_changed(CFG.slice("source_date_epoch"))],
+        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P)]) + _ovmf_deps()
+                    + _identity_deps(),
+        "targets": strs([P.measurement, P.reference_values, P.snp_trusted, P.host_data]),
+        "uptodate": [config_changed({**CFG.slice("source_date_epoch", "identity"),
+                                     "node_configuration": hostdata.fingerprint(CFG)})],
+        "clean": True,
+    }
+
+
+# ------------------------------------------------- launch identity (hbos/identity.py, idblock.py)
+
+
+def task_keys():
+    """Create the ID and author keys (ECDSA P-384, 0600) in identity.keys_dir; never overwrites."""
+    return {
+        "actions": [act(identity.make_keys, CFG)],
+        "uptodate": [False],
+        "verbosity": 2,
+        # no targets and no clean: doit must never delete a key
+    }
+
+
+def _id_block_targets():
+    return strs([P.id_block, P.id_auth, P.id_block_json])
+
+
+def task_id_block():
+    """Sign the SEV-SNP ID block for the expected measurement (ID key, author key) -> build/identity/."""
+    if not CFG.identity.enabled:
+        return {"actions": None, "doc": "Sign the SEV-SNP ID block (inactive: identity.enabled "
+                "is false)"}
+    return {
+        "actions": [act(idblock.write_id_block, CFG, P)],
+        "file_dep": strs([P.measurement]) + _identity_deps(),
+        "targets": _id_block_targets(),
+        "uptodate": [config_changed(CFG.slice("identity"))],
         "clean": True,
     }
 
@@ -232,8 +291,9 @@ def task_measure():
 # ------------------------------------------------------------------ launch (hbos/launch.py)
 
 
-def _start(data_disk, self_url, peer_url, no_auto):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
+def _start(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
+                                      dry_run, mode, qemu)
     (action,) = act(lock.guarded(P.lock("vm"), "start", launch.start_from_build), CFG, P, opts)
     return action()
 
@@ -244,7 +304,8 @@ def task_start():
         "actions": [_start],
         "params": launch.DOIT_PARAMS,
         # doit builds whatever produces these first; start itself always runs
-        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement]),
+        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement])
+                    + (_id_block_targets() if CFG.identity.enabled else []),
         "uptodate": [False],
         "verbosity": 2,
     }
@@ -273,15 +334,16 @@ def task_status():
 
 
 def task_package_release():
-    """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement -> release.tar.gz."""
+    """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement (+ signature, provenance) -> release.tar.gz."""
     return {
         "actions": [act(release_pack.package_release, CFG, P)],
         "file_dep": strs([P.verity_image, P.hash_tree, P.vmlinuz, vmconfig.initrd_path(CFG, P),
-                          P.vm_config, P.measurement]) + _ovmf_deps(),
+                          P.vm_config, P.measurement]) + _ovmf_deps()
+                    + (_id_block_targets() if CFG.identity.enabled else []),
         "targets": strs([P.release_manifest, P.release_tarball, P.release_tarball_sha256]),
         "uptodate": [config_changed({"name": CFG.release.name,
                                      "compresslevel": CFG.release.compresslevel,
-                                     **CFG.slice("source_date_epoch")})],
+                                     **CFG.slice("source_date_epoch", "identity")})],
         "clean": True,
     }
 
@@ -291,12 +353,15 @@ _RELEASE_PARAMS = [
      "help": "release tarball URL, file:// URL or path (default: release.url)"},
     {"name": "sha256", "long": "sha256", "type": str, "default": "",
      "help": "expected tarball sha256 (default: release.sha256)"},
+    {"name": "trusted_key", "long": "trusted-key", "type": str, "default": "",
+     "help": "author public key (PEM): refuse a release not signed by it "
+             "(default: release.trusted_keys)"},
 ]
 
 
-def _download_release(url, sha256):
+def _download_release(url, sha256, trusted_key):
     (action,) = act(lock.guarded(P.lock("releases"), "download_release",
-                                 release_fetch.download_release), CFG, P, url, sha256)
+                                 release_fetch.download_release), CFG, P, url, sha256, trusted_key)
     return action()
 
 
@@ -310,8 +375,9 @@ def task_download_release():
     }
 
 
-def _start_release(data_disk, self_url, peer_url, no_auto):
-    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto)
+def _start_release(data_disk, self_url, peer_url, no_auto, dry_run=False, mode="", qemu=""):
+    opts = launch.options_from_params(data_disk, self_url, peer_url, no_auto,
+                                      dry_run, mode, qemu)
     (action,) = act(lock.guarded(P.lock("vm"), "start_release", release.start_release),
                     CFG, P, opts)
     return action()

@@ -1,4 +1,5 @@
-"""AMD's SEV-SNP certificate chain: ARK -> ASK -> VCEK, and the VCEK's extensions.
+"""AMD's SEV-SNP certificate chain: ARK -> ASK -> VCEK (or ARK -> ASVK -> VLEK), the
+VCEK's extensions, certificate validity and AMD's certificate revocation lists.
 
 From AMD's "Versioned Chip Endorsement Key (VCEK) Certificate and KDS Interface
 Specification" (publication 57230): the ARK (AMD Root Key, pinned below) is
@@ -8,6 +9,12 @@ VCEK carries its chip and TCB in extensions under 1.3.6.1.4.1.3704.1
 (Table 8 "VCEK Certificate Extensions"): productName (.1.2), the TCB security
 patch levels blSPL (.3.1), teeSPL (.3.2), snpSPL (.3.3), ucodeSPL (.3.8),
 fmcSPL (.3.9, Turin), and hwID (.4, the chip_id; 8 bytes on Turin).
+
+A VLEK (Versioned Loaded Endorsement Key, spec 57230 "VLEK") is what a cloud
+provider (AWS EC2) loads into the chip instead of a chip-unique VCEK: it is
+signed by the ASVK (AMD SEV VLEK Key, CN "SEV-VLEK-<product>"), itself signed
+by the same ARK; it carries the TCB extensions but no hwID. Each product has a
+CRL signed by its ARK (RSA-PSS SHA-384) listing revoked ASKs/ASVKs.
 
 AMD issues VCEKs with serial number 0. `cryptography` >= 42 warns on loading
 them (RFC 5280 wants a positive serial); the loader below silences exactly
@@ -36,6 +43,9 @@ OID_HWID = AMD_OID + ".4"
 OID_SPL = {"bootloader": AMD_OID + ".3.1", "tee": AMD_OID + ".3.2", "snp": AMD_OID + ".3.3",
            "microcode": AMD_OID + ".3.8", "fmc": AMD_OID + ".3.9"}
 PSS_SALT_LENGTH = 48
+KEY_KINDS = ("VCEK", "VLEK")
+# AMD's certificates are ~1.3-2.3 KB, a chain ~7 KB, a CRL ~1 KB: far below this
+MAX_CERT_FILE = 256 * 1024
 
 # sha256 of each AMD Root Key's SubjectPublicKeyInfo (DER), from AMD's published
 # ARKs (https://kdsintf.amd.com/vcek/v1/{product}/cert_chain; the same files as
@@ -98,12 +108,14 @@ def serial_number(cert: x509.Certificate) -> int:
         ctx.__exit__(None, None, None)
 
 
+def read_cert_bytes(path: str | Path, what: str = "certificate") -> bytes:
+    """A certificate/CRL file, bounded (see report.read_bounded)."""
+    from hbos.report import read_bounded
+    return read_bounded(path, MAX_CERT_FILE, what)
+
+
 def load_cert_file(path: str | Path) -> x509.Certificate:
-    p = Path(path)
-    try:
-        return load_cert(p.read_bytes(), str(p))
-    except FileNotFoundError:
-        raise AttestationError(f"certificate {p} does not exist") from None
+    return load_cert(read_cert_bytes(path), str(path))
 
 
 def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
@@ -125,33 +137,43 @@ def _cn(name: x509.Name) -> str:
 
 @dataclass(frozen=True)
 class Chain:
-    """ARK and ASK of one product."""
+    """ARK and intermediate of one product: the ASK for VCEKs, the ASVK for VLEKs (kept in
+    `ask` either way; `kind` says which leaf it signs)."""
     product: str
     ark: x509.Certificate
     ask: x509.Certificate
+    kind: str = "VCEK"
+
+    @property
+    def intermediate(self) -> str:
+        return "ASK" if self.kind == "VCEK" else "ASVK"
 
 
-def chain_from_certs(certs: list[x509.Certificate], product: str, source: str) -> Chain:
-    """ARK and ASK from a bundle (KDS's cert_chain lists ASK first, then ARK)."""
+def chain_from_certs(certs: list[x509.Certificate], product: str, source: str,
+                     kind: str = "VCEK") -> Chain:
+    """ARK and ASK (or ASVK) from a bundle (KDS's cert_chain lists ASK first, then ARK)."""
     ark = [c for c in certs if c.subject == c.issuer]
     ask = [c for c in certs if c.subject != c.issuer]
+    mid = "ASK" if kind == "VCEK" else "ASVK"
     if len(ark) != 1 or len(ask) != 1:
-        raise AttestationError(f"{source}: expected one ARK (self-signed) and one ASK, got "
+        raise AttestationError(f"{source}: expected one ARK (self-signed) and one {mid}, got "
                                f"{len(certs)} certificate(s)")
-    return Chain(product_name(product), ark[0], ask[0])
+    return Chain(product_name(product), ark[0], ask[0], kind)
 
 
-def load_certs_dir(directory: str | Path, product: str) -> Chain:
-    """ark_<product>.pem and ask_<product>.pem (product in lower case) from a directory."""
+def load_certs_dir(directory: str | Path, product: str, kind: str = "VCEK") -> Chain:
+    """ark_<product>.pem and ask_<product>.pem (asvk_<product>.pem for a VLEK chain; product
+    in lower case) from a directory."""
     product = product_name(product)
     d = Path(directory)
-    files = [d / f"{kind}_{product.lower()}.pem" for kind in ("ark", "ask")]
+    mid = "ask" if kind == "VCEK" else "asvk"
+    files = [d / f"{name}_{product.lower()}.pem" for name in ("ark", mid)]
     for f in files:
         if not f.is_file():
             raise AttestationError(f"{f} does not exist",
                                    hint=f"--certs-dir needs ark_{product.lower()}.pem and "
-                                        f"ask_{product.lower()}.pem")
-    return Chain(product, load_cert_file(files[0]), load_cert_file(files[1]))
+                                        f"{mid}_{product.lower()}.pem")
+    return Chain(product, load_cert_file(files[0]), load_cert_file(files[1]), kind)
 
 
 def _verify_pss(issuer: x509.Certificate, cert: x509.Certificate, label: str) -> None:
@@ -179,18 +201,81 @@ def ark_fingerprint(ark: x509.Certificate) -> str:
     return hashlib.sha256(spki).hexdigest()
 
 
+def leaf_kind(cert: x509.Certificate) -> str | None:
+    """'VCEK' or 'VLEK' from the certificate's common name (SEV-VCEK / SEV-VLEK), else None."""
+    return {"SEV-VCEK": "VCEK", "SEV-VLEK": "VLEK"}.get(_cn(cert.subject))
+
+
 def verify_chain(chain: Chain, vcek: x509.Certificate) -> str:
-    """ARK is AMD's (pinned), self-signed, ARK signs ASK, ASK signs VCEK; one-line summary."""
+    """ARK is AMD's (pinned), self-signed, ARK signs ASK (ASVK), which signs the VCEK (VLEK);
+    one-line summary."""
     p = chain.product
+    mid = chain.intermediate
     if _cn(chain.ark.subject) != f"ARK-{p}":
         raise AttestationError(f"ARK is {_cn(chain.ark.subject)!r}, expected 'ARK-{p}'")
     if ark_fingerprint(chain.ark) != AMD_ARK_SPKI_SHA256[p]:
         raise AttestationError(f"ARK-{p} is not AMD's root key (SPKI sha256 "
                                f"{ark_fingerprint(chain.ark)}, AMD's is {AMD_ARK_SPKI_SHA256[p]})")
+    want_mid = f"SEV-{p}" if chain.kind == "VCEK" else f"SEV-VLEK-{p}"
+    if _cn(chain.ask.subject) != want_mid:
+        raise AttestationError(f"the {mid} is {_cn(chain.ask.subject)!r}, expected {want_mid!r}")
     _verify_pss(chain.ark, chain.ark, f"ARK-{p} (self-signed)")
-    _verify_pss(chain.ark, chain.ask, f"ASK {_cn(chain.ask.subject)!r} by ARK-{p}")
-    _verify_pss(chain.ask, vcek, f"VCEK by ASK {_cn(chain.ask.subject)!r}")
+    _verify_pss(chain.ark, chain.ask, f"{mid} {_cn(chain.ask.subject)!r} by ARK-{p}")
+    _verify_pss(chain.ask, vcek, f"{chain.kind} by {mid} {_cn(chain.ask.subject)!r}")
     return f"ARK-{p} -> {_cn(chain.ask.subject)} -> {_cn(vcek.subject)} (RSA-PSS SHA-384)"
+
+
+# ------------------------------------------------------------ validity
+
+
+def validity_problems(named: list[tuple[str, x509.Certificate]], at) -> list[str]:
+    """For each (label, certificate) not valid at `at` (an aware datetime): why."""
+    out = []
+    for label, cert in named:
+        before, after = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if at < before:
+            out.append(f"{label} not valid before {before.isoformat()}")
+        elif at > after:
+            out.append(f"{label} expired {after.isoformat()}")
+    return out
+
+
+# ------------------------------------------------------------ CRL
+
+
+def load_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
+    """A CRL, PEM or DER (AMD's KDS serves DER)."""
+    try:
+        if b"-----BEGIN X509 CRL-----" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise AttestationError(f"{source}: not a valid X.509 CRL ({exc})") from None
+
+
+def load_crl_file(path: str | Path) -> x509.CertificateRevocationList:
+    return load_crl(read_cert_bytes(path, "CRL"), str(path))
+
+
+def verify_crl(crl: x509.CertificateRevocationList, ark: x509.Certificate) -> None:
+    """The CRL is issued and signed by this ARK (RSASSA-PSS SHA-384, salt 48, like the certs)."""
+    if crl.issuer != ark.subject:
+        raise AttestationError(f"the CRL is issued by {_cn(crl.issuer)!r}, not "
+                               f"{_cn(ark.subject)!r}")
+    key = ark.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise AttestationError("ARK key is not RSA")
+    try:
+        key.verify(crl.signature, crl.tbs_certlist_bytes,
+                   padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT_LENGTH),
+                   hashes.SHA384())
+    except InvalidSignature:
+        raise AttestationError(f"the CRL's signature does not verify with "
+                               f"{_cn(ark.subject)}") from None
+
+
+def is_revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
+    return crl.get_revoked_certificate_by_serial_number(serial_number(cert)) is not None
 
 
 # ------------------------------------------------------------ VCEK extensions

@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify-report": ("hbos.attest_cli", "verify an SEV-SNP attestation report (signature, AMD "
                                          "chain, chip, TCB, policy, measurement; exit 1 on "
                                          "failure)"),
+    "hyperbeam-check": ("hbos.hyperbeam", "would a HyperBEAM peer accept this node? recompute our "
+                                          "snp_trusted entry's digest as HyperBEAM does, name the "
+                                          "first difference (exit 1 when a peer would refuse)"),
     "verify-release": ("hbos.release_cli", "verify a release tarball or directory offline: "
                                            "files against its manifest, the recomputed launch "
                                            "digest (exit 1 when refused)"),

@@ -123,8 +123,62 @@ def _flat_lines(values: tuple[str, ...]) -> str | None:
         key, sep, _ = line.partition(": ")
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", key):
             return f"expected 'key: value' lines (HyperBEAM config.flat), got {line!r}"
+        if key in ("port", "operator"):
+            return (f"{key} has its own setting (ports.hyperbeam, content.hyperbeam_operator), "
+                    f"not a config.flat line")
         if _SECRET_KEY.search(key):
             return f"{key} looks like a secret; secrets never go into the measured image"
+    return None
+
+
+def _operator(value: str) -> str | None:
+    if not re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+        return f"expected 'unclaimed' or the operator's address, got {value!r}"
+    return None
+
+
+def _state_names(values: tuple[str, ...]) -> str | None:
+    for name in values:
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$", name):
+            return (f"expected names relative to the release directory "
+                    f"(e.g. cache-mainnet), got {name!r}")
+    return None
+
+
+def _forward_list(values: tuple[str, ...]) -> str | None:
+    for entry in values:
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not all(p.isdigit() and 1 <= int(p) <= 65535
+                                                for p in parts[-2:]):
+            return f"expected 'HOST_PORT:GUEST_PORT' or 'ADDRESS:HOST_PORT:GUEST_PORT', got {entry!r}"
+    return None
+
+
+def _settings(values: tuple[str, ...]) -> str | None:
+    for line in values:
+        key, sep, _ = line.partition(": ")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", key):
+            return f"expected 'key: value' lines, got {line!r}"
+        if _SECRET_KEY.search(key):
+            return f"{key} looks like a secret; it would be sent in clear to the node"
+    return None
+
+
+def _self_url(value: str) -> str | None:
+    if value and not re.match(r"^https?://[^\s/]+", value):
+        return f"expected an http(s):// URL or empty, got {value!r}"
+    return None
+
+
+def _suite_or_empty(value: str) -> str | None:
+    if value and not re.match(r"^[a-z][a-z0-9-]*$", value):
+        return f"expected a Debian suite name (e.g. trixie) or empty, got {value!r}"
+    return None
+
+
+def _apt_mirror(value: str) -> str | None:
+    if not re.match(r"^(https?|file)://\S+$", value):
+        return f"expected a Debian mirror URL (http://, https:// or file://), got {value!r}"
     return None
 
 
@@ -145,14 +199,16 @@ class SnpReleaseConfig:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    source: Literal["snp_release", "deb", "package"] = "snp_release"
+    source: Literal["snp_release", "deb", "package"] = "package"
     deb: str = ""
-    package: str = "linux-image-cloud-amd64"
+    package: str = "linux-image-amd64"
+    suite: str = field(default="trixie", metadata=check(_suite_or_empty))
+    mirror: str = field(default="http://deb.debian.org/debian", metadata=check(_apt_mirror))
 
 
 @dataclass(frozen=True)
 class FirmwareConfig:
-    source: Literal["snp_release", "path", "build"] = "snp_release"
+    source: Literal["snp_release", "path", "build"] = "build"
     ovmf: str = ""
     # source: build -- Debian trixie's edk2 source package (hbos/edk2.py),
     # pinned by the sha256 of the archive's Sources index.
@@ -185,7 +241,7 @@ class TcbConfig:
 @dataclass(frozen=True)
 class VmConfig:
     host_cpu_family: Literal["Milan", "Genoa", "Turin"] = "Milan"
-    vcpu_count: int = field(default=1, metadata=check(_limit(limits.VCPUS)))
+    vcpu_count: int = field(default=4, metadata=check(_limit(limits.VCPUS)))
     vcpu_type: str = field(default="EPYC-v4", metadata=check(_vcpu_type))
     vmm_type: Literal["QEMU"] = "QEMU"
     guest_features: int = field(default=0x1, metadata=check(_limit(limits.GUEST_FEATURES)))
@@ -194,7 +250,7 @@ class VmConfig:
     family_id: str = field(default="0" * 32, metadata=check(_hex_digits(32)))
     image_id: str = field(default="0" * 32, metadata=check(_hex_digits(32)))
     min_committed_tcb: TcbConfig = TcbConfig()
-    memory_mib: int = field(default=4096, metadata=check(_limit(limits.MEMORY_MIB)))
+    memory_mib: int = field(default=16384, metadata=check(_limit(limits.MEMORY_MIB)))
 
 
 @dataclass(frozen=True)
@@ -213,7 +269,7 @@ class InitramfsConfig:
 
 @dataclass(frozen=True)
 class RootfsConfig:
-    suite: str = "bookworm"
+    suite: str = "trixie"
     mirror: str = "http://deb.debian.org/debian"
     variant: Literal["minbase", "essential", "apt", "required", "important", "standard"] = "minbase"
     packages: tuple[str, ...] = ("systemd", "systemd-sysv", "udev", "ca-certificates")
@@ -232,24 +288,28 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class ContentConfig:
-    source: Literal["docker", "dir", "tarball", "sample"] = "docker"
+    source: Literal["docker", "dir", "tarball", "sample", "erlang"] = "docker"
     path: str = ""
     # docker source
     dockerfile: str = "resources/content.Dockerfile"
     image_tag: str = field(default="hbos-content:latest", metadata=check(_docker_tag))
     hyperbeam_repo: str = field(default="https://github.com/permaweb/HyperBEAM.git",
                                 metadata=check(_git_url))
-    hyperbeam_ref: str = field(default="main", metadata=check(_git_ref))
-    hyperbeam_profile: str = field(default="genesis_wasm", metadata=check(_word))
+    hyperbeam_ref: str = field(default="edge", metadata=check(_git_ref))
+    hyperbeam_profile: str = field(default="default", metadata=check(_word))
     cu: bool = True
     ao_repo: str = field(default="https://github.com/permaweb/ao.git", metadata=check(_git_url))
-    ao_ref: str = field(default="main", metadata=check(_git_ref))
+    ao_ref: str = field(default="tillathehun0/cu-experimental", metadata=check(_git_ref))
     otp_version: str = field(default="27", metadata=check(_word))
     node_version: str = field(default="22", metadata=check(_word))
+    docker_build_args: tuple[str, ...] = field(default=(), metadata=check(_env_entries))
     # services
-    service_user: str = field(default="hyperbeam", metadata=check(_unix_user))
+    service_user: str = field(default="root", metadata=check(_unix_user))
     restart: Literal["always", "on-failure", "on-abnormal", "on-abort", "no"] = "on-failure"
     restart_sec: int = field(default=5, metadata=check(_range(0, 3600)))
+    hyperbeam_operator: str = field(default="unclaimed", metadata=check(_operator))
+    hyperbeam_state: tuple[str, ...] = field(default=("cache-mainnet",),
+                                             metadata=check(_state_names))
     hyperbeam_config: tuple[str, ...] = field(default=(), metadata=check(_flat_lines))
     hyperbeam_env: tuple[str, ...] = field(default=(), metadata=check(_env_entries))
     cu_env: tuple[str, ...] = field(default=(
@@ -266,13 +326,22 @@ class LaunchConfig:
     cbitpos: int = field(default=0, metadata=check(_range(0, 63)))
     reduced_phys_bits: int = field(default=1, metadata=check(_range(0, 63)))
     machine: str = "q35"
-    host_address: str = "0.0.0.0"
+    host_address: str = ""
+    host_port: int = field(default=80, metadata=check(_range(0, 65535)))
+    forwards: tuple[str, ...] = field(default=("8734:8734",), metadata=check(_forward_list))
     kvm_probe_timeout: int = field(default=20, metadata=check(_min(1)))
     id_block: str = ""
     id_auth: str = ""
     host_data: str = ""
     certs: str = ""
     extra_args: tuple[str, ...] = ()
+
+
+def _pem_paths(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        if not v.strip():
+            return "expected paths of PEM public keys, got an empty entry"
+    return None
 
 
 def _digest_or_empty(value: str) -> str | None:
@@ -287,6 +356,7 @@ class ReleaseConfig:
     url: str = ""
     sha256: str = field(default="", metadata=check(_sha256_or_empty))
     launch_digest: str = field(default="", metadata=check(_digest_or_empty))
+    trusted_keys: tuple[str, ...] = field(default=(), metadata=check(_pem_paths))
     compresslevel: int = field(default=6, metadata=check(_range(0, 9)))
     retries: int = field(default=3, metadata=check(_range(1, 20)))
     backoff_ms: int = field(default=1000, metadata=check(_range(0, 60000)))
@@ -308,6 +378,21 @@ class AttestConfig:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    enabled: bool = False
+    keys_dir: str = ""   # empty: $XDG_CONFIG_HOME/hbos/keys (hbos.identity)
+    guest_svn: int = field(default=0, metadata=check(_range(0, 2**32 - 1)))
+
+
+@dataclass(frozen=True)
+class PostStartConfig:
+    auto: bool = True
+    self_url: str = field(default="", metadata=check(_self_url))
+    settings: tuple[str, ...] = field(default=("operator: trustless", "initialized: permanent"),
+                                      metadata=check(_settings))
+
+
+@dataclass(frozen=True)
 class Config:
     build_dir: str = "build"
     source_date_epoch: int = field(default=1704067200, metadata=check(_min(0)))
@@ -323,8 +408,10 @@ class Config:
     image: ImageConfig = ImageConfig()
     content: ContentConfig = ContentConfig()
     launch: LaunchConfig = LaunchConfig()
+    post_start: PostStartConfig = PostStartConfig()
     release: ReleaseConfig = ReleaseConfig()
     attest: AttestConfig = AttestConfig()
+    identity: IdentityConfig = IdentityConfig()
     # not settings themselves: where the config came from
     root: str = field(default=".", metadata={"internal": True})
     profile: str = field(default="", metadata={"internal": True})

@@ -7,6 +7,11 @@ Sources (content.source):
            cp + rm (hbos/docker.py).
 - dir:     a prebuilt root-relative tree, copied.
 - tarball: the same as a tar archive, extracted safely (hbos/archive.py).
+- erlang:  tools/hb_node built into a relx release `hb` by the hb_release
+           stage (hbos/hb_release.py), installed at opt/hyperbeam and run by
+           the production hyperbeam.service like HyperBEAM's own release.
+           Where no Erlang tooling is installed the stage records that, and
+           this stage falls back to the sample (and says so).
 - sample:  tools/sample_node, a stdlib-only HTTP server answering
            GET /~meta@1.0/info, run by the guest's /usr/bin/python3.
 
@@ -37,12 +42,14 @@ import stat
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import archive, docker, fsutil, run, templates
+from hbos import archive, docker, fsutil, hb_release, run, templates
 from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SCRIPT = ROOT / "tools" / "sample_node" / "sample_node.py"
 CU_WALLET_SCRIPT = ROOT / "resources" / "cu-wallet.js"
+DATA_DISK_SCRIPT = ROOT / "resources" / "hbos-data.sh"
+CU_MODE_CHECK = ROOT / "resources" / "cu-mode-check.sh"
 
 # Guest layout (root-relative)
 UNIT_DIR = "etc/systemd/system"
@@ -52,9 +59,16 @@ HYPERBEAM_DIR = "opt/hyperbeam"
 CU_DIR = "opt/cu"
 NODE_BIN = "opt/node/bin/node"
 CU_WALLET_GUEST = "/var/lib/cu/wallet.json"
+HYPERBEAM_STATE = "/var/lib/hyperbeam"
+DATA_DISK_GUEST = "/dev/vdc"        # hbos.qemu: the third virtio disk (--data-disk)
+# The CU's `npm start` (servers/cu/package.json) runs node with this flag;
+# -r dotenv/config is replaced by the unit's EnvironmentFile.
+CU_NODE_FLAGS = ("--experimental-wasm-memory64",)
+# UNIT_MODE the CU's config.js falls back to when cu_env does not set one
+CU_DEFAULT_MODE = "cu"
 
 UNIT_TEMPLATES = ("service-user.j2", "sample-node.service.j2", "hyperbeam.service.j2",
-                  "cu.service.j2", "config.flat.j2", "cu.env.j2")
+                  "cu.service.j2", "config.flat.j2", "cu.env.j2", "hbos-data.service.j2")
 
 COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")
 
@@ -92,17 +106,35 @@ def render_sample_unit(cfg, build: str) -> str:
 def render_hyperbeam_unit(cfg) -> str:
     env = [systemd_quote(e) for e in cfg.content.hyperbeam_env]
     return templates.render("hyperbeam.service.j2", environment=env,
+                            state=list(cfg.content.hyperbeam_state),
                             **_service_ctx(cfg, cfg.ports.hyperbeam))
 
 
 def render_cu_unit(cfg) -> str:
     return templates.render("cu.service.j2", wallet=CU_WALLET_GUEST,
-                            **_service_ctx(cfg, cfg.ports.cu))
+                            node_flags=list(CU_NODE_FLAGS), **_service_ctx(cfg, cfg.ports.cu))
+
+
+def render_data_disk_unit() -> str:
+    return templates.render("hbos-data.service.j2", device=DATA_DISK_GUEST)
 
 
 def render_config_flat(cfg) -> str:
+    """HyperBEAM's config.flat: a pure function of config.yaml (it is measured,
+    and written into the source tree before `rebar3 release`)."""
     return templates.render("config.flat.j2", port=cfg.ports.hyperbeam,
+                            operator=cfg.content.hyperbeam_operator,
                             lines=list(cfg.content.hyperbeam_config))
+
+
+def cu_unit_mode(cfg) -> str:
+    """The UNIT_MODE the CU will run with (cu_env's, else the CU's default)."""
+    mode = CU_DEFAULT_MODE
+    for entry in cfg.content.cu_env:
+        key, _, value = entry.partition("=")
+        if key == "UNIT_MODE":
+            mode = value
+    return mode
 
 
 def render_cu_env(cfg) -> str:
@@ -164,11 +196,31 @@ def install_sample(cfg, tree: Path) -> list[str]:
     return ["sample-node"]
 
 
+def link_state(cfg, tree: Path) -> None:
+    """opt/hyperbeam/NAME -> /var/lib/hyperbeam/NAME for every content.hyperbeam_state
+    name: relx's start script cds into the read-only release root, and HyperBEAM
+    writes its store (cache-mainnet/...) relative to it."""
+    for name in cfg.content.hyperbeam_state:
+        link = tree / HYPERBEAM_DIR / name
+        if link.is_symlink() or link.exists():
+            fsutil.remove(link)
+        os.symlink(f"{HYPERBEAM_STATE}/{name}", link)
+
+
+def install_data_disk(tree: Path) -> None:
+    dest = tree / "opt" / "hbos" / "hbos-data.sh"
+    ensure_dir(dest.parent)
+    shutil.copyfile(DATA_DISK_SCRIPT, dest)
+    os.chmod(dest, 0o755)
+    install_unit(tree, "hbos-data.service", render_data_disk_unit())
+
+
 def install_services(cfg, tree: Path) -> list[str]:
     """Units and configuration for the components the tree holds."""
     installed = []
     if has_hyperbeam(tree):
         _write(tree, f"{HYPERBEAM_DIR}/config.flat", render_config_flat(cfg))
+        link_state(cfg, tree)
         install_unit(tree, "hyperbeam.service", render_hyperbeam_unit(cfg))
         installed.append("hyperbeam")
     if cfg.content.cu and has_cu(tree):
@@ -179,6 +231,8 @@ def install_services(cfg, tree: Path) -> list[str]:
         os.chmod(wallet, 0o644)
         install_unit(tree, "cu.service", render_cu_unit(cfg))
         installed.append("cu")
+    if installed:
+        install_data_disk(tree)
     return installed
 
 
@@ -261,8 +315,23 @@ def docker_build_args(cfg, refs: dict[str, dict[str, str]]) -> dict[str, str]:
             "HB_PROFILE": c.hyperbeam_profile, "OTP_VERSION": c.otp_version,
             "NODE_VERSION": c.node_version, "GUEST_SUITE": cfg.rootfs.suite}
     if c.cu:
-        args.update(AO_REPO=c.ao_repo, AO_COMMIT=refs["ao"]["commit"])
+        args.update(AO_REPO=c.ao_repo, AO_COMMIT=refs["ao"]["commit"],
+                    CU_UNIT_MODE=cu_unit_mode(cfg))
+    args.update(dict(e.partition("=")[::2] for e in c.docker_build_args))
     return args
+
+
+def docker_context(cfg, paths) -> Path:
+    """The build context: only what the Dockerfile COPYs (the rendered config.flat,
+    written into HyperBEAM's source tree before `rebar3 release` as hb-os does,
+    and the CU mode check), so nothing else of the project reaches the engine."""
+    ctx = paths.content_dir / "docker-context"
+    fsutil.remove(ctx)
+    ctx.mkdir(parents=True)
+    (ctx / "config.flat").write_text(render_config_flat(cfg), encoding="utf-8")
+    shutil.copyfile(CU_MODE_CHECK, ctx / "cu-mode-check.sh")
+    os.chmod(ctx / "cu-mode-check.sh", 0o755)
+    return ctx
 
 
 def docker_target(cfg) -> str:
@@ -281,7 +350,7 @@ def from_docker(cfg, paths, tree: Path) -> dict[str, Any]:
     fsutil.remove(staging)
     staging.mkdir(parents=True)
     try:
-        docker.build_and_export(dockerfile, dockerfile.parent, cfg.content.image_tag,
+        docker.build_and_export(dockerfile, docker_context(cfg, paths), cfg.content.image_tag,
                                 docker_target(cfg), docker_build_args(cfg, refs),
                                 staging, log=log)
         if not (staging / "tree").is_dir():
@@ -389,7 +458,11 @@ def build(cfg, paths) -> None:
     refs: dict[str, Any] = {}
     state: dict[str, Any] = {"source": source}
     with fsutil.atomic_path(paths.content_tree) as tmp:
-        if source == "sample":
+        if source == "erlang" and not hb_release.available(paths):
+            print(f"content: erlang: {hb_release.unavailable_reason(paths)}; using the "
+                  f"Python sample node instead (fallback)")
+            state["fallback"] = "sample"
+        if source == "sample" or state.get("fallback"):
             ensure_dir(tmp)
             installed = install_sample(cfg, tmp)
         else:
@@ -401,13 +474,22 @@ def build(cfg, paths) -> None:
                 copy_tree(src, tmp)
             elif source == "tarball":
                 archive.extract(_source_path(cfg, "tarball"), tmp)
+            elif source == "erlang":
+                ensure_dir(tmp / "opt")
+                copy_tree(paths.hb_release_tree, tmp / HYPERBEAM_DIR)
             else:  # config validation makes this unreachable
                 raise ConfigError(f"content.source: unknown source {source!r}")
             installed = install_services(cfg, tmp)
         os.chmod(tmp, 0o755)  # the guest root's own mode, whatever the source had
         normalize_owners(tmp)
         normalize_mtimes(tmp, cfg.source_date_epoch)
-    data = manifest_data(source, refs, installed, paths.content_tree)
+    data = manifest_data("sample" if state.get("fallback") else source, refs, installed,
+                         paths.content_tree)
+    if state.get("fallback"):
+        data["fallback_from"] = source
+    elif source == "erlang":
+        release = fsutil.read_json(paths.hb_release_manifest)
+        data["hb_release"] = {k: release[k] for k in ("otp_release", "erts", "rebar3")}
     changed = write_if_changed(paths.content_manifest, data)
     fsutil.write_json(paths.content_state, state)
     files = sum(1 for e in data["files"] if e["type"] == "file")
@@ -423,15 +505,22 @@ def file_deps(cfg) -> list[Path]:
     """Files the content is made from (besides config, checked by config_changed)."""
     deps = [templates.path(t) for t in UNIT_TEMPLATES]
     source = cfg.content.source
-    if source == "sample":
+    if source in ("sample", "erlang"):
         deps.append(SAMPLE_SCRIPT)
-    else:
-        deps.append(CU_WALLET_SCRIPT)
+    if source != "sample":
+        deps += [CU_WALLET_SCRIPT, DATA_DISK_SCRIPT]
+    if source == "erlang":
+        deps.append(paths_manifest(cfg))
     if source == "docker":
-        deps.append(cfg.path(cfg.content.dockerfile))
+        deps += [cfg.path(cfg.content.dockerfile), CU_MODE_CHECK]
     if source == "tarball" and cfg.content.path:
         deps.append(cfg.path(cfg.content.path))
     return deps
+
+
+def paths_manifest(cfg) -> Path:
+    from hbos.paths import Paths
+    return Paths.from_config(cfg).hb_release_manifest
 
 
 def config_slice(cfg) -> dict[str, Any]:

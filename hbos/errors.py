@@ -76,5 +76,9 @@ class AttestationError(HbosError):
     """An attestation report cannot be parsed or verified."""
 
 
+class IdentityError(HbosError):
+    """Launch identity: a key, an ID block or a release signature is missing or wrong."""
+
+
 class Busy(HbosError):
     """Another run holds a lock this one needs (hbos.lock)."""

@@ -5,6 +5,14 @@ libraries `ldd` resolves for it (never a hand-kept list), the kernel modules the
 boot needs with their dependency closure from modules.dep (`modprobe
 --show-depends`), and /init rendered from templates/init.sh.j2.
 
+Compressed modules (Debian trixie ships `.ko.xz`; busybox `insmod` cannot load
+them) are decompressed at build time into plain `.ko` files (xz and gzip with
+Python's lzma/gzip, zstd with `zstd -d`): decompression is deterministic, so the
+initramfs stays reproducible. initramfs.json lists, for every module, the file
+it came from and the sha256 of what was packed. The full module tree (compressed,
+as Debian ships it) goes into the root image instead (hbos.rootfs), where udev
+loads sev-guest and tsm_report.
+
 Reproducible (DESIGN.md principle 2): every member's mtime is
 SOURCE_DATE_EPOCH, owners are 0:0, members are sorted (C locale), cpio runs
 with `--reproducible` (renumbered inodes, no device numbers, newc format) and
@@ -33,6 +41,8 @@ from hbos.paths import Paths
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "virtio_net",
                 "dm-verity", "overlay")
 OPTIONAL_MODULES = ("sev-guest",)
+# module file suffixes kmod knows, and how each is undone at build time
+COMPRESSED_SUFFIXES = (".xz", ".gz", ".zst")
 FS_MODULES = {"erofs": "erofs", "ext4": "ext4"}
 
 # Writable paths of the verity root: an overlay (tmpfs upper, seeded from the
@@ -120,6 +130,37 @@ def shared_libraries(binary: str) -> list[Path]:
     return parse_ldd(text)
 
 
+def plain_module_name(path: Path) -> Path:
+    """foo.ko.xz -> foo.ko (a plain .ko stays as it is)."""
+    return path.with_suffix("") if path.suffix in COMPRESSED_SUFFIXES else path
+
+
+def decompress_module(src: Path, dest: Path) -> str:
+    """Write `src` (.ko, .ko.xz, .ko.gz or .ko.zst) to `dest` uncompressed; the
+    compression undone ("" for a plain module). Deterministic: same src, same bytes."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix == ".xz":
+        import lzma
+        try:
+            dest.write_bytes(lzma.decompress(src.read_bytes()))
+        except lzma.LZMAError as exc:
+            raise BuildError(f"cannot decompress kernel module {src}: {exc}") from None
+        return "xz"
+    if src.suffix == ".gz":
+        import gzip
+        try:
+            dest.write_bytes(gzip.decompress(src.read_bytes()))
+        except (OSError, EOFError) as exc:
+            raise BuildError(f"cannot decompress kernel module {src}: {exc}") from None
+        return "gzip"
+    if src.suffix == ".zst":
+        tools.require("zstd")
+        run.run(["zstd", "-d", "-q", "-f", "-o", str(dest), str(src)], quiet=True)
+        return "zstd"
+    shutil.copyfile(src, dest)
+    return ""
+
+
 def compress_argv(compression: str, cpio_file: Path, out: Path) -> list[str]:
     """A compressor writing `out` that stores neither file name nor timestamp."""
     if compression == "gzip":
@@ -171,16 +212,25 @@ def stage(cfg: Config, paths: Paths, tree: Path) -> dict:
     files, builtin = module_closure(root, version, boot_modules(cfg), OPTIONAL_MODULES)
     moddir = (root / "lib" / "modules" / version).resolve()
     load = []
+    sources: dict[str, dict[str, str]] = {}
     for ko in files:
         rel = Path(ko).resolve().relative_to(moddir)
-        dest = Path("lib/modules") / version / rel
-        _copy_file(Path(ko), tree / dest)
+        dest = Path("lib/modules") / version / plain_module_name(rel)
+        undone = decompress_module(Path(ko), tree / dest)
+        os.chmod(tree / dest, 0o644)
         load.append(str(dest))
+        sources[str(dest)] = {"from": str(Path(ko).resolve().relative_to(root.resolve())),
+                              "decompressed": undone or "no",
+                              "sha256": sha256_file(tree / dest)}
     init = tree / "init"
     init.write_text(render_init(cfg, load, version))
     init.chmod(0o755)
     (tree / "etc" / "hbos-initramfs").write_text(f"kernel {version}\n")
     return {"kernel_version": version, "modules": load, "builtin_modules": builtin,
+            "module_sources": sources,
+            "modules_note": "boot modules only, decompressed at build time for busybox "
+                            "insmod; the kernel's full module tree is in the root image "
+                            "(see verity.json kernel_modules)",
             "libraries": [str(p) for p in libs]}
 
 

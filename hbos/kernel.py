@@ -1,8 +1,15 @@
 """The guest kernel: fetch its .deb (if from Debian), unpack vmlinuz + modules.
 
+The default is Debian trixie's `linux-image-amd64` (6.12: CONFIG_SEV_GUEST=m,
+CONFIG_TSM_REPORTS=m), fetched with a private apt for `kernel.suite` kept under
+build/apt (hbos.debian_apt; the host's apt sources are never changed). The
+metapackage is followed to the real `linux-image-<version>-amd64`; kernel.json
+records both names and the version apt resolved.
+
 The unpacked tree lives in build/kernel/root (lib/modules/VERSION with a
-modules.dep made by depmod), vmlinuz is copied to build/kernel/vmlinuz and
-build/kernel/kernel.json records the version and hashes.
+modules.dep made by depmod; trixie ships usr/lib/modules and .ko.xz modules,
+lib/modules is then a link to it), vmlinuz is copied to build/kernel/vmlinuz
+and build/kernel/kernel.json records the version and hashes.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hbos import run, snp_release
+from hbos import debian_apt, run, snp_release
 from hbos.config import Config
 from hbos.errors import BuildError, CommandFailed, ConfigError
 from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
@@ -37,13 +44,27 @@ def _deb_has_kernel(deb: Path) -> bool:
     return bool(re.search(r"\./boot/vmlinu[xz]-\S+", listing))
 
 
-def _download(package: str, into: Path) -> Path:
-    proc = run.run(["apt-get", "download", package], cwd=into, check=False, quiet=True)
+def private_apt(cfg: Config, paths: Paths) -> debian_apt.PrivateApt | None:
+    """The private apt for kernel.suite (None: kernel.suite is empty, the host's apt)."""
+    if not cfg.kernel.suite:
+        return None
+    return debian_apt.PrivateApt(paths.apt_dir(cfg.kernel.suite), cfg.kernel.suite,
+                                 cfg.kernel.mirror)
+
+
+def download_argv(package: str, apt: debian_apt.PrivateApt | None) -> list[str]:
+    return apt.download_argv(package) if apt else ["apt-get", "download", package]
+
+
+def _download(package: str, into: Path, apt: debian_apt.PrivateApt | None = None) -> Path:
+    proc = run.run(download_argv(package, apt), cwd=into, check=False, quiet=True)
     if proc.returncode != 0:
         out = (proc.stdout + proc.stderr).decode(errors="replace").strip()
-        raise BuildError(f"apt-get download {package} failed: {run.tail(out, 3)}",
-                         hint="run 'apt-get update' first; check the package name "
-                              "(apt-cache policy " + package.split("=")[0] + ")")
+        where = f"{apt.suite} from {apt.mirror}" if apt else "the host's apt sources"
+        raise BuildError(f"apt-get download {package} ({where}) failed: {run.tail(out, 3)}",
+                         hint=("check kernel.package and kernel.suite" if apt else
+                               "run 'apt-get update' first; check the package name "
+                               "(apt-cache policy " + package.split("=")[0] + ")"))
     debs = sorted(into.glob("*.deb"), key=lambda p: p.stat().st_mtime)
     if not debs:
         raise BuildError(f"apt-get download {package} produced no .deb")
@@ -54,8 +75,13 @@ def fetch_package(cfg: Config, paths: Paths) -> None:
     """apt-get download the kernel package; follow a metapackage to its kernel."""
     package = cfg.kernel.package
     paths.downloads.mkdir(parents=True, exist_ok=True)
+    apt = private_apt(cfg, paths)
+    if apt is not None:
+        print(f"kernel: apt-get update of {apt.mirror} {apt.suite} (private: {apt.root})",
+              file=sys.stderr)
+        apt.update()
     with tempfile.TemporaryDirectory(dir=paths.downloads) as tmp:
-        deb = _download(package, Path(tmp))
+        deb = _download(package, Path(tmp), apt)
         for _ in range(3):
             if _deb_has_kernel(deb):
                 break
@@ -66,7 +92,7 @@ def fetch_package(cfg: Config, paths: Paths) -> None:
                                  f"linux-image package (Depends: {depends.strip() or 'none'})")
             name, version = match.group(1), match.group(2)
             print(f"kernel: {deb.name} is a metapackage; fetching {name}", file=sys.stderr)
-            deb = _download(f"{name}={version}" if version else name, Path(tmp))
+            deb = _download(f"{name}={version}" if version else name, Path(tmp), apt)
         else:
             raise BuildError(f"package {package}: no kernel found after following 3 dependencies")
         with atomic_path(paths.kernel_deb) as out:
@@ -103,12 +129,27 @@ def unpack(cfg: Config, paths: Paths) -> None:
             shutil.copyfile(vmlinuz, out)
     write_json(paths.kernel_manifest, {
         "version": version,
+        **package_fields(deb, cfg),
         "deb": str(deb),
         "deb_sha256": sha256_file(deb),
         "vmlinuz_sha256": sha256_file(paths.vmlinuz),
         "modules": str(paths.kernel_modules / "lib" / "modules" / version),
     })
     print(f"kernel: {version} -> {paths.vmlinuz}", file=sys.stderr)
+
+
+def package_fields(deb: Path, cfg: Config) -> dict:
+    """What kernel.json records of the package: its name and version (dpkg-deb),
+    what the config asked for, and the suite it came from."""
+    fields = {}
+    for key in ("Package", "Version"):
+        fields[key] = run.output(["dpkg-deb", "--field", deb, key]).strip()
+    out = {"package": fields["Package"], "package_version": fields["Version"],
+           "source": cfg.kernel.source}
+    if cfg.kernel.source == "package":
+        out.update({"requested": cfg.kernel.package, "suite": cfg.kernel.suite or "host apt",
+                    "mirror": cfg.kernel.mirror if cfg.kernel.suite else ""})
+    return out
 
 
 def info(paths: Paths) -> dict:

@@ -14,8 +14,8 @@
 5. run QEMU detached (own session, pidfile, QMP socket, serial console to a
    log file, all under Paths.run_dir), wait until QMP answers, then poll the
    node's health endpoint with visible progress;
-6. send the post-start node configuration when a self URL is given and not
-   --no-auto.
+6. send the post-start node configuration (hbos/node_http.py) unless
+   post_start.auto is false or --no-auto is given.
 
 `stop_vm` and `vm_status` use the pidfile (checked against /proc so a
 recycled pid is never signalled) and QMP.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import measure, qemu, run as hrun, vmconfig
+from hbos import measure, node_http, qemu, run as hrun, vmconfig
 from hbos import limits
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
@@ -59,6 +59,9 @@ class StartOptions:
     self_url: str = ""              # --self: this node's URL as peers reach it
     peer_url: str = ""              # --peer: a peer node's URL
     no_auto: bool = False           # --no-auto: skip the post-start configuration
+    dry_run: bool = False           # --dry-run: print the decisions and the QEMU line only
+    mode: str = ""                  # --mode auto|snp|emulated (default: launch.snp)
+    qemu: str = ""                  # --qemu PATH (default: launch.qemu, release, PATH)
 
 
 def say(text: str) -> None:
@@ -431,17 +434,19 @@ def wait_healthy(proc: subprocess.Popen, files: qemu.RunFiles, port: int,
         time.sleep(2.0)
 
 
-def post_start_config(record: dict[str, Any], options: StartOptions) -> dict[str, Any]:
-    """The node configuration sent after start (the original tool's post-start):
-    the measurement inputs it should trust (without the expected hash, which a
-    verifier recomputes), and who it is and who its peer is."""
-    trusted = {k: record[k] for k in ("kernel", "initrd", "append", "firmware", "vcpus",
-                                      "vcpu_type", "vmm_type", "guest_features")
-               if k in record}
-    body: dict[str, Any] = {"snp_trusted": [trusted], "self": options.self_url}
-    if options.peer_url:
-        body["peer"] = options.peer_url
-    return body
+def post_start_config(record: dict[str, Any], options: StartOptions,
+                      settings: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The node configuration sent after start (node_http.post_start_body)."""
+    return node_http.post_start_body(record, settings, options.self_url, options.peer_url)
+
+
+def post_start_body(cfg: Config, record: dict[str, Any],
+                    options: StartOptions) -> dict[str, Any] | None:
+    """The body start sends after boot, or None when it sends none (HOST_DATA covers it)."""
+    if not cfg.post_start.auto or options.no_auto:
+        return None
+    return node_http.post_start_body(record, cfg.post_start.settings,
+                                     node_http.self_url(cfg, options.self_url), options.peer_url)
 
 
 def send_post_start(port: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -473,12 +478,9 @@ BANNER = """
 # ----------------------------------------------------------------- start
 
 
-def _forwards(cfg: Config, debug: bool) -> tuple[qemu.Forward, ...]:
-    fwd = [qemu.Forward(cfg.ports.hyperbeam, cfg.ports.hyperbeam, cfg.launch.host_address)]
-    if debug:
-        # ssh only exists in debug images, and is only reachable from this host.
-        fwd.append(qemu.Forward(cfg.ports.ssh, 22, "127.0.0.1"))
-    return tuple(fwd)
+def _forwards(cfg: Config, debug: bool, mode: qemu.Mode = "emulated"
+              ) -> tuple[qemu.Forward, ...]:
+    return node_http.forwards(cfg, mode, debug)
 
 
 def _b64_file(cfg: Config, value: str, what: str) -> str:
@@ -488,16 +490,22 @@ def _b64_file(cfg: Config, value: str, what: str) -> str:
     return limits.read_text(p, 64 << 10, f"launch.{what}", LaunchError).strip()
 
 
-def snp_options(cfg: Config) -> qemu.SnpOptions:
+def snp_options(cfg: Config, generated: dict[str, str] | None = None) -> qemu.SnpOptions:
+    """`generated`: id_block/id_auth/host_data (base64) from the build or release;
+    the launch.* files, when set, win."""
     cbit = cfg.launch.cbitpos or host_cbitpos()
     if not cbit:
         raise LaunchError("cannot read the C-bit position from CPUID 0x8000001F "
                           "(/dev/cpu/0/cpuid)", hint="modprobe cpuid, or set launch.cbitpos")
     l = cfg.launch
+    gen = generated or {}
     return qemu.SnpOptions(cbitpos=cbit, reduced_phys_bits=l.reduced_phys_bits,
-                           id_block=_b64_file(cfg, l.id_block, "id_block"),
-                           id_auth=_b64_file(cfg, l.id_auth, "id_auth"),
-                           host_data=_b64_file(cfg, l.host_data, "host_data"),
+                           id_block=_b64_file(cfg, l.id_block, "id_block")
+                           or gen.get("id_block", ""),
+                           id_auth=_b64_file(cfg, l.id_auth, "id_auth")
+                           or gen.get("id_auth", ""),
+                           host_data=_b64_file(cfg, l.host_data, "host_data")
+                           or gen.get("host_data", ""),
                            certs_path=str(cfg.path(l.certs)) if l.certs else "")
 
 
@@ -537,9 +545,40 @@ def _kvm_failed(files: qemu.RunFiles) -> bool:
                                    "kvm:", "Could not access KVM", "kvm_init"))
 
 
+def launch_identity(cfg: Config, record: dict[str, Any], vm: qemu.VmDefinition, options: StartOptions,
+                    identity_dir: Path | None, mode: qemu.Mode) -> dict[str, str]:
+    """ID block, ID auth and HOST_DATA (base64) for this launch, checked against
+    measurement.json; an SNP launch they would not describe is refused."""
+    from hbos import hostdata, idblock
+    out: dict[str, str] = {}
+    hd, problem = hostdata.for_launch(cfg, record, options)
+    if problem:
+        if mode == "snp":
+            raise LaunchError(f"refusing to start: {problem}",
+                              hint="start with the options the build assumed, or rebuild: "
+                                   "doit measure")
+        say(f"start: note: {problem} (emulated: there is no HOST_DATA)")
+    if hd:
+        out["host_data"] = hostdata.to_b64(hd)
+    if identity_dir is not None:
+        block = idblock.read_b64(identity_dir / idblock.ID_BLOCK_FILE, idblock.ID_BLOCK_SIZE,
+                                 "ID block")
+        auth = idblock.read_b64(identity_dir / idblock.ID_AUTH_FILE, idblock.ID_AUTH_SIZE, "ID auth")
+        info = idblock.check_for_launch(idblock.b64(block), idblock.b64(auth), record,
+                                        vm.guest_policy)
+        out.update(id_block=idblock.b64(block), id_auth=idblock.b64(auth))
+        say(f"start: ID block for {record.get('expected_hash', '')[:16]}..., author key "
+            f"{info.author_key_digest[:16]}...")
+    return out
+
+
 def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
-             hash_tree: Path, options: StartOptions) -> None:
+             hash_tree: Path, options: StartOptions, identity_dir: Path | None = None) -> None:
     """Launch the measured VM (SNP, or emulated when allowed) and wait until healthy."""
+    if options.dry_run:
+        dry_run(cfg, paths, vm_config=vm_config, measurement=measurement, image=image,
+                hash_tree=hash_tree, options=options, identity_dir=identity_dir)
+        return
     files = qemu.RunFiles(paths.run_dir)
     files.directory.mkdir(parents=True, exist_ok=True)
     pid = running_pid(files)
@@ -565,8 +604,10 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     record = check_measurement(vm, measurement)
 
     ready, why = snp_host_ready()
-    mode = decide_mode(cfg.launch.snp, ready, why)
-    binary = find_qemu(cfg, paths, mode)
+    from hbos import launch_plan
+    mode = decide_mode(launch_plan.mode_setting(cfg.launch.snp, options.mode), ready, why)
+    generated = launch_identity(cfg, record, vm, options, identity_dir, mode)
+    binary = Path(options.qemu) if options.qemu else find_qemu(cfg, paths, mode)
     facts = host_facts(binary)
     model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
     accel, accel_why = choose_accel(
@@ -576,8 +617,8 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
 
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data), run=files,
-        host=facts, mode=mode, accel=accel, forwards=_forwards(cfg, bool(raw.get("debug"))),
-        snp=snp_options(cfg) if mode == "snp" else None, machine=cfg.launch.machine,
+        host=facts, mode=mode, accel=accel, forwards=_forwards(cfg, bool(raw.get("debug")), mode),
+        snp=snp_options(cfg, generated) if mode == "snp" else None, machine=cfg.launch.machine,
         extra_args=cfg.launch.extra_args)
     if mode == "emulated":
         say(BANNER + f"  (SEV-SNP: {why if cfg.launch.snp != 'off' else 'launch.snp: off'})\n")
@@ -588,6 +629,7 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     if cpu_note:
         say(f"start: {cpu_note}")
 
+    port = node_http.host_port(cfg)
     files.console.unlink(missing_ok=True)
     files.qemu_log.unlink(missing_ok=True)
     proc = _spawn(qemu.command_line(spec), files)
@@ -606,18 +648,20 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
             proc = _spawn(qemu.command_line(spec), files)
             _wait_qmp(proc, files, QMP_START_TIMEOUT)
         state = {"pid": proc.pid, "mode": mode, "accel": accel, "qemu": str(binary),
-                 "argv": qemu.command_line(spec), "port": cfg.ports.hyperbeam,
+                 "argv": qemu.command_line(spec), "port": port,
                  "firmware": qemu.firmware_note(spec), "data_disk": str(data) if data else None,
                  "vm_config": str(vm_config), "measurement": str(measurement),
                  "expected_hash": record.get("expected_hash"), "started": time.time()}
         write_json(files.state, state)
-        waited = wait_healthy(proc, files, cfg.ports.hyperbeam, cfg.launch.health_timeout)
-        say(f"start: healthy after {waited:.0f} s: {health_url(cfg.ports.hyperbeam)}")
-        if options.self_url and not options.no_auto:
-            reply = send_post_start(cfg.ports.hyperbeam, post_start_config(record, options))
+        waited = wait_healthy(proc, files, port, cfg.launch.health_timeout)
+        say(f"start: healthy after {waited:.0f} s: {health_url(port)}")
+        body = post_start_body(cfg, record, options)
+        if body is not None:
+            reply = send_post_start(port, body)
             say(f"start: post-start configuration accepted ({len(json.dumps(reply))} bytes)")
-        elif options.self_url:
-            say("start: --no-auto: post-start configuration not sent")
+        else:
+            say("start: post-start configuration not sent ("
+                f"{'--no-auto' if options.no_auto else 'post_start.auto: false'})")
     except BaseException:
         if proc.poll() is None:
             _kill(proc.pid, files)
@@ -626,14 +670,33 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         raise
     say(f"start: VM running (pid {proc.pid}, {mode}"
         f"{', NOT CONFIDENTIAL' if mode == 'emulated' else ''})\n"
-        f"  node:    http://{cfg.launch.host_address}:{cfg.ports.hyperbeam}{HEALTH_PATH}\n"
+        f"  node:    http://{node_http.host_address(cfg, mode)}:{port}{HEALTH_PATH}\n"
         f"  console: {files.console}\n  QMP:     {files.qmp}\n  stop:    doit stop")
+
+
+def dry_run(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
+            hash_tree: Path, options: StartOptions, identity_dir: Path | None = None) -> None:
+    """`start --dry-run`: the same checks, then the decisions and the QEMU line on
+    stdout (hbos.launch_plan); nothing is started or written."""
+    from hbos import launch_plan
+    raw = vmconfig.load(vm_config)
+    vm = qemu.VmDefinition.from_vm_config(raw)
+    record = check_measurement(vm, measurement)
+    data = Path(options.data_disk).expanduser().resolve() if options.data_disk else None
+    p = launch_plan.plan(cfg, paths, vm=vm,
+                         disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data),
+                         forwards=lambda mode: _forwards(cfg, bool(raw.get("debug")), mode),
+                         identity=lambda mode: launch_identity(cfg, record, vm, options,
+                                                               identity_dir, mode),
+                         requested_mode=options.mode, qemu_path=options.qemu)
+    print(p.describe(), flush=True)
 
 
 def start_from_build(cfg: Config, paths: Paths, options: StartOptions) -> None:
     """`doit start`: the artifacts of this build directory."""
     start_vm(cfg, paths, vm_config=paths.vm_config, measurement=paths.measurement,
-             image=paths.verity_image, hash_tree=paths.hash_tree, options=options)
+             image=paths.verity_image, hash_tree=paths.hash_tree, options=options,
+             identity_dir=paths.identity_dir if cfg.identity.enabled else None)
 
 
 # ----------------------------------------------------------------- stop and status
@@ -749,15 +812,24 @@ DOIT_PARAMS = [
     {"name": "data_disk", "long": "data-disk", "type": str, "default": "",
      "help": "a writable disk image attached after the root disks (/dev/vdc)"},
     {"name": "self_url", "long": "self", "type": str, "default": "",
-     "help": "this node's URL as peers reach it; enables the post-start configuration"},
+     "help": "this node's URL as peers reach it (default: post_start.self_url, else http://localhost:<host port>)"},
     {"name": "peer_url", "long": "peer", "type": str, "default": "",
      "help": "a peer node's URL, sent in the post-start configuration"},
     {"name": "no_auto", "long": "no-auto", "type": bool, "default": False,
      "help": "do not send the post-start configuration"},
+    {"name": "dry_run", "long": "dry-run", "type": bool, "default": False,
+     "help": "print the mode, accelerator, firmware and the QEMU command line; start nothing"},
+    {"name": "mode", "long": "mode", "type": str, "default": "",
+     "help": "auto | snp | emulated (default: launch.snp); with --dry-run, snp builds "
+             "the SNP command line even on a host without SNP"},
+    {"name": "qemu", "long": "qemu", "type": str, "default": "",
+     "help": "the QEMU binary (default: launch.qemu, the SNP release's, else PATH)"},
 ]
 
 
 def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",
-                        no_auto: bool = False) -> StartOptions:
+                        no_auto: bool = False, dry_run: bool = False, mode: str = "",
+                        qemu: str = "") -> StartOptions:
     return StartOptions(data_disk=Path(data_disk) if data_disk else None,
-                        self_url=self_url, peer_url=peer_url, no_auto=bool(no_auto))
+                        self_url=self_url, peer_url=peer_url, no_auto=bool(no_auto),
+                        dry_run=bool(dry_run), mode=mode, qemu=qemu)

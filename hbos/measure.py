@@ -16,12 +16,11 @@ each vCPU then depends on vcpu_type (its CPUID signature) and guest_features
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sevsnpmeasure.gctx import GCTX
 from sevsnpmeasure.guest import snp_update_metadata_pages
@@ -283,11 +282,13 @@ def load_inputs(path: str | os.PathLike) -> tuple[LaunchInputs, str | None, dict
 # ------------------------------------------------------------- the stage
 
 
-def measure_vm_config(vm_config: Path, out: Path, *, source_date_epoch: int | None = None) -> dict:
+def measure_vm_config(vm_config: Path, out: Path, *, source_date_epoch: int | None = None,
+                      extra: Callable[[dict], dict] | None = None) -> dict:
     """Compute the expected digest for a vm-config.toml and write measurement.json.
 
     When the firmware file does not exist, expected_hash is null and
-    `expected_hash_reason` says why; nothing is invented.
+    `expected_hash_reason` says why; nothing is invented. `extra(record)`
+    returns fields to add (the launch identity: hbos.identity.measurement_fields).
     """
     from hbos import __version__, vmconfig
     from hbos.fsutil import write_json
@@ -326,6 +327,8 @@ def measure_vm_config(vm_config: Path, out: Path, *, source_date_epoch: int | No
     })
     if source_date_epoch is not None:
         record["source_date_epoch"] = source_date_epoch
+    if extra is not None:
+        record.update(extra(record))
     write_json(out, record)
     return record
 

@@ -58,6 +58,10 @@ class Paths:
         """The guest kernel package that `kernel` unpacks (package source)."""
         return self.downloads / "guest-kernel.deb"
 
+    def apt_dir(self, suite: str) -> Path:
+        """A private apt (sources.list, lists, cache) for one Debian suite."""
+        return self.build / "apt" / suite
+
     @property
     def vmlinuz(self) -> Path:
         return self.kernel_dir / "vmlinuz"
@@ -148,6 +152,20 @@ class Paths:
         """What the content was built from (dir fingerprint); not a downstream input."""
         return self.content_dir / "source-state.json"
 
+    # hb_release: tools/hb_node built into a relx release (content.source: erlang)
+    @property
+    def hb_release_dir(self) -> Path:
+        return self.build / "hb-release"
+
+    @property
+    def hb_release_tree(self) -> Path:
+        """The relx release `hb` (installed as opt/hyperbeam)."""
+        return self.hb_release_dir / "hb"
+
+    @property
+    def hb_release_manifest(self) -> Path:
+        return self.hb_release_dir / "manifest.json"
+
     # verity root
     @property
     def verity_dir(self) -> Path:
@@ -178,6 +196,38 @@ class Paths:
     @property
     def measurement(self) -> Path:
         return self.build / "measurement.json"
+
+    @property
+    def reference_values(self) -> Path:
+        return self.build / "reference-values.json"
+    # launch identity (hbos/idblock.py, hbos/hostdata.py); the keys live outside build/
+    @property
+    def identity_dir(self) -> Path:
+        return self.build / "identity"
+
+    @property
+    def id_block(self) -> Path:
+        """base64 of the 96-byte ID block (QEMU id-block=)."""
+        return self.identity_dir / "id_block.b64"
+
+    @property
+    def id_auth(self) -> Path:
+        """base64 of the 4096-byte ID authentication information (QEMU id-auth=)."""
+        return self.identity_dir / "id_auth.b64"
+
+    @property
+    def id_block_json(self) -> Path:
+        """The ID block's fields and key digests, for people."""
+        return self.identity_dir / "id_block.json"
+
+    @property
+    def host_data(self) -> Path:
+        """base64 of the 32-byte HOST_DATA (QEMU host-data=)."""
+        return self.identity_dir / "host_data.b64"
+
+    @property
+    def snp_trusted(self) -> Path:
+        return self.build / "snp_trusted.json"
 
     # launcher state
     @property

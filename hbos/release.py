@@ -49,9 +49,19 @@ FIRMWARE = "OVMF.fd"
 VM_CONFIG = "vm-config.toml"
 MEASUREMENT = "measurement.json"
 MANIFEST = "manifest.json"
+REFERENCE_VALUES = "reference-values.json"  # what a verifier trusts (hbos.reference)
 
 # Every file a release holds besides the manifest, sorted (the tarball order).
-PAYLOAD = tuple(sorted((IMAGE, HASH_TREE, KERNEL, INITRD, FIRMWARE, VM_CONFIG, MEASUREMENT)))
+PAYLOAD = tuple(sorted((IMAGE, HASH_TREE, KERNEL, INITRD, FIRMWARE, VM_CONFIG, MEASUREMENT,
+                        REFERENCE_VALUES)))
+
+# A signed release (identity.enabled, hbos.provenance) also holds these, listed
+# in the manifest, and the author key's signature over the manifest beside it.
+ID_BLOCK = "id_block.b64"
+ID_AUTH = "id_auth.b64"
+PROVENANCE = "provenance.json"
+OPTIONAL = tuple(sorted((ID_BLOCK, ID_AUTH, PROVENANCE)))
+SIGNATURE = "manifest.json.sig"
 
 # The VM definition's file keys and the release file each must name.
 VM_FILES = {"kernel_file": KERNEL, "initrd_file": INITRD, "ovmf_file": FIRMWARE}
@@ -121,9 +131,9 @@ class Manifest:
         names = [f.name for f in files]
         if len(set(names)) != len(names):
             raise ReleaseError(f"{source}: a file is listed more than once")
-        if set(names) != set(PAYLOAD):
+        if not set(PAYLOAD) <= set(names) <= set(PAYLOAD) | set(OPTIONAL):
             missing = sorted(set(PAYLOAD) - set(names))
-            extra = sorted(set(names) - set(PAYLOAD))
+            extra = sorted(set(names) - set(PAYLOAD) - set(OPTIONAL))
             raise ReleaseError(f"{source}: the file list is not a release's "
                                f"(missing: {', '.join(missing) or '-'}; "
                                f"unexpected: {', '.join(extra) or '-'})")
@@ -178,7 +188,7 @@ def check_files(root: Path, manifest: Manifest, *, full: bool = True) -> None:
     missing = sorted(expected - set(present))
     if missing:
         raise ReleaseError(f"release {root}: missing file(s): {', '.join(missing)}")
-    extra = sorted(set(present) - expected)
+    extra = sorted(set(present) - expected - {SIGNATURE})
     if extra:
         raise ReleaseError(f"release {root}: unexpected file(s) not in the manifest: "
                            f"{', '.join(extra)}")
@@ -250,6 +260,24 @@ def check_measurement(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
                                f"({actual})", hint="measurement.json was altered or is stale")
 
 
+def check_reference_values(root: Path) -> None:
+    """reference-values.json must say what measurement.json (already checked) implies."""
+    from hbos import reference
+    from hbos.errors import AttestationError
+    try:
+        shipped = reference.validate(json.loads(read_small(root / REFERENCE_VALUES)),
+                                     REFERENCE_VALUES)
+        implied = reference.validate(reference.from_measurement(
+            json.loads(read_small(root / MEASUREMENT)), MEASUREMENT), MEASUREMENT)
+    except (AttestationError, ValueError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"release {root}: {getattr(exc, 'message', exc)}") from None
+    differ = sorted(k for k in set(shipped) | set(implied) if shipped.get(k) != implied.get(k))
+    if differ:
+        raise ReleaseError(f"{REFERENCE_VALUES}: {', '.join(differ)} differ from what "
+                           f"{MEASUREMENT} implies",
+                           hint="reference-values.json was altered; refusing this release")
+
+
 def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
     """Recompute the launch digest from the release's files; it must equal the
     manifest's expected digest, measurement.json's, and the pin when given."""
@@ -267,6 +295,7 @@ def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
             f"  {digest}\n  but the manifest expects\n  {manifest.launch_digest}",
             hint="an input was altered (and the manifest edited to hide it); refusing this release")
     check_measurement(root, vm, inputs, firmware, digest)
+    check_reference_values(root)
     if pinned and digest != pinned.lower():
         raise ReleaseError(f"launch digest {digest} is not the pinned release.launch_digest "
                            f"{pinned.lower()}",
@@ -276,9 +305,11 @@ def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
 
 def verify_release(root: Path, *, pinned_digest: str = "", full: bool = True) -> Manifest:
     """Refuse a release directory unless every check above passes."""
+    from hbos import provenance
     manifest = read_manifest(root)
     check_files(root, manifest, full=full)
     check_digest(root, manifest, pinned_digest)
+    provenance.check_release(root, manifest)  # signature, ID block, HOST_DATA if present
     return manifest
 
 
@@ -322,4 +353,5 @@ def start_release(cfg, paths, options) -> Any:
     cfg = with_release_ports(cfg, manifest)
     return launch.start_vm(cfg, paths, vm_config=root / VM_CONFIG,
                            measurement=root / MEASUREMENT, image=root / IMAGE,
-                           hash_tree=root / HASH_TREE, options=options)
+                           hash_tree=root / HASH_TREE, options=options,
+                           identity_dir=root if (root / ID_BLOCK).exists() else None)

@@ -47,19 +47,25 @@ def resolve_request(cfg, url: str = "", sha256: str = "") -> tuple[str, str]:
     return url, pin
 
 
-def download_release(cfg, paths, url: str = "", sha256: str = "", *,
+def download_release(cfg, paths, url: str = "", sha256: str = "", trusted_key: str = "", *,
                      progress: bool | None = None) -> Path:
-    """Fetch, verify and install a release; return its installed directory."""
+    """Fetch, verify and install a release; return its installed directory.
+
+    With a trusted key (--trusted-key, release.trusted_keys) the release must
+    carry that author's valid signature (hbos.provenance), checked before install.
+    """
+    from hbos import provenance
     remove_partials(paths)
     url, pin = resolve_request(cfg, url, sha256)
-    if not pin:
+    trusted = provenance.trusted_keys(cfg, trusted_key)
+    if not pin and not trusted:
         print("download_release: warning: no --sha256 given; the release will be checked for "
               "consistency, not authenticity (pin its sha256 or release.launch_digest)",
               file=sys.stderr)
     incoming = paths.release_download.with_name(f".incoming-{os.getpid()}.tar.gz")
     try:
         digest = fetch_tarball(cfg, url, incoming, pin, progress)
-        root = install(cfg, paths, incoming, digest)
+        root = install(cfg, paths, incoming, digest, trusted=trusted)
     except BaseException:
         remove(incoming)  # nothing of a refused release is kept; the previous one stays
         raise
@@ -111,8 +117,10 @@ def fetch_tarball(cfg, url: str, dest: Path, pin: str, progress: bool | None) ->
     return digest
 
 
-def install(cfg, paths, tarball: Path, tarball_sha256: str) -> Path:
-    """Extract `tarball` into a staging dir, verify it, then make it current."""
+def install(cfg, paths, tarball: Path, tarball_sha256: str, *,
+            trusted: list[Path] | tuple[Path, ...] = ()) -> Path:
+    """Extract `tarball` into a staging dir, verify it (and its signer when
+    keys are trusted), then make it current."""
     releases = paths.releases
     releases.mkdir(parents=True, exist_ok=True)
     prune(paths)
@@ -121,6 +129,8 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str) -> Path:
     try:
         release_unpack.extract(tarball, stage, max_bytes=release_unpack.free_space(releases))
         release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
+        if trusted:
+            check_signer(stage, trusted)
         final = releases / f"{tarball_sha256[:16]}.{secrets.token_hex(4)}"
         os.rename(stage, final)
     except BaseException:
@@ -129,6 +139,12 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str) -> Path:
     point_current(paths.current_release, final)
     prune(paths)
     return final
+
+
+def check_signer(stage: Path, trusted) -> None:
+    from hbos import provenance
+    signer = provenance.check_trusted(stage, list(trusted))
+    print(f"download_release: signed by trusted author key {signer.key_digest}", file=sys.stderr)
 
 
 def point_current(current: Path, target: Path) -> None:

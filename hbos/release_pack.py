@@ -15,11 +15,12 @@ import json
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tomllib
 from pathlib import Path
 
-from hbos import __version__, release, vmconfig
+from hbos import __version__, identity, provenance, reference, release, vmconfig
 from hbos.errors import HbosError, ReleaseError
 from hbos.fsutil import atomic_path, read_json, sha256_file, write_json, write_text
 from hbos.measure import measure_vm_config
@@ -91,10 +92,18 @@ def _place(src: Path, dst: Path, *, link: bool) -> None:
     shutil.copyfile(src, dst)
 
 
-def release_measurement(root: Path, source_date_epoch: int) -> dict:
+# measurement.json fields of the launch identity (hbos.identity.measurement_fields),
+# carried from the build's measurement into the release's.
+IDENTITY_FIELDS = ("host_data", "node_configuration", "id_key_digest", "author_key_digest",
+                   "guest_svn")
+
+
+def release_measurement(root: Path, source_date_epoch: int, built: dict | None = None) -> dict:
     """measurement.json of the release's own files, with release-relative paths."""
+    carried = {k: built[k] for k in IDENTITY_FIELDS if k in (built or {})}
     record = measure_vm_config(root / release.VM_CONFIG, root / release.MEASUREMENT,
-                               source_date_epoch=source_date_epoch)
+                               source_date_epoch=source_date_epoch,
+                               extra=lambda rec: carried)
     for role, name in (("kernel", release.KERNEL), ("initrd", release.INITRD),
                        ("firmware", release.FIRMWARE)):
         record["files"][role]["path"] = name
@@ -113,7 +122,7 @@ def build_release_dir(cfg, paths, tmp: Path) -> release.Manifest:
         _place(src[name], tmp / name, link=name in release.LARGE)
     write_text(tmp / release.VM_CONFIG, rewrite_vm_config(paths.vm_config.read_text()))
     try:
-        record = release_measurement(tmp, cfg.source_date_epoch)
+        record = release_measurement(tmp, cfg.source_date_epoch, built)
     except HbosError as exc:
         raise ReleaseError(f"cannot measure the release: {exc.message}") from None
     digest = record.get("expected_hash")
@@ -124,14 +133,39 @@ def build_release_dir(cfg, paths, tmp: Path) -> release.Manifest:
         raise ReleaseError(f"{paths.measurement} expects {built.get('expected_hash')} but the "
                            f"files to package give {digest}",
                            hint="the measurement is stale: run doit measure")
+    reference.write(tmp / release.REFERENCE_VALUES, record, release.MEASUREMENT)
+    files = [release.file_entry(tmp / n) for n in release.PAYLOAD]
+    if cfg.identity.enabled:
+        files += signed_files(cfg, paths, tmp, files)
     manifest = release.Manifest(
         name=cfg.release.name, tool_version=__version__,
         source_date_epoch=cfg.source_date_epoch, launch_digest=digest,
-        files=tuple(release.file_entry(tmp / n) for n in release.PAYLOAD),
+        files=tuple(files),
         ports=tuple(sorted(dataclasses.asdict(cfg.ports).items())))
     write_json(tmp / release.MANIFEST, manifest.to_json())
+    if cfg.identity.enabled:
+        sign_manifest(cfg, tmp)
     release.check_digest(tmp, manifest)  # the checks a downloader runs, minus re-hashing
+    provenance.check_release(tmp, manifest)
     return manifest
+
+
+def signed_files(cfg, paths, tmp: Path, files: list) -> list:
+    """identity.enabled: the ID block, ID auth and provenance.json, as manifest entries."""
+    for name, src in ((release.ID_BLOCK, paths.id_block), (release.ID_AUTH, paths.id_auth)):
+        if not src.is_file():
+            raise ReleaseError(f"identity.enabled but {src} does not exist",
+                               hint="run: doit id_block")
+        shutil.copyfile(src, tmp / name)
+    extra = [release.file_entry(tmp / n) for n in (release.ID_BLOCK, release.ID_AUTH)]
+    provenance.write_provenance(cfg, paths, tmp, files + extra)
+    return extra + [release.file_entry(tmp / release.PROVENANCE)]
+
+
+def sign_manifest(cfg, tmp: Path) -> None:
+    key = identity.load_private(identity.key_files(cfg).private(identity.AUTHOR))
+    digest = provenance.sign_release(tmp, key)
+    print(f"package_release: signed by author key {digest}", file=sys.stderr)
 
 
 def tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
@@ -168,6 +202,8 @@ def package_release(cfg, paths) -> None:
     with atomic_path(paths.release_dir) as tmp:
         manifest = build_release_dir(cfg, paths, tmp)
     names = [*release.PAYLOAD, release.MANIFEST]
+    names += [n for n in (*release.OPTIONAL, release.SIGNATURE)
+              if (paths.release_dir / n).exists()]
     digest = write_tarball(paths.release_dir, names, paths.release_tarball,
                            mtime=cfg.source_date_epoch, compresslevel=cfg.release.compresslevel)
     write_text(paths.release_tarball_sha256, f"{digest}  {paths.release_tarball.name}\n")

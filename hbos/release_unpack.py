@@ -24,6 +24,7 @@ from hbos.errors import ReleaseError, UnsafeArchive
 from hbos.fsutil import atomic_path
 
 RESERVE = 64 << 20  # left free on the disk after unpacking a release
+SIGNATURE_BYTES = 64 << 10  # manifest.json.sig: a small JSON document (hbos.provenance)
 CHUNK = 1 << 20
 
 
@@ -59,6 +60,12 @@ def plan(tar: tarfile.TarFile, name: str, max_bytes: int | None) -> list[tarfile
                             f"({exc.__class__.__name__}: {exc})") from None
     sizes = {f.name: f.size for f in manifest.files}
     sizes[release.MANIFEST] = by_name[release.MANIFEST].size
+    sig = by_name.get(release.SIGNATURE)
+    if sig is not None:  # signs manifest.json, so the manifest cannot name it: bound it here
+        if sig.size > SIGNATURE_BYTES:
+            raise ReleaseError(f"{name}: {release.SIGNATURE} is larger than {SIGNATURE_BYTES} "
+                               f"bytes ({sig.size} bytes)")
+        sizes[release.SIGNATURE] = sig.size
     for norm, m in by_name.items():
         if norm not in sizes:
             raise ReleaseError(f"{name}: unexpected file not in the manifest: '{m.name}'")

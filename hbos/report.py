@@ -38,6 +38,16 @@ SIG_ALGO_ECDSA_P384_SHA384 = 1
 MSG_REPORT_RSP_HEADER = 0x20
 
 POLICY_DEBUG_BIT = 19  # ABI spec Table 9 "Guest Policy Structure": DEBUG
+POLICY_MIGRATE_MA_BIT = 18
+POLICY_RESERVED_ONE_BIT = 17  # "must be one"
+POLICY_HIGHEST_DEFINED_BIT = 25  # bits 63:26 are reserved, must be zero (ABI rev 1.58)
+# PLATFORM_INFO (ABI spec Table 24 in rev 1.57 "PLATFORM_INFO Field")
+PLATFORM_INFO_BITS = {0: "smt_en", 1: "tsme_en", 2: "ecc_en", 3: "rapl_dis",
+                      4: "ciphertext_hiding_en", 5: "alias_check_complete", 7: "tio_en"}
+# FLAGS bits 4:2 SIGNING_KEY: which key signed the report (ABI spec Table 23)
+SIGNING_KEYS = {0: "VCEK", 1: "VLEK", 7: "none"}
+# the largest file a report can come in: the sev crate's JSON of one report is ~11 KB
+MAX_REPORT_FILE = 64 * 1024
 POLICY_BITS = {16: "SMT", 17: "reserved (must be 1)", 18: "MIGRATE_MA", 19: "DEBUG",
                20: "SINGLE_SOCKET", 21: "CXL_ALLOW", 22: "MEM_AES_256_XTS", 23: "RAPL_DIS",
                24: "CIPHERTEXT_HIDING", 25: "PAGE_SWAP_DISABLE"}
@@ -191,6 +201,12 @@ class Report:
     def signature_rs(self) -> tuple[int, int]:
         return (int.from_bytes(self.fields["signature_r"], "little"),
                 int.from_bytes(self.fields["signature_s"], "little"))
+
+    @property
+    def signing_key(self) -> str:
+        """FLAGS.SIGNING_KEY (bits 4:2): 'VCEK', 'VLEK', 'none', or 'reserved (N)'."""
+        value = self.fields["flags"] >> 2 & 7
+        return SIGNING_KEYS.get(value, f"reserved ({value})")
 
     @property
     def debug_allowed(self) -> bool:
@@ -404,6 +420,8 @@ def parse_bytes(data: bytes, source: str = "report") -> Report:
                 else ""
             raise AttestationError(f"{source}: looks like JSON but does not parse{where}") \
                 from None
+        except RecursionError:
+            raise AttestationError(f"{source}: JSON nested too deeply: not a report") from None
         return report_from_json(obj, source)
     if len(data) not in (REPORT_SIZE, REPORT_SIZE + MSG_REPORT_RSP_HEADER):
         try:
@@ -420,13 +438,24 @@ def parse_bytes(data: bytes, source: str = "report") -> Report:
     return parse_binary(data, source)
 
 
-def load(path: str | Path) -> Report:
-    """Read a report file (binary, hex text or sev-crate JSON)."""
+def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
+    """A file's bytes, refusing directories and anything larger than `limit` (so that
+    /dev/zero or a disk image given by mistake fails at once instead of filling memory)."""
     p = Path(path)
+    if p.is_dir():
+        raise AttestationError(f"{what} {p} is a directory, not a file")
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
     except FileNotFoundError:
-        raise AttestationError(f"report file {p} does not exist") from None
+        raise AttestationError(f"{what} {p} does not exist") from None
     except OSError as exc:
-        raise AttestationError(f"cannot read report file {p}: {exc.strerror}") from None
-    return parse_bytes(data, str(p))
+        raise AttestationError(f"cannot read {what} {p}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise AttestationError(f"{what} {p} is larger than {limit} bytes: not a {what}")
+    return data
+
+
+def load(path: str | Path) -> Report:
+    """Read a report file (binary, hex text or sev-crate JSON), at most MAX_REPORT_FILE bytes."""
+    return parse_bytes(read_bounded(path, MAX_REPORT_FILE, "report file"), str(path))

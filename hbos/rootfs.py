@@ -198,6 +198,22 @@ def add_kernel_modules(paths: Paths, tree: Path) -> str:
     return version
 
 
+def modules_record(tree: Path, version: str) -> dict:
+    """What add_kernel_modules put into `tree` (for verity.json): where, how many,
+    how compressed (Debian trixie: .ko.xz, loaded by udev/kmod in the guest)."""
+    dest = modules_dir(tree) / version
+    suffixes: dict[str, int] = {}
+    for dirpath, _dirs, filenames in os.walk(dest):
+        for name in filenames:
+            if ".ko" in name:
+                kind = name[name.index(".ko"):]
+                suffixes[kind] = suffixes.get(kind, 0) + 1
+    return {"version": version, "path": dest.relative_to(tree).as_posix(),
+            "files": dict(sorted(suffixes.items())),
+            "has_sev_guest": any(dest.rglob("sev-guest.ko*")),
+            "has_tsm": any(dest.rglob("tsm.ko*"))}
+
+
 def link_or_copy(src, dest) -> None:
     """Hard-link a build artifact into an image tree (no data copied), else copy.
 

@@ -263,16 +263,19 @@ class Steps:
 
 
 def assemble(cfg: Config, paths: Paths, tree: Path, content_tree: Path | None,
-             log: Path | None = None, steps: Steps | None = None) -> None:
-    """Build the guest root tree in `tree` (which must not exist)."""
+             log: Path | None = None, steps: Steps | None = None) -> dict:
+    """Build the guest root tree in `tree` (which must not exist); return what
+    went where of the kernel's modules (rootfs.modules_record)."""
     step = steps or Steps()
     base = step("extract", rootfs.extracted_tree, paths, log=log)
     step("clone", rootfs.clone_tree, base, tree, log=log)
-    step("modules", rootfs.add_kernel_modules, paths, tree)
+    version = step("modules", rootfs.add_kernel_modules, paths, tree)
+    modules = rootfs.modules_record(tree, version)
     if content_tree is not None:
         step("content", overlay, content_tree, tree)
     write_system_files(tree, system_files(cfg))
     step("mtimes", rootfs.normalize_mtimes, tree, cfg.source_date_epoch)
+    return modules
 
 
 def make_filesystem(cfg: Config, tree: Path, image: Path, fs_uuid: str,
@@ -324,7 +327,7 @@ def build(cfg: Config, paths: Paths, content_tree: Path | None = None,
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmpdir:
         tmp = Path(tmpdir)
         tree = tmp / "tree"
-        assemble(cfg, paths, tree, content_tree, log=log, steps=step)
+        modules = assemble(cfg, paths, tree, content_tree, log=log, steps=step)
         image, hashes = tmp / "guest.img", tmp / "hash_tree.bin"
         step("mkfs", make_filesystem, cfg, tree, image, ids["fs_uuid"], log=log)
         # removing the tree is metadata I/O, hashing is CPU: overlap them
@@ -336,6 +339,10 @@ def build(cfg: Config, paths: Paths, content_tree: Path | None = None,
             step("cleanup (after verify)", cleanup.join)
         record = {"roothash": roothash, **ids, "inputs": ins,
                   "filesystem": cfg.image.filesystem,
+                  "kernel_modules": {**modules, "note": "the kernel's full module tree as "
+                                     "the .deb ships it; udev/kmod load from it (sev-guest, "
+                                     "tsm_report); the boot modules are also in the initramfs, "
+                                     "decompressed (initramfs.json module_sources)"},
                   "data_size": image.stat().st_size, "hash_tree_size": hashes.stat().st_size}
         # roothash.txt is written last: it is what vm_config depends on
         os.replace(image, paths.verity_image)

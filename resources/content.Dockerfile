@@ -1,13 +1,18 @@
 # syntax=docker/dockerfile:1
 # HyperBEAM OS guest content: the HyperBEAM release and the AO compute unit,
-# built on Debian bookworm (the guest's own base, so the binaries link against
+# built on Debian trixie (rootfs.suite: the guest's own base, so the binaries link against
 # the guest's glibc). hbos/content.py runs, never editing this file:
 #
 #   docker build -f resources/content.Dockerfile --target content \
-#     --build-arg HB_REPO=... --build-arg HB_COMMIT=<40 hex> --build-arg HB_PROFILE=... \
-#     --build-arg AO_REPO=... --build-arg AO_COMMIT=<40 hex> \
+#     --build-arg HB_REPO=... --build-arg HB_COMMIT=<40 hex> --build-arg HB_PROFILE=default \
+#     --build-arg AO_REPO=... --build-arg AO_COMMIT=<40 hex> --build-arg CU_UNIT_MODE=hbu \
 #     --build-arg OTP_VERSION=27 --build-arg NODE_VERSION=22 \
-#     --build-arg GUEST_SUITE=bookworm -t TAG resources
+#     --build-arg GUEST_SUITE=<rootfs.suite> -t TAG build/content/docker-context
+#
+# The build context holds only config.flat (rendered from config.yaml) and
+# cu-mode-check.sh: config.flat is written into HyperBEAM's source tree before
+# `rebar3 release`, as hb-os does (HyperBEAM edge git-ignores `config.*`, and
+# relx's overlay copies config.flat into the release).
 #
 # Commits are resolved on the host (git ls-remote), so a moved branch is a new
 # build argument and Docker's layer cache cannot serve stale sources.
@@ -22,7 +27,7 @@
 ARG OTP_VERSION=27
 ARG NODE_VERSION=22
 # The guest root's Debian suite (rootfs.suite): the build images must match it.
-ARG GUEST_SUITE=bookworm
+ARG GUEST_SUITE=trixie
 
 FROM node:${NODE_VERSION}-${GUEST_SUITE} AS node
 
@@ -47,13 +52,16 @@ RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
  && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx
 ARG HB_REPO
 ARG HB_COMMIT
-ARG HB_PROFILE=genesis_wasm
+# default: what hb-os ships (_build/default/rel/hb); genesis_wasm would clone
+# ao during the build and spawn a launcher script the guest does not have
+ARG HB_PROFILE=default
 RUN test -n "$HB_REPO" && test -n "$HB_COMMIT" \
  && git init -q /build/HyperBEAM && cd /build/HyperBEAM \
  && git remote add origin "$HB_REPO" \
  && git fetch -q --depth=1 origin "$HB_COMMIT" \
  && git checkout -q FETCH_HEAD \
  && mkdir -p /hbos/refs && git rev-parse HEAD > /hbos/refs/hyperbeam
+COPY config.flat /build/HyperBEAM/config.flat
 RUN cd /build/HyperBEAM \
  && rebar3 as "$HB_PROFILE" release \
  && mkdir -p /hbos/tree/opt \
@@ -66,6 +74,10 @@ RUN cd /build/HyperBEAM \
 FROM node AS cu
 ARG AO_REPO
 ARG AO_COMMIT
+# UNIT_MODE from content.cu_env: the checked-out CU must accept it (fails early,
+# before npm ci, naming the modes the source accepts)
+ARG CU_UNIT_MODE=cu
+COPY cu-mode-check.sh /usr/local/bin/cu-mode-check
 RUN test -n "$AO_REPO" && test -n "$AO_COMMIT" \
  && git init -q /build/ao && cd /build/ao \
  && git remote add origin "$AO_REPO" \
@@ -73,6 +85,7 @@ RUN test -n "$AO_REPO" && test -n "$AO_COMMIT" \
  && git fetch -q --depth=1 --filter=blob:none origin "$AO_COMMIT" \
  && git checkout -q FETCH_HEAD \
  && mkdir -p /hbos/refs && git rev-parse HEAD > /hbos/refs/ao
+RUN cu-mode-check /build/ao/servers/cu "$CU_UNIT_MODE"
 RUN cd /build/ao/servers/cu \
  && npm ci --omit=dev --no-audit --no-fund \
  && mkdir -p /hbos/tree/opt/node/bin \

@@ -2,9 +2,10 @@
 
 - vectors: tests/vectors (third-party data with its licence files beside it; see
   its README). Missing: skipped on a developer box, a failure under CI=true.
-- kernel_deb: the real Debian cloud kernel .deb (linux-image-cloud-amd64
-  resolved to its linux-image-<version>-cloud-amd64), cached in the test cache
-  (HBOS_TEST_CACHE, default ~/.cache/hbos-tests). `.ci/run` fetches it first
+- kernel_deb: the real default guest kernel .deb (Debian trixie's
+  linux-image-amd64 resolved to its linux-image-<version>-amd64), cached in the
+  test cache (HBOS_TEST_CACHE, default ~/.cache/hbos-tests, under
+  kernel-trixie/). `.ci/run` fetches it first
   (python -m tests.prepare); under CI=true a missing prerequisite fails.
 - kernel_build: that kernel unpacked by the real kernel stage, once a session.
 """
@@ -54,8 +55,15 @@ def amdsev_ovmf(vectors) -> Path:
     return vectors / "measurement" / "ovmf_AmdSev_suffix.bin"
 
 
+def kernel_cache_build_dir() -> Path:
+    """The test cache's build dir for the default kernel (issue 12: Debian trixie's
+    linux-image-amd64, fetched with the private apt under its apt/ directory).
+    The older cloud kernel at cache_dir()/downloads/guest-kernel.deb is left alone."""
+    return cache_dir() / "kernel-trixie"
+
+
 def cached_kernel_deb() -> Path:
-    return cache_dir() / "downloads" / "guest-kernel.deb"
+    return kernel_cache_build_dir() / "downloads" / "guest-kernel.deb"
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +73,7 @@ def kernel_deb() -> Path:
         proc = subprocess.run([sys.executable, "-m", "tests.prepare"], cwd=ROOT,
                               capture_output=True, text=True)
         if proc.returncode != 0 or not deb.is_file():
-            missing_prerequisite(f"cannot fetch the Debian cloud kernel .deb: "
+            missing_prerequisite(f"cannot fetch the default (trixie) kernel .deb: "
                                  f"{proc.stderr.strip()[-500:]}")
     return deb
 

@@ -453,9 +453,11 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
         missing_prerequisite("qemu-system-x86_64 is not installed (qemu-system-x86)")
     _, kpaths = kernel_build
     port = free_port()
-    settings = (f"ports: {{hyperbeam: {port}}}\nvm: {{memory_mib: 512}}\n"
+    settings = (f"ports: {{hyperbeam: {port}}}\nvm: {{memory_mib: 512, vcpu_count: 1}}\n"
                 "cmdline: console=ttyS0 loglevel=7 panic=-1\n"
-                "launch: {snp: auto, accel: tcg, host_address: 127.0.0.1, health_timeout: 900}\n")
+                "launch: {snp: auto, accel: tcg, host_address: 127.0.0.1, health_timeout: 900,\n"
+                "         host_port: 0, forwards: []}\n"
+                "post_start: {auto: false}\n")   # busybox httpd serves files only
 
     def build_dir(name: str):
         (tmp_path / name).mkdir()

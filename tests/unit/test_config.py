@@ -29,9 +29,23 @@ def test_default_config_loads_and_every_profile_validates():
     assert cfg.build_dir == "build"
     local = hconfig.load(profile="local")
     assert local.kernel.source == "package"
-    assert local.kernel.package == "linux-image-cloud-amd64"
+    assert local.kernel.package == "linux-image-amd64"
     assert local.firmware.source == "build"
-    assert local.content.source == "sample"
+    assert local.content.source == "erlang"
+
+
+def test_default_is_stock_trixie_and_local_runs_the_same_kernel_and_suite():
+    """Issue 12: no SNP release on the default path; local differs only where it must."""
+    cfg = hconfig.load()
+    assert (cfg.kernel.source, cfg.kernel.package, cfg.kernel.suite) == \
+        ("package", "linux-image-amd64", "trixie")
+    assert cfg.firmware.source == "build"
+    assert cfg.rootfs.suite == "trixie"
+    assert "libssl3t64" in cfg.rootfs.packages and "libssl3" not in cfg.rootfs.packages
+    local = hconfig.load(profile="local")
+    assert local.kernel == cfg.kernel
+    assert local.rootfs.suite == cfg.rootfs.suite
+    assert local.firmware == cfg.firmware
 
 
 def test_unknown_key_names_itself_with_did_you_mean(tmp_path):

@@ -54,9 +54,10 @@ def test_build_argv_is_exact(tmp_path):
         "--target", "content", "--progress=plain",
         "--build-arg", "AO_COMMIT=" + AO,
         "--build-arg", "AO_REPO=https://github.com/permaweb/ao.git",
-        "--build-arg", "GUEST_SUITE=bookworm",
+        "--build-arg", "CU_UNIT_MODE=hbu",
+        "--build-arg", "GUEST_SUITE=" + cfg.rootfs.suite,
         "--build-arg", "HB_COMMIT=" + HB,
-        "--build-arg", "HB_PROFILE=genesis_wasm",
+        "--build-arg", "HB_PROFILE=default",
         "--build-arg", "HB_REPO=https://github.com/permaweb/HyperBEAM.git",
         "--build-arg", "NODE_VERSION=22",
         "--build-arg", "OTP_VERSION=27",
@@ -123,7 +124,8 @@ def test_docker_source_runs_exact_commands_and_never_edits_the_dockerfile(tmp_pa
     assert calls == [
         docker.info_argv(),
         docker.buildx_argv(),
-        docker.build_argv(dockerfile, dockerfile.parent, "hbos-content:latest", "content", args),
+        docker.build_argv(dockerfile, paths.content_dir / "docker-context",
+                          "hbos-content:latest", "content", args),
         docker.create_argv("hbos-content:latest", name),
         docker.cp_argv(name, paths.content_dir / f".docker-out-{os.getpid()}"),
         docker.rm_argv(name),
@@ -142,6 +144,14 @@ def test_docker_source_runs_exact_commands_and_never_edits_the_dockerfile(tmp_pa
     assert listed["etc/systemd/system/multi-user.target.wants/cu.service"]["target"] == \
         "../cu.service"
     assert not (paths.content_dir / f".docker-out-{os.getpid()}").exists()
+    # the context: only the rendered config.flat and the CU mode check
+    ctx = paths.content_dir / "docker-context"
+    assert sorted(p.name for p in ctx.iterdir()) == ["config.flat", "cu-mode-check.sh"]
+    assert (ctx / "config.flat").read_text() == content.render_config_flat(cfg)
+    assert listed["opt/hyperbeam/cache-mainnet"]["target"] == "/var/lib/hyperbeam/cache-mainnet"
+    assert listed["etc/systemd/system/multi-user.target.wants/hbos-data.service"]["target"] \
+        == "../hbos-data.service"
+    assert listed["opt/hbos/hbos-data.sh"]["type"] == "file"
 
 
 def test_failed_build_shows_the_failing_step_tail_and_keeps_the_old_tree(tmp_path, stub,
@@ -175,7 +185,7 @@ def test_without_buildx_the_legacy_builder_is_used(tmp_path, stub, monkeypatch):
     build = docker_stub.calls(stub)[2]
     assert build[:2] == ["docker", "build"] and "--progress=plain" not in build
     assert build == docker.build_argv(cfg.path(cfg.content.dockerfile),
-                                      cfg.path(cfg.content.dockerfile).parent,
+                                      paths.content_dir / "docker-context",
                                       "hbos-content:latest", "content-hb",
                                       content.docker_build_args(cfg, content.wanted_refs(cfg)),
                                       buildkit=False)
@@ -289,7 +299,7 @@ def test_units_follow_config(tmp_path):
     cfg, _ = load(tmp_path, "ports: {hyperbeam: 8734, cu: 6400}\n"
                             "content: {restart: always, restart_sec: 9, service_user: hb,\n"
                             "  hyperbeam_env: ['HB_PRINT=dev_meta', 'MSG=50% \"quoted\"'],\n"
-                            "  hyperbeam_config: ['mode: prod', 'operator: unclaimed']}\n")
+                            "  hyperbeam_config: ['mode: prod']}\n")
     unit = content.render_hyperbeam_unit(cfg)
     assert "ExecStart=/opt/hyperbeam/bin/hb foreground\n" in unit
     assert "Restart=always\n" in unit and "RestartSec=9\n" in unit
@@ -298,7 +308,7 @@ def test_units_follow_config(tmp_path):
     assert 'Environment="HB_PRINT=dev_meta"\n' in unit
     assert 'Environment="MSG=50%% \\"quoted\\""\n' in unit
     assert "WantedBy=multi-user.target" in unit
-    assert content.render_config_flat(cfg) == "port: 8734\nmode: prod\noperator: unclaimed\n"
+    assert content.render_config_flat(cfg) == "port: 8734\noperator: unclaimed\nmode: prod\n"
     cu = content.render_cu_unit(cfg)
     assert "ExecStartPre=/opt/node/bin/node /opt/hbos/cu-wallet.js /var/lib/cu/wallet.json" in cu
     env = content.render_cu_env(cfg)
@@ -323,6 +333,15 @@ def test_sample_unit_runs_python3_on_all_interfaces(tmp_path):
     ("content: {hyperbeam_env: ['API_TOKEN=x']}\n", "content.hyperbeam_env"),
     ("content: {hyperbeam_config: ['priv_key_jwk: x']}\n", "content.hyperbeam_config"),
     ("content: {hyperbeam_config: ['no colon']}\n", "content.hyperbeam_config"),
+    ("content: {hyperbeam_config: ['operator: x']}\n", "content.hyperbeam_config"),
+    ("content: {hyperbeam_config: ['port: 1']}\n", "content.hyperbeam_config"),
+    ("content: {hyperbeam_operator: 'a b'}\n", "content.hyperbeam_operator"),
+    ("content: {hyperbeam_state: ['../etc']}\n", "content.hyperbeam_state"),
+    ("content: {docker_build_args: ['NPM_TOKEN=x']}\n", "content.docker_build_args"),
+    ("launch: {forwards: ['80']}\n", "launch.forwards"),
+    ("launch: {forwards: ['1.2.3.4:80:99999']}\n", "launch.forwards"),
+    ("post_start: {settings: ['volume_key_secret: x']}\n", "post_start.settings"),
+    ("post_start: {self_url: 'localhost'}\n", "post_start.self_url"),
     ("content: {cu_env: ['no-equals']}\n", "content.cu_env"),
     ("content: {restart: sometimes}\n", "content.restart"),
     ("content: {image_tag: 'Bad Tag'}\n", "content.image_tag"),
@@ -345,8 +364,8 @@ def test_config_yaml_documents_every_content_key():
         assert f"\n  {f.name}:" in "\n" + block, f.name
 
 
-def test_local_profile_uses_the_sample():
-    assert hconfig.load(profile="local").content.source == "sample"
+def test_local_profile_uses_the_erlang_release():
+    assert hconfig.load(profile="local").content.source == "erlang"
 
 
 # ----------------------------------------------------------------- manifest and trees
@@ -371,7 +390,7 @@ def test_dir_fingerprint_notices_a_change(tmp_path):
 
 
 def test_sample_tree_and_mtimes(tmp_path):
-    cfg, paths = load(tmp_path, profile="local")
+    cfg, paths = load(tmp_path, "content: {source: sample}\n", profile="local")
     content.build(cfg, paths)
     tree = paths.content_tree
     link = tree / "etc/systemd/system/multi-user.target.wants/sample-node.service"

@@ -72,7 +72,8 @@ def test_no_target_is_produced_by_two_tasks(local_graph):
 def test_measure_depends_on_what_it_measures(local_graph):
     p = local_graph["module"].P
     m = local_graph["tasks"]["measure"]
-    assert m["targets"] == [str(p.measurement)]
+    assert m["targets"] == [str(p.measurement), str(p.reference_values), str(p.snp_trusted),
+                            str(p.host_data)]
     for f in (p.vm_config, p.vmlinuz, p.built_ovmf):
         assert str(f) in m["file_dep"]
     v = local_graph["tasks"]["vm_config"]

@@ -385,9 +385,13 @@ def test_json_nesting_refused(tmp_path, builder, n):
 
 @pytest.fixture
 def vm_toml(tmp_path, amdsev_ovmf) -> str:
-    cfg = hconfig.load(overlay=_overlay(tmp_path))
+    cfg = hconfig.load(overlay=_overlay(tmp_path, PINNED_VM))
     return vmconfig.render(cfg, kernel=Path("vmlinuz"), initrd=Path("initrd.img"),
                            ovmf=Path("OVMF.fd"), cmdline="console=ttyS0")
+
+
+# the cases below edit these values: pinned, whatever config.yaml's defaults are
+PINNED_VM = "vm: {vcpu_count: 1, memory_mib: 4096, guest_features: 0x1}\n"
 
 
 def _overlay(tmp_path: Path, extra: str = "") -> Path:
@@ -434,7 +438,7 @@ def test_vm_config_unusable_file(tmp_path, make):
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory, amdsev_ovmf):
-    cfg, paths = make_build(tmp_path_factory.mktemp("rel"), amdsev_ovmf)
+    cfg, paths = make_build(tmp_path_factory.mktemp("rel"), amdsev_ovmf, extra_yaml=PINNED_VM)
     release_pack.package_release(cfg, paths)
     return cfg, paths
 
@@ -783,7 +787,8 @@ FAKE_QEMU = textwrap.dedent('''\
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(qmp)
     srv.listen()
-    open(pidfile, "w").write(f"{{os.getpid()}}\\n")
+    open(pidfile + ".tmp", "w").write(f"{{os.getpid()}}\\n")
+    os.rename(pidfile + ".tmp", pidfile)   # whole, like QEMU's
     while True:
         conn, _ = srv.accept()
         f = conn.makefile("rwb")
@@ -821,7 +826,8 @@ def test_two_start_release_at_once(tmp_path, amdsev_ovmf):
     cfg, paths = make_build(tmp_path / "b", amdsev_ovmf, extra_yaml=(
         f"ports: {{hyperbeam: {port}}}\n"
         f"launch: {{qemu: {fake}, snp: 'off', accel: tcg, host_address: 127.0.0.1, "
-        "health_timeout: 120}\n"))
+        "host_port: 0, forwards: [], health_timeout: 120}\n"
+        "post_start: {auto: false}\n"))
     release_pack.package_release(cfg, paths)
     release_fetch.download_release(cfg, paths, str(paths.release_tarball), progress=False)
     overlay = tmp_path / "b" / "overlay.yaml"

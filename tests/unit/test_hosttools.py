@@ -10,14 +10,16 @@ from hbos.errors import ToolMissing
 
 def test_needed_follows_the_config():
     base = hosttools.needed(hconfig.load())
-    assert "docker" in base and "mkfs.erofs" in base and "nasm" not in base
+    # default: stock trixie kernel via apt, firmware built from source
+    assert "docker" in base and "mkfs.erofs" in base and "nasm" in base and "apt-get" in base
     local = hosttools.needed(hconfig.load(profile="local"))
     assert "docker" not in local and "apt-get" in local and "nasm" in local
 
 
 def test_missing_tools_name_their_packages(monkeypatch, capsys):
     present = {"dpkg-deb", "depmod", "modprobe", "cpio", "gzip", "busybox", "mmdebstrap",
-               "mkfs.ext4", "qemu-img", "tar", "docker", "mkfs.erofs"}
+               "mkfs.ext4", "qemu-img", "tar", "docker", "mkfs.erofs", "apt-get",
+               *hosttools.FIRMWARE_BUILD}
     monkeypatch.setattr(tools, "find", lambda p: f"/usr/bin/{p}" if p in present else None)
     with pytest.raises(ToolMissing) as exc:
         hosttools.check(hconfig.load())

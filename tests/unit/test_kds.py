@@ -24,6 +24,18 @@ def test_urls_exact():
         f"http://k/vcek/v1/Turin/{CHIP[:8].hex()}?fmcSPL=5&blSPL=1&teeSPL=2&snpSPL=3&ucodeSPL=4")
 
 
+
+@pytest.fixture(autouse=True)
+def _fixed_verification_time(monkeypatch):
+    """Certificates expire (these VCEKs from 2029 on): verify at a fixed time inside every
+    vector's validity instead of now, so the suite does not rot. test_attest_strict covers
+    the validity step itself."""
+    import datetime
+
+    from hbos import attest
+    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+        2026, 6, 1, tzinfo=datetime.timezone.utc))
+
 @pytest.fixture
 def att(vectors):
     return vectors / "attestation"
@@ -43,6 +55,9 @@ def serve(httpserver, att, rep):
         f"/vcek/v1/Milan/{rep.chip_id.hex()}",
         query_string="blSPL=3&teeSPL=0&snpSPL=20&ucodeSPL=209").respond_with_data(
         (att / "hbos-vcek.crt").read_bytes(), content_type="application/x-x509-ca-cert")
+    # no real AMD CRL is public test data: here the KDS has none (404), so revocation is
+    # "unknown"; the CRL itself is tested with a test CA below
+    httpserver.expect_request("/vcek/v1/Milan/crl").respond_with_data("Not Found", status=404)
 
 
 def test_fetch_then_cache(httpserver, att, hbos_report, tmp_path):
@@ -69,7 +84,7 @@ def test_cli_end_to_end_through_kds(httpserver, att, hbos_report, tmp_path, caps
                    "--measurement", hbos_report.measurement.hex()])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "VERIFIED" in out
+    assert "VERIFIED, except crl" in out and "404" in out
 
 
 def test_unknown_chip_is_a_clear_error(httpserver, att, hbos_report, tmp_path):
@@ -106,3 +121,61 @@ def test_cli_kds_failure_suggests_the_product(httpserver, att, hbos_report, tmp_
     err = capsys.readouterr().err
     assert rc == 2
     assert "404" in err and "--product" in err and "Traceback" not in err
+
+
+def test_vlek_and_crl_urls():
+    assert kds.cert_chain_url("https://kdsintf.amd.com", "genoa", "VLEK") == \
+        "https://kdsintf.amd.com/vlek/v1/Genoa/cert_chain"
+    assert kds.crl_url("https://kdsintf.amd.com/", "Turin") == \
+        "https://kdsintf.amd.com/vcek/v1/Turin/crl"
+    assert kds.crl_url("http://k", "Milan", "VLEK") == "http://k/vlek/v1/Milan/crl"
+
+
+def test_vlek_chain_from_the_kds(httpserver, att, tmp_path):
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from hbos import certs
+    asvk = certs.load_cert_file(att / "certs" / "asvk_milan.pem")
+    ark = certs.load_cert_file(att / "certs" / "ark_milan.pem")
+    httpserver.expect_request("/vlek/v1/Milan/cert_chain").respond_with_data(
+        asvk.public_bytes(Encoding.PEM) + ark.public_bytes(Encoding.PEM))
+    chain = kds.fetch_chain(httpserver.url_for("/"), "Milan", tmp_path, "VLEK")
+    assert chain.kind == "VLEK" and chain.intermediate == "ASVK"
+    assert kds.chain_cache_path(tmp_path, "Milan", "VLEK").is_file()
+    vlek = certs.load_cert_file(att / "trustee-vlek.der")
+    assert "SEV-VLEK-Milan" in certs.verify_chain(chain, vlek)
+
+
+def test_crl_fetched_checked_and_cached_until_next_update(httpserver, tmp_path):
+    import datetime
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.unit.snp_test_ca import T0, TestCA
+    ca = TestCA("Milan")
+    crl = ca.crl([0x51], this_update=T0, next_update=T0 + datetime.timedelta(days=7))
+    httpserver.expect_request("/vcek/v1/Milan/crl").respond_with_data(
+        crl.public_bytes(Encoding.DER))
+    base = httpserver.url_for("/")
+    got = kds.fetch_crl(base, "Milan", "VCEK", tmp_path, ca.ark, now=T0)
+    assert got.get_revoked_certificate_by_serial_number(0x51) is not None
+    assert kds.crl_cache_path(tmp_path, "Milan").is_file() and len(httpserver.log) == 1
+    kds.fetch_crl(base, "Milan", "VCEK", tmp_path, ca.ark, now=T0 + datetime.timedelta(days=6))
+    assert len(httpserver.log) == 1  # cached: before nextUpdate, no request
+    kds.fetch_crl(base, "Milan", "VCEK", tmp_path, ca.ark, now=T0 + datetime.timedelta(days=8))
+    assert len(httpserver.log) == 2  # past nextUpdate: fetched again
+    # a CRL not signed by this ARK is refused and not kept
+    with pytest.raises(AttestationError, match="does not verify"):
+        kds.fetch_crl(base, "Milan", "VCEK", tmp_path / "other", TestCA("Milan").ark, now=T0)
+    assert not kds.crl_cache_path(tmp_path / "other", "Milan").exists()
+
+
+def test_unfetchable_crl_is_unknown_not_a_crash(httpserver, att, tmp_path):
+    from hbos import attest, attest_cli, certs
+    httpserver.expect_request("/vcek/v1/Milan/crl").respond_with_data("gone", status=404)
+    chain = certs.load_certs_dir(att / "certs", "Milan")
+    rev = attest_cli.obtain_revocation(chain, crl_path=None, certs_dir=None,
+                                       kds_url=httpserver.url_for("/"), cache=tmp_path)
+    assert rev.crl is None and "404" in rev.unavailable
+    step = attest.check_crl(chain, rev, None, require=False)
+    assert step.status == "unknown"
+    assert attest.check_crl(chain, rev, None, require=True).status == "fail"

@@ -180,9 +180,11 @@ def test_post_start_config_drops_expected_hash():
 
 def test_doit_params_map_to_options():
     names = {p["long"] for p in launch.DOIT_PARAMS}
-    assert names == {"data-disk", "self", "peer", "no-auto"}
+    assert names == {"data-disk", "self", "peer", "no-auto", "dry-run", "mode", "qemu"}
     opts = launch.options_from_params("d.qcow2", "http://a", "http://b", True)
     assert opts == launch.StartOptions(Path("d.qcow2"), "http://a", "http://b", True)
+    opts = launch.options_from_params(dry_run=True, mode="snp", qemu="/q")
+    assert (opts.dry_run, opts.mode, opts.qemu) == (True, "snp", "/q")
     assert launch.options_from_params().data_disk is None
 
 

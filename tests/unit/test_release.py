@@ -354,9 +354,10 @@ def test_start_release_passes_the_release_files_to_the_launcher(packaged, monkey
     root = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
     calls = []
 
-    def start_vm(cfg_, paths_, *, vm_config, measurement, image, hash_tree, options):
+    def start_vm(cfg_, paths_, *, vm_config, measurement, image, hash_tree, options,
+                 identity_dir=None):
         calls.append(dict(vm_config=vm_config, measurement=measurement, image=image,
-                          hash_tree=hash_tree, options=options))
+                          hash_tree=hash_tree, options=options, identity_dir=identity_dir))
         return "started"
 
     fake = types.ModuleType("hbos.launch")
@@ -368,7 +369,7 @@ def test_start_release_passes_the_release_files_to_the_launcher(packaged, monkey
     assert release.start_release(cfg, paths, opts) == "started"
     assert calls == [dict(vm_config=root / "vm-config.toml", measurement=root / "measurement.json",
                           image=root / "guest.img", hash_tree=root / "hash_tree.bin",
-                          options=opts)]
+                          options=opts, identity_dir=None)]
     # a tampered installed kernel is refused before the launcher is called
     flip_byte(root / release.KERNEL)
     with pytest.raises(ReleaseError, match="vmlinuz: sha256 mismatch"):

@@ -92,7 +92,7 @@ def test_mmdebstrap_argv(tmp_path):
         "--dpkgopt=path-exclude=/usr/share/man/*",
         "--customize-hook=echo hbos > \"$1/etc/hostname\"",
         "--customize-hook=printf 'nameserver 10.0.2.3\\n' > \"$1/etc/resolv.conf\"",
-        "bookworm", "/b/rootfs.tar", "http://snapshot.debian.org/archive/debian/20240101T000000Z"]
+        "trixie", "/b/rootfs.tar", "http://snapshot.debian.org/archive/debian/20240101T000000Z"]
 
 
 def test_extract_argv_leaves_out_device_nodes():

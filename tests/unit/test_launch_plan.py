@@ -1,0 +1,147 @@
+"""`doit start --dry-run`: the decisions and the exact QEMU line, nothing started.
+
+The QEMU's version and CPU list are the only host facts stood in for (as in
+test_launch's SNP test); the argv is the real hbos.qemu.command_line output,
+compared whole against a golden text. The same line is run by trixie's real
+QEMU 10 in tests/integration/test_qemu10.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from hbos import config as hconfig, launch, launch_plan, measure, qemu, vmconfig
+from hbos.errors import LaunchError
+from hbos.paths import Paths
+
+GOLDEN_SNP = """\
+mode: snp (requested; this host cannot run it (no /dev/sev): review only)
+accel: kvm (SEV-SNP needs KVM)
+qemu-binary: {qemu} 10.0.2 (--qemu, upstream SNP syntax)
+firmware: {ovmf} (measured)
+note: C-bit position 51 (default 51: no launch.cbitpos and this CPU reports no SEV C-bit)
+qemu: {qemu} -name hbos-guest -machine q35,vmport=off,confidential-guest-support=sev0,\
+memory-backend=ram1 -accel kvm -cpu EPYC-v4 -smp 2 -m 16384M \
+-object memory-backend-memfd,id=ram1,size=16384M \
+-object sev-snp-guest,id=sev0,policy=0x30000,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on \
+-bios {ovmf} -kernel {t}/vmlinuz -initrd {t}/initrd.img \
+-append 'console=ttyS0 verity_roothash=ab' -no-reboot -nodefaults -display none \
+-drive file={t}/guest.img,if=none,id=disk0,format=raw,readonly=on \
+-device virtio-blk-pci,drive=disk0,disable-legacy=on,iommu_platform=true \
+-drive file={t}/hash_tree.bin,if=none,id=disk1,format=raw,readonly=on \
+-device virtio-blk-pci,drive=disk1,disable-legacy=on,iommu_platform=true \
+-netdev user,id=net0,hostfwd=tcp:0.0.0.0:80-:10000,hostfwd=tcp:0.0.0.0:8734-:8734 \
+-device virtio-net-pci,netdev=net0,disable-legacy=on,iommu_platform=true,romfile= \
+-qmp unix:{t}/build/run/qmp.sock,server=on,wait=off -serial file:{t}/build/run/console.log \
+-pidfile {t}/build/run/qemu.pid"""
+
+
+@pytest.fixture
+def measured(tmp_path, amdsev_ovmf):
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    kernel.write_bytes(b"kernel" * 100)
+    initrd.write_bytes(b"initrd" * 100)
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"build_dir: {tmp_path / 'build'}\nvm: {{vcpu_count: 2}}\n")
+    cfg = hconfig.load(overlay=overlay)
+    paths = Paths.from_config(cfg)
+    vm_config = tmp_path / "vm-config.toml"
+    vm_config.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=amdsev_ovmf,
+                                         cmdline="console=ttyS0 verity_roothash=ab"))
+    m = tmp_path / "measurement.json"
+    measure.measure_vm_config(vm_config, m)
+    for name in ("guest.img", "hash_tree.bin"):
+        (tmp_path / name).write_bytes(b"\0" * 4096)
+    return cfg, paths, vm_config, m
+
+
+@pytest.fixture
+def no_snp_host(monkeypatch):
+    monkeypatch.setattr(launch, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(launch, "host_cbitpos", lambda: None)
+    monkeypatch.setattr(launch, "host_facts", lambda q: qemu.HostFacts(
+        Path(q), (10, 0, 2), frozenset({"EPYC-v4", "EPYC-v3", "qemu64"})))
+
+
+def _dry_run(cfg, paths, vm_config, m, tmp_path, **opts):
+    launch.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
+                    image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
+                    options=launch.options_from_params(dry_run=True, **opts))
+
+
+def test_dry_run_snp_golden(measured, no_snp_host, tmp_path, capsys, amdsev_ovmf):
+    cfg, paths, vm_config, m = measured
+    _dry_run(cfg, paths, vm_config, m, tmp_path, mode="snp", qemu=sys.executable)
+    out = capsys.readouterr().out
+    assert out.rstrip("\n") == GOLDEN_SNP.format(qemu=Path(sys.executable).resolve(),
+                                                 ovmf=amdsev_ovmf, t=tmp_path)
+    assert not paths.run_dir.exists()          # nothing started, nothing written
+
+
+def test_dry_run_qemu_line_is_one_shell_line(measured, no_snp_host, tmp_path, capsys):
+    import shlex
+    cfg, paths, vm_config, m = measured
+    _dry_run(cfg, paths, vm_config, m, tmp_path, mode="snp", qemu=sys.executable)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("qemu: ")]
+    assert len(lines) == 1
+    argv = shlex.split(lines[0][len("qemu: "):])
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 verity_roothash=ab"
+
+
+def test_dry_run_cbitpos_from_config(measured, no_snp_host, tmp_path, capsys):
+    cfg, paths, vm_config, m = measured
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, cbitpos=47))
+    _dry_run(cfg, paths, vm_config, m, tmp_path, mode="snp", qemu=sys.executable)
+    out = capsys.readouterr().out
+    assert "note: C-bit position 47 (launch.cbitpos)" in out and "cbitpos=47," in out
+
+
+def test_dry_run_emulated_default_firmware_and_no_probe(measured, no_snp_host, tmp_path,
+                                                        capsys, monkeypatch):
+    cfg, paths, vm_config, m = measured
+    monkeypatch.setattr(launch, "probe_kvm", lambda *a: pytest.fail("a dry run probed KVM"))
+    _dry_run(cfg, paths, vm_config, m, tmp_path, qemu=sys.executable)
+    out = capsys.readouterr().out
+    assert out.startswith("mode: emulated (this host cannot run SEV-SNP (no /dev/sev))")
+    assert "NOT CONFIDENTIAL" in out and "firmware: QEMU's default firmware" in out
+    qline = [l for l in out.splitlines() if l.startswith("qemu: ")][0]
+    assert "sev-snp-guest" not in qline and "-bios" not in qline
+
+
+def test_dry_run_old_qemu_says_amd_fork_and_missing_model(measured, tmp_path, capsys,
+                                                          monkeypatch):
+    cfg, paths, vm_config, m = measured
+    monkeypatch.setattr(launch, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(launch, "host_cbitpos", lambda: None)
+    monkeypatch.setattr(launch, "host_facts", lambda q: qemu.HostFacts(
+        Path(q), (7, 2, 0), frozenset({"EPYC-v3", "qemu64"})))
+    _dry_run(cfg, paths, vm_config, m, tmp_path, mode="snp", qemu=sys.executable)
+    out = capsys.readouterr().out
+    assert "no CPU model EPYC-v4" in out and "AMD-fork SNP syntax" in out
+    assert "memory-encryption=sev0" in out and "-cpu EPYC-v4" in out
+
+
+def test_mode_setting():
+    assert launch_plan.mode_setting("auto", "") == "auto"
+    assert launch_plan.mode_setting("auto", "snp") == "required"
+    assert launch_plan.mode_setting("required", "emulated") == "off"
+    with pytest.raises(LaunchError, match="--mode 'spn'"):
+        launch_plan.mode_setting("auto", "spn")
+
+
+def test_mode_snp_without_dry_run_is_required(measured, no_snp_host, tmp_path):
+    cfg, paths, vm_config, m = measured
+    with pytest.raises(LaunchError, match="'required'.*no /dev/sev"):
+        launch.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
+                        image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
+                        options=launch.options_from_params(mode="snp"))
+
+
+def test_dry_run_missing_qemu_is_one_clean_error(measured, no_snp_host, tmp_path):
+    cfg, paths, vm_config, m = measured
+    with pytest.raises(LaunchError, match="--qemu .*nope does not exist"):
+        _dry_run(cfg, paths, vm_config, m, tmp_path, qemu=str(tmp_path / "nope"))
