@@ -992,3 +992,44 @@ def test_console_tail_reads_only_the_end(tmp_path):
         fh.seek((8 << 30) - len(b"\nlast words\n"))
         fh.write(b"\nlast words\n")
     assert launch.file_tail(console, 1) == "last words"
+
+
+_manifest_keys = st.sampled_from(["format", "name", "tool_version", "source_date_epoch",
+                                  "expected_launch_digest", "files", "ports"])
+
+
+@FAST
+@given(changes=st.dictionaries(_manifest_keys, _json_values, min_size=1, max_size=3))
+def test_manifest_random_types_only_release_error(packaged, changes):
+    _, paths = packaged
+    data = json.loads((paths.release_dir / release.MANIFEST).read_text())
+    data.update(changes)
+    try:
+        m = release.Manifest.parse(data, "manifest.json")
+    except ReleaseError as exc:
+        one_line(str(exc).split("\n  hint:")[0])
+        return
+    # accepted: then it is a release's manifest, typed
+    assert set(release.PAYLOAD) <= {f.name for f in m.files}
+    assert len(m.launch_digest) == 96 and all(isinstance(f.size, int) for f in m.files)
+
+
+_toml_literals = st.sampled_from(['"1"', "[1]", "-1", "1e400", "inf", "true", "{a = 1}",
+                                  "99999999999999999999", '"x"', "0x1", "[[1]]", "1979-05-27",
+                                  "0", "512", "513", "128", "4194305", "18446744073709551616"])
+
+
+@FAST
+@given(values=st.dictionaries(st.sampled_from(sorted(vmconfig.FIELDS)), _toml_literals,
+                              min_size=1, max_size=4))
+def test_vm_config_random_values_only_build_error(tmp_path_factory, values):
+    path = tmp_path_factory.mktemp("v") / "vm-config.toml"
+    path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+    try:
+        vm = vmconfig.parse(path)
+    except vmconfig.BuildError as exc:
+        one_line(str(exc))
+        return
+    for key, kind in vmconfig.FIELDS.items():
+        if key in vm and isinstance(kind, limits.Range):
+            assert kind.problem(vm[key]) is None
