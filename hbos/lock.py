@@ -15,8 +15,8 @@ import contextlib
 import fcntl
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from hbos.errors import Busy

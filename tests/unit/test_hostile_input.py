@@ -577,7 +577,7 @@ def test_malformed_url_is_a_usage_error(tmp_path, url):
 
 def run(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, **kw)
+                          timeout=timeout, cwd=ROOT, check=False, **kw)
 
 
 def problem_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -641,8 +641,8 @@ def test_hbos_verify_release_cli_hardlink_and_bomb(packaged, tmp_path):
     proc = run("-m", "hbos", "verify-release", str(evil))
     assert proc.returncode == 1
     assert problem_lines(proc) == [
-        f"REFUSED {evil}: hl.tar.gz: hardlink 'hl' -> 'missing' names no regular file "
-        "stored before it"]
+        (f"REFUSED {evil}: hl.tar.gz: hardlink 'hl' -> 'missing' names no regular file "
+         "stored before it")]
     bomb = _bomb(paths, tmp_path, 16 << 20)
     proc = run("-m", "hbos", "verify-release", str(bomb))
     assert proc.returncode == 1
@@ -954,15 +954,14 @@ def test_lock_names_the_holder_and_is_released(tmp_path):
     from hbos.errors import Busy
     path = tmp_path / "locks" / "vm.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from hbos import lock\n"
-         f"with lock.hold(Path({str(path)!r}), 'start'):\n"
-         "    print('held', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", ("import sys, time; from pathlib import Path; from hbos import lock\n"
+                                f"with lock.hold(Path({str(path)!r}), 'start'):\n"
+                                "    print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(Busy) as err:
-            with lock.hold(path, "stop"):
-                pass
+        with pytest.raises(Busy) as err, lock.hold(path, "stop"):
+            pass
         assert str(err.value) == (f"stop: {path} is locked: another run holds it, "
                                   f"pid {holder.pid}")
     finally:
