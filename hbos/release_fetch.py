@@ -106,7 +106,8 @@ def fetch_tarball(cfg, url: str, dest: Path, pin: str, progress: bool | None) ->
                               backoff=r.backoff_ms / 1000, progress=progress,
                               timeout=(r.connect_timeout, r.read_timeout))
     if not local.is_file():
-        raise ReleaseError(f"release tarball {local} does not exist")
+        raise ReleaseError(f"release tarball {local} is not a regular file" if local.exists()
+                           else f"release tarball {local} does not exist")
     with atomic_path(dest) as tmp:
         shutil.copyfile(local, tmp)
         digest = sha256_file(tmp)
