@@ -499,7 +499,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
         if key not in fields:
             near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             also = f" (did you mean '{prefix + '.' if prefix else ''}{near[0]}'?)" if near else ""
-            raise ConfigError(f"{where}: unknown key '{key_path}'{also}")
+            raise ConfigError(f"{where}: unknown key {key_path!r}{also}")  # repr: one line
         f = fields[key]
         coerced = _coerce(hints[key], value, key_path, where)
         validator = f.metadata.get("check")

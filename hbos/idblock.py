@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hbos import identity
 from hbos.errors import IdentityError
 from hbos.fsutil import write_json, write_text
+from hbos.launch_identity import launch_files  # noqa: F401 (moved there: dodo.py reads it)
 
 ID_BLOCK_SIZE = 96
 ID_AUTH_SIZE = 4096
@@ -74,7 +75,7 @@ class IdBlock:
                 + self.policy.to_bytes(8, "little"))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "IdBlock":
+    def from_bytes(cls, data: bytes) -> IdBlock:
         if len(data) != ID_BLOCK_SIZE:
             raise IdentityError(f"an ID block is {ID_BLOCK_SIZE} bytes, got {len(data)}")
         return cls(launch_digest=data[0:48], family_id=data[48:64], image_id=data[64:80],
@@ -190,7 +191,11 @@ def write_id_block(cfg, paths) -> None:
     """`doit id_block`: sign the ID block for measurement.json with the configured keys."""
     if not cfg.identity.enabled:
         raise IdentityError("identity.enabled is false", hint="set identity.enabled: true")
-    record = json.loads(paths.measurement.read_text())
+    try:
+        record = json.loads(paths.measurement.read_text())
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot read {paths.measurement}: {exc}",
+                            hint="run: doit measure") from None
     files = identity.key_files(cfg)
     id_key = identity.load_private(files.private(identity.ID))
     author_key = identity.load_private(files.private(identity.AUTHOR))

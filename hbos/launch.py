@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hbos import measure, node_http, qemu, run as hrun, vmconfig
+from hbos import limits
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
 from hbos.fsutil import sha256_file, write_json
@@ -131,13 +132,9 @@ def launch_mismatches(vm: qemu.VmDefinition, record: dict[str, Any],
 
 
 def check_measurement(vm: qemu.VmDefinition, measurement: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(measurement.read_text())
-    except FileNotFoundError:
-        raise LaunchError(f"measurement {measurement} does not exist",
-                          hint="run: doit measure") from None
-    except json.JSONDecodeError as exc:
-        raise LaunchError(f"{measurement}: not valid JSON (line {exc.lineno})") from None
+    if not measurement.exists():
+        raise LaunchError(f"measurement {measurement} does not exist", hint="run: doit measure")
+    record = limits.load_json(measurement, limits.INPUTS_BYTES, "measurement", LaunchError)
     if not isinstance(record, dict):
         raise LaunchError(f"{measurement}: expected a JSON object")
     problems = launch_mismatches(vm, record)
@@ -343,7 +340,9 @@ def running_pid(files: qemu.RunFiles) -> int | None:
 
 def file_tail(path: Path, lines: int = TAIL) -> str:
     try:
-        data = path.read_bytes()[-65536:]
+        with open(path, "rb") as fh:   # a guest may fill its console: read the end only
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 65536))
+            data = fh.read(65536)
     except OSError:
         return f"({path} is missing)"
     text = data.decode(errors="replace").replace("\r", "")
@@ -500,10 +499,7 @@ def _b64_file(cfg: Config, value: str, what: str) -> str:
     if not value:
         return ""
     p = cfg.path(value)
-    try:
-        return p.read_text().strip()
-    except OSError as exc:
-        raise LaunchError(f"launch.{what} {p}: {exc.strerror}") from None
+    return limits.read_text(p, 64 << 10, f"launch.{what}", LaunchError).strip()
 
 
 def snp_options(cfg: Config, generated: dict[str, str] | None = None) -> qemu.SnpOptions:

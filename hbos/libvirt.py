@@ -59,19 +59,9 @@ def _read_b64(path: Path, what: str) -> str:
 
 
 def identity_files(cfg: Config, paths: Paths) -> dict[str, Path]:
-    """Where id_block, id_auth and host_data come from: launch.* when set, else the build's."""
-    l = cfg.launch
-    built = {"host_data": paths.host_data}
-    if cfg.identity.enabled:
-        built.update(id_block=paths.id_block, id_auth=paths.id_auth)
-    out = {}
-    for key in ("id_block", "id_auth", "host_data"):
-        value = getattr(l, key)
-        if value:
-            out[key] = cfg.path(value)
-        elif key in built:
-            out[key] = built[key]
-    return out
+    """Where id_block, id_auth and host_data come from (hbos.launch_identity)."""
+    from hbos.launch_identity import launch_files  # no cryptography: dodo.py calls this
+    return {k: v for k, v in launch_files(cfg, paths).items() if v is not None}
 
 
 def snp_options(cfg: Config, paths: Paths) -> qemu.SnpOptions:
