@@ -228,7 +228,7 @@ def launch_inputs(root: Path, vm: dict[str, Any]) -> LaunchInputs:
                              vmm_type=vm.get("vmm_type", "QEMU"))
 
 
-def check_measurement(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
+def check_release_record(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
                       firmware: Firmware, expected: str) -> None:
     """measurement.json must describe these files and this VM, and promise `expected`."""
     path = root / MEASUREMENT
@@ -294,7 +294,7 @@ def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
             "launch digest mismatch: the release's kernel, initrd, firmware and vm-config give\n"
             f"  {digest}\n  but the manifest expects\n  {manifest.launch_digest}",
             hint="an input was altered (and the manifest edited to hide it); refusing this release")
-    check_measurement(root, vm, inputs, firmware, digest)
+    check_release_record(root, vm, inputs, firmware, digest)
     check_reference_values(root)
     if pinned and digest != pinned.lower():
         raise ReleaseError(f"launch digest {digest} is not the pinned release.launch_digest "

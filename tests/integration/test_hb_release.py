@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hbos import config as hconfig
-from hbos import content, fsutil, hb_release, launch, node_http
+from hbos import content, fsutil, hb_release, node_http
 from hbos.paths import Paths
 from tests.conftest import missing_prerequisite
 
@@ -85,7 +85,7 @@ def _epmd_pids() -> set[int]:
 
 
 def _request(port: int, method: str = "GET", body: dict | None = None,
-             path: str = launch.HEALTH_PATH) -> tuple[int, dict]:
+             path: str = node_http.HEALTH_PATH) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
     try:
@@ -123,7 +123,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     try:
         deadline = time.monotonic() + 60
         while True:
-            ok, _ = launch.probe_health(port)
+            ok, _ = node_http.probe_health(port)
             if ok:
                 break
             assert proc.poll() is None, (tmp_path / "hb.log").read_text()
@@ -141,7 +141,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         record = {k: f"v-{k}" for k in node_http.TRUSTED_KEYS} | {"expected_hash": "x"}
         body = node_http.post_start_body(record, cfg.post_start.settings,
                                          node_http.self_url(cfg))
-        reply = launch.send_post_start(port, body)
+        reply = node_http.send_post_start(port, body)
         assert reply["history-length"] == 1
         code, info = _request(port)
         assert info["initialized"] == "permanent" and info["operator"] == "trustless"
@@ -149,14 +149,14 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         # ... after which the node message is permanent: changes are refused (4xx)
         code, answer = _request(port, "POST", {"operator": "unclaimed"})
         assert code == 400 and "permanent" in answer["body"]
-        code, _ = _request(port, "GET", path=launch.HEALTH_PATH + "/operator")
+        code, _ = _request(port, "GET", path=node_http.HEALTH_PATH + "/operator")
         assert code == 200
         # Erlang distribution and epmd on loopback only; HTTP on every interface
         for addr, owner in _listeners({proc.pid, *_descendants(proc.pid)},
                                       _epmd_pids() - epmd_before):
             assert addr in ("127.0.0.1", "::1") or owner == f"http:{port}", (addr, owner)
         # a follow-up call this node does not serve is a warning, not an error
-        said = launch.follow_up(port, "/~greenzone@1.0/init", {})
+        said = node_http.follow_up(port, "/~greenzone@1.0/init", {})
         assert said.startswith("HTTP 404") and said.endswith("(warning)")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

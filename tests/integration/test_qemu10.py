@@ -25,7 +25,7 @@ import subprocess
 
 import pytest
 
-from hbos import launch, qemu
+from hbos import node_http, qemu
 from tests.conftest import GuestBuild, doit, kill_qemu, link_base_rootfs, write_overlay
 from tests.trixie_root import run as chroot_run, trixie_root, wrapper  # noqa: F401 (fixture)
 
@@ -118,6 +118,6 @@ def test_emulated_boot_with_epyc_v4_reaches_healthy(local_guest, qemu10):
         assert argv and argv[argv.index("-cpu") + 1] == "EPYC-v4", proc.stderr[-3000:]
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"QEMU {qemu10} 10." in proc.stderr
-        assert launch.probe_health(port)[0]
+        assert node_http.probe_health(port)[0]
     finally:
         kill_qemu(run.directory)
