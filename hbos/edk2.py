@@ -43,20 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import archive, fetch, run, tools
+from hbos import archive, fetch, hosttools, run, tools
 from hbos.config import Config
 from hbos.errors import BuildError, ToolMissing
 from hbos.fsutil import atomic_path, remove, sha256_file, write_json
 from hbos.paths import Paths
-
-# Programs the edk2 build calls (tools.PACKAGES names their Debian packages).
-BUILD_PROGRAMS = ["make", "gcc", "g++", "patch", "python3", "nasm", "iasl",
-                  "grub-mkimage", "mkfs.msdos", "mcopy"]
-# Files that come from packages providing no program.
-BUILD_FILES = {
-    "/usr/include/uuid/uuid.h": "uuid-dev",
-    "/usr/lib/grub/x86_64-efi/linux.mod": "grub-efi-amd64-bin",
-}
 
 GRUB_SCRIPT = "OvmfPkg/AmdSev/Grub/grub.sh"
 GRUB_CFG = "OvmfPkg/AmdSev/Grub/grub.cfg"
@@ -175,8 +166,8 @@ def build_env(source_date_epoch: int) -> dict[str, str]:
 def missing_build_deps(find: Callable[[str], str | None] = tools.find,
                        exists: Callable[[str], bool] = os.path.exists) -> dict[str, str]:
     """{program or file: Debian package} for every build dependency not installed."""
-    out = {p: tools.package_for(p) for p in BUILD_PROGRAMS if find(p) is None}
-    out.update({f: pkg for f, pkg in BUILD_FILES.items() if not exists(f)})
+    out = {p: tools.package_for(p) for p in hosttools.FIRMWARE_BUILD if find(p) is None}
+    out.update({f: pkg for f, pkg in hosttools.FIRMWARE_FILES.items() if not exists(f)})
     return out
 
 
