@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from hbos import config as hconfig
-from hbos import content, fsutil
+from hbos import content, fsutil, tree as htree
 from hbos.errors import BuildError, UnsafeArchive
 from hbos.paths import Paths
 from tests import docker_stub
@@ -104,7 +104,7 @@ def test_sample_through_doit_and_manifest_changes_exactly_with_content(tmp_path)
     assert ran(proc) and "manifest updated" in proc.stdout
     changed = fsutil.read_json(manifest)
     assert changed != json.loads(first)
-    assert changed["files"] == fsutil.tree_manifest(p.paths.content_tree)
+    assert changed["files"] == htree.manifest(p.paths.content_tree)
     unit = (p.paths.content_tree / "etc/systemd/system/sample-node.service").read_text()
     assert "--port 10001" in unit
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hbos import config as hconfig
-from hbos import content, fsutil, hb_release, node_http
+from hbos import content, hb_release, node_http, tree as htree
 from hbos.paths import Paths
 from tests.conftest import missing_prerequisite
 
@@ -103,12 +103,12 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     cfg = hconfig.load(overlay=_overlay(tmp_path, f"ports: {{hyperbeam: {port}}}\n"),
                        profile="local")
     opt = tmp_path / "opt" / "hyperbeam"
-    content.copy_tree(paths.hb_release_tree, opt)
+    htree.copy(paths.hb_release_tree, opt)
     (opt / "config.flat").write_text(content.render_config_flat(cfg))
     state = tmp_path / "var" / "lib" / "hyperbeam"
     (state / "cache-mainnet").mkdir(parents=True)
     os.symlink(state / "cache-mainnet", opt / "cache-mainnet")
-    before = fsutil.tree_manifest(opt)
+    before = htree.manifest(opt)
     # exactly the unit's environment, its guest paths mapped into tmp_path
     where = {"/var/lib/hyperbeam": str(state), "/opt/hyperbeam": str(opt),
              "/run/hyperbeam": str(tmp_path / "run")}
@@ -168,7 +168,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     stored = sorted(p.name for p in (state / "cache-mainnet").iterdir())
     assert stored == ["boots", "node-message-1.json"]
     assert (state / "hyperbeam-key.json").stat().st_mode & 0o777 == 0o600
-    assert fsutil.tree_manifest(opt) == before
+    assert htree.manifest(opt) == before
 
 
 def unit_environment(unit: str, where: dict[str, str]) -> dict[str, str]:
