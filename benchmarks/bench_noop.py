@@ -23,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import (cache_dir, cached_kernel_deb, link_base_rootfs,  # noqa: E402
-                            rootfs_cache_key)
+from tests.conftest import cache_dir, cached_kernel_deb, link_base_rootfs, rootfs_cache_key  # noqa: E402
 
 VECTOR_OVMF = ROOT / "tests" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
 

@@ -126,8 +126,8 @@ def build(cfg, paths) -> None:
             htree.normalize_mtimes(tmp, cfg.source_date_epoch)
     finally:
         fsutil.remove(scratch)
-    data = {"available": True, **versions(log),
-            "files": htree.manifest(paths.hb_release_tree)}
+    data: dict[str, Any] = {"available": True, **versions(log),
+                            "files": htree.manifest(paths.hb_release_tree)}
     changed = _write_if_changed(paths.hb_release_manifest, data)
     files = sum(1 for e in data["files"] if e["type"] == "file")
     print(f"hb_release: {paths.hb_release_tree} (OTP {data['otp_release']}, "

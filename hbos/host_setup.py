@@ -272,6 +272,7 @@ def setup_from_config(cfg, paths, yes: bool = False) -> None:
 def task_action(cfg, paths):
     """A doit python-action taking the task parameter `yes` (HbosError -> TaskFailed)."""
     from doit.exceptions import TaskFailed
+
     from hbos.errors import HbosError
 
     def setup_host_action(yes=False):

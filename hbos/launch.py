@@ -169,7 +169,7 @@ def kvm_boots_guest(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path
                 return True, "KVM boots a kernel"
             if proc.poll() is not None:
                 out = (proc.stdout.read() if proc.stdout else b"").decode(errors="replace")
-                errors = [l for l in out.splitlines() if "warning" not in l]
+                errors = [ln for ln in out.splitlines() if "warning" not in ln]
                 return False, "KVM failed: " + (hrun.tail("\n".join(errors), 2) or
                                                 f"QEMU exited {proc.returncode}")
             time.sleep(0.2)
@@ -409,14 +409,14 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
                               hint=f"create one: qemu-img create -f qcow2 {data} 20G")
     record = launch_record(vm, measurement)
 
-    p = launch_plan.plan(
+    plan = launch_plan.plan(
         cfg, paths, vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data),
         forwards=lambda mode: node_http.forwards(cfg, mode, bool(raw.get("debug"))),
         identity=lambda mode: launch_identity(cfg, record, vm, options, identity_dir, mode),
         requested_mode=options.mode, qemu_path=options.qemu, review=False,
         kvm_probe=lambda facts, model: cached_kvm_boots_guest(
             facts, model, vm.kernel, files.directory, cfg.launch.kvm_probe_timeout))
-    spec, mode, accel, binary = p.spec, p.spec.mode, p.spec.accel, p.spec.host.qemu
+    spec, mode, accel, binary = plan.spec, plan.spec.mode, plan.spec.accel, plan.spec.host.qemu
     low = node_http.unbindable(spec.forwards, os.geteuid(), node_http.unprivileged_port_start())
     if low:
         ports = ", ".join(f"{f.host_address}:{f.host_port}" for f in low)
@@ -425,12 +425,12 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
                           hint="run as root (hb-os's :80), or set launch.host_port "
                                "(e.g. 0: the node's own port) and launch.forwards")
     if mode == "emulated":
-        say(BANNER + f"  ({p.mode_why})\n")
+        say(BANNER + f"  ({plan.mode_why})\n")
     flavour = f", {qemu.flavour(spec.host.version)} SNP syntax" if mode == "snp" else ""
-    say(f"start: mode {mode}, accel {accel} ({p.accel_why}), QEMU {binary} "
+    say(f"start: mode {mode}, accel {accel} ({plan.accel_why}), QEMU {binary} "
         f"{'.'.join(map(str, spec.host.version))}{flavour}")
     say(f"start: firmware: {qemu.firmware_note(spec)}")
-    for note in p.notes:
+    for note in plan.notes:
         say(f"start: {note}")
 
     port = node_http.host_port(cfg)

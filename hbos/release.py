@@ -250,7 +250,9 @@ def check_release_record(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
               "expected_hash": ((data.get("expected_hash") or "").lower(), expected)}
     # Not in the digest but in the attestation report (policy, ids, TCB): the
     # VM definition must launch what measurement.json records.
-    recorded_vm = data.get("vm") if isinstance(data.get("vm"), dict) else {}
+    recorded_vm = data.get("vm")
+    if not isinstance(recorded_vm, dict):
+        recorded_vm = {}
     for key, value in recorded_vm.items():
         fields[f"vm.{key}"] = (value, vm.get(key))
     fields["debug"] = (bool(data.get("debug", False)), bool(vm.get("debug", False)))

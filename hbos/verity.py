@@ -27,7 +27,7 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from hbos import kernel, rootfs, run, templates, tools, tree as htree
 from hbos.config import Config
@@ -330,6 +330,7 @@ def build(cfg: Config, paths: Paths, content_tree: Path | None = None,
             roothash = format_hash_tree(image, hashes, ids, log=log, steps=step)
         finally:
             step("cleanup (after verify)", cleanup.join)
+        record: dict[str, Any]
         record = {"roothash": roothash, **ids, "inputs": ins,
                   "filesystem": cfg.image.filesystem,
                   "kernel_modules": {**modules, "note": "the kernel's full module tree as "

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import content, fsutil, tree as htree
+from hbos import config as hconfig, content, fsutil, tree as htree
 from hbos.errors import BuildError, UnsafeArchive
 from hbos.paths import Paths
 from tests import docker_stub
@@ -123,7 +122,7 @@ def _wait_http(url: str, proc, timeout: float = 30):
                 return resp.status, resp.read()
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"sample node did not answer: {proc.stdout.read()!r}")
+                raise AssertionError(f"sample node did not answer: {proc.stdout.read()!r}") from None
             time.sleep(0.1)
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import content, hb_release, node_http, tree as htree
+from hbos import config as hconfig, content, hb_release, node_http, tree as htree
 from hbos.paths import Paths
 from tests.conftest import missing_prerequisite
 

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import fsutil, hb_release, launch, node_http, qemu
+from hbos import config as hconfig, fsutil, hb_release, launch, node_http, qemu
 from hbos.paths import Paths
 from tests.conftest import (
     doit,

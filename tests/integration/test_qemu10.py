@@ -58,7 +58,7 @@ def local_guest(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory) ->
 
 
 @pytest.fixture(scope="module")
-def qemu10(trixie_root, local_guest, amdsev_ovmf, tmp_path_factory):
+def qemu10(trixie_root, local_guest, amdsev_ovmf, tmp_path_factory):  # noqa: F811 (fixture)
     """A qemu-system-x86_64 wrapper running trixie's QEMU 10 with the guest's
     build dir and the firmware vector visible at their own paths."""
     out = tmp_path_factory.mktemp("qemu10") / "qemu-system-x86_64"
@@ -67,7 +67,7 @@ def qemu10(trixie_root, local_guest, amdsev_ovmf, tmp_path_factory):
 
 def _snp_line(guest, qemu10, *extra: str) -> list[str]:
     proc = guest.doit("start", "--dry-run", "--mode", "snp", "--qemu", str(qemu10), *extra)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("qemu: ")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("qemu: ")]
     assert len(lines) == 1, proc.stdout
     assert "mode: snp" in proc.stdout and "upstream SNP syntax" in proc.stdout, proc.stdout
     return shlex.split(lines[0][len("qemu: "):])

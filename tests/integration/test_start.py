@@ -271,7 +271,7 @@ def test_quickstart_local(tmp_path):
     """`doit start profile=local` from an empty build dir, then status and stop."""
     listing = doit(["list", "profile=local"], check=False).stdout
     needed = ("verity", "initramfs", "base_rootfs", "firmware", "content")
-    absent = [t for t in needed if not any(l.split()[:1] == [t] for l in listing.splitlines())]
+    absent = [t for t in needed if not any(ln.split()[:1] == [t] for ln in listing.splitlines())]
     if absent:
         pytest.skip(f"stages not in the graph yet: {', '.join(absent)}")
     port = free_port()

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import content, docker, fsutil, tree as htree
+from hbos import config as hconfig, content, docker, fsutil, tree as htree
 from hbos.errors import BuildError, ConfigError
 from hbos.paths import Paths
 from tests import docker_stub

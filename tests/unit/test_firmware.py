@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from hbos import archive, config, edk2, firmware
-from hbos.errors import (BuildError, ConfigError, DownloadError, HashMismatch, ToolMissing,
-                         UnsafeArchive)
+from hbos.errors import BuildError, ConfigError, DownloadError, HashMismatch, ToolMissing, UnsafeArchive
 from hbos.paths import Paths
 
 BODY = b"edk2 orig tarball bytes " * 500

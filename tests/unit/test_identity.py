@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from hbos import (config as hconfig, hostdata, idblock, identity, launch, launch_plan, measure,
-                  node_http, qemu, vmconfig)
+from hbos import config as hconfig, hostdata, idblock, identity, launch, launch_plan, measure, node_http, qemu, vmconfig
 from hbos.errors import IdentityError, LaunchError
 from hbos.paths import Paths
 

@@ -86,7 +86,7 @@ def test_dry_run_qemu_line_is_one_shell_line(measured, no_snp_host, tmp_path, ca
     import shlex
     cfg, paths, vm_config, m = measured
     _dry_run(cfg, paths, vm_config, m, tmp_path, mode="snp", qemu=sys.executable)
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("qemu: ")]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("qemu: ")]
     assert len(lines) == 1
     argv = shlex.split(lines[0][len("qemu: "):])
     assert argv[argv.index("-append") + 1] == "console=ttyS0 verity_roothash=ab"
@@ -108,7 +108,7 @@ def test_dry_run_emulated_default_firmware_and_no_probe(measured, no_snp_host, t
     out = capsys.readouterr().out
     assert out.startswith("mode: emulated (this host cannot run SEV-SNP (no /dev/sev))")
     assert "NOT CONFIDENTIAL" in out and "firmware: QEMU's default firmware" in out
-    qline = [l for l in out.splitlines() if l.startswith("qemu: ")][0]
+    qline = [ln for ln in out.splitlines() if ln.startswith("qemu: ")][0]
     assert "sev-snp-guest" not in qline and "-bios" not in qline
 
 

@@ -9,8 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from hbos import config as hconfig
-from hbos import content, hb_release, launch, node_http, qemu
+from hbos import config as hconfig, content, hb_release, launch, node_http, qemu
 from hbos.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[2]

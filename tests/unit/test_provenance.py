@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import (identity, idblock, measure, provenance, release, release_cli, release_fetch,
-                  release_pack)
+from hbos import idblock, identity, measure, provenance, release, release_cli, release_fetch, release_pack
 from hbos.errors import ReleaseError
 from hbos.fsutil import sha256_file
 from tests.release_fixtures import make_build
