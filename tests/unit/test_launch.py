@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, launch, launch_plan, measure, node_http, qemu, vmconfig
+from hbos import config as hconfig, launch, launch_plan, measure, node_http, qemu, run as hrun, vmconfig
 from hbos.errors import LaunchError
 from hbos.paths import Paths
 
@@ -308,6 +308,43 @@ def test_snp_start_runs_the_snp_command_line(measured, tmp_path, monkeypatch):
             "kernel-hashes=on") in argv
     assert argv[argv.index("-bios") + 1] == str(vm.ovmf)
     assert argv[argv.index("-smp") + 1] == "2"
+
+
+def test_start_runs_exactly_the_line_its_dry_run_prints(measured, tmp_path, monkeypatch, capsys):
+    """start and start --dry-run share hbos.launch_plan.plan: with the same inputs
+    the argv start spawns is the `qemu:` line the dry run prints; only start
+    probes KVM for launch.accel: auto (here the probe says no, so TCG)."""
+    vm, m, cfg, paths = measured
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(
+        cfg.launch, snp="off", accel="auto", host_port=18080, qemu=sys.executable))
+    image, tree = tmp_path / "guest.img", tmp_path / "hash_tree.bin"
+    image.write_bytes(b"\0" * 4096)
+    tree.write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
+        q, (10, 0, 2), frozenset({"EPYC-v4"})))
+    monkeypatch.setattr(launch_plan, "kvm_opens", lambda: (False, "/dev/kvm unusable (test)"))
+    probed: list = []
+
+    def probe(facts, model, kernel, workdir, timeout):
+        probed.append(model)
+        return False, "KVM failed: test"
+    monkeypatch.setattr(launch, "cached_kvm_boots_guest", probe)
+    seen: dict = {}
+
+    def spawn(argv, files):
+        seen["argv"] = argv
+        raise _Spawned()
+    monkeypatch.setattr(launch, "_spawn", spawn)
+    kwargs = dict(vm_config=tmp_path / "vm-config.toml", measurement=m, image=image,
+                  hash_tree=tree)
+    launch.start_vm(cfg, paths, options=launch.StartOptions(dry_run=True), **kwargs)
+    assert probed == []   # a dry run boots nothing
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("qemu: ")]
+    with pytest.raises(_Spawned):
+        launch.start_vm(cfg, paths, options=launch.StartOptions(), **kwargs)
+    assert probed == ["EPYC-v4"]
+    assert printed == [f"qemu: {hrun.quote(seen['argv'])}"]
+    assert seen["argv"][seen["argv"].index("-accel") + 1] == "tcg"
 
 
 def test_snp_required_refuses_on_this_kind_of_host(measured, tmp_path, monkeypatch):
