@@ -16,7 +16,7 @@ from hbos import (attest_cli, content, edk2, firmware, hb_release, host, host_se
                   initramfs, kernel,
                   launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
                   templates, tools, verity, vmconfig)
-from hbos import hostdata, hyperbeam, idblock, identity, lock, reference
+from hbos import hostdata, hyperbeam, idblock, identity, libvirt, lock, reference
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
@@ -43,7 +43,7 @@ def _check_tools(install=False):
 
 
 def task_init():
-    """Create the build directories, check host tools, fetch the SNP release."""
+    """Create the build directories, check host tools, fetch the SNP release if one is configured."""
     return {
         "actions": [act(_init_dirs), act(_check_tools, install=get_var("install", "") == "yes")],
         "task_dep": ["snp_release"],
@@ -53,7 +53,7 @@ def task_init():
 
 
 def task_snp_release():
-    """Download, verify (sha256) and unpack the SNP release (host+guest kernel, QEMU, OVMF)."""
+    """Optional: download, verify (sha256) and unpack an SNP release (AMD forks: kernels, QEMU, OVMF)."""
     return {
         "actions": [act(snp_release.fetch_release, CFG, P)],
         "targets": strs([P.snp_release_manifest]),
@@ -63,7 +63,7 @@ def task_snp_release():
 
 
 def task_kernel_deb():
-    """Fetch the guest kernel .deb from Debian (kernel.source: package; follows metapackages)."""
+    """Fetch the guest kernel .deb from Debian kernel.suite via a private apt in build/apt (follows metapackages)."""
     if CFG.kernel.source != "package":
         return {"actions": None, "doc": "(kernel.source is not 'package': nothing to fetch)"}
     return {
@@ -288,6 +288,18 @@ def task_id_block():
     }
 
 
+def task_libvirt_xml():
+    """libvirt domains of the same VM: build/guest/domain.xml (SEV-SNP) + domain-emulated.xml."""
+    return {
+        "actions": [act(libvirt.write, CFG, P)],
+        "file_dep": strs([P.vm_config, templates.path(libvirt.TEMPLATE),
+                          *libvirt.file_deps(CFG, P)]),
+        "targets": strs([P.domain_xml, P.domain_emulated_xml]),
+        "uptodate": [config_changed(libvirt.config_slice(CFG))],
+        "clean": True,
+    }
+
+
 # ------------------------------------------------------------------ launch (hbos/launch.py)
 
 
@@ -412,7 +424,7 @@ def task_check_host():
 
 
 def task_setup_host():
-    """Install the SNP release's host kernel, QEMU and OVMF (prints the plan; --yes if no tty)."""
+    """Install the SNP host stack: Debian trixie's kernel + QEMU, or an SNP release's (plan; --yes if no tty)."""
     return {
         "actions": [(host_setup.task_action(CFG, P),)],
         "params": [{"name": "yes", "long": "yes", "type": bool, "default": False,

@@ -376,7 +376,8 @@ def check_kernel(f: Facts) -> Check:
         return Check("kernel", PASS, f"{f.release} (upstream SNP host support since 6.11)")
     return Check("kernel", FAIL, f"{f.release}: no SNP host support (needs 6.11+ or an SNP "
                                  "host kernel)",
-                 fix="install the SNP release's host kernel (doit setup_host), reboot into it")
+                 fix="doit setup_host (Debian trixie: linux-image-amd64 6.12; else an SNP "
+                     "release's host kernel), reboot into it")
 
 
 def check_cpu(f: Facts) -> Check:
@@ -501,7 +502,8 @@ def check_rmp(f: Facts, sev: SevStatus | None) -> Check:
 def check_qemu(qemu: Path | None, why: str, probes: Probes) -> Check:
     if qemu is None:
         return Check("QEMU sev-snp-guest", FAIL, why,
-                     fix="doit snp_release (the release ships QEMU), or set launch.qemu")
+                     fix="doit setup_host (Debian trixie: qemu-system-x86 10.0), or set "
+                         "launch.qemu")
     try:
         text = probes.qemu_objects(qemu)
     except Exception as exc:  # a broken binary must not crash the report
@@ -512,7 +514,8 @@ def check_qemu(qemu: Path | None, why: str, probes: Probes) -> Check:
         return Check("QEMU sev-snp-guest", PASS, f"{qemu} ({why})")
     have = "sev-guest only" if "sev-guest" in objects else "no SEV objects"
     return Check("QEMU sev-snp-guest", FAIL, f"{qemu} ({why}) has {have}",
-                 fix="use QEMU 9.1+ or the SNP release's QEMU (doit snp_release; launch.qemu)")
+                 fix="use QEMU 9.1+ (Debian trixie's qemu-system-x86: doit setup_host) or "
+                     "the SNP release's QEMU (launch.qemu)")
 
 
 def expected_guest_features(configured: int, params: dict[str, bool | None]) -> int:

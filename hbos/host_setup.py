@@ -1,5 +1,9 @@
 """`doit setup_host`: install the SNP release's host components.
 
+(Without an SNP release configured, setup_host installs the stock Debian trixie
+stack instead: hbos.host_debian. With one, the release's QEMU must find its
+shared libraries on this host first: host_debian.check_release_qemu.)
+
 What is installed (an AMDESE/AMDSEV snp-release tree):
 - the host kernel: linux/host/linux-image-*.deb (not -dbg) with `dpkg -i`,
   as the release's install.sh does;
@@ -211,7 +215,7 @@ def apply(plan: Plan, root: Path, runner: Runner) -> None:
         copy_file(c.src, root / c.rel)
 
 
-def _default_runner(log: Path | None) -> Runner:
+def default_runner(log: Path | None) -> Runner:
     from hbos import run
 
     def runner(argv: Sequence[str]) -> object:
@@ -234,6 +238,22 @@ def finish_message(plan: Plan, root: Path) -> str:
             "is not the default), then check the host: doit check_host")
 
 
+def confirm(*, yes: bool, interactive: bool | None, euid: int | None,
+            ask: Callable[[str], str]) -> None:
+    """Root, then --yes or a "y" on a terminal; HostError (nothing changed) otherwise."""
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        raise HostError("setup_host must run as root to install packages and files",
+                        hint="sudo doit setup_host --yes")
+    if not yes:
+        interactive = sys.stdin.isatty() if interactive is None else interactive
+        if not interactive:
+            raise HostError("setup_host needs a confirmation and stdin is not a terminal",
+                            hint="re-run with --yes: doit setup_host --yes")
+        if ask("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise HostError("setup_host: cancelled, nothing changed")
+
+
 def setup_host(release: Path, root: Path | str = "/", *, yes: bool = False,
                interactive: bool | None = None, euid: int | None = None,
                runner: Runner | None = None, log: Path | None = None,
@@ -248,24 +268,20 @@ def setup_host(release: Path, root: Path | str = "/", *, yes: bool = False,
         print(finish_message(plan, root))
         return plan
     print(plan.describe(root))
-    euid = os.geteuid() if euid is None else euid
-    if euid != 0:
-        raise HostError("setup_host must run as root to install packages and files",
-                        hint="sudo doit setup_host --yes")
-    if not yes:
-        interactive = sys.stdin.isatty() if interactive is None else interactive
-        if not interactive:
-            raise HostError("setup_host needs a confirmation and stdin is not a terminal",
-                            hint="re-run with --yes: doit setup_host --yes")
-        if ask("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
-            raise HostError("setup_host: cancelled, nothing changed")
-    apply(plan, root, runner or _default_runner(log))
+    confirm(yes=yes, interactive=interactive, euid=euid, ask=ask)
+    apply(plan, root, runner or default_runner(log))
     print(finish_message(plan, root))
     return plan
 
 
 def setup_from_config(cfg, paths, yes: bool = False) -> None:
-    from hbos import snp_release
+    """An SNP release configured: its host kernel, QEMU (whose libraries must
+    resolve here: ldd) and OVMF. None: stock Debian trixie packages (hbos.host_debian)."""
+    from hbos import host_debian, snp_release
+    if not snp_release.configured(cfg):
+        host_debian.setup_debian("/", yes=yes, log=paths.log("setup_host"))
+        return
+    host_debian.check_release_qemu(snp_release.qemu(paths))
     setup_host(snp_release.root(paths), "/", yes=yes, log=paths.log("setup_host"))
 
 

@@ -136,11 +136,9 @@ def qemu_binary(cfg: Config, paths: Paths, mode: qemu.Mode, given: str = ""
     """--qemu, else launch.qemu, else the SNP release's QEMU (SNP mode), else PATH;
     and where it came from."""
     from hbos import host, tools
-    if given:
-        binary = Path(given).expanduser().resolve()
-        if not binary.exists():
-            raise LaunchError(f"--qemu {binary} does not exist")
-        return binary, "--qemu"
+    override = qemu_override(given)
+    if override is not None:
+        return override, "--qemu"
     if mode == "snp" or cfg.launch.qemu:
         found, where = host.find_qemu(cfg, paths)
         if found is None:
@@ -162,6 +160,41 @@ def cbitpos(configured: int, from_cpuid: int | None, review: bool = False) -> tu
                              "reports no SEV C-bit")
 
 
+def qemu_override(qemu_path: str) -> Path | None:
+    """--qemu PATH, checked (None when not given)."""
+    if not qemu_path:
+        return None
+    binary = Path(qemu_path).expanduser().resolve()
+    if not binary.is_file():
+        raise LaunchError(f"--qemu {binary} does not exist")
+    return binary
+
+
+CPUID_DEV = Path("/dev/cpu/0/cpuid")
+
+
+def modprobe_cpuid_argv() -> list[str]:
+    return ["modprobe", "cpuid"]
+
+
+def load_cpuid_driver(dev: Path = CPUID_DEV, euid: int | None = None, runner=None) -> bool:
+    """At an SNP launch: the C-bit position is read from /dev/cpu/0/cpuid; when it
+    is missing and we are root, `modprobe cpuid` (and say so). True if it exists."""
+    if dev.exists():
+        return True
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        return False
+    import sys
+    print(f"start: {dev} is missing: modprobe cpuid (to read the C-bit position)",
+          file=sys.stderr, flush=True)
+    try:
+        (runner or (lambda argv: hrun.run(argv, quiet=True)))(modprobe_cpuid_argv())
+    except Exception as exc:  # noqa: BLE001 - reported, then snp_options explains
+        print(f"start: modprobe cpuid failed: {exc}", file=sys.stderr, flush=True)
+    return dev.exists()
+
+
 def _b64_file(cfg: Config, value: str, what: str) -> str:
     if not value:
         return ""
@@ -177,6 +210,8 @@ def snp_options(cfg: Config, generated: dict[str, str] | None = None,
     """`generated`: id_block/id_auth/host_data (base64) from the build or release;
     the launch.* files, when set, win. `cbit`: default launch.cbitpos, else CPUID."""
     if cbit is None:
+        if not cfg.launch.cbitpos:
+            load_cpuid_driver()
         cbit = cbitpos(cfg.launch.cbitpos, host_cbitpos())[0]
     la = cfg.launch
     gen = generated or {}
@@ -248,6 +283,8 @@ def plan(cfg: Config, paths: Paths, *, vm: qemu.VmDefinition, disks: qemu.Disks,
                      f"for upstream QEMU >= 9.1 (Debian trixie) pass --qemu PATH")
     snp = None
     if mode == "snp":
+        if not review and not cfg.launch.cbitpos:
+            load_cpuid_driver()   # a launch may load the cpuid driver; a review changes nothing
         cbit, cbit_why = cbitpos(cfg.launch.cbitpos, host_cbitpos(), review)
         notes.append(f"C-bit position {cbit} ({cbit_why})")
         snp = snp_options(cfg, generated, cbit)

@@ -194,6 +194,16 @@ class Paths:
         return self.guest_dir / "vm-config.toml"
 
     @property
+    def domain_xml(self) -> Path:
+        """libvirt domain of the SEV-SNP guest (doit libvirt_xml)."""
+        return self.guest_dir / "domain.xml"
+
+    @property
+    def domain_emulated_xml(self) -> Path:
+        """libvirt domain of the emulated (NOT CONFIDENTIAL) variant."""
+        return self.guest_dir / "domain-emulated.xml"
+
+    @property
     def measurement(self) -> Path:
         return self.build / "measurement.json"
 

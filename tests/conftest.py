@@ -120,7 +120,7 @@ def doit(args: list[str], *, cwd: Path = ROOT, check: bool = True,
 #   TEST_GUEST_PORT.
 # - build_guest(dir, ...): runs the real graph (`doit measure profile=local`)
 #   in its own build dir with the cached base root linked in, the cached
-#   Debian cloud kernel and the amdsev_ovmf vector as firmware; returns a
+#   default (trixie) kernel and the amdsev_ovmf vector as firmware; returns a
 #   GuestBuild (vmlinuz, initrd, guest.img, hash_tree.bin, roothash, ...).
 # - guest_build: one such build for the session (content = the test tree).
 # ===================================================================

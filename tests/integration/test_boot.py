@@ -1,4 +1,4 @@
-"""Boot the built guest for real under QEMU TCG (Debian cloud kernel).
+"""Boot the built guest for real under QEMU TCG (the default trixie kernel).
 
 The guest boots through our initramfs into the dm-verity root, and the test
 service in it answers over QEMU user networking (hostfwd). Negative boots: one

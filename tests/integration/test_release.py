@@ -442,7 +442,7 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     verifies and starts it (QEMU, TCG) until its health endpoint answers.
 
     The guest is the launcher tests' one (tests/integration/test_start.py):
-    the real Debian cloud kernel and a busybox initramfs serving the health
+    the real default kernel and a busybox initramfs serving the health
     endpoint; image and hash tree are placeholders it never reads.
     """
     from hbos import config as hconfig, launch, measure, node_http, qemu, vmconfig

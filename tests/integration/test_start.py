@@ -1,6 +1,6 @@
 """The launcher for real: QEMU under TCG boots a guest until its health endpoint answers.
 
-The guest is assembled here from the real Debian cloud kernel (kernel_build
+The guest is assembled here from the real default kernel (kernel_build
 fixture) and a tiny initramfs: busybox-static as /bin/busybox and an /init
 that loads the virtio network modules, configures slirp's address and runs
 `busybox httpd` serving /~meta@1.0/info on the forwarded port. The root
@@ -88,10 +88,13 @@ def make_initramfs(dest: Path, kernel_root: Path, port: int) -> Path:
     (tree / "modules").mkdir()
     shutil.copy(busybox, tree / "bin" / "busybox")
     mods = _modules(kernel_root, version, ["virtio_pci", "virtio_net", "virtio_blk"])
+    from hbos.initramfs import decompress_module, plain_module_name
     for ko in mods:
-        shutil.copy(ko, tree / "modules" / ko.name)
+        # trixie ships .ko.xz, which busybox insmod cannot load: decompress
+        decompress_module(ko, tree / "modules" / plain_module_name(ko).name)
     init = tree / "init"
-    init.write_text(INIT.format(modules=" ".join(k.name.removesuffix(".ko") for k in mods),
+    init.write_text(INIT.format(modules=" ".join(plain_module_name(k).name.removesuffix(".ko")
+                                                 for k in mods),
                                 port=port))
     init.chmod(0o755)
     out = dest / "initramfs.cpio.gz"

@@ -145,3 +145,27 @@ def test_dry_run_missing_qemu_is_one_clean_error(measured, no_snp_host, tmp_path
     cfg, paths, vm_config, m = measured
     with pytest.raises(LaunchError, match="--qemu .*nope does not exist"):
         _dry_run(cfg, paths, vm_config, m, tmp_path, qemu=str(tmp_path / "nope"))
+
+
+def test_modprobe_cpuid_when_missing_and_root(tmp_path, capsys):
+    dev = tmp_path / "cpu/0/cpuid"
+    calls = []
+
+    def runner(argv):
+        calls.append(argv)
+        dev.parent.mkdir(parents=True)
+        dev.write_bytes(b"")
+    assert launch_plan.load_cpuid_driver(dev, euid=0, runner=runner) is True
+    assert calls == [["modprobe", "cpuid"]]
+    assert f"{dev} is missing: modprobe cpuid" in capsys.readouterr().err
+    # present: nothing runs; not root: nothing runs
+    assert launch_plan.load_cpuid_driver(dev, euid=0, runner=pytest.fail) is True
+    assert launch_plan.load_cpuid_driver(tmp_path / "none", euid=1000, runner=pytest.fail) is False
+
+
+def test_start_with_missing_qemu_is_one_clean_error(measured, no_snp_host, tmp_path):
+    cfg, paths, vm_config, m = measured
+    with pytest.raises(LaunchError, match="--qemu .*nope does not exist"):
+        launch.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
+                        image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
+                        options=launch.options_from_params(qemu=str(tmp_path / "nope")))
