@@ -109,7 +109,7 @@ def test_snp_line_with_id_block_auth_and_host_data_parses_up_to_kvm(local_guest,
                      f"host_data: {d / 'host_data.b64'}, "))
     proc = doit(["start", "--dry-run", "--mode", "snp", "--qemu", str(qemu10), "profile=local",
                  f"config={overlay}"])
-    line = [l for l in proc.stdout.splitlines() if l.startswith("qemu: ")][0]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("qemu: ")][0]
     argv = shlex.split(line[len("qemu: "):])
     obj = next(a for a in argv if a.startswith("sev-snp-guest,"))
     assert "id-block=" in obj and "id-auth=" in obj and "author-key-enabled=on" in obj
