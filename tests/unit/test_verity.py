@@ -233,7 +233,7 @@ def test_clone_argv_hard_links_and_keeps_attributes():
     assert "--link" not in htree.clone_argv(Path("/s"), Path("/d"), link=False)
 
 
-def test_clone_tree_links_files_and_recreates_dirs(tmp_path):
+def test_tree_clone_links_files_and_recreates_dirs(tmp_path):
     src = tmp_path / "src"
     (src / "etc").mkdir(parents=True)
     (src / "etc").chmod(0o750)
