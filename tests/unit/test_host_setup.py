@@ -216,3 +216,12 @@ def test_release_without_host_kernel(tmp_path):
     (release / "linux/host").mkdir(parents=True)
     with pytest.raises(HostError, match="no host kernel"):
         host_setup.make_plan(release, fake_root(tmp_path))
+
+
+def test_debpkg_fields_single_multiple_and_absent(tmp_path):
+    from hbos import debpkg
+    deb = make_deb(tmp_path / "k.deb", "linux-image-6.11.0-snp", "6.11.0-1")
+    assert debpkg.fields(deb, "Package") == {"Package": "linux-image-6.11.0-snp"}
+    assert debpkg.fields(deb, "Package", "Version", "Depends") == {
+        "Package": "linux-image-6.11.0-snp", "Version": "6.11.0-1"}
+    assert debpkg.fields(deb, "Depends") == {}
