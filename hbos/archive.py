@@ -112,6 +112,11 @@ _CORRUPT = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 CORRUPT = _CORRUPT
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (tarfile's "r:*" lists every method tried)."""
+    return " ".join(str(exc).split())
+
+
 def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
             max_bytes: int | None = None, skip_host_symlinks: bool = False) -> list[str]:
     """Extract `archive` (any tar compression) into `dest` atomically and safely.
@@ -126,7 +131,8 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
     try:
         tar = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError) as exc:
-        raise UnsafeArchive(f"{archive}: not a readable tar archive ({exc})") from None
+        raise UnsafeArchive(f"{archive}: not a readable tar archive "
+                            f"({one_line(exc)})") from None
     with tar, atomic_path(dest) as tmp:
         try:
             members = check_members(tar, archive.name, skipped)

@@ -37,9 +37,23 @@ def load_config(get_var: Callable[[str, Any], Any]) -> hconfig.Config:
         raise SystemExit(2) from None
 
 
+def _source_of_build_dir(cfg: hconfig.Config) -> str:
+    """The config file that sets build_dir: the overlay when it does, else config.yaml."""
+    from hbos import limits
+    if len(cfg.sources) > 1:
+        try:
+            over = limits.load_yaml(cfg.sources[-1], limits.CONFIG_BYTES, "config file",
+                                    ConfigError)
+        except ConfigError:
+            over = None
+        if isinstance(over, dict) and "build_dir" in over:
+            return cfg.sources[-1]
+    return cfg.sources[0] if cfg.sources else "config"
+
+
 def make_build_dir(cfg: hconfig.Config) -> Path:
     """Create build_dir, or say in one line why it cannot be (before doit opens its db)."""
-    where = cfg.sources[-1] if cfg.sources else "config"
+    where = _source_of_build_dir(cfg)
     try:
         path = cfg.path(cfg.build_dir)
     except (RuntimeError, ValueError) as exc:  # '~nosuchuser', a NUL byte

@@ -74,7 +74,7 @@ class IdBlock:
                 + self.policy.to_bytes(8, "little"))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "IdBlock":
+    def from_bytes(cls, data: bytes) -> IdBlock:
         if len(data) != ID_BLOCK_SIZE:
             raise IdentityError(f"an ID block is {ID_BLOCK_SIZE} bytes, got {len(data)}")
         return cls(launch_digest=data[0:48], family_id=data[48:64], image_id=data[64:80],
@@ -190,7 +190,11 @@ def write_id_block(cfg, paths) -> None:
     """`doit id_block`: sign the ID block for measurement.json with the configured keys."""
     if not cfg.identity.enabled:
         raise IdentityError("identity.enabled is false", hint="set identity.enabled: true")
-    record = json.loads(paths.measurement.read_text())
+    try:
+        record = json.loads(paths.measurement.read_text())
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot read {paths.measurement}: {exc}",
+                            hint="run: doit measure") from None
     files = identity.key_files(cfg)
     id_key = identity.load_private(files.private(identity.ID))
     author_key = identity.load_private(files.private(identity.AUTHOR))
@@ -238,3 +242,20 @@ def check_for_launch(block_b64: str, auth_b64: str, record: dict[str, Any],
         raise IdentityError("the ID block does not describe this launch: " + "; ".join(problems),
                             hint="rebuild it: doit id_block")
     return info
+
+
+def launch_files(cfg, paths) -> dict[str, Path | None]:
+    """The base64 files a launch passes as id-block / id-auth / host-data (e.g. into a
+    libvirt domain): the launch.* files when set, else this build's (ID block and auth
+    only with identity.enabled; HOST_DATA always, from measure)."""
+    out: dict[str, Path | None] = {}
+    for key, generated in (("id_block", paths.id_block), ("id_auth", paths.id_auth),
+                           ("host_data", paths.host_data)):
+        explicit = getattr(cfg.launch, key)
+        if explicit:
+            out[key] = cfg.path(explicit)
+        elif key == "host_data" or cfg.identity.enabled:
+            out[key] = generated
+        else:
+            out[key] = None
+    return out

@@ -45,6 +45,9 @@ OPTIONAL_MODULES = ("sev-guest",)
 # module file suffixes kmod knows, and how each is undone at build time
 COMPRESSED_SUFFIXES = (".xz", ".gz", ".zst")
 FS_MODULES = {"erofs": "erofs", "ext4": "ext4"}
+# the debug disk (base_image: ext4, boot=normal) boots with this same initramfs;
+# trixie's kernel builds ext4 as a module (Debian's 6.1 cloud kernel had it built in)
+DEBUG_DISK_MODULE = FS_MODULES["ext4"]
 
 # Writable paths of the verity root: an overlay (tmpfs upper, seeded from the
 # image) or a fresh tmpfs.
@@ -60,8 +63,10 @@ APPLETS = ("sh", "mount", "umount", "mkdir", "cat", "echo", "sleep", "insmod", "
 
 
 def boot_modules(cfg: Config) -> list[str]:
-    """The modules to resolve: boot set + root filesystem + extra_modules (ordered, unique)."""
-    wanted = [*BOOT_MODULES, FS_MODULES[cfg.image.filesystem], *cfg.initramfs.extra_modules]
+    """The modules to resolve: boot set + root filesystem + the debug disk's + extra_modules
+    (ordered, unique)."""
+    wanted = [*BOOT_MODULES, FS_MODULES[cfg.image.filesystem], DEBUG_DISK_MODULE,
+              *cfg.initramfs.extra_modules]
     return list(dict.fromkeys(wanted))
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import launch_plan, measure, node_http, qemu, qmp, run as hrun, vmconfig
+from hbos import launch_plan, limits, measure, node_http, qemu, qmp, run as hrun, vmconfig
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
 from hbos.fsutil import sha256_file, write_json
@@ -128,13 +128,9 @@ def launch_mismatches(vm: qemu.VmDefinition, record: dict[str, Any],
 
 def launch_record(vm: qemu.VmDefinition, measurement: Path) -> dict[str, Any]:
     """measurement.json's record, when it describes exactly this VM; else refuse."""
-    try:
-        record = json.loads(measurement.read_text())
-    except FileNotFoundError:
-        raise LaunchError(f"measurement {measurement} does not exist",
-                          hint="run: doit measure") from None
-    except json.JSONDecodeError as exc:
-        raise LaunchError(f"{measurement}: not valid JSON (line {exc.lineno})") from None
+    if not measurement.exists():
+        raise LaunchError(f"measurement {measurement} does not exist", hint="run: doit measure")
+    record = limits.load_json(measurement, limits.INPUTS_BYTES, "measurement", LaunchError)
     if not isinstance(record, dict):
         raise LaunchError(f"{measurement}: expected a JSON object")
     problems = launch_mismatches(vm, record)
@@ -230,7 +226,9 @@ def running_pid(files: qemu.RunFiles) -> int | None:
 
 def file_tail(path: Path, lines: int = TAIL) -> str:
     try:
-        data = path.read_bytes()[-65536:]
+        with open(path, "rb") as fh:   # a guest may fill its console: read the end only
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 65536))
+            data = fh.read(65536)
     except OSError:
         return f"({path} is missing)"
     text = data.decode(errors="replace").replace("\r", "")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hbos import qemu, run as hrun
+from hbos import limits, qemu, run as hrun
 from hbos.config import Config
 from hbos.errors import LaunchError
 from hbos.paths import Paths
@@ -199,10 +199,7 @@ def _b64_file(cfg: Config, value: str, what: str) -> str:
     if not value:
         return ""
     p = cfg.path(value)
-    try:
-        return p.read_text().strip()
-    except OSError as exc:
-        raise LaunchError(f"launch.{what} {p}: {exc.strerror}") from None
+    return limits.read_text(p, 64 << 10, f"launch.{what}", LaunchError).strip()
 
 
 def snp_options(cfg: Config, generated: dict[str, str] | None = None,

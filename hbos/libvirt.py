@@ -60,19 +60,9 @@ def _read_b64(path: Path, what: str) -> str:
 
 
 def identity_files(cfg: Config, paths: Paths) -> dict[str, Path]:
-    """Where id_block, id_auth and host_data come from: launch.* when set, else the build's."""
-    la = cfg.launch
-    built = {"host_data": paths.host_data}
-    if cfg.identity.enabled:
-        built.update(id_block=paths.id_block, id_auth=paths.id_auth)
-    out = {}
-    for key in ("id_block", "id_auth", "host_data"):
-        value = getattr(la, key)
-        if value:
-            out[key] = cfg.path(value)
-        elif key in built:
-            out[key] = built[key]
-    return out
+    """Where id_block, id_auth and host_data come from (hbos.idblock.launch_files)."""
+    from hbos import idblock
+    return {k: v for k, v in idblock.launch_files(cfg, paths).items() if v is not None}
 
 
 def launch_security(cfg: Config, paths: Paths) -> qemu.SnpOptions:

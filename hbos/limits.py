@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tomllib
 from dataclasses import dataclass
@@ -85,12 +86,13 @@ def read_bytes(path: str | os.PathLike, limit: int, what: str,
         raise error(f"{what} {p} does not exist") from None
     except OSError as exc:
         raise error(f"cannot read {what} {p}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             raise error(f"{what} {p} is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what} {p} is not a regular file")
+        raise error(f"{what} {p} is not a regular file")
+    with os.fdopen(fd, "rb") as fh:
         if st.st_size > limit:
             raise error(f"{what} {p} is larger than {limit} bytes ({st.st_size} bytes)")
         try:
@@ -166,13 +168,67 @@ def load_json(path: str | os.PathLike, limit: int, what: str,
     return parse_json(read_text(path, limit, what, error), path, what, error)
 
 
+class _TooDeep(Exception):
+    pass
+
+
+def _depth_loader():
+    """yaml.SafeLoader that stops composing past MAX_DEPTH (PyYAML's parser is a
+    state machine, its composer recursive and slow on deep input: stop early)."""
+    import yaml
+
+    class DepthLimitedLoader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent, index):
+            self._depth += 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise _TooDeep()
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+    return DepthLimitedLoader
+
+
+# Quoted scalars and comments (skipped), and flow brackets (counted).
+_YAML_FLOW = re.compile(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|(?:^|(?<=\s))#[^\n]*|[\[\]{}]""",
+                        re.MULTILINE)
+
+
+def flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow brackets ([ {) outside quotes and comments
+    (counted up to MAX_DEPTH + 1).
+
+    PyYAML's scanner is quadratic in flow nesting (5000 brackets take seconds
+    before the composer sees a node), so a bracket bomb is refused before
+    parsing; block nesting costs the square of its depth in indentation, which
+    the size limit bounds, and the composer stops it (_depth_loader).
+    """
+    depth = deepest = 0
+    for m in _YAML_FLOW.finditer(text):
+        tok = m.group()
+        if tok in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                break  # deep enough to refuse: stop scanning
+        elif tok in ("]", "}"):
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def load_yaml(path: str | os.PathLike, limit: int, what: str,
               error: type[HbosError] = HbosError) -> Any:
     import yaml
 
     text = read_text(path, limit, what, error)
+    if flow_depth(text) > MAX_DEPTH:
+        raise _too_deep(path, what, error)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_depth_loader())  # a SafeLoader subclass
+    except _TooDeep:
+        raise _too_deep(path, what, error) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

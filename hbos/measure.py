@@ -224,6 +224,7 @@ def parse_inputs(data: dict[str, Any], source: str = "inputs") -> tuple[LaunchIn
             "guest_features", source, MeasurementError),
         vmm_type=str(vmm))
     check_record_vm(data, source)
+    check_record_fields(data, source)
     return inputs, (_hex(fw, "firmware", 48, source) if fw else None)
 
 
@@ -255,6 +256,20 @@ def check_record_vm(data: dict[str, Any], source: str) -> None:
         elif not isinstance(value, typ):
             raise MeasurementError(f"{source}: vm.{key}: expected {typ.__name__}, "
                                    f"got {value!r:.60}")
+
+
+def check_record_fields(data: dict[str, Any], source: str) -> None:
+    """measurement.json's other optional fields that launchers and verifiers read."""
+    for key, types, name in (("expected_hash", (str, type(None)), "a hex string or null"),
+                             ("cmdline", (str,), "a string"), ("debug", (bool,), "true or false"),
+                             ("files", (dict,), "a mapping")):
+        if key in data and not isinstance(data[key], types):
+            raise MeasurementError(f"{source}: '{key}' must be {name}, got {data[key]!r:.60}")
+    for name, entry in data.get("files", {}).items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("path", ""), str)
+                and isinstance(entry.get("sha256"), (str, type(None)))):
+            raise MeasurementError(f"{source}: files.{name} must be a mapping with a 'path' "
+                                   f"and a 'sha256' (a hex string or null)")
 
 
 def load_inputs(path: str | os.PathLike) -> tuple[LaunchInputs, str | None, dict[str, Any]]:

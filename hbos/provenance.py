@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,7 +189,8 @@ def materials(cfg, paths) -> list[dict[str, Any]]:
                     "digest": {"sha256": kernel["deb_sha256"]},
                     "annotations": {"version": kernel.get("version"),
                                     "source": cfg.kernel.source,
-                                    "package": cfg.kernel.package}})
+                                    **({"package": cfg.kernel.package}
+                                       if cfg.kernel.source == "package" else {})}})
     if firmware.built_here(cfg):
         f = cfg.firmware
         out += [{"name": "edk2.orig.tar.xz", "uri": f.orig_url, "digest": {"sha256": f.orig_sha256}},
@@ -244,15 +244,16 @@ def describe(root: Path) -> str:
     path = root / release.PROVENANCE
     if not path.exists():
         return ""
-    data = json.loads(release.read_small(path))
-    deps = data.get("predicate", {}).get("buildDefinition", {}).get("resolvedDependencies", [])
-    lines = [f"  provenance ({data.get('predicateType')}): {len(data.get('subject', []))} "
-             "subjects; materials:"]
+    try:
+        data = json.loads(release.read_small(path))
+        deps = data["predicate"]["buildDefinition"]["resolvedDependencies"]
+        if not (isinstance(deps, list) and all(isinstance(d, dict) for d in deps)):
+            raise TypeError("resolvedDependencies is not a list of objects")
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, ReleaseError):
+        return f"  {release.PROVENANCE}: not an in-toto statement this tool can read"
+    lines = [(f"  provenance ({data.get('predicateType')}): {len(data.get('subject', []))} "
+             "subjects; materials:")]
     for d in deps:
         digest = ", ".join(f"{k} {v}" for k, v in (d.get("digest") or {}).items()) or "-"
         lines.append(f"    {d.get('name')}: {digest}")
     return "\n".join(lines)
-
-
-def note(text: str) -> None:
-    print(text, file=sys.stderr)

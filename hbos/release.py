@@ -350,6 +350,9 @@ def start_release(cfg, paths, options) -> Any:
 
     root = installed(paths)
     manifest = verify_release(root, pinned_digest=cfg.release.launch_digest, full=False)
+    if cfg.release.trusted_keys:
+        from hbos import provenance
+        provenance.check_trusted(root, provenance.trusted_keys(cfg))
     print(f"start_release: {manifest.name} from {root}, expected launch digest "
           f"{manifest.launch_digest}")
     cfg = with_release_ports(cfg, manifest)

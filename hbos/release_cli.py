@@ -36,7 +36,8 @@ def verify_path(path: Path, *, sha256: str = "", launch_digest: str = "",
             raise ReleaseError("--sha256 applies to a tarball, not to a directory")
         return _verified(path, launch_digest, trusted_key, report)
     if not path.is_file():
-        raise ReleaseError(f"{path} does not exist")
+        raise ReleaseError(f"{path} is not a regular file" if path.exists()
+                           else f"{path} does not exist")
     if sha256:
         got = sha256_file(path)
         if got != sha256.lower():

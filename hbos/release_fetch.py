@@ -106,7 +106,8 @@ def fetch_tarball(cfg, url: str, dest: Path, pin: str, progress: bool | None) ->
                               backoff=r.backoff_ms / 1000, progress=progress,
                               timeout=(r.connect_timeout, r.read_timeout))
     if not local.is_file():
-        raise ReleaseError(f"release tarball {local} does not exist")
+        raise ReleaseError(f"release tarball {local} is not a regular file" if local.exists()
+                           else f"release tarball {local} does not exist")
     with atomic_path(dest) as tmp:
         shutil.copyfile(local, tmp)
         digest = sha256_file(tmp)
@@ -127,9 +128,9 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str, *,
     remove(stage)
     try:
         release_unpack.extract(tarball, stage, max_bytes=release_unpack.free_space(releases))
-        release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
-        if trusted:
+        if trusted:  # cheap (manifest + signature): refuse before hashing the images
             check_signer(stage, trusted)
+        release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
         final = releases / f"{tarball_sha256[:16]}.{secrets.token_hex(4)}"
         os.rename(stage, final)
     except BaseException:

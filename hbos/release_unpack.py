@@ -92,7 +92,8 @@ def extract(tarball: str | os.PathLike, dest: str | os.PathLike, *,
     try:
         tar = tarfile.open(tarball, "r:*")
     except (tarfile.TarError, OSError) as exc:
-        raise UnsafeArchive(f"{tarball}: not a readable tar archive ({exc})") from None
+        raise UnsafeArchive(f"{tarball}: not a readable tar archive "
+                            f"({archive.one_line(exc)})") from None
     with tar:
         members = plan(tar, tarball.name, max_bytes)
         with atomic_path(dest) as tmp:

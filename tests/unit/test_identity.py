@@ -282,7 +282,7 @@ def test_launcher_refuses_an_id_block_for_another_measurement(build):
 
 
 def test_host_data_follows_the_post_start_body_and_nothing_else(build):
-    cfg, paths, vm_config = build
+    cfg, paths, _vm_config = build
     rec = json.loads(paths.measurement.read_text())
     base = hostdata.node_configuration(cfg, rec)
     peer = hostdata.node_configuration(
@@ -345,3 +345,84 @@ def test_graph_identity_tasks(tmp_path):
     assert str(p.id_block) in t["targets"] and str(p.id_auth) in t["targets"]
     assert str(keys / "id.pub.pem") in on["tasks"]["measure"]["file_dep"]
     assert str(p.id_block) in on["tasks"]["start"]["file_dep"]
+
+
+def test_launch_files_prefer_explicit_launch_files(build, tmp_path):
+    import dataclasses
+    cfg, paths, _ = build
+    files = idblock.launch_files(cfg, paths)
+    assert files == {"id_block": paths.id_block, "id_auth": paths.id_auth,
+                     "host_data": paths.host_data}
+    mine = tmp_path / "mine.b64"
+    cfg2 = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, host_data=str(mine)),
+                               identity=dataclasses.replace(cfg.identity, enabled=False))
+    assert idblock.launch_files(cfg2, paths) == {"id_block": None, "id_auth": None,
+                                                 "host_data": mine}
+
+
+def test_graph_measure_reruns_exactly_when_the_node_configuration_changes(tmp_path, amdsev_ovmf):
+    """Over the real graph (dodo.py's measure task): its config_changed and its action."""
+    from tests.release_fixtures import make_build
+    from tests.unit.test_graph import load_dodo
+    _cfg, paths = make_build(tmp_path / "b", amdsev_ovmf)
+    fw = tmp_path / "b" / "fw" / "OVMF.fd"
+
+    def graph(name, extra=""):
+        d = tmp_path / name
+        d.mkdir()
+        g = load_dodo(d, f"firmware: {{ovmf: {fw}}}\n{extra}")
+        g["module"].P = paths  # the synthetic build's artifacts
+        return g
+
+    def measured(g):
+        (action,) = g["tasks"]["measure"]["actions"][0]
+        assert action() is None
+        return json.loads(paths.measurement.read_text())
+
+    def fingerprint(g):
+        (checker,) = g["tasks"]["measure"]["uptodate"]
+        return checker.config
+
+    base = graph("base")
+    unrelated = graph("unrelated", "launch: {health_timeout: 5}\nrelease: {retries: 9}\n")
+    node = graph("node", "content: {hyperbeam_config: ['mode: prod']}\n")
+    post = graph("post", "post_start: {settings: ['operator: trustless', 'x: 1']}\n")
+    assert fingerprint(unrelated) == fingerprint(base)
+    assert fingerprint(node) != fingerprint(base)
+    assert fingerprint(post) != fingerprint(base)
+
+    def slices(g):  # every task's config_changed value
+        return {name: [u.config for u in t.get("uptodate", []) if hasattr(u, "config")]
+                for name, t in g["tasks"].items()}
+    changed = {n for n, v in slices(post).items() if v != slices(base)[n]}
+    assert changed == {"measure"}  # the post-start body reruns measure and nothing else
+    p = measured(post)
+    b0 = measured(base)
+    assert p["host_data"] != b0["host_data"] and p["expected_hash"] == b0["expected_hash"]
+    a, b = measured(base), measured(node)
+    assert a["host_data"] != b["host_data"]
+    assert hostdata.to_b64(b["host_data"]) == paths.host_data.read_text().strip()
+    assert {k: v for k, v in a.items() if k not in ("host_data", "node_configuration")} == \
+        {k: v for k, v in b.items() if k not in ("host_data", "node_configuration")}
+    assert a["node_configuration"]["post_start"] == b["node_configuration"]["post_start"]
+
+
+def test_doit_keys_creates_once_and_logs_no_secret(tmp_path):
+    from tests.conftest import doit
+    keys = tmp_path / "k"
+    over = tmp_path / "o.yaml"
+    over.write_text(f"build_dir: {tmp_path / 'build'}\n"
+                    f"identity: {{enabled: true, keys_dir: {keys}}}\n")
+    first = doit(["keys", "profile=local", f"config={over}"])
+    files = identity.KeyFiles(keys)
+    assert all(p.is_file() for p in files.all())
+    assert stat.S_IMODE(files.private("id").stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    before = {p: p.read_bytes() for p in files.all()}
+    second = doit(["keys", "profile=local", f"config={over}"])
+    assert "kept (exists)" in second.stdout + second.stderr
+    assert {p: p.read_bytes() for p in files.all()} == before
+    out = first.stdout + first.stderr + second.stdout + second.stderr
+    assert "PRIVATE" not in out
+    logs = tmp_path / "build"
+    assert not any(b"PRIVATE KEY" in p.read_bytes() for p in logs.rglob("*") if p.is_file())

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from hbos import idblock, identity, measure, provenance, release, release_cli, release_fetch, release_pack
+from hbos import (
+    idblock,
+    identity,
+    measure,
+    provenance,
+    release,
+    release_cli,
+    release_fetch,
+    release_pack,
+)
 from hbos.errors import ReleaseError
 from hbos.fsutil import sha256_file
 from tests.release_fixtures import make_build
@@ -67,7 +76,7 @@ def _retar(tarball: Path, out: Path, *, drop=(), replace=None) -> Path:
 
 
 def test_signed_release_holds_signature_provenance_and_id_block(signed):
-    cfg, paths = signed
+    _cfg, paths = signed
     names = set(_members(paths.release_tarball))
     assert names == {*release.PAYLOAD, release.MANIFEST, release.SIGNATURE, release.PROVENANCE,
                      release.ID_BLOCK, release.ID_AUTH}
@@ -80,6 +89,9 @@ def test_signed_release_holds_signature_provenance_and_id_block(signed):
     for key in ("host_data", "id_key_digest", "author_key_digest", "guest_svn"):
         assert rec[key] == built[key]
     assert len(rec["author_key_digest"]) == 96 and rec["guest_svn"] == 3
+    ref = json.loads((paths.release_dir / release.REFERENCE_VALUES).read_text())
+    for key in ("host_data", "id_key_digest", "author_key_digest"):
+        assert ref[key] == built[key]  # what a verifier pins (hbos.reference)
 
 
 def test_openssl_verifies_the_manifest_signature(signed, tmp_path):
@@ -90,13 +102,13 @@ def test_openssl_verifies_the_manifest_signature(signed, tmp_path):
     pub = identity.key_files(cfg).public(identity.AUTHOR)
     ok = subprocess.run(["openssl", "dgst", "-sha384", "-verify", str(pub), "-signature",
                          str(der), str(paths.release_dir / release.MANIFEST)],
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, check=False)
     assert ok.returncode == 0 and "Verified OK" in ok.stdout
     assert doc["key_digest"] == json.loads(paths.measurement.read_text())["author_key_digest"]
 
 
 def test_provenance_is_an_in_toto_statement_over_the_release_files(signed):
-    cfg, paths = signed
+    _cfg, paths = signed
     st = json.loads((paths.release_dir / release.PROVENANCE).read_text())
     assert st["_type"] == "https://in-toto.io/Statement/v1"
     assert st["predicateType"] == "https://slsa.dev/provenance/v1"
@@ -107,7 +119,7 @@ def test_provenance_is_an_in_toto_statement_over_the_release_files(signed):
     deps = {d["name"]: d for d in st["predicate"]["buildDefinition"]["resolvedDependencies"]}
     tool = deps["hbos"]
     commit = subprocess.run(["git", "-C", str(Path(release.__file__).parents[1]), "rev-parse",
-                             "HEAD"], capture_output=True, text=True).stdout.strip()
+                             "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert tool["digest"]["gitCommit"] == commit
     assert "id.pem" not in json.dumps(st) and "PRIVATE" not in json.dumps(st)
 
@@ -164,18 +176,18 @@ def _refused(cfg, paths, url, key, match):
 
 
 def test_another_authors_release_is_refused(installed, other_key):
-    cfg, paths, pub, root = installed
+    cfg, paths, _pub, _root = installed
     _refused(cfg, paths, paths.release_tarball, other_key, "not a trusted key")
 
 
 def test_an_unsigned_release_is_refused(installed, tmp_path):
-    cfg, paths, pub, root = installed
+    cfg, paths, pub, _root = installed
     bad = _retar(paths.release_tarball, tmp_path / "unsigned.tar.gz", drop=(release.SIGNATURE,))
     _refused(cfg, paths, bad, pub, "unsigned")
 
 
 def test_a_signature_that_does_not_match_is_refused(installed, tmp_path):
-    cfg, paths, pub, root = installed
+    cfg, paths, pub, _root = installed
     doc = json.loads((paths.release_dir / release.SIGNATURE).read_text())
     sig = bytearray(base64.b64decode(doc["signature"]))
     sig[-1] ^= 1
@@ -187,7 +199,7 @@ def test_a_signature_that_does_not_match_is_refused(installed, tmp_path):
 
 def test_a_re_signed_manifest_by_another_key_is_refused(installed, tmp_path):
     """An attacker re-signs the genuine manifest with their own key."""
-    cfg, paths, pub, root = installed
+    cfg, paths, pub, _root = installed
     files = identity.KeyFiles(tmp_path / "evil")
     identity.create_keys(files)
     key = identity.load_private(files.private(identity.AUTHOR))
@@ -202,7 +214,7 @@ def test_a_re_signed_manifest_by_another_key_is_refused(installed, tmp_path):
 
 def test_config_trusted_keys_apply_without_the_flag(installed, tmp_path, other_key):
     import dataclasses
-    cfg, paths, pub, root = installed
+    cfg, paths, _pub, root = installed
     strict = dataclasses.replace(cfg, release=dataclasses.replace(
         cfg.release, trusted_keys=(str(other_key),)))
     with pytest.raises(ReleaseError, match="not a trusted key"):
@@ -237,7 +249,7 @@ def test_verify_release_prints_signer_and_provenance(signed, capsys, other_key):
 
 
 def test_a_tampered_id_block_in_a_release_is_refused(signed, tmp_path):
-    cfg, paths = signed
+    _cfg, paths = signed
     raw = bytearray(base64.b64decode((paths.release_dir / release.ID_BLOCK).read_text()))
     raw[0] ^= 1
     d = tmp_path / "r"
@@ -246,3 +258,18 @@ def test_a_tampered_id_block_in_a_release_is_refused(signed, tmp_path):
     (d / release.ID_BLOCK).write_text(base64.b64encode(bytes(raw)).decode() + "\n")
     with pytest.raises(ReleaseError):
         release.verify_release(d)
+
+
+def test_start_release_rechecks_the_trusted_keys(installed, other_key, monkeypatch):
+    import dataclasses
+    cfg, paths, pub, root = installed
+    started = []
+    monkeypatch.setattr("hbos.launch.start_vm", lambda *a, **k: started.append(k))
+    strict = dataclasses.replace(cfg, release=dataclasses.replace(
+        cfg.release, trusted_keys=(str(other_key),)))
+    with pytest.raises(ReleaseError, match="not a trusted key"):
+        release.start_release(strict, paths, object())
+    assert not started
+    ok = dataclasses.replace(cfg, release=dataclasses.replace(cfg.release, trusted_keys=(str(pub),)))
+    release.start_release(ok, paths, object())
+    assert started and started[0]["identity_dir"] == root
