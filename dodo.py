@@ -12,11 +12,36 @@ through config_changed) and its targets; the work lives in the hbos package.
 from doit import get_var
 from doit.tools import config_changed
 
-from hbos import (attest_cli, content, edk2, firmware, hb_release, host, host_setup, hosttools,
-                  initramfs, kernel,
-                  launch, measure, release, release_fetch, release_pack, rootfs, snp_release,
-                  templates, tools, verity, vmconfig)
-from hbos import hostdata, hyperbeam, idblock, identity, libvirt, lock, reference
+from hbos import (
+    attest_cli,
+    content,
+    edk2,
+    firmware,
+    hb_release,
+    host,
+    host_setup,
+    hostdata,
+    hosttools,
+    hyperbeam,
+    idblock,
+    identity,
+    initramfs,
+    kernel,
+    launch,
+    libvirt,
+    lock,
+    measure,
+    reference,
+    release,
+    release_fetch,
+    release_pack,
+    rootfs,
+    snp_release,
+    templates,
+    tools,
+    verity,
+    vmconfig,
+)
 from hbos.doit_support import SizeAwareChecker, act, load_config, strs
 from hbos.paths import Paths
 
