@@ -125,8 +125,11 @@ def _load(tmp_path: Path, base_image: str, repos, extra: str = "", args: tuple =
 
 
 def _containers() -> list[str]:
-    return _docker("ps", "-a", "--filter", "name=hbos-content-", "--format",
-                   "{{.Names}}").stdout.split()
+    """This test run's content containers (hbos.docker names them by pid: another
+    run's, e.g. one killed mid-build, are not ours to judge)."""
+    ours = f"hbos-content-{os.getpid()}"
+    return [n for n in _docker("ps", "-a", "--filter", f"name={ours}", "--format",
+                               "{{.Names}}").stdout.split() if n == ours]
 
 
 def test_real_build_takes_the_tree_with_build_args_refs_and_config_flat(tmp_path, base_image,
