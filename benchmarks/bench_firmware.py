@@ -41,7 +41,7 @@ def build_once(build_dir: Path, downloads: Path | None, keep: bool) -> tuple[Pat
 
 
 def differing(a: bytes, b: bytes) -> list[int]:
-    return [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    return [i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y]
 
 
 def main() -> int:

@@ -29,8 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 from hbos import config as hconfig, initramfs, kernel, rootfs, verity  # noqa: E402
 from hbos.paths import Paths  # noqa: E402
-from tests.conftest import (cache_dir, cached_kernel_deb, link_base_rootfs,  # noqa: E402
-                            rootfs_cache_key, write_overlay, write_test_content)
+from tests.conftest import (  # noqa: E402
+    cache_dir,
+    cached_kernel_deb,
+    link_base_rootfs,
+    rootfs_cache_key,
+    write_overlay,
+    write_test_content,
+)
 
 MiB = 1 << 20
 

@@ -70,7 +70,7 @@ def doit(src: Path, args: list[str], timeout: float) -> tuple[float, str]:
 
 def ran(output: str) -> list[str]:
     """Tasks doit executed (". name" lines; "-- name" means up to date)."""
-    return [l[2:].strip() for l in output.splitlines() if l.startswith(". ")]
+    return [ln[2:].strip() for ln in output.splitlines() if ln.startswith(". ")]
 
 
 def tiny(runs: int) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hbos import config as hconfig, content  # noqa: E402
+from hbos import config as hconfig, content, tree as htree  # noqa: E402
 from hbos.paths import Paths  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def main() -> None:
         print(f"dir build, {a.files} x 4 KiB files:     "
               f"{timed(lambda: content.build(cfg2, paths2), a.runs):.3f} s")
         print(f"dir fingerprint (uptodate check):  "
-              f"{timed(lambda: content.dir_fingerprint(tmp / 'prebuilt'), a.runs):.3f} s")
+              f"{timed(lambda: htree.fingerprint(tmp / 'prebuilt'), a.runs):.3f} s")
 
         repo = tmp / "repo"
         env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",

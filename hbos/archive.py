@@ -4,6 +4,9 @@ Every member is checked before anything is written: absolute paths, `..`,
 symlinks or hardlinks that leave the destination, device nodes, fifos and
 duplicate members are refused. Extraction goes to a temporary sibling
 directory that is renamed into place only when complete.
+
+This is the one tar extractor: the SNP release, content tarballs, releases and
+the edk2 sources (hbos.edk2, with skip_host_symlinks) all go through extract().
 """
 
 from __future__ import annotations
@@ -54,13 +57,22 @@ def _resolve(path: str, links: dict[str, str]) -> str | None:
     return "/".join(parts)
 
 
-def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
-    """Return the members of `tar` after refusing every unsafe one."""
+def check_members(tar: tarfile.TarFile, name: str,
+                  skipped: list[str] | None = None) -> list[tarfile.TarInfo]:
+    """Return the members of `tar` after refusing every unsafe one.
+
+    skipped: when given, a symlink to an absolute path (a link to the building
+    host, never into the tree) is left out and named there instead of refused."""
     seen: set[str] = set()
     files: set[str] = set()   # regular files so far: the only valid hardlink targets
     members = []
-    symlinks = {posixpath.normpath(m.name): m.linkname for m in tar.getmembers() if m.issym()}
-    for m in tar.getmembers():
+    candidates = tar.getmembers()
+    if skipped is not None:
+        host_links = [m for m in candidates if m.issym() and m.linkname.startswith("/")]
+        skipped.extend(f"{m.name} -> {m.linkname}" for m in host_links)
+        candidates = [m for m in candidates if m not in host_links]
+    symlinks = {posixpath.normpath(m.name): m.linkname for m in candidates if m.issym()}
+    for m in candidates:
         path = m.name
         norm = posixpath.normpath(path)
         if path.startswith("/") or not _inside(path):
@@ -106,12 +118,15 @@ def one_line(exc: BaseException) -> str:
 
 
 def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
-            max_bytes: int | None = None) -> None:
+            max_bytes: int | None = None, skip_host_symlinks: bool = False) -> list[str]:
     """Extract `archive` (any tar compression) into `dest` atomically and safely.
 
     max_bytes: refuse, before writing anything, an archive whose files add up
     to more (e.g. the free space: a lying tarball must not fill the disk).
+    skip_host_symlinks: leave out symlinks to absolute paths instead of refusing
+    the archive; returns them ("name -> target"), else [].
     """
+    skipped: list[str] | None = [] if skip_host_symlinks else None
     archive = Path(archive)
     try:
         tar = tarfile.open(archive, "r:*")
@@ -120,7 +135,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
                             f"({one_line(exc)})") from None
     with tar, atomic_path(dest) as tmp:
         try:
-            members = check_members(tar, archive.name)
+            members = check_members(tar, archive.name, skipped)
         except _CORRUPT as exc:  # reading the member list hit a damaged stream
             raise UnsafeArchive(f"{archive}: not a readable tar archive "
                                 f"({exc.__class__.__name__}: {exc})") from None
@@ -133,3 +148,4 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
             tar.extractall(tmp, members=members, filter="tar")
         except _CORRUPT as exc:
             raise UnsafeArchive(f"{archive}: extraction failed: {exc}") from None
+    return skipped or []

@@ -42,9 +42,17 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from hbos import certs
 from hbos.errors import AttestationError
-from hbos.report import (PLATFORM_INFO_BITS, POLICY_BITS, POLICY_DEBUG_BIT,
-                         POLICY_HIGHEST_DEFINED_BIT, POLICY_MIGRATE_MA_BIT,
-                         POLICY_RESERVED_ONE_BIT, SIG_ALGO_ECDSA_P384_SHA384, Report, Tcb)
+from hbos.report import (
+    PLATFORM_INFO_BITS,
+    POLICY_BITS,
+    POLICY_DEBUG_BIT,
+    POLICY_HIGHEST_DEFINED_BIT,
+    POLICY_MIGRATE_MA_BIT,
+    POLICY_RESERVED_ONE_BIT,
+    SIG_ALGO_ECDSA_P384_SHA384,
+    Report,
+    Tcb,
+)
 
 PASS, FAIL, SKIP, UNKNOWN = "pass", "fail", "skip", "unknown"
 STEP_ORDER = ("signing_key", "signature", "chain", "validity", "crl", "hwid", "vcek_tcb",

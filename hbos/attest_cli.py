@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hbos import attest, certs, kds, reference, report as reportmod, task_params
-from hbos.errors import AttestationError, HbosError, MeasurementError
+from hbos.errors import AttestationError, MeasurementError
 from hbos.report import parse_tcb
 
 DEFAULT_CACHE = Path.home() / ".cache" / "hbos" / "certs"

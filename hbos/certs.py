@@ -318,20 +318,20 @@ def vcek_info(cert: x509.Certificate) -> VcekInfo:
                 raise AttestationError(f"VCEK extension {name} ({oid}) is malformed: {exc}") \
                     from None
             tcb[name] = int.from_bytes(content, "big", signed=False)
-    name = None
+    product_name: str | None = None
     if OID_PRODUCT_NAME in values:
         try:
             _, content = _der_value(values[OID_PRODUCT_NAME])  # IA5String
-            name = content.decode("ascii", "replace")
+            product_name = content.decode("ascii", "replace")
         except ValueError:
-            name = None
+            product_name = None
     hwid = values.get(OID_HWID)
     if hwid is not None and len(hwid) not in (8, 64):  # some encoders wrap it in an OCTET STRING
         try:
             _, hwid = _der_value(hwid, 0x04)
         except ValueError:
             pass
-    return VcekInfo(product_name=name, hwid=hwid, tcb=tcb)
+    return VcekInfo(product_name=product_name, hwid=hwid, tcb=tcb)
 
 
 def vcek_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
 from hbos import limits
 from hbos.errors import ConfigError
 
@@ -434,7 +433,8 @@ class Config:
         out: dict[str, Any] = {}
         for key in keys:
             value = getattr(self, key)
-            out[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            out[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) \
+                and not isinstance(value, type) else value
         return out
 
 
@@ -448,7 +448,7 @@ def _describe(value: Any) -> str:
 
 def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key}: expected a mapping, got {_describe(value)}")
         return _build(tp, value, key, where)

@@ -20,7 +20,7 @@ by systemctl), HyperBEAM's config.flat and the CU's env file are rendered from
 config.yaml for the components the tree holds, owners are set to root and
 mtimes to source_date_epoch, the tree is renamed into place at
 Paths.content_tree, and Paths.content_manifest ({source, refs, services,
-sample_build, files: fsutil.tree_manifest}) is
+sample_build, files: htree.manifest}) is
 rewritten only when its content differs, so an unchanged rebuild does not
 invalidate the verity image.
 
@@ -33,16 +33,14 @@ compares a stat fingerprint (paths, sizes, mtimes, modes) of the source tree.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import stat
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import archive, docker, fsutil, hb_release, run, templates
+from hbos import archive, docker, fsutil, hb_release, run, templates, tree as htree
 from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,20 +150,9 @@ def render_cu_env(cfg) -> str:
 # ----------------------------------------------------------------- tree helpers
 
 
-def ensure_dir(path: Path) -> None:
-    """mkdir -p with mode 0755 for every directory it creates (whatever the umask)."""
-    missing = []
-    while not path.exists() and not path.is_symlink():
-        missing.append(path)
-        path = path.parent
-    for d in reversed(missing):
-        d.mkdir()
-        os.chmod(d, 0o755)
-
-
 def _write(tree: Path, rel: str, text: str, mode: int = 0o644) -> None:
     path = tree / rel
-    ensure_dir(path.parent)
+    htree.ensure_dir(path.parent)
     if path.is_symlink() or path.exists():
         fsutil.remove(path)
     path.write_text(text, encoding="utf-8")
@@ -175,7 +162,7 @@ def _write(tree: Path, rel: str, text: str, mode: int = 0o644) -> None:
 def enable(tree: Path, unit: str) -> None:
     """`systemctl enable` by hand: a relative symlink in multi-user.target.wants."""
     link = tree / WANTS_DIR / unit
-    ensure_dir(link.parent)
+    htree.ensure_dir(link.parent)
     if link.is_symlink() or link.exists():
         fsutil.remove(link)
     os.symlink(f"../{unit}", link)
@@ -196,7 +183,7 @@ def has_cu(tree: Path) -> bool:
 
 def install_sample(cfg, tree: Path) -> list[str]:
     dest = tree / SAMPLE_DIR / "sample_node.py"
-    ensure_dir(dest.parent)
+    htree.ensure_dir(dest.parent)
     shutil.copyfile(SAMPLE_SCRIPT, dest)
     os.chmod(dest, 0o755)
     install_unit(tree, "sample-node.service", render_sample_unit(cfg, sample_build()))
@@ -216,7 +203,7 @@ def link_state(cfg, tree: Path) -> None:
 
 def install_data_disk(cfg, tree: Path) -> None:
     dest = tree / "opt" / "hbos" / "hbos-data.sh"
-    ensure_dir(dest.parent)
+    htree.ensure_dir(dest.parent)
     shutil.copyfile(DATA_DISK_SCRIPT, dest)
     os.chmod(dest, 0o755)
     install_unit(tree, "hbos-data.service", render_data_disk_unit(cfg))
@@ -233,7 +220,7 @@ def install_services(cfg, tree: Path) -> list[str]:
     if cfg.content.cu and has_cu(tree):
         _write(tree, f"{CU_DIR}/cu.env", render_cu_env(cfg))
         wallet = tree / "opt" / "hbos" / "cu-wallet.js"
-        ensure_dir(wallet.parent)
+        htree.ensure_dir(wallet.parent)
         shutil.copyfile(CU_WALLET_SCRIPT, wallet)
         os.chmod(wallet, 0o644)
         install_unit(tree, "cu.service", render_cu_unit(cfg))
@@ -241,25 +228,6 @@ def install_services(cfg, tree: Path) -> list[str]:
     if installed:
         install_data_disk(cfg, tree)
     return installed
-
-
-def normalize_owners(tree: Path) -> None:
-    """Everything root:root (the verity stage keeps owners; docker cp and
-    prebuilt trees bring arbitrary ones). Only possible, and done, as root."""
-    if os.geteuid() != 0:
-        return
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            os.lchown(Path(dirpath) / name, 0, 0)
-    os.lchown(tree, 0, 0)
-
-
-def normalize_mtimes(tree: Path, epoch: int) -> None:
-    """Every entry's mtime = source_date_epoch (children before their directory)."""
-    for dirpath, dirnames, filenames in os.walk(tree, topdown=False):
-        for name in filenames + dirnames:
-            os.utime(Path(dirpath) / name, (epoch, epoch), follow_symlinks=False)
-    os.utime(tree, (epoch, epoch))
 
 
 # ----------------------------------------------------------------- git refs
@@ -335,7 +303,7 @@ def docker_context(cfg, paths, dockerfile: Path) -> Path:
     the context, and the Dockerfile's own directory is never written to."""
     ctx = paths.content_dir / "docker-context"
     fsutil.remove(ctx)
-    copy_tree(dockerfile.parent, ctx)
+    htree.copy(dockerfile.parent, ctx, what="content.dockerfile")
     (ctx / "config.flat").write_text(render_config_flat(cfg), encoding="utf-8")
     shutil.copyfile(CU_MODE_CHECK, ctx / "cu-mode-check.sh")
     os.chmod(ctx / "cu-mode-check.sh", 0o755)
@@ -394,43 +362,6 @@ def _source_path(cfg, kind: str) -> Path:
     return path
 
 
-def copy_tree(src: Path, dest: Path) -> None:
-    """Copy a prebuilt tree: files, dirs and symlinks (as they are); nothing else."""
-    ensure_dir(dest)
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(src)
-        for name in sorted(dirnames + filenames):
-            s = Path(dirpath) / name
-            d = dest / rel / name
-            st = s.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(s), d)
-            elif stat.S_ISDIR(st.st_mode):
-                d.mkdir()
-                os.chmod(d, stat.S_IMODE(st.st_mode))
-            elif stat.S_ISREG(st.st_mode):
-                shutil.copyfile(s, d)
-                os.chmod(d, stat.S_IMODE(st.st_mode))
-            else:
-                raise BuildError(f"content.path: {s} is a device node, fifo or socket; "
-                                 f"a content tree holds only files, directories and symlinks")
-
-
-def dir_fingerprint(src: Path) -> str:
-    """sha256 over (path, type, size, mtime_ns, mode, link target) of every entry."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            p = Path(dirpath) / name
-            st = p.lstat()
-            link = os.readlink(p) if stat.S_ISLNK(st.st_mode) else ""
-            h.update(f"{p.relative_to(src).as_posix()}\0{st.st_mode}\0{st.st_size}\0"
-                     f"{st.st_mtime_ns}\0{link}\n".encode())
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------- the stage
 
 
@@ -442,7 +373,7 @@ def manifest_data(source: str, refs: dict[str, Any], services: list[str],
     which GET /~meta@1.0/info reports (a launcher can check the guest runs it).
     """
     data: dict[str, Any] = {"source": source, "refs": refs, "services": sorted(services),
-                            "files": fsutil.tree_manifest(tree)}
+                            "files": htree.manifest(tree)}
     if "sample-node" in services:
         data["sample_build"] = sample_build()
     return data
@@ -472,26 +403,26 @@ def build(cfg, paths) -> None:
                   f"Python sample node instead (fallback)")
             state["fallback"] = "sample"
         if source == "sample" or state.get("fallback"):
-            ensure_dir(tmp)
+            htree.ensure_dir(tmp)
             installed = install_sample(cfg, tmp)
         else:
             if source == "docker":
                 refs = from_docker(cfg, paths, tmp)
             elif source == "dir":
                 src = _source_path(cfg, "dir")
-                state.update(path=str(src), fingerprint=dir_fingerprint(src))
-                copy_tree(src, tmp)
+                state.update(path=str(src), fingerprint=htree.fingerprint(src))
+                htree.copy(src, tmp, what="content.path")
             elif source == "tarball":
                 archive.extract(_source_path(cfg, "tarball"), tmp)
             elif source == "erlang":
-                ensure_dir(tmp / "opt")
-                copy_tree(paths.hb_release_tree, tmp / HYPERBEAM_DIR)
+                htree.ensure_dir(tmp / "opt")
+                htree.copy(paths.hb_release_tree, tmp / HYPERBEAM_DIR, what="hyperbeam release")
             else:  # config validation makes this unreachable
                 raise ConfigError(f"content.source: unknown source {source!r}")
             installed = install_services(cfg, tmp)
         os.chmod(tmp, 0o755)  # the guest root's own mode, whatever the source had
-        normalize_owners(tmp)
-        normalize_mtimes(tmp, cfg.source_date_epoch)
+        htree.normalize_owners(tmp)
+        htree.normalize_mtimes(tmp, cfg.source_date_epoch)
     data = manifest_data("sample" if state.get("fallback") else source, refs, installed,
                          paths.content_tree)
     if state.get("fallback"):
@@ -562,7 +493,7 @@ def dir_unchanged(cfg, paths) -> Callable[..., bool]:
         src = cfg.path(cfg.content.path)
         if not src.is_dir():
             return False
-        return state.get("path") == str(src) and state.get("fingerprint") == dir_fingerprint(src)
+        return state.get("path") == str(src) and state.get("fingerprint") == htree.fingerprint(src)
     check.__name__ = "content_dir_unchanged"
     return check
 

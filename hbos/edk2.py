@@ -6,8 +6,8 @@ build/firmware/ and logged to build/logs/firmware.log:
 
 1. fetch the `.orig.tar.xz` and `.debian.tar.xz` from the Debian pool, each
    pinned by the sha256 the archive's `Sources` index lists;
-2. unpack both safely (extract_source(): tarfile's `data` filter, the one
-   absolute host symlink skipped; hbos.archive for the debian tarball) and
+2. unpack both safely with hbos.archive (for the orig tarball, its one
+   absolute host symlink skipped and named) and
    apply debian/patches/series in order with `patch -p1`;
 3. two snags of building outside Debian's packaging:
    - the orig tarball lacks BaseTools' brotli submodule: it is filled from the
@@ -38,26 +38,16 @@ import os
 import re
 import shutil
 import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import archive, fetch, run, tools
+from hbos import archive, fetch, hosttools, run, tools
 from hbos.config import Config
-from hbos.errors import BuildError, ToolMissing, UnsafeArchive
+from hbos.errors import BuildError, ToolMissing
 from hbos.fsutil import atomic_path, remove, sha256_file, write_json
 from hbos.paths import Paths
-
-# Programs the edk2 build calls (tools.PACKAGES names their Debian packages).
-BUILD_PROGRAMS = ["make", "gcc", "g++", "patch", "python3", "nasm", "iasl",
-                  "grub-mkimage", "mkfs.msdos", "mcopy"]
-# Files that come from packages providing no program.
-BUILD_FILES = {
-    "/usr/include/uuid/uuid.h": "uuid-dev",
-    "/usr/lib/grub/x86_64-efi/linux.mod": "grub-efi-amd64-bin",
-}
 
 GRUB_SCRIPT = "OvmfPkg/AmdSev/Grub/grub.sh"
 GRUB_CFG = "OvmfPkg/AmdSev/Grub/grub.cfg"
@@ -176,8 +166,8 @@ def build_env(source_date_epoch: int) -> dict[str, str]:
 def missing_build_deps(find: Callable[[str], str | None] = tools.find,
                        exists: Callable[[str], bool] = os.path.exists) -> dict[str, str]:
     """{program or file: Debian package} for every build dependency not installed."""
-    out = {p: tools.package_for(p) for p in BUILD_PROGRAMS if find(p) is None}
-    out.update({f: pkg for f, pkg in BUILD_FILES.items() if not exists(f)})
+    out = {p: tools.package_for(p) for p in hosttools.FIRMWARE_BUILD if find(p) is None}
+    out.update({f: pkg for f, pkg in hosttools.FIRMWARE_FILES.items() if not exists(f)})
     return out
 
 
@@ -194,33 +184,6 @@ def require_build_deps() -> None:
 
 def _step(msg: str) -> None:
     print(f"firmware: {msg}", file=sys.stderr, flush=True)
-
-
-def extract_source(tarball: Path, dest: Path) -> list[str]:
-    """Extract `tarball` into `dest` atomically; returns the symlinks it skipped.
-
-    The edk2 orig tarball holds one symlink to an absolute host path
-    (EmulatorPkg/Unix/Host/X11IncludeHack -> /opt/X11/include), which
-    hbos.archive rightly refuses. Such links point at the host, never into
-    the tree, and the OVMF build does not use them: they are skipped (and
-    named). Every other member passes tarfile's `data` filter, which refuses
-    absolute or `..` paths, links leaving `dest` and device nodes.
-    """
-    skipped: list[str] = []
-
-    def member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        if member.issym() and member.linkname.startswith("/"):
-            skipped.append(f"{member.name} -> {member.linkname}")
-            return None
-        return tarfile.data_filter(member, path)
-
-    try:
-        with tarfile.open(tarball, "r:*") as tar, atomic_path(dest) as tmp:
-            tmp.mkdir(parents=True)
-            tar.extractall(tmp, filter=member_filter)
-    except (tarfile.TarError, OSError) as exc:
-        raise UnsafeArchive(f"{tarball.name}: cannot extract safely: {exc}") from None
-    return skipped
 
 
 def padded_tree(work: Path, name: str, length: int = WORKSPACE_LENGTH) -> Path:
@@ -248,7 +211,10 @@ def unpack(orig: Path, debian: Path, work: Path, length: int = WORKSPACE_LENGTH)
     The tree's path has exactly `length` characters (padded_tree()).
     """
     remove(work)
-    for link in extract_source(orig, work / "orig"):
+    # The edk2 orig tarball holds one symlink to an absolute host path
+    # (EmulatorPkg/Unix/Host/X11IncludeHack -> /opt/X11/include), which archive.py
+    # rightly refuses: it points at the host, and the OVMF build does not use it.
+    for link in archive.extract(orig, work / "orig", skip_host_symlinks=True):
         _step(f"  skipped the host symlink {link} (not used by the build)")
     tops = [p for p in (work / "orig").iterdir() if p.is_dir()]
     if len(tops) != 1:

@@ -70,8 +70,7 @@ def candidate_features(base: int) -> list[int]:
     for n in range(1, len(COMMON_HOST_BITS) + 1):
         for combo in combinations(COMMON_HOST_BITS, n):
             out.append(1 | sum(1 << b for b in combo))
-    seen: set[int] = set()
-    return [f for f in out if not (f in seen or seen.add(f))]
+    return list(dict.fromkeys(out))   # first occurrence of each, in order
 
 
 def cpu_groups() -> dict[int, list[str]]:

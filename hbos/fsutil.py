@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -84,28 +83,3 @@ def write_json(target: str | os.PathLike, data: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
-
-
-def tree_manifest(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """Sorted [{path, type, size, sha256, mode, target?}] for every entry under root."""
-    root = Path(root)
-    entries: list[dict[str, Any]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            st = full.lstat()
-            mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISLNK(st.st_mode):
-                entries.append({"path": rel, "type": "symlink",
-                                "target": os.readlink(full), "mode": mode})
-            elif stat.S_ISDIR(st.st_mode):
-                entries.append({"path": rel, "type": "dir", "mode": mode})
-            elif stat.S_ISREG(st.st_mode):
-                entries.append({"path": rel, "type": "file", "size": st.st_size,
-                                "sha256": sha256_file(full), "mode": mode})
-            else:
-                entries.append({"path": rel, "type": "special", "mode": mode})
-    entries.sort(key=lambda e: e["path"])
-    return entries

@@ -32,7 +32,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import fsutil, run, tools
+from hbos import fsutil, run, tools, tree as htree
 from hbos.errors import BuildError, CommandFailed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,13 +89,6 @@ def versions(log: Path | None = None) -> dict[str, str]:
     return {"otp_release": otp, "erts": erts, "rebar3": rebar}
 
 
-def normalize_mtimes(tree: Path, epoch: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(tree, topdown=False):
-        for name in filenames + dirnames:
-            os.utime(Path(dirpath) / name, (epoch, epoch), follow_symlinks=False)
-    os.utime(tree, (epoch, epoch))
-
-
 def build(cfg, paths) -> None:
     """Build the release (or record why not) and write the manifest."""
     log = paths.log("hb_release")
@@ -130,11 +123,11 @@ def build(cfg, paths) -> None:
                              f"(include_erts)")
         with fsutil.atomic_path(paths.hb_release_tree) as tmp:
             os.rename(built, tmp)
-            normalize_mtimes(tmp, cfg.source_date_epoch)
+            htree.normalize_mtimes(tmp, cfg.source_date_epoch)
     finally:
         fsutil.remove(scratch)
-    data = {"available": True, **versions(log),
-            "files": fsutil.tree_manifest(paths.hb_release_tree)}
+    data: dict[str, Any] = {"available": True, **versions(log),
+                            "files": htree.manifest(paths.hb_release_tree)}
     changed = _write_if_changed(paths.hb_release_manifest, data)
     files = sum(1 for e in data["files"] if e["type"] == "file")
     print(f"hb_release: {paths.hb_release_tree} (OTP {data['otp_release']}, "

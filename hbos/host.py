@@ -32,7 +32,7 @@ import os
 import re
 import stat
 import struct
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -293,7 +293,7 @@ def probe_kvm(dev: Path) -> KvmStatus:
             try:
                 done = fcntl.ioctl(vcpu, KVM_SET_MSRS, _msr_buf(MSR_IA32_ARCH_CAPABILITIES, value))
             except OSError as exc:
-                done = -exc.errno
+                done = -(exc.errno or 0)
             if done != 1:
                 return KvmStatus(
                     error=f"KVM refuses MSR {MSR_IA32_ARCH_CAPABILITIES:#x} "
@@ -682,6 +682,7 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     import json
     import sys
+
     from hbos import config as hconfig
     from hbos.paths import Paths
     cfg = hconfig.load(overlay=args.config, profile=args.profile)

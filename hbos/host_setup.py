@@ -24,17 +24,15 @@ commands through `runner`, so tests use a fake root and record the commands.
 
 from __future__ import annotations
 
-import io
 import os
-import re
 import shutil
 import sys
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from hbos.errors import HostError
+from hbos import debpkg
+from hbos.errors import HbosError, HostError
 from hbos.fsutil import atomic_path, sha256_file
 
 SUPPORTED_OS = ("debian", "ubuntu")
@@ -57,47 +55,16 @@ class Deb:
             else None
 
 
-def _ar_members(data: bytes) -> dict[str, bytes]:
-    """Members of an ar archive (a .deb): 8-byte magic, then 60-byte headers."""
-    if not data.startswith(b"!<arch>\n"):
-        raise ValueError("not an ar archive")
-    members, pos = {}, 8
-    while pos + 60 <= len(data):
-        header = data[pos:pos + 60]
-        name = header[:16].decode().strip().rstrip("/")
-        size = int(header[48:58].decode().strip())
-        members[name] = data[pos + 60:pos + 60 + size]
-        pos += 60 + size + (size & 1)
-    return members
-
-
-def parse_control(text: str) -> dict[str, str]:
-    """One deb822 stanza (no continuation lines needed for the fields we read)."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if line and not line[0].isspace() and ":" in line:
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    return fields
-
-
 def read_deb(path: Path) -> Deb:
-    """Package and Version from the .deb's control file (filename as fallback)."""
+    """Package and Version from the .deb's control file (dpkg-deb)."""
     try:
-        members = _ar_members(path.read_bytes())
-        ctl = next(v for k, v in members.items() if k.startswith("control.tar"))
-        with tarfile.open(fileobj=io.BytesIO(ctl), mode="r:*") as tar:
-            member = next(m for m in tar.getmembers()
-                          if m.name in ("control", "./control") and m.isfile())
-            fields = parse_control(tar.extractfile(member).read().decode())
-        return Deb(path, fields["Package"], fields["Version"])
-    except (ValueError, StopIteration, KeyError, tarfile.TarError, OSError):
-        pass
-    # name_version_arch.deb (Debian policy 4.x; an epoch colon is written %3a)
-    m = re.match(r"^([^_]+)_([^_]+)_([^_]+)\.deb$", path.name)
-    if not m:
-        raise HostError(f"cannot read the package name and version of {path}")
-    return Deb(path, m.group(1), m.group(2).replace("%3a", ":"))
+        got = debpkg.fields(path, "Package", "Version")
+    except HbosError as exc:
+        raise HostError(f"cannot read the package name and version of {path}: {exc.message}",
+                        hint="the SNP release's linux/host/ must hold Debian packages") from None
+    if "Package" not in got or "Version" not in got:
+        raise HostError(f"{path}: its control file has no Package or Version field")
+    return Deb(path, got["Package"], got["Version"])
 
 
 def installed_packages(root: Path) -> dict[str, str]:
@@ -109,7 +76,7 @@ def installed_packages(root: Path) -> dict[str, str]:
         return {}
     out = {}
     for stanza in text.split("\n\n"):
-        fields = parse_control(stanza)
+        fields = debpkg.parse_stanza(stanza)
         if fields.get("Status", "").endswith(" installed") and "Package" in fields:
             out[fields["Package"]] = fields.get("Version", "")
     return out

@@ -10,7 +10,7 @@ the node configuration document:
 
 The document is rendered by the same functions that render config.flat
 (hbos.content.render_config_flat) and the post-start body
-(hbos.launch.post_start_body, which builds it with hbos.node_http), never from copies. measurement.json records
+(hbos.node_http.post_start_for), never from copies. measurement.json records
 the document (`node_configuration`) and its hash (`host_data`, 64 hex), so a
 verifier pins the configuration as well as the image. config.flat is also in
 the measured image; the post-start body is not, and HOST_DATA is what binds it:
@@ -53,9 +53,9 @@ def document(config_flat: str, post_start: dict[str, Any] | None) -> dict[str, A
 
 def node_configuration(cfg, record: dict[str, Any], options=None) -> dict[str, Any]:
     """The document for this config and measurement record (start options: the defaults)."""
-    from hbos import content, launch
+    from hbos import content, launch, node_http
     opts = options if options is not None else launch.StartOptions()
-    return document(content.render_config_flat(cfg), launch.post_start_body(cfg, record, opts))
+    return document(content.render_config_flat(cfg), node_http.post_start_for(cfg, record, opts))
 
 
 def measurement_fields(cfg, record: dict[str, Any]) -> dict[str, Any]:
@@ -70,12 +70,12 @@ def for_launch(cfg, record: dict[str, Any], options) -> tuple[str, str | None]:
     The document is measurement.json's, with the post-start body the launcher
     is about to send; a record without host_data gives ("", None).
     """
-    from hbos import launch
+    from hbos import node_http
     recorded = record.get("host_data")
     doc = record.get("node_configuration")
     if not recorded or not isinstance(doc, dict):
         return "", None
-    now = dict(doc, post_start=launch.post_start_body(cfg, record, options))
+    now = dict(doc, post_start=node_http.post_start_for(cfg, record, options))
     got = host_data(now)
     if got != recorded:
         return got, (f"the node configuration of this start (post-start body) hashes to "

@@ -1,4 +1,5 @@
-"""Which host programs the configured stages need, and whether they are here."""
+"""Which host programs the configured stages need, and whether they are here: the one
+list of host tools (tools.PACKAGES names the Debian package of each)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from hbos.errors import ToolMissing
 
 BASE = ["dpkg-deb", "depmod", "modprobe", "cpio", "gzip", "busybox", "veritysetup",
         "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "tar"]
-FIRMWARE_BUILD = ["nasm", "iasl", "gcc", "make", "grub-mkimage", "mkfs.msdos", "mcopy", "xz",
-                  "patch"]
+# Programs the edk2 firmware build calls (hbos.edk2 checks these same lists).
+FIRMWARE_BUILD = ["make", "gcc", "g++", "patch", "python3", "nasm", "iasl",
+                  "grub-mkimage", "mkfs.msdos", "mcopy"]
+# Files the firmware build needs from packages that provide no program.
+FIRMWARE_FILES = {
+    "/usr/include/uuid/uuid.h": "uuid-dev",
+    "/usr/lib/grub/x86_64-efi/linux.mod": "grub-efi-amd64-bin",
+}
 
 
 def needed(cfg: Config) -> list[str]:

@@ -27,7 +27,7 @@ import stat
 import sys
 from pathlib import Path
 
-from hbos import kernel, run, templates, tools
+from hbos import kernel, run, templates, tools, tree as htree
 from hbos.config import Config
 from hbos.errors import BuildError
 from hbos.fsutil import atomic_path, sha256_file, write_json
@@ -242,14 +242,8 @@ def stage(cfg: Config, paths: Paths, tree: Path) -> dict:
 
 def normalize(tree: Path, epoch: int) -> list[str]:
     """Set every entry's mtime to `epoch`; return member names, sorted (C locale)."""
-    names: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            full = Path(dirpath) / name
-            names.append(full.relative_to(tree).as_posix())
-            os.utime(full, (epoch, epoch), follow_symlinks=False)
-    os.utime(tree, (epoch, epoch))
-    return sorted(names, key=lambda n: n.encode())
+    htree.normalize_mtimes(tree, epoch)
+    return sorted((rel for _full, rel, _st in htree.walk(tree)), key=lambda n: n.encode())
 
 
 def pack(tree: Path, epoch: int, compression: str, out: Path, log: Path | None = None) -> None:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hbos import debian_apt, run, snp_release
+from hbos import debian_apt, debpkg, run, snp_release
 from hbos.config import Config
 from hbos.errors import BuildError, CommandFailed, ConfigError
 from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
@@ -85,7 +85,7 @@ def fetch_package(cfg: Config, paths: Paths) -> None:
         for _ in range(3):
             if _deb_has_kernel(deb):
                 break
-            depends = run.output(["dpkg-deb", "--field", deb, "Depends"])
+            depends = debpkg.fields(deb, "Depends").get("Depends", "")
             match = re.search(r"(linux-image-[^\s,(|]+)(?:\s*\(=\s*([^)\s]+)\))?", depends)
             if not match:
                 raise BuildError(f"package {package} holds no kernel and depends on no "
@@ -141,10 +141,8 @@ def unpack(cfg: Config, paths: Paths) -> None:
 def package_fields(deb: Path, cfg: Config) -> dict:
     """What kernel.json records of the package: its name and version (dpkg-deb),
     what the config asked for, and the suite it came from."""
-    fields = {}
-    for key in ("Package", "Version"):
-        fields[key] = run.output(["dpkg-deb", "--field", deb, key]).strip()
-    out = {"package": fields["Package"], "package_version": fields["Version"],
+    fields = debpkg.fields(deb, "Package", "Version")
+    out = {"package": fields.get("Package", ""), "package_version": fields.get("Version", ""),
            "source": cfg.kernel.source}
     if cfg.kernel.source == "package":
         out.update({"requested": cfg.kernel.package, "suite": cfg.kernel.suite or "host apt",

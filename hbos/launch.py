@@ -6,19 +6,19 @@
 2. load the VM definition and compare it with measurement.json (kernel,
    initrd, firmware, cmdline, vCPUs, vcpu_type, policy, guest_features): any
    difference refuses to start and names the field;
-3. choose the mode: SEV-SNP when the host can (`launch.snp: auto`), emulated
-   otherwise with a NOT CONFIDENTIAL banner; `required` refuses, `off` never
-   tries;
-4. choose the accelerator (SNP: KVM; emulated: `launch.accel`, where auto
-   probes KVM with a throwaway guest and falls back to TCG);
-5. run QEMU detached (own session, pidfile, QMP socket, serial console to a
+3. decide with hbos.launch_plan (the code `--dry-run` prints): the mode
+   (SEV-SNP when the host can, `launch.snp: auto`; emulated otherwise, with a
+   NOT CONFIDENTIAL banner; `required` refuses, `off` never tries), the
+   accelerator (SNP: KVM; emulated: `launch.accel`, where auto probes KVM here
+   with a throwaway guest and falls back to TCG), QEMU, firmware and argv;
+4. run QEMU detached (own session, pidfile, QMP socket, serial console to a
    log file, all under Paths.run_dir), wait until QMP answers, then poll the
-   node's health endpoint with visible progress;
-6. send the post-start node configuration (hbos/node_http.py) unless
+   node's health endpoint (hbos.node_http) with visible progress;
+5. send the post-start node configuration (hbos/node_http.py) unless
    post_start.auto is false or --no-auto is given.
 
 `stop_vm` and `vm_status` use the pidfile (checked against /proc so a
-recycled pid is never signalled) and QMP.
+recycled pid is never signalled) and QMP (hbos.qmp).
 """
 
 from __future__ import annotations
@@ -28,24 +28,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import measure, node_http, qemu, run as hrun, vmconfig
-from hbos import limits
+from hbos import launch_plan, limits, measure, node_http, qemu, qmp, run as hrun, vmconfig
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
 from hbos.fsutil import sha256_file, write_json
 from hbos.paths import Paths
 
-HEALTH_PATH = "/~meta@1.0/info"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")   # colour codes in systemd's console output
 QMP_START_TIMEOUT = 60.0     # seconds for QEMU to answer QMP after exec (2 busy cores)
 PROGRESS_EVERY = 15.0        # seconds between "still waiting" lines
@@ -131,7 +126,8 @@ def launch_mismatches(vm: qemu.VmDefinition, record: dict[str, Any],
     return out
 
 
-def check_measurement(vm: qemu.VmDefinition, measurement: Path) -> dict[str, Any]:
+def launch_record(vm: qemu.VmDefinition, measurement: Path) -> dict[str, Any]:
+    """measurement.json's record, when it describes exactly this VM; else refuse."""
     if not measurement.exists():
         raise LaunchError(f"measurement {measurement} does not exist", hint="run: doit measure")
     record = limits.load_json(measurement, limits.INPUTS_BYTES, "measurement", LaunchError)
@@ -146,74 +142,10 @@ def check_measurement(vm: qemu.VmDefinition, measurement: Path) -> dict[str, Any
     return record
 
 
-# ----------------------------------------------------------------- host decisions
+# ----------------------------------------------------------------- KVM probe
 
 
-def snp_host_ready(root: Path = Path("/")) -> tuple[bool, str]:
-    """A quick SNP readiness probe: /dev/sev, /dev/kvm, kvm_amd.sev_snp=Y.
-
-    hbos.host.run_checks() does the full job (firmware version, RMP, ...);
-    `doit check_host` prints it. This is the launch decision only.
-    """
-    why = []
-    if not (root / "dev/sev").exists():
-        why.append("no /dev/sev")
-    if not (root / "dev/kvm").exists():
-        why.append("no /dev/kvm")
-    param = root / "sys/module/kvm_amd/parameters/sev_snp"
-    try:
-        value = param.read_text().strip()
-    except OSError:
-        value = ""
-    if value not in ("Y", "1"):
-        why.append("kvm_amd.sev_snp is not enabled" if value else "kvm_amd has no sev_snp")
-    return (not why, "; ".join(why) or "SEV-SNP host")
-
-
-def decide_mode(setting: str, ready: bool, why: str) -> qemu.Mode:
-    """launch.snp (auto|required|off) and the host's readiness -> the mode."""
-    if setting == "off":
-        return "emulated"
-    if ready:
-        return "snp"
-    if setting == "required":
-        raise LaunchError(f"launch.snp is 'required' but this host cannot run SEV-SNP guests "
-                          f"({why})", hint="see: doit check_host; or set launch.snp: auto")
-    return "emulated"
-
-
-def host_cbitpos(cpuid_dev: Path = Path("/dev/cpu/0/cpuid")) -> int | None:
-    """C-bit position from CPUID 0x8000001F via the cpuid driver (modprobe cpuid)."""
-    try:
-        fd = os.open(cpuid_dev, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return qemu.cbitpos_from_cpuid(os.pread(fd, 16, 0x8000001F))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def find_qemu(cfg: Config, paths: Paths, mode: qemu.Mode) -> Path:
-    """launch.qemu, else the SNP release's QEMU (SNP mode), else PATH."""
-    from hbos import host, tools
-    if mode == "snp" or cfg.launch.qemu:
-        binary, where = host.find_qemu(cfg, paths)
-        if binary is None:
-            raise LaunchError(f"no QEMU to launch with: {where}")
-        return binary
-    return Path(tools.require("qemu-system-x86_64"))
-
-
-def host_facts(binary: Path) -> qemu.HostFacts:
-    version = qemu.parse_version(hrun.output([binary, "--version"]))
-    models = qemu.parse_cpu_models(hrun.output([binary, "-cpu", "help"]))
-    return qemu.HostFacts(qemu=binary, version=version, cpu_models=models)
-
-
-def probe_kvm(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
+def kvm_boots_guest(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
               timeout: float) -> tuple[bool, str]:
     """Does a KVM guest get as far as printing its kernel banner?"""
     try:
@@ -233,7 +165,7 @@ def probe_kvm(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
                 return True, "KVM boots a kernel"
             if proc.poll() is not None:
                 out = (proc.stdout.read() if proc.stdout else b"").decode(errors="replace")
-                errors = [l for l in out.splitlines() if "warning" not in l]
+                errors = [ln for ln in out.splitlines() if "warning" not in ln]
                 return False, "KVM failed: " + (hrun.tail("\n".join(errors), 2) or
                                                 f"QEMU exited {proc.returncode}")
             time.sleep(0.2)
@@ -246,14 +178,14 @@ def probe_kvm(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
             proc.stdout.close()
 
 
-def cached_probe_kvm(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
-                     timeout: float) -> tuple[bool, str]:
-    """probe_kvm, remembered per (QEMU binary, CPU model, host kernel) in the run dir,
+def cached_kvm_boots_guest(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
+                           timeout: float) -> tuple[bool, str]:
+    """kvm_boots_guest, remembered per (QEMU binary, CPU model, host kernel) in the run dir,
     so a host where KVM is broken pays the probe's timeout once, not every start."""
     try:
         st = facts.qemu.stat()
     except OSError:
-        return probe_kvm(facts, cpu, kernel, workdir, timeout)
+        return kvm_boots_guest(facts, cpu, kernel, workdir, timeout)
     key = f"{facts.qemu}:{st.st_mtime_ns}:{cpu}:{os.uname().release}"
     cache = workdir / "kvm-probe.json"
     try:
@@ -262,58 +194,12 @@ def cached_probe_kvm(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Pat
             return bool(known["ok"]), f"{known['why']} (probed earlier; delete {cache} to retry)"
     except (OSError, ValueError, KeyError):
         pass
-    ok, why = probe_kvm(facts, cpu, kernel, workdir, timeout)
+    ok, why = kvm_boots_guest(facts, cpu, kernel, workdir, timeout)
     write_json(cache, {"key": key, "ok": ok, "why": why})
     return ok, why
 
 
-def choose_accel(setting: str, mode: qemu.Mode, probe: Callable[[], tuple[bool, str]]
-                 ) -> tuple[qemu.Accel, str]:
-    """launch.accel (auto|kvm|tcg) -> the accelerator and why."""
-    if mode == "snp":
-        if setting == "tcg":
-            raise LaunchError("launch.accel is 'tcg' but an SEV-SNP guest needs KVM",
-                              hint="set launch.accel: auto (or launch.snp: off to emulate)")
-        return "kvm", "SEV-SNP needs KVM"
-    if setting in ("kvm", "tcg"):
-        return setting, f"launch.accel: {setting}"  # type: ignore[return-value]
-    ok, why = probe()
-    return ("kvm", why) if ok else ("tcg", f"{why}; using TCG")
-
-
-# ----------------------------------------------------------------- QMP and processes
-
-
-def qmp(sock_path: Path, command: str, arguments: dict | None = None,
-        timeout: float = 5.0) -> Any:
-    """One QMP command (QEMU docs/interop/qmp-spec): greeting, capabilities, command."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock_path))
-        reader = s.makefile("rb")
-
-        def response() -> dict:
-            while True:
-                line = reader.readline()
-                if not line:
-                    raise LaunchError(f"QMP {sock_path}: connection closed")
-                msg = json.loads(line)
-                if "return" in msg or "error" in msg:
-                    return msg
-
-        greeting = json.loads(reader.readline() or b"{}")
-        if "QMP" not in greeting:
-            raise LaunchError(f"QMP {sock_path}: unexpected greeting {greeting!r}")
-        s.sendall(b'{"execute": "qmp_capabilities"}\n')
-        response()
-        msg: dict[str, Any] = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        s.sendall(json.dumps(msg).encode() + b"\n")
-        reply = response()
-        if "error" in reply:
-            raise LaunchError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
-        return reply["return"]
+# ----------------------------------------------------------------- processes
 
 
 def read_pid(pidfile: Path) -> int | None:
@@ -386,36 +272,15 @@ def _clear(files: qemu.RunFiles) -> None:
 # ----------------------------------------------------------------- health and post-start
 
 
-# The node is on this host's forwarded port: never through an http_proxy.
-_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def health_url(port: int) -> str:
-    return f"http://127.0.0.1:{port}{HEALTH_PATH}"
-
-
-def probe_health(port: int, timeout: float = 3.0) -> tuple[bool, str]:
-    try:
-        with _LOCAL.open(health_url(port), timeout=timeout) as resp:
-            return resp.status == 200, f"HTTP {resp.status}"
-    except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        # slirp accepts the host side before the guest listens: a timeout is "no answer"
-        return False, "no answer" if isinstance(reason, TimeoutError) or \
-            "timed out" in str(reason) else str(reason)
-
-
 def wait_healthy(proc: subprocess.Popen, files: qemu.RunFiles, port: int,
                  timeout: float) -> float:
     """Poll the health endpoint until 200; seconds waited. QEMU dying ends it."""
     start = time.monotonic()
     last_note = start
-    say(f"start: waiting up to {timeout:.0f} s for {health_url(port)} "
+    say(f"start: waiting up to {timeout:.0f} s for {node_http.health_url(port)} "
         f"(console: {files.console})")
     while True:
-        ok, why = probe_health(port)
+        ok, why = node_http.probe_health(port)
         elapsed = time.monotonic() - start
         if ok:
             return elapsed
@@ -423,7 +288,7 @@ def wait_healthy(proc: subprocess.Popen, files: qemu.RunFiles, port: int,
             raise LaunchError(f"QEMU exited (status {proc.returncode}) before the node "
                               f"answered:\n{_diagnostics(files)}")
         if elapsed > timeout:
-            raise LaunchError(f"the node did not answer {health_url(port)} within "
+            raise LaunchError(f"the node did not answer {node_http.health_url(port)} within "
                               f"{timeout:.0f} s (last: {why}); the VM was stopped\n"
                               f"{_diagnostics(files)}",
                               hint="raise launch.health_timeout, or read the console log")
@@ -432,48 +297,6 @@ def wait_healthy(proc: subprocess.Popen, files: qemu.RunFiles, port: int,
             line = ANSI.sub("", file_tail(files.console, 1)).strip()[:100]
             say(f"start: {elapsed:4.0f} s, not answering yet ({why}); console: {line}")
         time.sleep(2.0)
-
-
-def post_start_config(record: dict[str, Any], options: StartOptions,
-                      settings: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The node configuration sent after start (node_http.post_start_body)."""
-    return node_http.post_start_body(record, settings, options.self_url, options.peer_url)
-
-
-def post_start_body(cfg: Config, record: dict[str, Any],
-                    options: StartOptions) -> dict[str, Any] | None:
-    """The body start sends after boot, or None when it sends none (HOST_DATA covers it)."""
-    if not cfg.post_start.auto or options.no_auto:
-        return None
-    return node_http.post_start_body(record, cfg.post_start.settings,
-                                     node_http.self_url(cfg, options.self_url), options.peer_url)
-
-
-def send_post_start(port: int, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(health_url(port), data=json.dumps(body).encode(),
-                                 method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "codec-device": "json@1.0"})
-    try:
-        with _LOCAL.open(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        raise LaunchError(f"the node refused the post-start configuration: HTTP {exc.code} "
-                          f"{exc.read()[:200].decode(errors='replace')}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise LaunchError(f"sending the post-start configuration failed: {exc}") from None
-
-
-def follow_up(port: int, path: str, headers: dict[str, str]) -> str:
-    """One post-start follow-up GET; its status in words (never fatal, as hb-os)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
-    try:
-        with _LOCAL.open(req, timeout=60) as resp:
-            return f"HTTP {resp.status}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code} {exc.read()[:200].decode(errors='replace')} (warning)"
-    except (urllib.error.URLError, OSError) as exc:
-        return f"failed: {exc} (warning)"
 
 
 BANNER = """
@@ -488,40 +311,6 @@ BANNER = """
 
 
 # ----------------------------------------------------------------- start
-
-
-def _forwards(cfg: Config, debug: bool, mode: qemu.Mode = "emulated"
-              ) -> tuple[qemu.Forward, ...]:
-    return node_http.forwards(cfg, mode, debug)
-
-
-def _b64_file(cfg: Config, value: str, what: str) -> str:
-    if not value:
-        return ""
-    p = cfg.path(value)
-    return limits.read_text(p, 64 << 10, f"launch.{what}", LaunchError).strip()
-
-
-def snp_options(cfg: Config, generated: dict[str, str] | None = None) -> qemu.SnpOptions:
-    """`generated`: id_block/id_auth/host_data (base64) from the build or release;
-    the launch.* files, when set, win."""
-    if not cfg.launch.cbitpos:
-        from hbos import launch_plan
-        launch_plan.load_cpuid_driver()
-    cbit = cfg.launch.cbitpos or host_cbitpos()
-    if not cbit:
-        raise LaunchError("cannot read the C-bit position from CPUID 0x8000001F "
-                          "(/dev/cpu/0/cpuid)", hint="modprobe cpuid, or set launch.cbitpos")
-    l = cfg.launch
-    gen = generated or {}
-    return qemu.SnpOptions(cbitpos=cbit, reduced_phys_bits=l.reduced_phys_bits,
-                           id_block=_b64_file(cfg, l.id_block, "id_block")
-                           or gen.get("id_block", ""),
-                           id_auth=_b64_file(cfg, l.id_auth, "id_auth")
-                           or gen.get("id_auth", ""),
-                           host_data=_b64_file(cfg, l.host_data, "host_data")
-                           or gen.get("host_data", ""),
-                           certs_path=str(cfg.path(l.certs)) if l.certs else "")
 
 
 def _spawn(argv: list[str], files: qemu.RunFiles) -> subprocess.Popen:
@@ -547,7 +336,7 @@ def _wait_qmp(proc: subprocess.Popen, files: qemu.RunFiles, timeout: float) -> s
                               f"{_diagnostics(files)}")
         if files.qmp.exists():
             try:
-                return qmp(files.qmp, "query-status")["status"]
+                return qmp.command(files.qmp, "query-status")["status"]
             except (OSError, ValueError, LaunchError):
                 pass
         time.sleep(0.3)
@@ -616,41 +405,31 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         if not data.is_file():
             raise LaunchError(f"data disk {data} does not exist",
                               hint=f"create one: qemu-img create -f qcow2 {data} 20G")
-    record = check_measurement(vm, measurement)
+    record = launch_record(vm, measurement)
 
-    ready, why = snp_host_ready()
-    from hbos import launch_plan
-    mode = decide_mode(launch_plan.mode_setting(cfg.launch.snp, options.mode), ready, why)
-    generated = launch_identity(cfg, record, vm, options, identity_dir, mode)
-    binary = launch_plan.qemu_override(options.qemu) or find_qemu(cfg, paths, mode)
-    facts = host_facts(binary)
-    model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
-    accel, accel_why = choose_accel(
-        cfg.launch.accel, mode,
-        lambda: cached_probe_kvm(facts, model, vm.kernel, files.directory,
-                                 cfg.launch.kvm_probe_timeout))
-
-    low = node_http.unbindable(_forwards(cfg, bool(raw.get("debug")), mode), os.geteuid(),
-                               node_http.unprivileged_port_start())
+    plan = launch_plan.plan(
+        cfg, paths, vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data),
+        forwards=lambda mode: node_http.forwards(cfg, mode, bool(raw.get("debug"))),
+        identity=lambda mode: launch_identity(cfg, record, vm, options, identity_dir, mode),
+        requested_mode=options.mode, qemu_path=options.qemu, review=False,
+        kvm_probe=lambda facts, model: cached_kvm_boots_guest(
+            facts, model, vm.kernel, files.directory, cfg.launch.kvm_probe_timeout))
+    spec, mode, accel, binary = plan.spec, plan.spec.mode, plan.spec.accel, plan.spec.host.qemu
+    low = node_http.unbindable(spec.forwards, os.geteuid(), node_http.unprivileged_port_start())
     if low:
         ports = ", ".join(f"{f.host_address}:{f.host_port}" for f in low)
         raise LaunchError(f"cannot forward host port(s) {ports}: binding a port below "
                           f"{node_http.unprivileged_port_start()} needs root",
                           hint="run as root (hb-os's :80), or set launch.host_port "
                                "(e.g. 0: the node's own port) and launch.forwards")
-    spec = qemu.LaunchSpec(
-        vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data), run=files,
-        host=facts, mode=mode, accel=accel, forwards=_forwards(cfg, bool(raw.get("debug")), mode),
-        snp=snp_options(cfg, generated) if mode == "snp" else None, machine=cfg.launch.machine,
-        extra_args=cfg.launch.extra_args)
     if mode == "emulated":
-        say(BANNER + f"  (SEV-SNP: {why if cfg.launch.snp != 'off' else 'launch.snp: off'})\n")
-    flavour = f", {qemu.flavour(facts.version)} SNP syntax" if mode == "snp" else ""
-    say(f"start: mode {mode}, accel {accel} ({accel_why}), QEMU {binary} "
-        f"{'.'.join(map(str, facts.version))}{flavour}")
+        say(BANNER + f"  ({plan.mode_why})\n")
+    flavour = f", {qemu.flavour(spec.host.version)} SNP syntax" if mode == "snp" else ""
+    say(f"start: mode {mode}, accel {accel} ({plan.accel_why}), QEMU {binary} "
+        f"{'.'.join(map(str, spec.host.version))}{flavour}")
     say(f"start: firmware: {qemu.firmware_note(spec)}")
-    if cpu_note:
-        say(f"start: {cpu_note}")
+    for note in plan.notes:
+        say(f"start: {note}")
 
     port = node_http.host_port(cfg)
     files.console.unlink(missing_ok=True)
@@ -677,13 +456,13 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
                  "expected_hash": record.get("expected_hash"), "started": time.time()}
         write_json(files.state, state)
         waited = wait_healthy(proc, files, port, cfg.launch.health_timeout)
-        say(f"start: healthy after {waited:.0f} s: {health_url(port)}")
-        body = post_start_body(cfg, record, options)
+        say(f"start: healthy after {waited:.0f} s: {node_http.health_url(port)}")
+        body = node_http.post_start_for(cfg, record, options)
         if body is not None:
-            reply = send_post_start(port, body)
+            reply = node_http.send_post_start(port, body)
             say(f"start: post-start configuration accepted ({len(json.dumps(reply))} bytes)")
             for path, headers in node_http.follow_up_calls(body):
-                say(f"start: post-start GET {path}: {follow_up(port, path, headers)}")
+                say(f"start: post-start GET {path}: {node_http.follow_up(port, path, headers)}")
         else:
             say("start: post-start configuration not sent ("
                 f"{'--no-auto' if options.no_auto else 'post_start.auto: false'})")
@@ -695,7 +474,7 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         raise
     say(f"start: VM running (pid {proc.pid}, {mode}"
         f"{', NOT CONFIDENTIAL' if mode == 'emulated' else ''})\n"
-        f"  node:    http://{node_http.host_address(cfg, mode)}:{port}{HEALTH_PATH}\n"
+        f"  node:    http://{node_http.host_address(cfg, mode)}:{port}{node_http.HEALTH_PATH}\n"
         f"  console: {files.console}\n  QMP:     {files.qmp}\n  stop:    doit stop")
 
 
@@ -703,14 +482,13 @@ def dry_run(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, im
             hash_tree: Path, options: StartOptions, identity_dir: Path | None = None) -> None:
     """`start --dry-run`: the same checks, then the decisions and the QEMU line on
     stdout (hbos.launch_plan); nothing is started or written."""
-    from hbos import launch_plan
     raw = vmconfig.load(vm_config)
     vm = qemu.VmDefinition.from_vm_config(raw)
-    record = check_measurement(vm, measurement)
+    record = launch_record(vm, measurement)
     data = Path(options.data_disk).expanduser().resolve() if options.data_disk else None
     p = launch_plan.plan(cfg, paths, vm=vm,
                          disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data),
-                         forwards=lambda mode: _forwards(cfg, bool(raw.get("debug")), mode),
+                         forwards=lambda mode: node_http.forwards(cfg, mode, bool(raw.get("debug"))),
                          identity=lambda mode: launch_identity(cfg, record, vm, options,
                                                                identity_dir, mode),
                          requested_mode=options.mode, qemu_path=options.qemu)
@@ -748,7 +526,7 @@ def stop_vm(paths: Paths, *, timeout: float = 30.0) -> str:
     state = _state(files)
     if state.get("data_disk"):
         try:
-            qmp(files.qmp, "system_powerdown")
+            qmp.command(files.qmp, "system_powerdown")
             say(f"stop: asked the guest to power down (up to {timeout:.0f} s)")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and is_our_qemu(pid, files.pidfile):
@@ -758,7 +536,7 @@ def stop_vm(paths: Paths, *, timeout: float = 30.0) -> str:
             pass
     if is_our_qemu(pid, files.pidfile):
         try:
-            qmp(files.qmp, "quit")
+            qmp.command(files.qmp, "quit")
             deadline = time.monotonic() + 10
         except (OSError, ValueError, HbosError):
             deadline = 0.0   # QMP is not answering: signals below
@@ -797,7 +575,7 @@ class VmStatus:
         return (f"status: running (pid {self.pid}, {conf}, accel {self.accel}, "
                 f"QEMU {self.qemu_state})\n"
                 f"  health: {'OK' if self.healthy else 'not answering'} ({self.health}) "
-                f"{health_url(self.port or 0)}\n  console: {self.console}")
+                f"{node_http.health_url(self.port or 0)}\n  console: {self.console}")
 
 
 def vm_status(paths: Paths) -> VmStatus:
@@ -811,11 +589,11 @@ def vm_status(paths: Paths) -> VmStatus:
                             console=str(files.console), log_tail=_diagnostics(files))
         return VmStatus("stopped")
     try:
-        qstate = qmp(files.qmp, "query-status")["status"]
+        qstate = qmp.command(files.qmp, "query-status")["status"]
     except (OSError, ValueError, HbosError) as exc:
         qstate = f"QMP unavailable: {exc}"
     port = state.get("port")
-    healthy, health = probe_health(port) if port else (None, "unknown port")
+    healthy, health = node_http.probe_health(port) if port else (None, "unknown port")
     return VmStatus("running", pid=pid, mode=state.get("mode"), accel=state.get("accel"),
                     port=port, qemu_state=qstate, healthy=healthy, health=health,
                     console=str(files.console))
@@ -833,7 +611,7 @@ def print_status(paths: Paths) -> None:
 
 # `doit start --data-disk PATH --self URL --peer URL --no-auto` (also usable by
 # start_release): the original tool's options.
-from hbos.task_params import START as DOIT_PARAMS  # noqa: E402 (dodo.py reads them there)
+from hbos.task_params import START as DOIT_PARAMS  # noqa: E402,F401 (re-exported: the start params)
 
 
 def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",

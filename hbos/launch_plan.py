@@ -1,11 +1,12 @@
-"""The launch decision without launching: `doit start --dry-run [--mode M] [--qemu PATH]`.
+"""The launch decision, apart from running it: mode, accelerator, QEMU binary,
+firmware, CPU model and the exact argv.
 
-`plan()` makes the decisions `hbos.launch.start_vm` makes (mode, accelerator,
-QEMU and its SNP flavour, firmware, CPU model) and builds the exact argv with
-`hbos.qemu.command_line`, touching nothing: no QEMU is started (not even the
-KVM probe), no run file is written. `--mode snp` builds the SEV-SNP command line
-on any host, so an operator can review it before moving to the SNP host: the
-C-bit position then comes from launch.cbitpos, else this CPU's CPUID, else
+`plan()` is the one place that decides; `doit start` (hbos.launch.start_vm) runs
+what it returns, and `doit start --dry-run [--mode M] [--qemu PATH]` prints it
+(`review=True`): then nothing is started (not even the KVM probe) and no run
+file is written. `--mode snp` with review builds the SEV-SNP command line on any
+host, so an operator can check it before moving to the SNP host: the C-bit
+position then comes from launch.cbitpos, else this CPU's CPUID, else
 DEFAULT_CBITPOS (EPYC Milan, Genoa and Turin all use 51).
 
 `describe()` prints the decisions one per line and the command as one
@@ -20,13 +21,74 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hbos import qemu, run as hrun
+from hbos import limits, qemu, run as hrun
 from hbos.config import Config
 from hbos.errors import LaunchError
 from hbos.paths import Paths
 
 DEFAULT_CBITPOS = 51
 MODES = ("", "auto", "snp", "emulated")   # --mode values ("" = launch.snp)
+
+# (QEMU facts, CPU model) -> (KVM usable?, why); start boots a throwaway guest
+KvmProbe = Callable[[qemu.HostFacts, str], tuple[bool, str]]
+
+
+# ----------------------------------------------------------------- host facts
+
+
+def snp_host_ready(root: Path = Path("/")) -> tuple[bool, str]:
+    """A quick SNP readiness probe: /dev/sev, /dev/kvm, kvm_amd.sev_snp=Y.
+
+    hbos.host.run_checks() does the full job (firmware version, RMP, ...);
+    `doit check_host` prints it. This is the launch decision only.
+    """
+    why = []
+    if not (root / "dev/sev").exists():
+        why.append("no /dev/sev")
+    if not (root / "dev/kvm").exists():
+        why.append("no /dev/kvm")
+    param = root / "sys/module/kvm_amd/parameters/sev_snp"
+    try:
+        value = param.read_text().strip()
+    except OSError:
+        value = ""
+    if value not in ("Y", "1"):
+        why.append("kvm_amd.sev_snp is not enabled" if value else "kvm_amd has no sev_snp")
+    return (not why, "; ".join(why) or "SEV-SNP host")
+
+
+def host_cbitpos(cpuid_dev: Path = Path("/dev/cpu/0/cpuid")) -> int | None:
+    """C-bit position from CPUID 0x8000001F via the cpuid driver (modprobe cpuid)."""
+    try:
+        fd = os.open(cpuid_dev, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return qemu.cbitpos_from_cpuid(os.pread(fd, 16, 0x8000001F))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def host_facts(binary: Path) -> qemu.HostFacts:
+    version = qemu.parse_version(hrun.output([binary, "--version"]))
+    models = qemu.parse_cpu_models(hrun.output([binary, "-cpu", "help"]))
+    return qemu.HostFacts(qemu=binary, version=version, cpu_models=models)
+
+
+def kvm_opens(kvm_dev: Path = Path("/dev/kvm")) -> tuple[bool, str]:
+    """The review's stand-in for start's KVM probe: /dev/kvm opens read-write."""
+    try:
+        fd = os.open(kvm_dev, os.O_RDWR)
+        os.close(fd)
+    except OSError as exc:
+        return False, f"{kvm_dev} unusable ({exc.strerror})"
+    return True, ("auto: not probed in a dry run; start probes KVM and falls back "
+                  "to TCG if a KVM guest cannot boot")
+
+
+# ----------------------------------------------------------------- decisions
 
 
 def mode_setting(configured: str, requested: str) -> str:
@@ -36,45 +98,64 @@ def mode_setting(configured: str, requested: str) -> str:
     return {"": configured, "auto": "auto", "snp": "required", "emulated": "off"}[requested]
 
 
-def dry_run_mode(setting: str, ready: bool, why: str) -> tuple[qemu.Mode, str]:
-    """Like launch.decide_mode, except that `required` (--mode snp) builds the SNP
-    command line even here: a dry run shows what the SNP host would run."""
+def decide_mode(setting: str, ready: bool, why: str, review: bool = False
+                ) -> tuple[qemu.Mode, str]:
+    """launch.snp (auto|required|off) and the host's readiness -> the mode and why.
+
+    `required` on a host that cannot run SNP refuses, except in a review (dry
+    run), which builds the SNP command line the SNP host would run."""
     if setting == "off":
         return "emulated", "SEV-SNP off: launch.snp: off or --mode emulated"
     if ready:
         return "snp", why
     if setting == "required":
-        return "snp", f"requested; this host cannot run it ({why}): review only"
+        if review:
+            return "snp", f"requested; this host cannot run it ({why}): review only"
+        raise LaunchError(f"launch.snp is 'required' but this host cannot run SEV-SNP guests "
+                          f"({why})", hint="see: doit check_host; or set launch.snp: auto")
     return "emulated", f"this host cannot run SEV-SNP ({why})"
 
 
-def dry_run_accel(setting: str, mode: qemu.Mode, kvm_dev: Path = Path("/dev/kvm")
-                  ) -> tuple[qemu.Accel, str]:
-    """The accelerator a dry run shows. SNP: KVM. Emulated with auto: start probes
-    KVM with a throwaway guest; a dry run starts nothing, so it shows KVM when
-    /dev/kvm opens (start falls back to TCG if the probe fails), else TCG."""
+def choose_accel(setting: str, mode: qemu.Mode, probe: Callable[[], tuple[bool, str]]
+                 ) -> tuple[qemu.Accel, str]:
+    """launch.accel (auto|kvm|tcg) -> the accelerator and why; `probe` decides auto."""
     if mode == "snp":
         if setting == "tcg":
             raise LaunchError("launch.accel is 'tcg' but an SEV-SNP guest needs KVM",
-                              hint="set launch.accel: auto (or --mode emulated)")
+                              hint="set launch.accel: auto (or launch.snp: off / "
+                                   "--mode emulated to emulate)")
         return "kvm", "SEV-SNP needs KVM"
     if setting in ("kvm", "tcg"):
         return setting, f"launch.accel: {setting}"  # type: ignore[return-value]
-    try:
-        fd = os.open(kvm_dev, os.O_RDWR)
-        os.close(fd)
-    except OSError as exc:
-        return "tcg", f"{kvm_dev} unusable ({exc.strerror})"
-    return "kvm", ("auto: not probed in a dry run; start probes KVM and falls back "
-                   "to TCG if a KVM guest cannot boot")
+    ok, why = probe()
+    return ("kvm", why) if ok else ("tcg", f"{why}; using TCG")
 
 
-def cbitpos(configured: int, from_cpuid: int | None) -> tuple[int, str]:
-    """C-bit position for an SNP dry run, and where it came from."""
+def qemu_binary(cfg: Config, paths: Paths, mode: qemu.Mode, given: str = ""
+                ) -> tuple[Path, str]:
+    """--qemu, else launch.qemu, else the SNP release's QEMU (SNP mode), else PATH;
+    and where it came from."""
+    from hbos import host, tools
+    override = qemu_override(given)
+    if override is not None:
+        return override, "--qemu"
+    if mode == "snp" or cfg.launch.qemu:
+        found, where = host.find_qemu(cfg, paths)
+        if found is None:
+            raise LaunchError(f"no QEMU to launch with: {where}")
+        return found, where
+    return Path(tools.require("qemu-system-x86_64")), "PATH"
+
+
+def cbitpos(configured: int, from_cpuid: int | None, review: bool = False) -> tuple[int, str]:
+    """The C-bit position and where it came from; a review falls back to the default."""
     if configured:
         return configured, "launch.cbitpos"
     if from_cpuid:
         return from_cpuid, "CPUID 0x8000001F"
+    if not review:
+        raise LaunchError("cannot read the C-bit position from CPUID 0x8000001F "
+                          "(/dev/cpu/0/cpuid)", hint="modprobe cpuid, or set launch.cbitpos")
     return DEFAULT_CBITPOS, (f"default {DEFAULT_CBITPOS}: no launch.cbitpos and this CPU "
                              "reports no SEV C-bit")
 
@@ -114,6 +195,36 @@ def load_cpuid_driver(dev: Path = CPUID_DEV, euid: int | None = None, runner=Non
     return dev.exists()
 
 
+def _b64_file(cfg: Config, value: str, what: str) -> str:
+    if not value:
+        return ""
+    p = cfg.path(value)
+    return limits.read_text(p, 64 << 10, f"launch.{what}", LaunchError).strip()
+
+
+def snp_options(cfg: Config, generated: dict[str, str] | None = None,
+                cbit: int | None = None) -> qemu.SnpOptions:
+    """`generated`: id_block/id_auth/host_data (base64) from the build or release;
+    the launch.* files, when set, win. `cbit`: default launch.cbitpos, else CPUID."""
+    if cbit is None:
+        if not cfg.launch.cbitpos:
+            load_cpuid_driver()
+        cbit = cbitpos(cfg.launch.cbitpos, host_cbitpos())[0]
+    la = cfg.launch
+    gen = generated or {}
+    return qemu.SnpOptions(cbitpos=cbit, reduced_phys_bits=la.reduced_phys_bits,
+                           id_block=_b64_file(cfg, la.id_block, "id_block")
+                           or gen.get("id_block", ""),
+                           id_auth=_b64_file(cfg, la.id_auth, "id_auth")
+                           or gen.get("id_auth", ""),
+                           host_data=_b64_file(cfg, la.host_data, "host_data")
+                           or gen.get("host_data", ""),
+                           certs_path=str(cfg.path(la.certs)) if la.certs else "")
+
+
+# ----------------------------------------------------------------- the plan
+
+
 @dataclass(frozen=True)
 class Plan:
     spec: qemu.LaunchSpec
@@ -140,44 +251,45 @@ class Plan:
 def plan(cfg: Config, paths: Paths, *, vm: qemu.VmDefinition, disks: qemu.Disks,
          forwards: Callable[[qemu.Mode], tuple[qemu.Forward, ...]],
          identity: Callable[[qemu.Mode], dict[str, str]] | None = None,
-         requested_mode: str = "", qemu_path: str = "") -> Plan:
-    """The decisions and argv `doit start` would use, computed without side effects.
+         requested_mode: str = "", qemu_path: str = "", review: bool = True,
+         kvm_probe: KvmProbe | None = None) -> Plan:
+    """The decisions and argv of a launch. `review` (the dry run): no side effect,
+    SNP reviewable on any host; else `kvm_probe` decides launch.accel: auto.
 
     `forwards(mode)` and `identity(mode)` (ID block, ID auth, HOST_DATA as
     launch.launch_identity gives them) depend on the mode decided here."""
-    from hbos import launch
     setting = mode_setting(cfg.launch.snp, requested_mode)
-    ready, why = launch.snp_host_ready()
-    mode, mode_why = dry_run_mode(setting, ready, why)
-    override = qemu_override(qemu_path)
-    if override:
-        binary, where = override, "--qemu"
-    else:
-        binary = launch.find_qemu(cfg, paths, mode)
-        where = "launch.qemu" if cfg.launch.qemu else (
-            "SNP release or PATH" if mode == "snp" else "PATH")
-    facts = launch.host_facts(binary)
+    ready, why = snp_host_ready()
+    mode, mode_why = decide_mode(setting, ready, why, review=review)
+    generated = identity(mode) if identity is not None else None
+    binary, where = qemu_binary(cfg, paths, mode, qemu_path)
+    facts = host_facts(binary)
     notes: list[str] = []
-    if mode == "snp" and facts.cpu_models and vm.vcpu_type not in facts.cpu_models:
-        # start would refuse; the dry run shows the line the SNP host's QEMU must accept
+    model = vm.vcpu_type
+    if review and mode == "snp" and facts.cpu_models and vm.vcpu_type not in facts.cpu_models:
+        # start refuses; the review shows the line the SNP host's QEMU must accept
         notes.append(f"this QEMU has no CPU model {vm.vcpu_type} (the measured vcpu_type): "
                      f"the SNP host's QEMU must have it (QEMU >= 8.1, or --qemu PATH)")
         facts = dataclasses.replace(facts, cpu_models=frozenset())
     else:
-        _model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
+        model, cpu_note = qemu.cpu_model(mode, vm.vcpu_type, facts.cpu_models)
         if cpu_note:
             notes.append(cpu_note)
     if mode == "snp" and qemu.flavour(facts.version) == "amd-fork":
         notes.append(f"QEMU {'.'.join(map(str, facts.version))} < 9.1: AMD-fork SNP syntax; "
                      f"for upstream QEMU >= 9.1 (Debian trixie) pass --qemu PATH")
-    accel, accel_why = dry_run_accel(cfg.launch.accel, mode)
     snp = None
     if mode == "snp":
-        cbit, cbit_why = cbitpos(cfg.launch.cbitpos, launch.host_cbitpos())
+        if not review and not cfg.launch.cbitpos:
+            load_cpuid_driver()   # a launch may load the cpuid driver; a review changes nothing
+        cbit, cbit_why = cbitpos(cfg.launch.cbitpos, host_cbitpos(), review)
         notes.append(f"C-bit position {cbit} ({cbit_why})")
-        snp = launch.snp_options(
-            dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, cbitpos=cbit)),
-            identity(mode) if identity is not None else None)
+        snp = snp_options(cfg, generated, cbit)
+    if review or kvm_probe is None:
+        accel, accel_why = choose_accel(cfg.launch.accel, mode, kvm_opens)
+    else:
+        probe = kvm_probe
+        accel, accel_why = choose_accel(cfg.launch.accel, mode, lambda: probe(facts, model))
     spec = qemu.LaunchSpec(vm=vm, disks=disks, run=qemu.RunFiles(paths.run_dir), host=facts,
                            mode=mode, accel=accel, forwards=forwards(mode), snp=snp,
                            machine=cfg.launch.machine, extra_args=cfg.launch.extra_args)

@@ -9,7 +9,8 @@ position (launch.cbitpos; omitted when 0, then libvirt takes it from the host's
 domain capabilities), reducedPhysBits, the ID block and ID auth (with authorKey='yes') and HOST_DATA:
 the launch.id_block / launch.id_auth / launch.host_data files when set, else
 the build's own (build/identity/: HOST_DATA from `doit measure`, the ID block
-and ID auth from `doit id_block` when identity.enabled), as `doit start` does. Devices use iommu='on' (an SEV guest refuses virtio
+and ID auth from `doit id_block` when identity.enabled), as `doit start` does.
+Devices use iommu='on' (an SEV guest refuses virtio
 without VIRTIO_F_ACCESS_PLATFORM), as the QEMU launcher does.
 
 build/guest/domain-emulated.xml is the same VM without launchSecurity and with
@@ -64,14 +65,14 @@ def identity_files(cfg: Config, paths: Paths) -> dict[str, Path]:
     return {k: v for k, v in launch_files(cfg, paths).items() if v is not None}
 
 
-def snp_options(cfg: Config, paths: Paths) -> qemu.SnpOptions:
+def launch_security(cfg: Config, paths: Paths) -> qemu.SnpOptions:
     """The launchSecurity parameters (no CPUID read: 0 leaves cbitpos to libvirt)."""
-    l = cfg.launch
-    if bool(l.id_block) != bool(l.id_auth):
+    la = cfg.launch
+    if bool(la.id_block) != bool(la.id_auth):
         raise BuildError("launch.id_block and launch.id_auth go together: set both or neither")
-    read = {key: _read_b64(path, f"launch.{key}" if getattr(l, key) else key)
+    read = {key: _read_b64(path, f"launch.{key}" if getattr(la, key) else key)
             for key, path in identity_files(cfg, paths).items()}
-    return qemu.SnpOptions(cbitpos=l.cbitpos, reduced_phys_bits=l.reduced_phys_bits, **read)
+    return qemu.SnpOptions(cbitpos=la.cbitpos, reduced_phys_bits=la.reduced_phys_bits, **read)
 
 
 def render(vm: qemu.VmDefinition, *, image: Path, hash_tree: Path, console: Path,
@@ -86,11 +87,12 @@ def render(vm: qemu.VmDefinition, *, image: Path, hash_tree: Path, console: Path
 def write(cfg: Config, paths: Paths) -> None:
     """The libvirt_xml stage: domain.xml (SNP) and domain-emulated.xml."""
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(paths.vm_config))
-    common = dict(image=paths.verity_image, hash_tree=paths.hash_tree,
-                  console=paths.guest_dir / "libvirt-console.log",
-                  machine=cfg.launch.machine, vm_config=paths.vm_config)
-    write_text(paths.domain_xml, render(vm, snp=snp_options(cfg, paths), **common))
-    write_text(paths.domain_emulated_xml, render(vm, snp=None, **common))
+    def domain(snp: qemu.SnpOptions | None) -> str:
+        return render(vm, image=paths.verity_image, hash_tree=paths.hash_tree,
+                      console=paths.guest_dir / "libvirt-console.log",
+                      machine=cfg.launch.machine, snp=snp, vm_config=paths.vm_config)
+    write_text(paths.domain_xml, domain(launch_security(cfg, paths)))
+    write_text(paths.domain_emulated_xml, domain(None))
     print(f"libvirt_xml: {paths.domain_xml} (SEV-SNP), {paths.domain_emulated_xml} "
           f"(emulated, NOT CONFIDENTIAL)", file=sys.stderr)
 

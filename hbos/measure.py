@@ -145,7 +145,8 @@ def inputs_from_files(kernel: Path, initrd: Path | None, cmdline: str, *, vcpus:
 # ------------------------------------------------------- measurement.json
 
 
-def inputs_record(inputs: LaunchInputs, firmware: Firmware, expected: str | None) -> dict[str, Any]:
+def inputs_record(inputs: LaunchInputs, firmware: Firmware | _NoFirmware,
+                  expected: str | None) -> dict[str, Any]:
     """The original tool's inputs.json fields (Rust enum integers included)."""
     return {
         "kernel": inputs.kernel_sha256,
@@ -334,4 +335,5 @@ def measure_vm_config(vm_config: Path, out: Path, *, source_date_epoch: int | No
 
 
 class _NoFirmware:
-    launch_hash = None
+    """What inputs_record reads of a Firmware, when there is none."""
+    launch_hash: str | None = None

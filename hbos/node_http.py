@@ -1,7 +1,9 @@
-"""How the host reaches the node: port forwards and the post-start body.
+"""How the host reaches the node: port forwards, the post-start body, and the
+HTTP calls (health, post-start POST and its follow-ups).
 
-Pure functions of config.yaml and measurement.json (issue 15 hashes the
-post-start body, so it must be rendered here and nowhere else).
+The forwards and the body are pure functions of config.yaml and measurement.json
+(HOST_DATA hashes the post-start body, so it is rendered here and nowhere else);
+the HTTP calls at the end go to this host's forwarded port, never through a proxy.
 
 Forwards (hb-os launch.sh: `hostfwd=tcp:0.0.0.0:${HB_PORT}-:10000` with
 HB_PORT=80, and `hostfwd=tcp:0.0.0.0:8734-:8734`):
@@ -27,10 +29,19 @@ volume calls (volume_key, encrypted with the node's public key) are not made.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any
 
 from hbos import qemu
+from hbos.errors import LaunchError
+
+if TYPE_CHECKING:
+    from hbos.launch import StartOptions
+
+HEALTH_PATH = "/~meta@1.0/info"
 
 TRUSTED_KEYS = ("kernel", "initrd", "append", "firmware", "vcpus", "vcpu_type", "vmm_type",
                 "guest_features")
@@ -139,3 +150,65 @@ def follow_up_calls(body: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     if "green_zone_required_config" in body:
         calls.append(("/~greenzone@1.0/init", {}))
     return calls
+
+
+def post_start_for(cfg, record: dict[str, Any], options: StartOptions) -> dict[str, Any] | None:
+    """The body start sends after boot, or None when it sends none (post_start.auto
+    false or --no-auto; HOST_DATA then covers what the guest needs)."""
+    if not cfg.post_start.auto or options.no_auto:
+        return None
+    return post_start_body(record, cfg.post_start.settings, self_url(cfg, options.self_url),
+                           options.peer_url)
+
+
+# ----------------------------------------------------------------- HTTP to the node
+
+
+# The node is on this host's forwarded port: never through an http_proxy.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def health_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}{HEALTH_PATH}"
+
+
+def probe_health(port: int, timeout: float = 3.0) -> tuple[bool, str]:
+    """One GET of the health endpoint: (HTTP 200?, what happened in words)."""
+    try:
+        with _LOCAL.open(health_url(port), timeout=timeout) as resp:
+            return resp.status == 200, f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        # slirp accepts the host side before the guest listens: a timeout is "no answer"
+        return False, "no answer" if isinstance(reason, TimeoutError) or \
+            "timed out" in str(reason) else str(reason)
+
+
+def send_post_start(port: int, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(health_url(port), data=json.dumps(body).encode(),
+                                 method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          "codec-device": "json@1.0"})
+    try:
+        with _LOCAL.open(req, timeout=30) as resp:
+            reply: dict[str, Any] = json.loads(resp.read() or b"{}")
+            return reply
+    except urllib.error.HTTPError as exc:
+        raise LaunchError(f"the node refused the post-start configuration: HTTP {exc.code} "
+                          f"{exc.read()[:200].decode(errors='replace')}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise LaunchError(f"sending the post-start configuration failed: {exc}") from None
+
+
+def follow_up(port: int, path: str, headers: dict[str, str]) -> str:
+    """One post-start follow-up GET; its status in words (never fatal, as hb-os)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with _LOCAL.open(req, timeout=60) as resp:
+            return f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.read()[:200].decode(errors='replace')} (warning)"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"failed: {exc} (warning)"

@@ -206,7 +206,7 @@ def materials(cfg, paths) -> list[dict[str, Any]]:
         out.append({"name": "content", "digest": {"sha256": sha256_file(paths.content_manifest)},
                     "annotations": {"source": content.get("source"),
                                     "refs": content.get("refs", {})}})
-    tool = {"name": "hbos", "annotations": {"version": __version__}}
+    tool: dict[str, Any] = {"name": "hbos", "annotations": {"version": __version__}}
     git = _git_commit(project_root())
     if git:
         tool["digest"] = {"gitCommit": git["gitCommit"]}

@@ -228,7 +228,7 @@ def launch_inputs(root: Path, vm: dict[str, Any]) -> LaunchInputs:
                              vmm_type=vm.get("vmm_type", "QEMU"))
 
 
-def check_measurement(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
+def check_release_record(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
                       firmware: Firmware, expected: str) -> None:
     """measurement.json must describe these files and this VM, and promise `expected`."""
     path = root / MEASUREMENT
@@ -250,7 +250,9 @@ def check_measurement(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
               "expected_hash": ((data.get("expected_hash") or "").lower(), expected)}
     # Not in the digest but in the attestation report (policy, ids, TCB): the
     # VM definition must launch what measurement.json records.
-    recorded_vm = data.get("vm") if isinstance(data.get("vm"), dict) else {}
+    recorded_vm = data.get("vm")
+    if not isinstance(recorded_vm, dict):
+        recorded_vm = {}
     for key, value in recorded_vm.items():
         fields[f"vm.{key}"] = (value, vm.get(key))
     fields["debug"] = (bool(data.get("debug", False)), bool(vm.get("debug", False)))
@@ -294,7 +296,7 @@ def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
             "launch digest mismatch: the release's kernel, initrd, firmware and vm-config give\n"
             f"  {digest}\n  but the manifest expects\n  {manifest.launch_digest}",
             hint="an input was altered (and the manifest edited to hide it); refusing this release")
-    check_measurement(root, vm, inputs, firmware, digest)
+    check_release_record(root, vm, inputs, firmware, digest)
     check_reference_values(root)
     if pinned and digest != pinned.lower():
         raise ReleaseError(f"launch digest {digest} is not the pinned release.launch_digest "

@@ -100,7 +100,8 @@ IDENTITY_FIELDS = ("host_data", "node_configuration", "id_key_digest", "author_k
 
 def release_measurement(root: Path, source_date_epoch: int, built: dict | None = None) -> dict:
     """measurement.json of the release's own files, with release-relative paths."""
-    carried = {k: built[k] for k in IDENTITY_FIELDS if k in (built or {})}
+    given = built or {}
+    carried = {k: given[k] for k in IDENTITY_FIELDS if k in given}
     record = measure_vm_config(root / release.VM_CONFIG, root / release.MEASUREMENT,
                                source_date_epoch=source_date_epoch,
                                extra=lambda rec: carried)

@@ -151,7 +151,8 @@ def parse_tcb(text: str) -> Tcb:
             return Tcb.from_bytes(raw.to_bytes(8, "little"))
         except (ValueError, OverflowError):
             raise AttestationError(f"bad TCB {text!r}",
-                                   hint="write bl=N,tee=N,snp=N,ucode=N or a raw 64-bit value")
+                                   hint="write bl=N,tee=N,snp=N,ucode=N or a raw 64-bit value"
+                                   ) from None
     values: dict[str, int] = {"bootloader": 0, "tee": 0, "snp": 0, "microcode": 0}
     for part in text.replace(" ", "").split(","):
         key, _, value = part.partition("=")
@@ -354,7 +355,7 @@ def _json_tcb(value: Any, key: str, off: int, source: str) -> bytes:
     if unknown:
         raise AttestationError(f"{source}: '{key}' has unknown field(s) {sorted(unknown)}")
     out = bytearray(8)
-    comps = {k: value.get(k)
+    comps: dict[str, Any] = {k: value.get(k)
              for k in ("fmc", "bootloader", "boot_loader", "tee", "snp", "microcode")}
     bl = comps["bootloader"] if comps["bootloader"] is not None else comps["boot_loader"]
     for name, v in (("bootloader", bl), ("tee", comps["tee"]), ("snp", comps["snp"]),

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
 
-from hbos import kernel, run, templates, tools
+from hbos import kernel, run, templates, tools, tree as htree
 from hbos.config import Config
-from hbos.errors import BuildError, CommandFailed, DownloadError
+from hbos.errors import BuildError, DownloadError
 from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
 from hbos.paths import Paths
 
@@ -136,7 +137,7 @@ def extract(tar: Path, dest: Path, log: Path | None = None) -> None:
 def extracted_tree(paths: Paths, log: Path | None = None) -> Path:
     """rootfs.tar extracted once (per its sha256) under build/base, for cloning.
 
-    Image stages hard-link-clone it (clone_tree) instead of unpacking the
+    Image stages hard-link-clone it (tree.clone) instead of unpacking the
     tarball every time; nothing ever writes into it after extraction.
     """
     key = manifest(paths)["sha256"][:16]
@@ -150,23 +151,6 @@ def extracted_tree(paths: Paths, log: Path | None = None) -> Path:
         extract(paths.base_rootfs, tmp, log=log)
     done.write_text(f"{manifest(paths)['sha256']}\n")
     return tree
-
-
-def clone_argv(src: Path, dest: Path, link: bool = True) -> list[str]:
-    """cp recreating src's contents in dest: owners, modes, times, symlinks kept;
-    regular files hard-linked (no data copied) unless link=False."""
-    return ["cp", "-a", *(["--link"] if link else []), f"{src}/.", str(dest)]
-
-
-def clone_tree(src: Path, dest: Path, log: Path | None = None) -> None:
-    """Recreate src at dest as hard links (a copy if src is on another filesystem)."""
-    dest.mkdir(parents=True)
-    try:
-        run.run(clone_argv(src, dest), log=log, quiet=True)
-    except CommandFailed:
-        shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        run.run(clone_argv(src, dest, link=False), log=log, quiet=True)
 
 
 # ----------------------------------------------- kernel modules into a tree
@@ -192,9 +176,8 @@ def add_kernel_modules(paths: Paths, tree: Path) -> str:
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # build/source point at headers that are not installed: leave them out
-    shutil.copytree(src.resolve(), dest, symlinks=True, copy_function=link_or_copy,
-                    ignore=lambda d, names: [n for n in names if n in ("build", "source")
-                                             and os.path.islink(os.path.join(d, n))])
+    htree.copy(src.resolve(), dest, link=True, what="kernel modules",
+               skip=lambda rel, st: rel in ("build", "source") and stat.S_ISLNK(st.st_mode))
     return version
 
 
@@ -203,45 +186,15 @@ def modules_record(tree: Path, version: str) -> dict:
     how compressed (Debian trixie: .ko.xz, loaded by udev/kmod in the guest)."""
     dest = modules_dir(tree) / version
     suffixes: dict[str, int] = {}
-    for dirpath, _dirs, filenames in os.walk(dest):
-        for name in filenames:
-            if ".ko" in name:
-                kind = name[name.index(".ko"):]
-                suffixes[kind] = suffixes.get(kind, 0) + 1
+    for full, _rel, st in htree.walk(dest):
+        name = os.path.basename(full)
+        if ".ko" in name and not stat.S_ISDIR(st.st_mode):
+            kind = name[name.index(".ko"):]
+            suffixes[kind] = suffixes.get(kind, 0) + 1
     return {"version": version, "path": dest.relative_to(tree).as_posix(),
             "files": dict(sorted(suffixes.items())),
             "has_sev_guest": any(dest.rglob("sev-guest.ko*")),
             "has_tsm": any(dest.rglob("tsm.ko*"))}
-
-
-def link_or_copy(src, dest) -> None:
-    """Hard-link a build artifact into an image tree (no data copied), else copy.
-
-    Only for files the build never edits in place; mkfs reads them, and the
-    tree's mtime normalization sets the same time on the shared inode.
-    """
-    try:
-        os.link(src, dest, follow_symlinks=False)
-    except OSError:
-        shutil.copy2(src, dest, follow_symlinks=False)
-
-
-def normalize_mtimes(tree: Path, epoch: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            os.utime(os.path.join(dirpath, name), (epoch, epoch), follow_symlinks=False)
-    os.utime(tree, (epoch, epoch))
-
-
-def tree_size(tree: Path) -> int:
-    """Bytes used by regular files plus a block per entry (for sizing ext4)."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(tree):
-        total += 4096 * (len(dirnames) + len(filenames))
-        for name in filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            total += st.st_size
-    return total
 
 
 def ext4_size(tree_bytes: int) -> int:
@@ -282,15 +235,15 @@ def build_image(cfg: Config, paths: Paths) -> None:
     paths.guest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.guest_dir, prefix=".base-") as tmpdir:
         tree = Path(tmpdir) / "tree"
-        clone_tree(extracted_tree(paths, log=log), tree, log=log)
+        htree.clone(extracted_tree(paths, log=log), tree, log=log)
         add_kernel_modules(paths, tree)
         for rel, text in serial_login_files().items():
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)
             (tree / rel).write_text(text)
-        normalize_mtimes(tree, cfg.source_date_epoch)
+        htree.normalize_mtimes(tree, cfg.source_date_epoch)
         raw = Path(tmpdir) / "base.raw"
         uuid = "6862f5e6-8a3c-4b1e-9d3e-000000000001"  # fixed: debug disk, not measured
-        run.run(mkfs_ext4_argv(tree, raw, uuid, ext4_size(tree_size(tree))),
+        run.run(mkfs_ext4_argv(tree, raw, uuid, ext4_size(htree.size(tree))),
                 env={"E2FSPROGS_FAKE_TIME": str(cfg.source_date_epoch)}, log=log)
         with atomic_path(paths.base_image) as tmp:
             run.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, tmp], log=log)

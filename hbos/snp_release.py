@@ -13,7 +13,7 @@ from typing import Any
 
 from hbos import archive, fetch
 from hbos.config import Config
-from hbos.errors import ConfigError, BuildError
+from hbos.errors import BuildError, ConfigError
 from hbos.fsutil import read_json, sha256_file, write_json
 from hbos.paths import Paths
 

@@ -27,9 +27,9 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
-from hbos import kernel, rootfs, run, templates, tools
+from hbos import kernel, rootfs, run, templates, tools, tree as htree
 from hbos.config import Config
 from hbos.errors import BuildError
 from hbos.fsutil import sha256_file, write_json
@@ -98,18 +98,16 @@ def check_content_tree(root: Path, name_max: int = NAME_MAX) -> None:
     """Refuse entries an image cannot or must not hold, naming the path."""
     if not root.is_dir():
         raise BuildError(f"content tree {root} does not exist", hint="run: doit content")
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            if len(os.fsencode(name)) > name_max:
-                raise BuildError(f"content tree: name longer than {name_max} bytes: {rel}")
-            if len(os.fsencode(rel)) + 1 > PATH_MAX:
-                raise BuildError(f"content tree: path longer than {PATH_MAX} bytes: {rel}")
-            mode = os.lstat(full).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-                raise BuildError(f"content tree: {rel} is a device node, fifo or socket",
-                                 hint="a guest image holds regular files, directories and symlinks")
+    for full, rel, st in htree.walk(root):
+        name = os.path.basename(full)
+        if len(os.fsencode(name)) > name_max:
+            raise BuildError(f"content tree: name longer than {name_max} bytes: {rel}")
+        if len(os.fsencode(rel)) + 1 > PATH_MAX:
+            raise BuildError(f"content tree: path longer than {PATH_MAX} bytes: {rel}")
+        mode = st.st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            raise BuildError(f"content tree: {rel} is a device node, fifo or socket",
+                             hint="a guest image holds regular files, directories and symlinks")
 
 
 MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -146,31 +144,26 @@ def overlay(src: Path, tree: Path) -> int:
     copied otherwise.
     """
     count = 0
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            s = Path(dirpath) / name
-            rel = s.relative_to(src).as_posix()
-            d = safe_dest(tree, rel)
-            st = os.lstat(s)
-            if stat.S_ISDIR(st.st_mode):
-                if d.is_symlink() or (d.exists() and not d.is_dir()):
-                    raise BuildError(f"content directory {rel} would replace a "
-                                     f"non-directory of the base root")
-                d.mkdir(exist_ok=True)
-                os.chmod(d, stat.S_IMODE(st.st_mode))
+    for s, rel, st in htree.walk(src):
+        d = safe_dest(tree, rel)
+        if stat.S_ISDIR(st.st_mode):
+            if d.is_symlink() or (d.exists() and not d.is_dir()):
+                raise BuildError(f"content directory {rel} would replace a "
+                                 f"non-directory of the base root")
+            d.mkdir(exist_ok=True)
+            os.chmod(d, stat.S_IMODE(st.st_mode))
+        else:
+            if d.is_symlink() or d.is_file():
+                d.unlink()
+            elif d.is_dir():
+                raise BuildError(f"content file {rel} would replace a directory of the base root")
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(s), d)
             else:
-                if d.is_symlink() or d.is_file():
-                    d.unlink()
-                elif d.is_dir():
-                    raise BuildError(f"content file {rel} would replace a directory of the base root")
-                if stat.S_ISLNK(st.st_mode):
-                    os.symlink(os.readlink(s), d)
-                else:
-                    rootfs.link_or_copy(s, d)
-                    os.chmod(d, stat.S_IMODE(st.st_mode))
-                count += 1
-            os.lchown(d, st.st_uid, st.st_gid)
+                htree.link_or_copy(s, d)
+                os.chmod(d, stat.S_IMODE(st.st_mode))
+            count += 1
+        os.lchown(d, st.st_uid, st.st_gid)
     return count
 
 
@@ -268,13 +261,13 @@ def assemble(cfg: Config, paths: Paths, tree: Path, content_tree: Path | None,
     went where of the kernel's modules (rootfs.modules_record)."""
     step = steps or Steps()
     base = step("extract", rootfs.extracted_tree, paths, log=log)
-    step("clone", rootfs.clone_tree, base, tree, log=log)
+    step("clone", htree.clone, base, tree, log=log)
     version = step("modules", rootfs.add_kernel_modules, paths, tree)
     modules = rootfs.modules_record(tree, version)
     if content_tree is not None:
         step("content", overlay, content_tree, tree)
     write_system_files(tree, system_files(cfg))
-    step("mtimes", rootfs.normalize_mtimes, tree, cfg.source_date_epoch)
+    step("mtimes", htree.normalize_mtimes, tree, cfg.source_date_epoch)
     return modules
 
 
@@ -286,7 +279,7 @@ def make_filesystem(cfg: Config, tree: Path, image: Path, fs_uuid: str,
                                 cfg.image.erofs_compression), log=log)
     else:
         tools.require("mkfs.ext4")
-        size = rootfs.ext4_size(rootfs.tree_size(tree))
+        size = rootfs.ext4_size(htree.size(tree))
         run.run(rootfs.mkfs_ext4_argv(tree, image, fs_uuid, size),
                 env={"E2FSPROGS_FAKE_TIME": str(cfg.source_date_epoch)}, log=log)
     size = image.stat().st_size
@@ -337,6 +330,7 @@ def build(cfg: Config, paths: Paths, content_tree: Path | None = None,
             roothash = format_hash_tree(image, hashes, ids, log=log, steps=step)
         finally:
             step("cleanup (after verify)", cleanup.join)
+        record: dict[str, Any]
         record = {"roothash": roothash, **ids, "inputs": ins,
                   "filesystem": cfg.image.filesystem,
                   "kernel_modules": {**modules, "note": "the kernel's full module tree as "

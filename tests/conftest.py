@@ -266,6 +266,7 @@ def kill_qemu(run_dir: Path) -> None:
     """Test teardown: SIGKILL the QEMU whose pidfile is in run_dir, and reap it."""
     import signal
     import time
+
     from hbos import launch, qemu
     files = qemu.RunFiles(run_dir)
     pid = launch.read_pid(files.pidfile)

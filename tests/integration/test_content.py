@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import content, fsutil
+from hbos import config as hconfig, content, fsutil, tree as htree
 from hbos.errors import BuildError, UnsafeArchive
 from hbos.paths import Paths
 from tests import docker_stub
@@ -104,7 +103,7 @@ def test_sample_through_doit_and_manifest_changes_exactly_with_content(tmp_path)
     assert ran(proc) and "manifest updated" in proc.stdout
     changed = fsutil.read_json(manifest)
     assert changed != json.loads(first)
-    assert changed["files"] == fsutil.tree_manifest(p.paths.content_tree)
+    assert changed["files"] == htree.manifest(p.paths.content_tree)
     unit = (p.paths.content_tree / "etc/systemd/system/sample-node.service").read_text()
     assert "--port 10001" in unit
 
@@ -123,7 +122,7 @@ def _wait_http(url: str, proc, timeout: float = 30):
                 return resp.status, resp.read()
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"sample node did not answer: {proc.stdout.read()!r}")
+                raise AssertionError(f"sample node did not answer: {proc.stdout.read()!r}") from None
             time.sleep(0.1)
 
 
@@ -216,7 +215,7 @@ def test_sample_node_speaks_enough_http(sample_tree):
 
 
 def test_sample_node_accepts_the_launchers_post_start_configuration(sample_tree):
-    from hbos import launch
+    from hbos import node_http
     port = _free_port()
     proc = _run_unit_command(sample_tree, port, ["/usr/bin/python3"])
     try:
@@ -224,9 +223,8 @@ def test_sample_node_accepts_the_launchers_post_start_configuration(sample_tree)
         record = {"kernel": "aa" * 48, "initrd": "bb" * 48, "append": "cc" * 48,
                   "firmware": "dd" * 48, "vcpus": 1, "vcpu_type": "EPYC-v4",
                   "vmm_type": "QEMU", "guest_features": 1, "expected_hash": "ee" * 48}
-        options = launch.StartOptions(self_url=f"http://127.0.0.1:{port}")
-        body = launch.post_start_config(record, options)
-        answer = launch.send_post_start(port, body)
+        body = node_http.post_start_body(record, (), f"http://127.0.0.1:{port}")
+        answer = node_http.send_post_start(port, body)
         assert answer["ok"] is True and answer["config"] == body
         _, info = _wait_http(f"http://127.0.0.1:{port}/~meta@1.0/info", proc)
         assert json.loads(info)["config"]["snp_trusted"] == body["snp_trusted"]

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import content, fsutil
+from hbos import config as hconfig, content, fsutil
 from hbos.errors import BuildError
 from hbos.paths import Paths
 from tests.conftest import ROOT, missing_prerequisite, rootfs_cache_key

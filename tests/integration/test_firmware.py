@@ -93,6 +93,7 @@ def test_measures_a_guest_with_the_built_firmware(firmware_build, kernel_build, 
     """hbos.measure and sev-snp-measure's own entry point agree on the digest."""
     from sevsnpmeasure import guest, vcpu_types
     from sevsnpmeasure.sev_mode import SevMode
+
     from hbos import measure
     _, paths, _ = firmware_build
     _, kpaths = kernel_build

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import content, fsutil, hb_release, launch, node_http
+from hbos import config as hconfig, content, hb_release, node_http, tree as htree
 from hbos.paths import Paths
 from tests.conftest import missing_prerequisite
 
@@ -85,7 +84,7 @@ def _epmd_pids() -> set[int]:
 
 
 def _request(port: int, method: str = "GET", body: dict | None = None,
-             path: str = launch.HEALTH_PATH) -> tuple[int, dict]:
+             path: str = node_http.HEALTH_PATH) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
     try:
@@ -103,12 +102,12 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     cfg = hconfig.load(overlay=_overlay(tmp_path, f"ports: {{hyperbeam: {port}}}\n"),
                        profile="local")
     opt = tmp_path / "opt" / "hyperbeam"
-    content.copy_tree(paths.hb_release_tree, opt)
+    htree.copy(paths.hb_release_tree, opt)
     (opt / "config.flat").write_text(content.render_config_flat(cfg))
     state = tmp_path / "var" / "lib" / "hyperbeam"
     (state / "cache-mainnet").mkdir(parents=True)
     os.symlink(state / "cache-mainnet", opt / "cache-mainnet")
-    before = fsutil.tree_manifest(opt)
+    before = htree.manifest(opt)
     # exactly the unit's environment, its guest paths mapped into tmp_path
     where = {"/var/lib/hyperbeam": str(state), "/opt/hyperbeam": str(opt),
              "/run/hyperbeam": str(tmp_path / "run")}
@@ -123,7 +122,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     try:
         deadline = time.monotonic() + 60
         while True:
-            ok, _ = launch.probe_health(port)
+            ok, _ = node_http.probe_health(port)
             if ok:
                 break
             assert proc.poll() is None, (tmp_path / "hb.log").read_text()
@@ -141,7 +140,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         record = {k: f"v-{k}" for k in node_http.TRUSTED_KEYS} | {"expected_hash": "x"}
         body = node_http.post_start_body(record, cfg.post_start.settings,
                                          node_http.self_url(cfg))
-        reply = launch.send_post_start(port, body)
+        reply = node_http.send_post_start(port, body)
         assert reply["history-length"] == 1
         code, info = _request(port)
         assert info["initialized"] == "permanent" and info["operator"] == "trustless"
@@ -149,14 +148,14 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         # ... after which the node message is permanent: changes are refused (4xx)
         code, answer = _request(port, "POST", {"operator": "unclaimed"})
         assert code == 400 and "permanent" in answer["body"]
-        code, _ = _request(port, "GET", path=launch.HEALTH_PATH + "/operator")
+        code, _ = _request(port, "GET", path=node_http.HEALTH_PATH + "/operator")
         assert code == 200
         # Erlang distribution and epmd on loopback only; HTTP on every interface
         for addr, owner in _listeners({proc.pid, *_descendants(proc.pid)},
                                       _epmd_pids() - epmd_before):
             assert addr in ("127.0.0.1", "::1") or owner == f"http:{port}", (addr, owner)
         # a follow-up call this node does not serve is a warning, not an error
-        said = launch.follow_up(port, "/~greenzone@1.0/init", {})
+        said = node_http.follow_up(port, "/~greenzone@1.0/init", {})
         assert said.startswith("HTTP 404") and said.endswith("(warning)")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -168,7 +167,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     stored = sorted(p.name for p in (state / "cache-mainnet").iterdir())
     assert stored == ["boots", "node-message-1.json"]
     assert (state / "hyperbeam-key.json").stat().st_mode & 0o777 == 0o600
-    assert fsutil.tree_manifest(opt) == before
+    assert htree.manifest(opt) == before
 
 
 def unit_environment(unit: str, where: dict[str, str]) -> dict[str, str]:

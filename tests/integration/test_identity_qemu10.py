@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from hbos import idblock, identity, launch, measure, qemu, vmconfig
+from hbos import idblock, identity, launch, launch_plan, measure, qemu, vmconfig
 from tests.release_fixtures import make_build
 
 trixie = pytest.importorskip(
@@ -45,9 +45,9 @@ def snp_argv(trixie_root, amdsev_ovmf, tmp_path_factory):
                                        "snp")
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(paths.verity_image, paths.hash_tree),
-        run=qemu.RunFiles(paths.run_dir), host=launch.host_facts(wrapper), mode="snp",
+        run=qemu.RunFiles(paths.run_dir), host=launch_plan.host_facts(wrapper), mode="snp",
         accel="kvm", forwards=(qemu.Forward(10000, 10000),),
-        snp=launch.snp_options(cfg, generated))
+        snp=launch_plan.snp_options(cfg, generated))
     assert spec.host.version[0] == 10
     return qemu.command_line(spec), paths, record, cfg
 

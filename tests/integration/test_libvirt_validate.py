@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from hbos import qemu
 from tests.trixie_root import run as chroot_run, trixie_root  # noqa: F401 (fixture)
 from tests.unit.test_libvirt import HOST_DATA, ID_AUTH, ID_BLOCK, render
-
-from hbos import qemu
 
 pytestmark = [pytest.mark.integration]
 
@@ -30,7 +29,7 @@ def _validate(root: Path, xml: Path):
                                                host_data=HOST_DATA)),
     ("emulated", None),
 ])
-def test_domain_xml_validates(trixie_root, tmp_path, name, snp):
+def test_domain_xml_validates(trixie_root, tmp_path, name, snp):  # noqa: F811 (fixture)
     xml = tmp_path / f"{name}.xml"
     xml.write_text(render(snp))
     proc = _validate(trixie_root, xml)
@@ -38,7 +37,7 @@ def test_domain_xml_validates(trixie_root, tmp_path, name, snp):
         proc.stdout + proc.stderr
 
 
-def test_validator_rejects_a_broken_launch_security(trixie_root, tmp_path):
+def test_validator_rejects_a_broken_launch_security(trixie_root, tmp_path):  # noqa: F811 (fixture)
     """The check can fail: a policy that is not hex is refused by the schema."""
     xml = tmp_path / "bad.xml"
     xml.write_text(render(qemu.SnpOptions(cbitpos=51)).replace(

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import fsutil, hb_release, launch, node_http, qemu
+from hbos import config as hconfig, fsutil, hb_release, launch, node_http, qemu
 from hbos.paths import Paths
 from tests.conftest import (
     doit,
@@ -39,7 +38,7 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def _request(port: int, method: str = "GET", body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(launch.health_url(port), data=data, method=method)
+    req = urllib.request.Request(node_http.health_url(port), data=data, method=method)
     try:
         with NO_PROXY.open(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())

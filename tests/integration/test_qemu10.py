@@ -25,7 +25,7 @@ import subprocess
 
 import pytest
 
-from hbos import launch, qemu
+from hbos import node_http, qemu
 from tests.conftest import GuestBuild, doit, kill_qemu, link_base_rootfs, write_overlay
 from tests.trixie_root import run as chroot_run, trixie_root, wrapper  # noqa: F401 (fixture)
 
@@ -58,7 +58,7 @@ def local_guest(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory) ->
 
 
 @pytest.fixture(scope="module")
-def qemu10(trixie_root, local_guest, amdsev_ovmf, tmp_path_factory):
+def qemu10(trixie_root, local_guest, amdsev_ovmf, tmp_path_factory):  # noqa: F811 (fixture)
     """A qemu-system-x86_64 wrapper running trixie's QEMU 10 with the guest's
     build dir and the firmware vector visible at their own paths."""
     out = tmp_path_factory.mktemp("qemu10") / "qemu-system-x86_64"
@@ -67,7 +67,7 @@ def qemu10(trixie_root, local_guest, amdsev_ovmf, tmp_path_factory):
 
 def _snp_line(guest, qemu10, *extra: str) -> list[str]:
     proc = guest.doit("start", "--dry-run", "--mode", "snp", "--qemu", str(qemu10), *extra)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("qemu: ")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("qemu: ")]
     assert len(lines) == 1, proc.stdout
     assert "mode: snp" in proc.stdout and "upstream SNP syntax" in proc.stdout, proc.stdout
     return shlex.split(lines[0][len("qemu: "):])
@@ -109,7 +109,7 @@ def test_snp_line_with_id_block_auth_and_host_data_parses_up_to_kvm(local_guest,
                      f"host_data: {d / 'host_data.b64'}, "))
     proc = doit(["start", "--dry-run", "--mode", "snp", "--qemu", str(qemu10), "profile=local",
                  f"config={overlay}"])
-    line = [l for l in proc.stdout.splitlines() if l.startswith("qemu: ")][0]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("qemu: ")][0]
     argv = shlex.split(line[len("qemu: "):])
     obj = next(a for a in argv if a.startswith("sev-snp-guest,"))
     assert "id-block=" in obj and "id-auth=" in obj and "author-key-enabled=on" in obj
@@ -152,6 +152,6 @@ def test_emulated_boot_with_epyc_v4_reaches_healthy(local_guest, qemu10):
         assert argv and argv[argv.index("-cpu") + 1] == "EPYC-v4", proc.stderr[-3000:]
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"QEMU {qemu10} 10." in proc.stderr
-        assert launch.probe_health(port)[0]
+        assert node_http.probe_health(port)[0]
     finally:
         kill_qemu(run.directory)

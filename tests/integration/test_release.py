@@ -397,12 +397,12 @@ def test_installed_release_passes_the_launchers_measurement_check(installed):
 def test_start_release_goes_through_the_real_start_vm(installed):
     # snp: required on a host without SNP: start_vm runs its checks on the
     # release's files and stops at the mode decision, booting nothing
-    from hbos import launch
+    from hbos import launch, launch_plan
     from hbos.errors import LaunchError
     cfg, paths, root = installed
     # The assertion below is about the refusal on a host without SNP (this one
     # and CI); on a real SNP host the launch would go ahead instead.
-    if launch.snp_host_ready()[0]:
+    if launch_plan.snp_host_ready()[0]:
         pytest.skip("this host can run SNP guests; the test expects it cannot")
     cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, snp="required"))
     with pytest.raises(LaunchError) as exc:
@@ -445,7 +445,7 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     the real default kernel and a busybox initramfs serving the health
     endpoint; image and hash tree are placeholders it never reads.
     """
-    from hbos import config as hconfig, launch, measure, qemu, vmconfig
+    from hbos import config as hconfig, launch, measure, node_http, qemu, vmconfig
     from hbos.paths import Paths
     from tests.integration.test_start import free_port, make_initramfs
 
@@ -489,7 +489,7 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     files = qemu.RunFiles(paths2.run_dir)
     try:
         release.start_release(cfg2, paths2, launch.options_from_params())
-        ok, why = launch.probe_health(port)
+        ok, why = node_http.probe_health(port)
         assert ok, why
         argv = json.loads(files.state.read_text())["argv"]
         assert any(str(root / release.KERNEL) in a for a in argv), argv

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, launch, measure, qemu, vmconfig
+from hbos import config as hconfig, launch, launch_plan, measure, node_http, qemu, vmconfig
 from hbos.errors import LaunchError
 from hbos.paths import Paths
 from tests.conftest import ROOT, doit, kill_qemu, missing_prerequisite
@@ -165,7 +165,7 @@ def test_start_healthy_status_stop(guest):
     files = qemu.RunFiles(guest.paths.run_dir)
     pid = launch.running_pid(files)
     assert pid is not None
-    ok, why = launch.probe_health(guest.port)
+    ok, why = node_http.probe_health(guest.port)
     assert ok, why
     state = launch._state(files)
     assert state["mode"] == "emulated" and state["accel"] == "tcg"
@@ -193,7 +193,7 @@ def test_disk_order_and_data_disk(guest, tmp_path):
     guest.start(data_disk=data)
     import json
     import urllib.request
-    with urllib.request.urlopen(launch.health_url(guest.port), timeout=10) as resp:
+    with urllib.request.urlopen(node_http.health_url(guest.port), timeout=10) as resp:
         info = json.loads(resp.read())
     assert info["disks"] == "vda:8:1 vdb:16:1 vdc:24:0"
     launch.stop_vm(guest.paths, timeout=3)   # a data disk: ACPI power-down first
@@ -231,10 +231,10 @@ def test_tampered_initrd_refused_before_qemu(guest):
 
 def test_kvm_probe_answers(guest, kernel_build):
     """accel auto's probe gives a verdict in bounded time (on this machine: False, TCG)."""
-    facts = launch.host_facts(Path(shutil.which("qemu-system-x86_64")))
+    facts = launch_plan.host_facts(Path(shutil.which("qemu-system-x86_64")))
     model, _ = qemu.cpu_model("emulated", "EPYC-v4", facts.cpu_models)
     t0 = time.monotonic()
-    ok, why = launch.probe_kvm(facts, model, kernel_build[1].vmlinuz, guest.build, 20)
+    ok, why = launch.kvm_boots_guest(facts, model, kernel_build[1].vmlinuz, guest.build, 20)
     assert time.monotonic() - t0 < 60
     assert isinstance(ok, bool) and why
 
@@ -250,15 +250,15 @@ def test_post_start_config_accepted_by_sample_node(tmp_path):
                             stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
-            if launch.probe_health(port)[0]:
+            if node_http.probe_health(port)[0]:
                 break
             time.sleep(0.1)
         record = {"kernel": "aa" * 32, "initrd": "bb" * 32, "append": "cc" * 32,
                   "firmware": "dd" * 48, "vcpus": 1, "vcpu_type": 5, "vmm_type": 1,
                   "guest_features": 1, "expected_hash": "ee" * 48}
-        body = launch.post_start_config(record, launch.StartOptions(
-            self_url="http://node.example:10000", peer_url="http://peer.example:10000"))
-        reply = launch.send_post_start(port, body)
+        body = node_http.post_start_body(record, (), "http://node.example:10000",
+                                         "http://peer.example:10000")
+        reply = node_http.send_post_start(port, body)
         assert reply["config"]["snp_trusted"][0]["kernel"] == "aa" * 32
         assert "expected_hash" not in reply["config"]["snp_trusted"][0]
         assert reply["config"]["peer"] == "http://peer.example:10000"
@@ -274,7 +274,7 @@ def test_quickstart_local(tmp_path):
     """`doit start profile=local` from an empty build dir, then status and stop."""
     listing = doit(["list", "profile=local"], check=False).stdout
     needed = ("verity", "initramfs", "base_rootfs", "firmware", "content")
-    absent = [t for t in needed if not any(l.split()[:1] == [t] for l in listing.splitlines())]
+    absent = [t for t in needed if not any(ln.split()[:1] == [t] for ln in listing.splitlines())]
     if absent:
         pytest.skip(f"stages not in the graph yet: {', '.join(absent)}")
     port = free_port()
@@ -286,10 +286,10 @@ def test_quickstart_local(tmp_path):
     try:
         doit(["start", "profile=local", f"config={overlay}", "--self",
               f"http://127.0.0.1:{port}"], timeout=5400)
-        assert launch.probe_health(port)[0]
+        assert node_http.probe_health(port)[0]
         import json
         import urllib.request
-        with urllib.request.urlopen(launch.health_url(port), timeout=10) as resp:
+        with urllib.request.urlopen(node_http.health_url(port), timeout=10) as resp:
             info = json.loads(resp.read())
         # the guest's Erlang release answered, and took the default post-start
         assert info["node"] == "hbos-hb_node" and info["initialized"] == "permanent"

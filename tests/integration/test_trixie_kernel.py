@@ -57,7 +57,7 @@ def test_initramfs_decompresses_modules_reproducibly(kernel_build, tmp_path):
     # what is packed is an ELF module, not an xz stream
     listing = subprocess.run(["sh", "-c", f"zcat {tmp_path / 'a' / 'initramfs.cpio.gz'} | "
                               "cpio -t --quiet"], capture_output=True, text=True, check=True).stdout
-    assert not [l for l in listing.splitlines() if l.endswith(".ko.xz")]
+    assert not [ln for ln in listing.splitlines() if ln.endswith(".ko.xz")]
     tree = tmp_path / "a" / "initramfs"
     for rel, v in src.items():
         data = (tree / rel).read_bytes()

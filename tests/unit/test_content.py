@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
-from hbos import content, docker, fsutil
+from hbos import config as hconfig, content, docker, fsutil, tree as htree
 from hbos.errors import BuildError, ConfigError
 from hbos.paths import Paths
 from tests import docker_stub
@@ -383,12 +382,12 @@ def test_manifest_is_rewritten_only_when_it_differs(tmp_path):
     assert json.loads(target.read_text()) == {"a": 2}
 
 
-def test_dir_fingerprint_notices_a_change(tmp_path):
+def test_tree_fingerprint_notices_a_change(tmp_path):
     (tmp_path / "a").write_text("x")
-    first = content.dir_fingerprint(tmp_path)
-    assert content.dir_fingerprint(tmp_path) == first
+    first = htree.fingerprint(tmp_path)
+    assert htree.fingerprint(tmp_path) == first
     (tmp_path / "a").write_text("xy")
-    assert content.dir_fingerprint(tmp_path) != first
+    assert htree.fingerprint(tmp_path) != first
 
 
 def test_sample_tree_and_mtimes(tmp_path):
@@ -406,7 +405,7 @@ def test_sample_tree_and_mtimes(tmp_path):
     assert manifest["source"] == "sample" and manifest["refs"] == {}
     assert manifest["services"] == ["sample-node"]
     assert manifest["sample_build"] == content.sample_build()
-    assert manifest["files"] == fsutil.tree_manifest(tree)
+    assert manifest["files"] == htree.manifest(tree)
 
 
 # ----------------------------------------------------------------- sample node internals

@@ -10,8 +10,7 @@ import pytest
 from sevsnpmeasure.gctx import GCTX
 
 from hbos import attest, attest_cli, certs, explain, report
-from hbos.measure import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, inputs_record, \
-    launch_digest
+from hbos.measure import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, inputs_record, launch_digest
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config, edk2, firmware
-from hbos.errors import (BuildError, ConfigError, DownloadError, HashMismatch, ToolMissing,
-                         UnsafeArchive)
+from hbos import archive, config, edk2, firmware
+from hbos.errors import BuildError, ConfigError, DownloadError, HashMismatch, ToolMissing, UnsafeArchive
 from hbos.paths import Paths
 
 BODY = b"edk2 orig tarball bytes " * 500
@@ -266,7 +265,7 @@ def test_fix_grub_edits_the_copy_and_stamps_grub_cfg(tmp_path):
     assert (tmp_path / edk2.GRUB_CFG).stat().st_mtime == 1704067200
 
 
-def test_extract_source_skips_absolute_host_symlinks_only(tmp_path):
+def test_edk2_source_extraction_skips_absolute_host_symlinks_only(tmp_path):
     tarball = tmp_path / "o.tar.xz"
     with tarfile.open(tarball, "w:xz") as tar:
         for name, target in (("edk2/X11IncludeHack", "/opt/X11/include"),
@@ -277,14 +276,14 @@ def test_extract_source_skips_absolute_host_symlinks_only(tmp_path):
         info = tarfile.TarInfo("edk2/README")
         info.size = 3
         tar.addfile(info, io.BytesIO(b"hi\n"))
-    skipped = edk2.extract_source(tarball, tmp_path / "out")
+    skipped = archive.extract(tarball, tmp_path / "out", skip_host_symlinks=True)
     assert skipped == ["edk2/X11IncludeHack -> /opt/X11/include"]
     assert not (tmp_path / "out" / "edk2" / "X11IncludeHack").is_symlink()
     assert (tmp_path / "out" / "edk2" / "inner").read_text() == "hi\n"
 
 
 @pytest.mark.parametrize("name,linkname", [("../evil", ""), ("edk2/up", "../../etc")])
-def test_extract_source_refuses_escapes_and_keeps_nothing(tmp_path, name, linkname):
+def test_edk2_source_extraction_refuses_escapes_and_keeps_nothing(tmp_path, name, linkname):
     tarball = tmp_path / "o.tar"
     with tarfile.open(tarball, "w") as tar:
         info = tarfile.TarInfo(name)
@@ -292,5 +291,5 @@ def test_extract_source_refuses_escapes_and_keeps_nothing(tmp_path, name, linkna
             info.type, info.linkname = tarfile.SYMTYPE, linkname
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(UnsafeArchive):
-        edk2.extract_source(tarball, tmp_path / "out")
+        archive.extract(tarball, tmp_path / "out", skip_host_symlinks=True)
     assert not (tmp_path / "out").exists()

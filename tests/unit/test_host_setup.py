@@ -2,8 +2,7 @@
 
 Fixtures built here:
 - fake_release(): an AMDESE/AMDSEV snp-release layout: linux/host/ with a real
-  (tiny) linux-image .deb written by make_deb() (ar archive: debian-binary,
-  control.tar.gz, data.tar.gz, as dpkg-deb lays it out) plus a -dbg .deb that
+  (tiny) linux-image .deb built by make_deb() with `dpkg-deb --build` plus a -dbg .deb that
   must be skipped, linux/guest/, usr/local/bin/qemu-system-x86_64,
   usr/local/share/qemu/OVMF.fd and a symlink, kvm.conf.
 - fake_root(): etc/os-release, var/lib/dpkg/status, proc/sys/kernel/osrelease.
@@ -13,13 +12,12 @@ Fixtures built here:
 
 from __future__ import annotations
 
-import io
-import tarfile
+import shutil
 from pathlib import Path
 
 import pytest
 
-from hbos import host_setup
+from hbos import host_setup, run
 from hbos.errors import HostError
 
 KVER = "6.9.0-rc7-snp-host-05b10142ac6a"
@@ -28,30 +26,17 @@ VERSION = "6.9.0-rc7-g05b10142ac6a-2"
 DEBIAN_OS = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 
 
-def _tar_gz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _ar(members: list[tuple[str, bytes]]) -> bytes:
-    out = [b"!<arch>\n"]
-    for name, data in members:
-        header = (f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}").encode() + b"`\n"
-        out.append(header + data + (b"\n" if len(data) % 2 else b""))
-    return b"".join(out)
-
-
 def make_deb(path: Path, package: str, version: str) -> Path:
-    control = f"Package: {package}\nVersion: {version}\nArchitecture: amd64\n" \
-              f"Description: test\n".encode()
-    path.write_bytes(_ar([("debian-binary", b"2.0\n"),
-                          ("control.tar.gz", _tar_gz({"./control": control})),
-                          ("data.tar.gz", _tar_gz({"./boot/vmlinuz": b"kernel"}))]))
+    """A real (tiny) Debian package, built by dpkg-deb."""
+    root = path.with_name(path.name + ".d")
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(f"Package: {package}\nVersion: {version}\n"
+                                         f"Architecture: amd64\nMaintainer: t <t@t>\n"
+                                         f"Description: test\n")
+    (root / "boot").mkdir()
+    (root / "boot/vmlinuz").write_bytes(b"kernel")
+    run.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, path], quiet=True)
+    shutil.rmtree(root)
     return path
 
 
@@ -110,15 +95,16 @@ def env(tmp_path):
     return fake_release(tmp_path), fake_root(tmp_path)
 
 
-def test_read_deb_from_control_and_filename(tmp_path):
+def test_read_deb_from_control_never_from_the_name(tmp_path):
     deb = make_deb(tmp_path / "x_1_amd64.deb", "linux-image-6.11.0-snp", "6.11.0-1")
     got = host_setup.read_deb(deb)
     assert (got.package, got.version, got.kernel_release) == (
         "linux-image-6.11.0-snp", "6.11.0-1", "6.11.0-snp")
+    assert host_setup.read_deb(deb).package != "x"   # the file name says nothing
     junk = tmp_path / "foo_1%3a2.0-3_amd64.deb"
     junk.write_bytes(b"not a deb")
-    parsed = host_setup.read_deb(junk)
-    assert (parsed.package, parsed.version) == ("foo", "1:2.0-3")
+    with pytest.raises(HostError, match="cannot read the package name and version"):
+        host_setup.read_deb(junk)   # no silent fallback to the file name
 
 
 def test_plan_lists_kernel_and_files(env, capsys):
@@ -230,3 +216,12 @@ def test_release_without_host_kernel(tmp_path):
     (release / "linux/host").mkdir(parents=True)
     with pytest.raises(HostError, match="no host kernel"):
         host_setup.make_plan(release, fake_root(tmp_path))
+
+
+def test_debpkg_fields_single_multiple_and_absent(tmp_path):
+    from hbos import debpkg
+    deb = make_deb(tmp_path / "k.deb", "linux-image-6.11.0-snp", "6.11.0-1")
+    assert debpkg.fields(deb, "Package") == {"Package": "linux-image-6.11.0-snp"}
+    assert debpkg.fields(deb, "Package", "Version", "Depends") == {
+        "Package": "linux-image-6.11.0-snp", "Version": "6.11.0-1"}
+    assert debpkg.fields(deb, "Depends") == {}

@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hbos import (
     archive,
+    config as hconfig,
     fetch,
     limits,
     measure,
@@ -47,7 +47,6 @@ from hbos import (
     release_unpack,
     vmconfig,
 )
-from hbos import config as hconfig
 from hbos.errors import (
     ConfigError,
     DownloadError,
@@ -908,7 +907,7 @@ def test_launch_measurement_random_types_only_launch_error(good_inputs, amdsev_o
     path = d / "measurement.json"
     path.write_text(json.dumps(_with(good_inputs, **changes)))
     try:
-        launch.check_measurement(vm, path)
+        launch.launch_record(vm, path)
     except LaunchError as exc:
         assert "Traceback" not in str(exc)
 
@@ -974,13 +973,13 @@ def test_lock_names_the_holder_and_is_released(tmp_path):
 @pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: _non_utf8(p),
                                   lambda p: _huge(p, 1 << 20), lambda p: None])
 def test_launch_id_block_file_unusable(tmp_path, make):
-    from hbos import launch
+    from hbos import launch_plan
     from hbos.errors import LaunchError
     path = tmp_path / "id_block.b64"
     make(path)
     cfg = hconfig.load(overlay=_overlay(tmp_path, f"launch: {{id_block: {path}}}\n"))
     with pytest.raises(LaunchError) as err:
-        launch._b64_file(cfg, cfg.launch.id_block, "id_block")
+        launch_plan._b64_file(cfg, cfg.launch.id_block, "id_block")
     assert f"launch.id_block {path}" in one_line(str(err.value))
 
 

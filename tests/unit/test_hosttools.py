@@ -42,3 +42,9 @@ def test_require_names_the_package():
     with pytest.raises(ToolMissing) as exc:
         tools.require("definitely-not-a-program-hbos")
     assert "install it with: apt-get install definitely-not-a-program-hbos" in str(exc.value)
+
+
+def test_every_listed_program_names_its_debian_package():
+    programs = set(hosttools.BASE) | set(hosttools.FIRMWARE_BUILD) \
+        | {"apt-get", "mkfs.erofs", "zstd", "docker"}
+    assert programs <= set(tools.PACKAGES), programs - set(tools.PACKAGES)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from hbos import config as hconfig
-from hbos import hostdata, idblock, identity, launch, measure, qemu, vmconfig
+from hbos import config as hconfig, hostdata, idblock, identity, launch, launch_plan, measure, node_http, qemu, vmconfig
 from hbos.errors import IdentityError, LaunchError
 from hbos.paths import Paths
 
@@ -248,7 +247,7 @@ def test_launcher_passes_id_block_auth_and_host_data_to_qemu(build):
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     gen = launch.launch_identity(cfg, rec, vm, launch.StartOptions(), paths.identity_dir, "snp")
     cfg = hconfig.load(overlay=Path(cfg.sources[-1]))
-    snp = launch.snp_options(dataclass_replace_launch(cfg, cbitpos=51), gen)
+    snp = launch_plan.snp_options(dataclass_replace_launch(cfg, cbitpos=51), gen)
     obj = qemu.sev_snp_object(vm, snp, "upstream")
     assert f"id-block={paths.id_block.read_text().strip()}" in obj
     assert f"id-auth={paths.id_auth.read_text().strip()}" in obj
@@ -290,9 +289,9 @@ def test_host_data_follows_the_post_start_body_and_nothing_else(build):
         cfg, rec, launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2"))
     quiet = hostdata.node_configuration(cfg, rec, launch.StartOptions(no_auto=True))
     # post-start is on by default (issue 13): the default body is what start sends
-    assert base["post_start"] == launch.post_start_body(cfg, rec, launch.StartOptions())
+    assert base["post_start"] == node_http.post_start_for(cfg, rec, launch.StartOptions())
     assert base["post_start"]["snp_trusted"] and quiet["post_start"] is None
-    assert peer["post_start"] == launch.post_start_body(
+    assert peer["post_start"] == node_http.post_start_for(
         cfg, rec, launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2"))
     assert len({hostdata.host_data(d) for d in (base, peer, quiet)}) == 3
     # the same configuration gives the same HOST_DATA; it is sha256 of the canonical JSON

@@ -133,6 +133,7 @@ def test_vlek_and_crl_urls():
 
 def test_vlek_chain_from_the_kds(httpserver, att, tmp_path):
     from cryptography.hazmat.primitives.serialization import Encoding
+
     from hbos import certs
     asvk = certs.load_cert_file(att / "certs" / "asvk_milan.pem")
     ark = certs.load_cert_file(att / "certs" / "ark_milan.pem")

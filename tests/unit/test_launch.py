@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, launch, measure, qemu, vmconfig
+from hbos import config as hconfig, launch, launch_plan, measure, node_http, qemu, run as hrun, vmconfig
 from hbos.errors import LaunchError
 from hbos.paths import Paths
 
@@ -49,7 +49,7 @@ def _record(path: Path) -> dict:
 def test_agreeing_launch_passes(measured):
     vm, m, *_ = measured
     assert launch.launch_mismatches(vm, _record(m)) == []
-    assert launch.check_measurement(vm, m)["vcpus"] == 2
+    assert launch.launch_record(vm, m)["vcpus"] == 2
 
 
 @pytest.mark.parametrize("field,change", [
@@ -64,7 +64,7 @@ def test_each_vm_field_difference_is_named(measured, field, change):
     problems = launch.launch_mismatches(dataclasses.replace(vm, **change), _record(m))
     assert len(problems) == 1 and problems[0].startswith(f"{field}:"), problems
     with pytest.raises(LaunchError) as err:
-        launch.check_measurement(dataclasses.replace(vm, **change), m)
+        launch.launch_record(dataclasses.replace(vm, **change), m)
     assert f"- {field}:" in str(err.value) and "refusing to start" in str(err.value)
 
 
@@ -90,7 +90,7 @@ def test_all_differences_listed_together(measured):
     vm, m, *_ = measured
     bad = dataclasses.replace(vm, vcpus=8, guest_features=0x21, guest_policy=0x70000)
     with pytest.raises(LaunchError) as err:
-        launch.check_measurement(bad, m)
+        launch.launch_record(bad, m)
     text = str(err.value)
     for name in ("vCPUs", "guest_features", "policy"):
         assert f"- {name}:" in text
@@ -112,30 +112,33 @@ def test_original_inputs_json_shape_accepted(measured):
 def test_missing_or_broken_measurement(measured, tmp_path):
     vm, *_ = measured
     with pytest.raises(LaunchError, match="doit measure"):
-        launch.check_measurement(vm, tmp_path / "absent.json")
+        launch.launch_record(vm, tmp_path / "absent.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(LaunchError, match="not valid JSON"):
-        launch.check_measurement(vm, bad)
+        launch.launch_record(vm, bad)
     bad.write_text('{"kernel": "00"}')
     with pytest.raises(LaunchError, match="unusable"):
-        launch.check_measurement(vm, bad)
+        launch.launch_record(vm, bad)
 
 
 # ----------------------------------------------------------------- mode and accel
 
 
 def test_decide_mode():
-    assert launch.decide_mode("auto", True, "") == "snp"
-    assert launch.decide_mode("auto", False, "no /dev/sev") == "emulated"
-    assert launch.decide_mode("off", True, "") == "emulated"
-    assert launch.decide_mode("required", True, "") == "snp"
+    assert launch_plan.decide_mode("auto", True, "")[0] == "snp"
+    assert launch_plan.decide_mode("auto", False, "no /dev/sev")[0] == "emulated"
+    assert launch_plan.decide_mode("off", True, "")[0] == "emulated"
+    assert launch_plan.decide_mode("required", True, "")[0] == "snp"
     with pytest.raises(LaunchError, match="required.*no /dev/sev"):
-        launch.decide_mode("required", False, "no /dev/sev")
+        launch_plan.decide_mode("required", False, "no /dev/sev")
+    # a review (dry run) shows the SNP line the SNP host would run instead of refusing
+    mode, why = launch_plan.decide_mode("required", False, "no /dev/sev", review=True)
+    assert mode == "snp" and "review only" in why
 
 
 def test_snp_host_ready_probe(tmp_path):
-    ok, why = launch.snp_host_ready(tmp_path)
+    ok, why = launch_plan.snp_host_ready(tmp_path)
     assert not ok and "no /dev/sev" in why and "no sev_snp" in why
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/sev").touch()
@@ -143,35 +146,35 @@ def test_snp_host_ready_probe(tmp_path):
     param = tmp_path / "sys/module/kvm_amd/parameters/sev_snp"
     param.parent.mkdir(parents=True)
     param.write_text("N\n")
-    assert launch.snp_host_ready(tmp_path) == (False, "kvm_amd.sev_snp is not enabled")
+    assert launch_plan.snp_host_ready(tmp_path) == (False, "kvm_amd.sev_snp is not enabled")
     param.write_text("Y\n")
-    assert launch.snp_host_ready(tmp_path)[0] is True
+    assert launch_plan.snp_host_ready(tmp_path)[0] is True
 
 
 def test_choose_accel():
     never = lambda: pytest.fail("probe must not run")  # noqa: E731
-    assert launch.choose_accel("tcg", "emulated", never)[0] == "tcg"
-    assert launch.choose_accel("kvm", "emulated", never)[0] == "kvm"
-    assert launch.choose_accel("auto", "snp", never)[0] == "kvm"
-    assert launch.choose_accel("auto", "emulated", lambda: (True, "ok"))[0] == "kvm"
-    accel, why = launch.choose_accel("auto", "emulated",
-                                     lambda: (False, "KVM failed: failed to set MSR 0x10a"))
+    assert launch_plan.choose_accel("tcg", "emulated", never)[0] == "tcg"
+    assert launch_plan.choose_accel("kvm", "emulated", never)[0] == "kvm"
+    assert launch_plan.choose_accel("auto", "snp", never)[0] == "kvm"
+    assert launch_plan.choose_accel("auto", "emulated", lambda: (True, "ok"))[0] == "kvm"
+    accel, why = launch_plan.choose_accel("auto", "emulated",
+                                          lambda: (False, "KVM failed: failed to set MSR 0x10a"))
     assert accel == "tcg" and "MSR 0x10a" in why
     with pytest.raises(LaunchError, match="needs KVM"):
-        launch.choose_accel("tcg", "snp", never)
+        launch_plan.choose_accel("tcg", "snp", never)
 
 
 def test_cbitpos_config_wins(measured):
     *_, cfg, _ = measured
     cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, cbitpos=47))
-    assert launch.snp_options(cfg).cbitpos == 47
+    assert launch_plan.snp_options(cfg).cbitpos == 47
 
 
 def test_post_start_config_drops_expected_hash():
     rec = {"kernel": "k", "initrd": "i", "append": "a", "firmware": "f", "vcpus": 1,
            "vcpu_type": 5, "vmm_type": 1, "guest_features": 1, "expected_hash": "e",
            "files": {}}
-    body = launch.post_start_config(rec, launch.StartOptions(self_url="http://me:1"))
+    body = node_http.post_start_body(rec, (), "http://me:1")
     assert body == {"snp_trusted": [{"kernel": "k", "initrd": "i", "append": "a",
                                      "firmware": "f", "vcpus": 1, "vcpu_type": 5,
                                      "vmm_type": 1, "guest_features": 1}],
@@ -286,8 +289,8 @@ def test_snp_start_runs_the_snp_command_line(measured, tmp_path, monkeypatch):
     image.write_bytes(b"\0" * 4096)
     tree.write_bytes(b"\0" * 4096)
     seen: dict = {}
-    monkeypatch.setattr(launch, "snp_host_ready", lambda: (True, "SEV-SNP host"))
-    monkeypatch.setattr(launch, "host_facts", lambda q: qemu.HostFacts(
+    monkeypatch.setattr(launch_plan, "snp_host_ready", lambda: (True, "SEV-SNP host"))
+    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
         q, (9, 2, 0), frozenset({"EPYC-v4"})))
 
     def spawn(argv, files):
@@ -307,12 +310,49 @@ def test_snp_start_runs_the_snp_command_line(measured, tmp_path, monkeypatch):
     assert argv[argv.index("-smp") + 1] == "2"
 
 
+def test_start_runs_exactly_the_line_its_dry_run_prints(measured, tmp_path, monkeypatch, capsys):
+    """start and start --dry-run share hbos.launch_plan.plan: with the same inputs
+    the argv start spawns is the `qemu:` line the dry run prints; only start
+    probes KVM for launch.accel: auto (here the probe says no, so TCG)."""
+    vm, m, cfg, paths = measured
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(
+        cfg.launch, snp="off", accel="auto", host_port=18080, qemu=sys.executable))
+    image, tree = tmp_path / "guest.img", tmp_path / "hash_tree.bin"
+    image.write_bytes(b"\0" * 4096)
+    tree.write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
+        q, (10, 0, 2), frozenset({"EPYC-v4"})))
+    monkeypatch.setattr(launch_plan, "kvm_opens", lambda: (False, "/dev/kvm unusable (test)"))
+    probed: list = []
+
+    def probe(facts, model, kernel, workdir, timeout):
+        probed.append(model)
+        return False, "KVM failed: test"
+    monkeypatch.setattr(launch, "cached_kvm_boots_guest", probe)
+    seen: dict = {}
+
+    def spawn(argv, files):
+        seen["argv"] = argv
+        raise _Spawned()
+    monkeypatch.setattr(launch, "_spawn", spawn)
+    kwargs = dict(vm_config=tmp_path / "vm-config.toml", measurement=m, image=image,
+                  hash_tree=tree)
+    launch.start_vm(cfg, paths, options=launch.StartOptions(dry_run=True), **kwargs)
+    assert probed == []   # a dry run boots nothing
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("qemu: ")]
+    with pytest.raises(_Spawned):
+        launch.start_vm(cfg, paths, options=launch.StartOptions(), **kwargs)
+    assert probed == ["EPYC-v4"]
+    assert printed == [f"qemu: {hrun.quote(seen['argv'])}"]
+    assert seen["argv"][seen["argv"].index("-accel") + 1] == "tcg"
+
+
 def test_snp_required_refuses_on_this_kind_of_host(measured, tmp_path, monkeypatch):
     vm, m, cfg, paths = measured
     cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, snp="required"))
     image = tmp_path / "guest.img"
     image.write_bytes(b"\0" * 4096)
-    monkeypatch.setattr(launch, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(launch_plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
     with pytest.raises(LaunchError, match="'required'.*no /dev/sev"):
         launch.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
                         image=image, hash_tree=image, options=launch.StartOptions())

@@ -61,9 +61,9 @@ def measured(tmp_path, amdsev_ovmf):
 
 @pytest.fixture
 def no_snp_host(monkeypatch):
-    monkeypatch.setattr(launch, "snp_host_ready", lambda: (False, "no /dev/sev"))
-    monkeypatch.setattr(launch, "host_cbitpos", lambda: None)
-    monkeypatch.setattr(launch, "host_facts", lambda q: qemu.HostFacts(
+    monkeypatch.setattr(launch_plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(launch_plan, "host_cbitpos", lambda: None)
+    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
         Path(q), (10, 0, 2), frozenset({"EPYC-v4", "EPYC-v3", "qemu64"})))
 
 
@@ -86,7 +86,7 @@ def test_dry_run_qemu_line_is_one_shell_line(measured, no_snp_host, tmp_path, ca
     import shlex
     cfg, paths, vm_config, m = measured
     _dry_run(cfg, paths, vm_config, m, tmp_path, mode="snp", qemu=sys.executable)
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("qemu: ")]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("qemu: ")]
     assert len(lines) == 1
     argv = shlex.split(lines[0][len("qemu: "):])
     assert argv[argv.index("-append") + 1] == "console=ttyS0 verity_roothash=ab"
@@ -103,21 +103,21 @@ def test_dry_run_cbitpos_from_config(measured, no_snp_host, tmp_path, capsys):
 def test_dry_run_emulated_default_firmware_and_no_probe(measured, no_snp_host, tmp_path,
                                                         capsys, monkeypatch):
     cfg, paths, vm_config, m = measured
-    monkeypatch.setattr(launch, "probe_kvm", lambda *a: pytest.fail("a dry run probed KVM"))
+    monkeypatch.setattr(launch, "kvm_boots_guest", lambda *a: pytest.fail("a dry run probed KVM"))
     _dry_run(cfg, paths, vm_config, m, tmp_path, qemu=sys.executable)
     out = capsys.readouterr().out
     assert out.startswith("mode: emulated (this host cannot run SEV-SNP (no /dev/sev))")
     assert "NOT CONFIDENTIAL" in out and "firmware: QEMU's default firmware" in out
-    qline = [l for l in out.splitlines() if l.startswith("qemu: ")][0]
+    qline = [ln for ln in out.splitlines() if ln.startswith("qemu: ")][0]
     assert "sev-snp-guest" not in qline and "-bios" not in qline
 
 
 def test_dry_run_old_qemu_says_amd_fork_and_missing_model(measured, tmp_path, capsys,
                                                           monkeypatch):
     cfg, paths, vm_config, m = measured
-    monkeypatch.setattr(launch, "snp_host_ready", lambda: (False, "no /dev/sev"))
-    monkeypatch.setattr(launch, "host_cbitpos", lambda: None)
-    monkeypatch.setattr(launch, "host_facts", lambda q: qemu.HostFacts(
+    monkeypatch.setattr(launch_plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(launch_plan, "host_cbitpos", lambda: None)
+    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
         Path(q), (7, 2, 0), frozenset({"EPYC-v3", "qemu64"})))
     _dry_run(cfg, paths, vm_config, m, tmp_path, mode="snp", qemu=sys.executable)
     out = capsys.readouterr().out

@@ -124,4 +124,4 @@ def test_id_block_without_auth_is_refused(tmp_path):
     overlay.write_text(f"build_dir: {tmp_path}\nlaunch: {{id_block: {tmp_path / 'b'}}}\n")
     with pytest.raises(BuildError, match="both or neither"):
         cfg = hconfig.load(overlay=overlay)
-        libvirt.snp_options(cfg, Paths.from_config(cfg))
+        libvirt.launch_security(cfg, Paths.from_config(cfg))

@@ -9,8 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from hbos import config as hconfig
-from hbos import content, hb_release, launch, node_http, qemu
+from hbos import config as hconfig, content, hb_release, launch, node_http, qemu
 from hbos.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,8 +189,7 @@ def test_post_start_settings_types_self_and_peer(tmp_path):
 def test_post_start_is_on_by_default_and_no_auto_is_a_start_option():
     assert hconfig.load().post_start.auto is True
     assert launch.options_from_params(no_auto=True).no_auto
-    assert launch.post_start_config(RECORD, launch.StartOptions(self_url="http://me"),
-                                    ("initialized: permanent",)) == \
+    assert node_http.post_start_body(RECORD, ("initialized: permanent",), "http://me") == \
         {"initialized": "permanent", "snp_trusted": [node_http.snp_trusted(RECORD)],
          "self": "http://me"}
 

@@ -92,7 +92,7 @@ def test_rewrite_vm_config_changes_only_the_file_keys(build):
     _, paths = build
     text = paths.vm_config.read_text()
     out = release_pack.rewrite_vm_config(text)
-    changed = [(a, b) for a, b in zip(text.splitlines(), out.splitlines()) if a != b]
+    changed = [(a, b) for a, b in zip(text.splitlines(), out.splitlines(), strict=True) if a != b]
     assert sorted(b for _, b in changed) == ['initrd_file = "initrd.img"',
                                             'kernel_file = "vmlinuz"', 'ovmf_file = "OVMF.fd"']
     assert len(text.splitlines()) == len(out.splitlines())

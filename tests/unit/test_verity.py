@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, rootfs, verity
+from hbos import config as hconfig, rootfs, tree as htree, verity
 from hbos.errors import BuildError
 
 
@@ -228,18 +228,18 @@ def test_rootfs_up_to_date_follows_recorded_config(tmp_path):
 
 
 def test_clone_argv_hard_links_and_keeps_attributes():
-    assert rootfs.clone_argv(Path("/b/base/tree-x"), Path("/b/v/tree")) == [
+    assert htree.clone_argv(Path("/b/base/tree-x"), Path("/b/v/tree")) == [
         "cp", "-a", "--link", "/b/base/tree-x/.", "/b/v/tree"]
-    assert "--link" not in rootfs.clone_argv(Path("/s"), Path("/d"), link=False)
+    assert "--link" not in htree.clone_argv(Path("/s"), Path("/d"), link=False)
 
 
-def test_clone_tree_links_files_and_recreates_dirs(tmp_path):
+def test_tree_clone_links_files_and_recreates_dirs(tmp_path):
     src = tmp_path / "src"
     (src / "etc").mkdir(parents=True)
     (src / "etc").chmod(0o750)
     (src / "etc" / "f").write_text("x")
     (src / "l").symlink_to("etc/f")
-    rootfs.clone_tree(src, tmp_path / "dst")
+    htree.clone(src, tmp_path / "dst")
     dst = tmp_path / "dst"
     assert (dst / "etc" / "f").stat().st_ino == (src / "etc" / "f").stat().st_ino
     assert stat.S_IMODE((dst / "etc").stat().st_mode) == 0o750
