@@ -33,7 +33,6 @@ compares a stat fingerprint (paths, sizes, mtimes, modes) of the source tree.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -379,16 +378,7 @@ def manifest_data(source: str, refs: dict[str, Any], services: list[str],
     return data
 
 
-def write_if_changed(path: Path, data: Any) -> bool:
-    """Write JSON atomically only when it differs from what is there; True if written."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    fsutil.write_text(path, text)
-    return True
+write_if_changed = fsutil.write_json_if_changed  # the manifest's mtime moves only with its content
 
 
 def build(cfg, paths) -> None:

@@ -80,6 +80,19 @@ def write_json(target: str | os.PathLike, data: Any) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def write_json_if_changed(target: str | os.PathLike, data: Any) -> bool:
+    """write_json only when the file's text would differ (its mtime then stays, so
+    doit sees nothing new); True if written."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    try:
+        if Path(target).read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    write_text(target, text)
+    return True
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

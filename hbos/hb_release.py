@@ -96,7 +96,7 @@ def build(cfg, paths) -> None:
     missing = missing_tools()
     if missing:
         fsutil.remove(paths.hb_release_tree)
-        _write_if_changed(paths.hb_release_manifest,
+        fsutil.write_json_if_changed(paths.hb_release_manifest,
                           {"available": False, "reason": unavailable_text(missing)})
         print(f"hb_release: {unavailable_text(missing)}; the content stage will use the "
               f"Python sample node instead")
@@ -128,23 +128,11 @@ def build(cfg, paths) -> None:
         fsutil.remove(scratch)
     data: dict[str, Any] = {"available": True, **versions(log),
                             "files": htree.manifest(paths.hb_release_tree)}
-    changed = _write_if_changed(paths.hb_release_manifest, data)
+    changed = fsutil.write_json_if_changed(paths.hb_release_manifest, data)
     files = sum(1 for e in data["files"] if e["type"] == "file")
     print(f"hb_release: {paths.hb_release_tree} (OTP {data['otp_release']}, "
           f"ERTS {data['erts']}): {files} files; manifest "
           f"{'updated' if changed else 'unchanged'}")
-
-
-def _write_if_changed(path: Path, data: Any) -> bool:
-    import json
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    fsutil.write_text(path, text)
-    return True
 
 
 # ----------------------------------------------------------------- doit glue
