@@ -52,6 +52,18 @@ def vectors() -> Path:
     return VECTORS
 
 
+@pytest.fixture
+def fixed_verification_time(monkeypatch):
+    """Certificates expire (the vectors' VCEKs from 2029 on): verify at a fixed time inside
+    every vector's validity instead of now, so the suite does not rot. test_attest_strict
+    covers the validity step itself."""
+    import datetime
+
+    from hbos import attest
+    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+        2026, 6, 1, tzinfo=datetime.timezone.utc))
+
+
 @pytest.fixture(scope="session")
 def amdsev_ovmf(vectors) -> Path:
     """The last 4 KiB of a real AmdSevX64 OVMF: enough for its SEV metadata."""

@@ -30,16 +30,8 @@ REPORTS = {
 
 
 
-@pytest.fixture(autouse=True)
-def _fixed_verification_time(monkeypatch):
-    """Certificates expire (these VCEKs from 2029 on): verify at a fixed time inside every
-    vector's validity instead of now, so the suite does not rot. test_attest_strict covers
-    the validity step itself."""
-    import datetime
-
-    from hbos import attest
-    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
-        2026, 6, 1, tzinfo=datetime.timezone.utc))
+# certificates expire: verify at a fixed time (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("fixed_verification_time")
 
 @pytest.fixture(scope="module")
 def att(vectors):
