@@ -22,9 +22,9 @@ from hbos.errors import LaunchError
 from hbos.paths import Paths
 
 
-@pytest.fixture
-def measured(tmp_path, amdsev_ovmf):
-    """(VmDefinition, measurement.json path, Config, Paths) that agree."""
+def measured_vm(tmp_path: Path, ovmf: Path):
+    """(VmDefinition, measurement.json, Config, Paths, vm-config.toml) that agree: 2 vCPUs,
+    a small kernel and initrd, measured with `ovmf`."""
     kernel = tmp_path / "vmlinuz"
     initrd = tmp_path / "initrd.img"
     kernel.write_bytes(b"kernel" * 100)
@@ -34,11 +34,18 @@ def measured(tmp_path, amdsev_ovmf):
     cfg = hconfig.load(overlay=overlay)
     paths = Paths.from_config(cfg)
     vm_config = tmp_path / "vm-config.toml"
-    vm_config.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=amdsev_ovmf,
+    vm_config.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=ovmf,
                                          cmdline="console=ttyS0 verity_roothash=ab"))
     out = tmp_path / "measurement.json"
     measure.measure_vm_config(vm_config, out)
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
+    return vm, out, cfg, paths, vm_config
+
+
+@pytest.fixture
+def measured(tmp_path, amdsev_ovmf):
+    """(VmDefinition, measurement.json path, Config, Paths) that agree."""
+    vm, out, cfg, paths, _ = measured_vm(tmp_path, amdsev_ovmf)
     return vm, out, cfg, paths
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, launch, launch_plan, measure, qemu, vmconfig
+from hbos import launch, launch_plan, qemu
 from hbos.errors import LaunchError
-from hbos.paths import Paths
+from tests.unit.test_launch import measured_vm
 
 GOLDEN_SNP = """\
 mode: snp (requested; this host cannot run it (no /dev/sev): review only)
@@ -42,18 +42,7 @@ memory-backend=ram1 -accel kvm -cpu EPYC-v4 -smp 2 -m 16384M \
 
 @pytest.fixture
 def measured(tmp_path, amdsev_ovmf):
-    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
-    kernel.write_bytes(b"kernel" * 100)
-    initrd.write_bytes(b"initrd" * 100)
-    overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(f"build_dir: {tmp_path / 'build'}\nvm: {{vcpu_count: 2}}\n")
-    cfg = hconfig.load(overlay=overlay)
-    paths = Paths.from_config(cfg)
-    vm_config = tmp_path / "vm-config.toml"
-    vm_config.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=amdsev_ovmf,
-                                         cmdline="console=ttyS0 verity_roothash=ab"))
-    m = tmp_path / "measurement.json"
-    measure.measure_vm_config(vm_config, m)
+    _, m, cfg, paths, vm_config = measured_vm(tmp_path, amdsev_ovmf)
     for name in ("guest.img", "hash_tree.bin"):
         (tmp_path / name).write_bytes(b"\0" * 4096)
     return cfg, paths, vm_config, m
