@@ -1,0 +1,118 @@
+"""README.md and docs/*.md: every relative link resolves, and README's set-up and
+test commands are the ones .ci/run runs (CI runs what README names)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+_FENCE = re.compile(r"^```.*?^```[ \t]*$", re.M | re.S)
+_LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)\)")
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
+
+
+def _prose(text: str) -> str:
+    """The page without its fenced code blocks (a link in code is no link)."""
+    return _FENCE.sub("", text)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, markup and punctuation
+    dropped, each space a hyphen."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip())
+    text = text.replace("`", "").replace("*", "").lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for m in _HEADING.finditer(_prose(page.read_text())):
+        base = slug(m.group(2))
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def links(page: Path) -> list[str]:
+    return [m.group(1) for m in _LINK.finditer(_prose(page.read_text()))]
+
+
+def broken_links(page: Path) -> list[str]:
+    bad = []
+    for target in links(page):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):      # http:, https:, mailto:
+            continue
+        path, _, frag = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            bad.append(f"{target}: no file {dest}")
+        elif frag and dest.suffix == ".md" and frag not in anchors(dest):
+            bad.append(f"{target}: no heading #{frag} in {dest}")
+    return bad
+
+
+def test_slug_follows_github():
+    assert slug("Quickstart: a local guest, no SEV-SNP hardware needed") == \
+        "quickstart-a-local-guest-no-sev-snp-hardware-needed"
+    assert slug("The local Erlang release (`hb_release`)") == "the-local-erlang-release-hb_release"
+    assert slug("HOST_DATA = the node's configuration") == "host_data--the-nodes-configuration"
+    assert slug("`--dry-run`") == "--dry-run"
+
+
+def test_broken_link_is_found(tmp_path):
+    (tmp_path / "b.md").write_text("# Here\n\n## Two words\n")
+    page = tmp_path / "a.md"
+    page.write_text("[ok](b.md#two-words) [gone](c.md) [anchor](b.md#three) [web](https://x/y)\n"
+                    "```\n[in code](nowhere.md)\n```\n")
+    assert [b.split(":")[0] for b in broken_links(page)] == ["c.md", "b.md#three"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page):
+    assert broken_links(page) == []
+
+
+def test_every_docs_page_is_linked_from_readme():
+    named = {(ROOT / t.partition("#")[0]).resolve() for t in links(ROOT / "README.md")}
+    assert [p.name for p in PAGES[1:] if p.resolve() not in named] == []
+
+
+def _readme_block_after(heading: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1]
+    block = re.search(r"^```\n(.*?)^```", section, re.M | re.S)
+    assert block, f"README's {heading} section has no command block"
+    return block.group(1).strip().splitlines()
+
+
+def _ci_apt_packages(ci: str) -> list[str]:
+    cmd = re.search(r"apt-get install (.*?)\n\n", ci.replace("\\\n", " "), re.S)
+    assert cmd
+    return [w for w in shlex.split(cmd.group(1)) if not w.startswith("-")]
+
+
+def test_readme_setup_command_installs_what_ci_installs():
+    (line,) = _readme_block_after("Set up")
+    apt, pip = line.split(" && pip install ")
+    apt_words = shlex.split(apt.split("apt-get install", 1)[1])
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert [w for w in apt_words if not w.startswith("-")] == _ci_apt_packages(ci)
+    assert [w for w in apt_words if w.startswith("-")] == ["-y", "--no-install-recommends"]
+    assert shlex.split(pip)[-1] == ".[test,lint]"
+    assert "pip install -q -e '.[test,lint]'" in ci
+
+
+def test_ci_runs_the_test_command_readme_names():
+    assert _readme_block_after("Tests") == ["python3 -m pytest"]
+    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+                if ln.strip() and not ln.lstrip().startswith("#")]
+    assert ci_lines[-1] == "python3 -m pytest"
