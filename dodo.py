@@ -34,7 +34,7 @@ DOIT_CONFIG = {
 
 
 def task_init():
-    """Create the build directories, check host tools, fetch the SNP release if one is configured."""
+    """Create the build directories, check host tools, fetch the AMDSEV snp-release bundle if one is configured."""
     return {
         "actions": [action("hbos.stage:make_dirs", P.build, P.downloads, P.logs, P.guest_dir),
                     action("hbos.hosttools:check", CFG, install=get_var("install", "") == "yes")],
@@ -45,7 +45,7 @@ def task_init():
 
 
 def task_snp_release():
-    """Optional: download, verify (sha256) and unpack an SNP release (AMD forks: kernels, QEMU, OVMF)."""
+    """Optional: download, verify (sha256) and unpack AMD's AMDSEV snp-release bundle (forked kernels, QEMU, OVMF)."""
     return {
         "actions": [stages.SNP_RELEASE.action(CFG, P)],
         "targets": strs([P.snp_release_manifest]),
@@ -365,7 +365,7 @@ def task_check_host():
 
 
 def task_setup_host():
-    """Install the SNP host stack: Debian trixie's kernel + QEMU, or an SNP release's (plan; --yes if no tty)."""
+    """Install the SNP host stack: Debian trixie's kernel + QEMU, or an AMDSEV snp-release bundle's (plan; --yes if no tty)."""
     return {
         "actions": [action("hbos.host_setup:setup_from_config", CFG, P)],
         "params": SETUP_HOST,

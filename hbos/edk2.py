@@ -264,7 +264,7 @@ def find_output(tree: Path, cfg: Config) -> Path:
     return hits[0]
 
 
-def check_firmware(path: Path) -> None:
+def check_ovmf_image(path: Path) -> None:
     """sev-snp-measure must accept the image (hbos.measure.Firmware checks the
     SEV metadata and its SNP_KERNEL_HASHES section; raises MeasurementError)."""
     from hbos.measure import Firmware
@@ -316,7 +316,7 @@ def build_ovmf(cfg: Config, paths: Paths) -> Path:
     run.run(build_argv(cfg, jobs), cwd=tree, env=env, log=log, quiet=True)
 
     out = find_output(tree, cfg)
-    check_firmware(out)
+    check_ovmf_image(out)
     seconds = round(time.monotonic() - started, 1)
     digest = sha256_file(out)
     record: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """Which OVMF the SNP guest boots (and the measurement uses).
 
 `firmware.ovmf` set in any config layer wins. Otherwise `firmware.source`
-picks it: `snp_release` (the OVMF the release ships), `path` (needs
+picks it: `snp_release` (the OVMF the AMDSEV snp-release bundle ships), `path` (needs
 firmware.ovmf), or `build` (built from Debian's edk2 source into
 build/firmware/OVMF.fd).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hbos import snp_release
+from hbos import amdsev
 from hbos.config import Config
 from hbos.errors import ConfigError
 from hbos.paths import Paths
@@ -25,7 +25,7 @@ def resolve(cfg: Config, paths: Paths) -> Path:
         raise ConfigError("firmware.source is 'path' but firmware.ovmf is empty")
     if fw.source == "build":
         return paths.built_ovmf
-    return snp_release.ovmf(paths)
+    return amdsev.ovmf(paths)
 
 
 def built_here(cfg: Config) -> bool:

@@ -452,7 +452,7 @@ def _ver(api: tuple[int, ...]) -> str:
     return f"{api[0]}.{api[1]}" + (f" build {api[2]}" if len(api) > 2 else "")
 
 
-def check_firmware(f: Facts, sev: SevStatus | None) -> Check:
+def check_sev_firmware(f: Facts, sev: SevStatus | None) -> Check:
     name = "SNP firmware"
     fix_old = ("update the SEV firmware (AMD's SEV firmware page or a BIOS update); Linux "
                f"needs SNP API {SNP_MIN_API[0]}.{SNP_MIN_API[1]} or newer")
@@ -508,14 +508,14 @@ def check_qemu(qemu: Path | None, why: str, probes: Probes) -> Check:
         text = probes.qemu_objects(qemu)
     except Exception as exc:  # a broken binary must not crash the report
         return Check("QEMU sev-snp-guest", FAIL, f"{qemu}: {exc}".splitlines()[0],
-                     fix="use the SNP release's QEMU (doit setup_host) or set launch.qemu")
+                     fix="use the snp-release bundle's QEMU (doit setup_host) or set launch.qemu")
     objects = set(text.split())
     if "sev-snp-guest" in objects:
         return Check("QEMU sev-snp-guest", PASS, f"{qemu} ({why})")
     have = "sev-guest only" if "sev-guest" in objects else "no SEV objects"
     return Check("QEMU sev-snp-guest", FAIL, f"{qemu} ({why}) has {have}",
                  fix="use QEMU 9.1+ (Debian trixie's qemu-system-x86: doit setup_host) or "
-                     "the SNP release's QEMU (launch.qemu)")
+                     "the snp-release bundle's QEMU (launch.qemu)")
 
 
 def expected_guest_features(configured: int, params: dict[str, bool | None]) -> int:
@@ -603,7 +603,7 @@ def run_checks(root: Path | str = "/", *, guest_features: int = SNP_ACTIVE,
         check_kvm_amd(f, "sev_snp"),
         kvm_check,
         sev_check,
-        check_firmware(f, sev),
+        check_sev_firmware(f, sev),
         check_rmp(f, sev),
         check_qemu(qemu, qemu_why, probes),
         check_guest_features(f, guest_features, kvm),
@@ -621,14 +621,14 @@ def ready(checks: list[Check]) -> bool:
 
 def find_qemu(cfg, paths) -> tuple[Path | None, str]:
     """The QEMU that would launch SNP guests, and where it came from."""
-    from hbos import snp_release, tools
+    from hbos import amdsev, tools
     from hbos.errors import HbosError
     if cfg.launch.qemu:
         q = cfg.path(cfg.launch.qemu)
         return (q, "launch.qemu") if q.exists() else (None, f"launch.qemu {q} does not exist")
-    if snp_release.configured(cfg):
+    if amdsev.configured(cfg):
         try:
-            return snp_release.qemu(paths), "SNP release"
+            return amdsev.qemu(paths), "AMDSEV snp-release bundle"
         except HbosError as exc:
             return None, exc.message
     found = tools.find("qemu-system-x86_64")

@@ -1,8 +1,8 @@
-"""`doit setup_host`: install the SNP release's host components.
+"""`doit setup_host`: install the snp-release bundle's host components.
 
-(Without an SNP release configured, setup_host installs the stock Debian trixie
-stack instead: hbos.host_debian. With one, the release's QEMU must find its
-shared libraries on this host first: host_debian.check_release_qemu.)
+(Without an AMDSEV snp-release bundle configured, setup_host installs the stock Debian trixie
+stack instead: hbos.host_debian. With one, the bundle's QEMU must find its
+shared libraries on this host first: host_debian.check_bundle_qemu.)
 
 What is installed (an AMDESE/AMDSEV snp-release tree):
 - the host kernel: linux/host/linux-image-*.deb (not -dbg) with `dpkg -i`,
@@ -61,7 +61,7 @@ def read_deb(path: Path) -> Deb:
         got = debpkg.fields(path, "Package", "Version")
     except HbosError as exc:
         raise HostError(f"cannot read the package name and version of {path}: {exc.message}",
-                        hint="the SNP release's linux/host/ must hold Debian packages") from None
+                        hint="the snp-release bundle's linux/host/ must hold Debian packages") from None
     if "Package" not in got or "Version" not in got:
         raise HostError(f"{path}: its control file has no Package or Version field")
     return Deb(path, got["Package"], got["Version"])
@@ -100,7 +100,7 @@ def require_debian(root: Path) -> str:
     if not ids & set(SUPPORTED_OS):
         raise HostError(f"setup_host supports Debian and Ubuntu hosts only; this host is {name} "
                         f"({root / 'etc/os-release'})",
-                        hint="install the SNP release's host kernel, QEMU and OVMF by hand")
+                        hint="install the snp-release bundle's host kernel, QEMU and OVMF by hand")
     return name
 
 
@@ -146,12 +146,12 @@ def host_debs(release: Path) -> list[Path]:
     debs = [p for p in sorted((release / "linux/host").glob("linux-image-*.deb"))
             if "-dbg" not in p.name]
     if not debs:
-        raise HostError(f"the SNP release at {release} has no host kernel "
+        raise HostError(f"the snp-release bundle at {release} has no host kernel "
                         "(linux/host/linux-image-*.deb)")
     return debs
 
 
-def release_files(release: Path) -> list[FileCopy]:
+def bundle_files(release: Path) -> list[FileCopy]:
     """usr/local/** (files and symlinks) and kvm.conf, with their destinations."""
     out = []
     local = release / "usr/local"
@@ -179,7 +179,7 @@ def make_plan(release: Path, root: Path) -> Plan:
         deb = read_deb(path)
         plan.kernel_release = plan.kernel_release or deb.kernel_release
         (plan.current if installed.get(deb.package) == deb.version else plan.install).append(deb)
-    for copy in release_files(release):
+    for copy in bundle_files(release):
         if _same(copy.src, root / copy.rel):
             plan.same_files += 1
         else:
@@ -258,7 +258,7 @@ def setup_host(release: Path, root: Path | str = "/", *, yes: bool = False,
                interactive: bool | None = None, euid: int | None = None,
                runner: Runner | None = None, log: Path | None = None,
                ask: Callable[[str], str] = input) -> Plan:
-    """Install the release's host components into `root`; return the plan carried out."""
+    """Install the bundle's host components into `root`; return the plan carried out."""
     root = Path(root)
     name = require_debian(root)
     plan = make_plan(Path(release), root)
@@ -275,11 +275,11 @@ def setup_host(release: Path, root: Path | str = "/", *, yes: bool = False,
 
 
 def setup_from_config(cfg, paths, yes: bool = False) -> None:
-    """An SNP release configured: its host kernel, QEMU (whose libraries must
+    """An AMDSEV snp-release bundle configured: its host kernel, QEMU (whose libraries must
     resolve here: ldd) and OVMF. None: stock Debian trixie packages (hbos.host_debian)."""
-    from hbos import host_debian, snp_release
-    if not snp_release.configured(cfg):
+    from hbos import amdsev, host_debian
+    if not amdsev.configured(cfg):
         host_debian.setup_debian("/", yes=yes, log=paths.log("setup_host"))
         return
-    host_debian.check_release_qemu(snp_release.qemu(paths))
-    setup_host(snp_release.root(paths), "/", yes=yes, log=paths.log("setup_host"))
+    host_debian.check_bundle_qemu(amdsev.qemu(paths))
+    setup_host(amdsev.root(paths), "/", yes=yes, log=paths.log("setup_host"))

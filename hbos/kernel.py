@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hbos import debian_apt, debpkg, run, snp_release
+from hbos import amdsev, debian_apt, debpkg, run
 from hbos.config import Config
 from hbos.errors import BuildError, CommandFailed, ConfigError
 from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
@@ -36,7 +36,7 @@ def deb_path(cfg: Config, paths: Paths) -> Path:
         return cfg.path(cfg.kernel.deb)
     if src == "package":
         return paths.kernel_deb
-    return snp_release.guest_kernel_deb(paths)
+    return amdsev.guest_kernel_deb(paths)
 
 
 def _deb_has_kernel(deb: Path) -> bool:

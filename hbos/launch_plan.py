@@ -133,7 +133,7 @@ def choose_accel(setting: str, mode: qemu.Mode, probe: Callable[[], tuple[bool, 
 
 def qemu_binary(cfg: Config, paths: Paths, mode: qemu.Mode, given: str = ""
                 ) -> tuple[Path, str]:
-    """--qemu, else launch.qemu, else the SNP release's QEMU (SNP mode), else PATH;
+    """--qemu, else launch.qemu, else the snp-release bundle's QEMU (SNP mode), else PATH;
     and where it came from."""
     from hbos import host, tools
     override = qemu_override(given)

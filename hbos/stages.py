@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from hbos.stage import Reads, Stage
 
-SNP_RELEASE = Stage("snp_release", "hbos.snp_release:fetch_release", Reads("snp_release"))
+SNP_RELEASE = Stage("snp_release", "hbos.amdsev:fetch_bundle", Reads("snp_release"))
 
 KERNEL_DEB = Stage("kernel_deb", "hbos.kernel:fetch_package", Reads("kernel"))
 

@@ -22,7 +22,7 @@ START = [
      "help": "auto | snp | emulated (default: launch.snp); with --dry-run, snp builds "
              "the SNP command line even on a host without SNP"},
     {"name": "qemu", "long": "qemu", "type": str, "default": "",
-     "help": "the QEMU binary (default: launch.qemu, the SNP release's, else PATH)"},
+     "help": "the QEMU binary (default: launch.qemu, the snp-release bundle's, else PATH)"},
 ]
 
 

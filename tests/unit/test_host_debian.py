@@ -161,7 +161,7 @@ def test_release_qemu_missing_libraries_are_named_with_packages():
     assert host_debian.missing_libraries(q, ldd=lambda p: LDD_OUT) == {
         "libslirp.so.0": "libslirp0", "libfoo-made-up.so.3": "unknown package"}
     with pytest.raises(HostError) as exc:
-        host_debian.check_release_qemu(q, ldd=lambda p: LDD_OUT)
+        host_debian.check_bundle_qemu(q, ldd=lambda p: LDD_OUT)
     msg = str(exc.value)
     assert "2 shared libraries missing" in msg and "libslirp.so.0" in msg
     assert "(Debian package: libslirp0)" in msg
@@ -171,7 +171,7 @@ def test_release_qemu_missing_libraries_are_named_with_packages():
 def test_release_qemu_all_resolved(capsys):
     ok = LDD_OUT.replace("libslirp.so.0 => not found", "").replace(
         "libfoo-made-up.so.3 => not found", "")
-    host_debian.check_release_qemu(Path("/q"), ldd=lambda p: ok)
+    host_debian.check_bundle_qemu(Path("/q"), ldd=lambda p: ok)
     assert "every shared library resolves" in capsys.readouterr().err
 
 

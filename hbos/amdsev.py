@@ -1,8 +1,11 @@
-"""The SEV-SNP release: host kernel, QEMU, OVMF and guest kernel.
+"""AMD's AMDSEV snp-release bundle: host kernel, QEMU, OVMF and guest kernel.
 
-An AMDESE/AMDSEV `snp-release-*` tree, fetched from a URL pinned by sha256
-or taken from a local tarball or directory, unpacked safely under
-build/snp-release/ and described by build/snp-release.json.
+An AMDESE/AMDSEV `snp-release-*` tree (what AMD's build scripts produce from
+its fork branches), fetched from a URL pinned by sha256 or taken from a local
+tarball or directory, unpacked safely under build/snp-release/ and described
+by build/snp-release.json. Config key and doit task keep AMD's name,
+`snp_release`. Not to be confused with our own packaged guest release
+(hbos/release.py, `doit package_release`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ def configured(cfg: Config) -> bool:
     return bool(cfg.snp_release.url or cfg.snp_release.path)
 
 
-def fetch_release(cfg: Config, paths: Paths) -> None:
-    """Download (or take) the release, verify it, unpack it, write its manifest."""
+def fetch_bundle(cfg: Config, paths: Paths) -> None:
+    """Download (or take) the bundle, verify it, unpack it, write its manifest."""
     rel = cfg.snp_release
     if not configured(cfg):
         print("snp_release: none configured (snp_release.url / snp_release.path); "
@@ -64,7 +67,7 @@ def fetch_release(cfg: Config, paths: Paths) -> None:
 
 
 def _tree_root(extracted: Path) -> Path:
-    """The release's top directory (tarballs usually hold one snp-release-*/)."""
+    """The bundle's top directory (tarballs usually hold one snp-release-*/)."""
     entries = [p for p in extracted.iterdir()]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
@@ -72,13 +75,13 @@ def _tree_root(extracted: Path) -> Path:
 
 
 def root(paths: Paths) -> Path:
-    """The unpacked release tree recorded by fetch_release()."""
+    """The unpacked bundle tree recorded by fetch_bundle()."""
     try:
         manifest = read_json(paths.snp_release_manifest)
     except FileNotFoundError:
-        raise BuildError("the SNP release has not been fetched", hint="run: doit snp_release") from None
+        raise BuildError("the AMDSEV snp-release bundle has not been fetched", hint="run: doit snp_release") from None
     if not manifest.get("configured"):
-        raise ConfigError("this stage needs the SNP release, but none is configured",
+        raise ConfigError("this stage needs an AMDSEV snp-release bundle, but none is configured",
                           hint="set snp_release.url + sha256 (or snp_release.path) in config.yaml, "
                                "or choose another source (e.g. profile=local)")
     return Path(manifest["root"])
@@ -90,14 +93,14 @@ def find_one(base: Path, patterns: list[str], what: str) -> Path:
         hits = sorted(p for p in base.glob(pattern) if p.is_file())
         if hits:
             return hits[0]
-    raise BuildError(f"the SNP release at {base} has no {what} (looked for {', '.join(patterns)})")
+    raise BuildError(f"the AMDSEV snp-release bundle at {base} has no {what} (looked for {', '.join(patterns)})")
 
 
 def guest_kernel_deb(paths: Paths) -> Path:
     base = root(paths)
     debs = [p for p in sorted(base.glob("linux/guest/linux-image-*.deb")) if "-dbg" not in p.name]
     if not debs:
-        raise BuildError(f"the SNP release at {base} has no guest kernel "
+        raise BuildError(f"the AMDSEV snp-release bundle at {base} has no guest kernel "
                          "(linux/guest/linux-image-*.deb)")
     return debs[0]
 

@@ -1,4 +1,5 @@
-"""snp_release: download + verify + safe unpack, against a local HTTP server."""
+"""The AMDSEV snp-release bundle (hbos/amdsev.py, task snp_release): download + verify +
+safe unpack, against a local HTTP server."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, snp_release
+from hbos import amdsev, config as hconfig
 from hbos.errors import ConfigError, HashMismatch, UnsafeArchive
 from hbos.fsutil import read_json
 from hbos.paths import Paths
@@ -42,12 +43,12 @@ def test_download_verify_unpack_and_locate(httpserver, tmp_path):
     data = release_tarball()
     httpserver.expect_request("/rel.tar.gz").respond_with_data(data)
     cfg, paths = setup(tmp_path, httpserver.url_for("/rel.tar.gz"), hashlib.sha256(data).hexdigest())
-    snp_release.fetch_release(cfg, paths)
+    amdsev.fetch_bundle(cfg, paths)
     manifest = read_json(paths.snp_release_manifest)
     assert manifest["configured"] and manifest["sha256"] == hashlib.sha256(data).hexdigest()
-    assert snp_release.guest_kernel_deb(paths).name == "linux-image-6.9.0-snp-guest_1_amd64.deb"
-    assert snp_release.ovmf(paths).read_bytes() == b"ovmf"
-    assert snp_release.qemu(paths).name == "qemu-system-x86_64"
+    assert amdsev.guest_kernel_deb(paths).name == "linux-image-6.9.0-snp-guest_1_amd64.deb"
+    assert amdsev.ovmf(paths).read_bytes() == b"ovmf"
+    assert amdsev.qemu(paths).name == "qemu-system-x86_64"
 
 
 def test_sha256_mismatch_keeps_nothing(httpserver, tmp_path):
@@ -55,7 +56,7 @@ def test_sha256_mismatch_keeps_nothing(httpserver, tmp_path):
     httpserver.expect_request("/rel.tar.gz").respond_with_data(data)
     cfg, paths = setup(tmp_path, httpserver.url_for("/rel.tar.gz"), "1" * 64)
     with pytest.raises(HashMismatch) as exc:
-        snp_release.fetch_release(cfg, paths)
+        amdsev.fetch_bundle(cfg, paths)
     assert hashlib.sha256(data).hexdigest() in str(exc.value) and "1" * 64 in str(exc.value)
     assert not paths.snp_release_manifest.exists()
     assert not paths.snp_release.exists()
@@ -67,14 +68,14 @@ def test_malicious_release_is_refused(httpserver, tmp_path):
     httpserver.expect_request("/rel.tar.gz").respond_with_data(data)
     cfg, paths = setup(tmp_path, httpserver.url_for("/rel.tar.gz"), hashlib.sha256(data).hexdigest())
     with pytest.raises(UnsafeArchive, match="outside the destination"):
-        snp_release.fetch_release(cfg, paths)
+        amdsev.fetch_bundle(cfg, paths)
     assert not (tmp_path / "escape.txt").exists() and not paths.snp_release.exists()
 
 
 def test_url_without_sha256_is_a_config_error(tmp_path):
     cfg, paths = setup(tmp_path, "http://127.0.0.1:9/rel.tar.gz", "")
     with pytest.raises(ConfigError, match="sha256 is empty"):
-        snp_release.fetch_release(cfg, paths)
+        amdsev.fetch_bundle(cfg, paths)
 
 
 def test_local_directory_release(tmp_path):
@@ -82,13 +83,13 @@ def test_local_directory_release(tmp_path):
     (tree / "usr/local/share/qemu").mkdir(parents=True)
     (tree / "usr/local/share/qemu/OVMF.fd").write_bytes(b"o")
     cfg, paths = setup(tmp_path, path=str(tree))
-    snp_release.fetch_release(cfg, paths)
-    assert snp_release.ovmf(paths) == tree / "usr/local/share/qemu/OVMF.fd"
+    amdsev.fetch_bundle(cfg, paths)
+    assert amdsev.ovmf(paths) == tree / "usr/local/share/qemu/OVMF.fd"
 
 
 def test_nothing_configured_is_recorded_and_users_get_a_hint(tmp_path):
     cfg, paths = setup(tmp_path)
-    snp_release.fetch_release(cfg, paths)
+    amdsev.fetch_bundle(cfg, paths)
     assert read_json(paths.snp_release_manifest) == {"configured": False}
     with pytest.raises(ConfigError, match="none is configured"):
-        snp_release.ovmf(paths)
+        amdsev.ovmf(paths)
