@@ -141,8 +141,8 @@ class Late:
 
 
 def late(ref: str | Callable[..., Any], *args: Any) -> Late:
-    """An argument whose value exists only once earlier tasks ran (e.g. the SNP
-    release's OVMF, found in the unpacked release)."""
+    """An argument whose value exists only once earlier tasks ran (e.g. the AMDSEV
+    snp-release bundle's OVMF, found in the unpacked bundle)."""
     return Late(ref, args)
 
 
