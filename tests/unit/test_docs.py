@@ -116,3 +116,12 @@ def test_ci_runs_the_test_command_readme_names():
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
                 if ln.strip() and not ln.lstrip().startswith("#")]
     assert ci_lines[-1] == "python3 -m pytest"
+
+
+def test_readme_stages_table_names_every_task():
+    tasks = re.findall(r"^def task_(\w+)\(", (ROOT / "dodo.py").read_text(), re.M)
+    text = (ROOT / "README.md").read_text().split("\n## Stages\n", 1)[1].split("\n## ", 1)[0]
+    named = {name for row in re.findall(r"^\| ([^|]+) \|", text, re.M)
+             for name in re.findall(r"`(\w+)", row)}
+    assert len(tasks) > 20
+    assert sorted(set(tasks) - named) == []
