@@ -136,7 +136,7 @@ class Cache:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(f".{dest.name}.cache-{os.getpid()}")
                 placed.append((tmp, dest))
-                digest, size = _copy_hashing(entry / FILES / name, tmp)
+                digest, size = _copy_hashing(entry / FILES / name, tmp, sync=False)
                 want = files[name]
                 if size != want["size"] or digest != want["sha256"]:
                     raise CorruptEntry(f"{name}: sha256 {digest} ({size} bytes), entry.json "
@@ -228,8 +228,9 @@ class Cache:
             yield from sorted(p for p in d.iterdir() if not p.name.startswith("."))
 
 
-def _copy_hashing(src: Path, dest: Path) -> tuple[str, int]:
-    """Copy src to dest; the sha256 and size of the bytes written."""
+def _copy_hashing(src: Path, dest: Path, sync: bool = True) -> tuple[str, int]:
+    """Copy src to dest; the sha256 and size of the bytes written (on disk before
+    the entry is published when `sync`; a restore's targets need not be)."""
     h = hashlib.sha256()
     size = 0
     with open(src, "rb") as fin, open(dest, "wb") as fout:
@@ -238,7 +239,8 @@ def _copy_hashing(src: Path, dest: Path) -> tuple[str, int]:
             fout.write(chunk)
             size += len(chunk)
         fout.flush()
-        os.fsync(fout.fileno())
+        if sync:
+            os.fsync(fout.fileno())
     shutil.copymode(src, dest)
     return h.hexdigest(), size
 

@@ -135,11 +135,11 @@ def test_partial_store_is_never_visible(tmp_path, monkeypatch):
     real = cache._copy_hashing
     calls = []
 
-    def dies_on_second(src, dest):
+    def dies_on_second(src, dest, sync=True):
         calls.append(src)
         if len(calls) == 2:
             raise KeyboardInterrupt   # a crash: not an OSError the store handles
-        return real(src, dest)
+        return real(src, dest, sync)
     monkeypatch.setattr(cache, "_copy_hashing", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         c.store("base_rootfs", k, INPUTS, files)
@@ -292,3 +292,16 @@ def test_kernel_deb_key_uses_the_resolved_version(tmp_path, monkeypatch):
     assert cache.key("kernel_deb", kernel.cache_inputs(cfg, apt)) != cache.key("kernel_deb", one)
     version[0] = "linux-image-amd64:\n  Candidate: (none)\n"
     assert kernel.cache_inputs(cfg, apt) is None        # unknown version: no caching
+
+
+def test_doit_clean_cannot_reach_the_cache(tmp_path):
+    """`doit clean` removes a task's targets (clean: True) and nothing else: no
+    task has a custom clean action, and no target lies in the cache."""
+    from tests.unit.test_graph import load_dodo
+    cache_dir = tmp_path / "cache"
+    graph = load_dodo(tmp_path, f"cache_dir: {cache_dir}\n", profile="local")
+    assert {"firmware", "base_rootfs", "kernel_deb"} <= set(graph["tasks"])
+    for name, task in graph["tasks"].items():
+        assert task.get("clean", False) in (True, False), name
+        for target in task.get("targets", []):
+            assert not Path(target).resolve().is_relative_to(cache_dir.resolve()), (name, target)
