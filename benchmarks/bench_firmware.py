@@ -30,7 +30,7 @@ from hbos.paths import Paths  # noqa: E402
 def build_once(build_dir: Path, downloads: Path | None, keep: bool) -> tuple[Paths, float]:
     overlay = build_dir / "overlay.yaml"
     build_dir.mkdir(parents=True)
-    overlay.write_text(f"build_dir: {build_dir}\nfirmware: {{keep_tree: {str(keep).lower()}}}\n")
+    overlay.write_text(f"build_dir: {build_dir}\ncache_dir: ''\nfirmware: {{keep_tree: {str(keep).lower()}}}\n")
     cfg = config.load(overlay=overlay, profile="local")
     paths = Paths.from_config(cfg)
     if downloads is not None:

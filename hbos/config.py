@@ -59,6 +59,13 @@ def _limit(rng: limits.Range):
     return rng.problem
 
 
+def _cache_dir(value: str) -> str | None:
+    """hbos.cache.location: "auto", "" (no cache) or a path."""
+    if value != value.strip() or any(c in value for c in "\0\n\r"):
+        return f"expected 'auto', empty (no cache) or a directory path, got {value!r}"
+    return None
+
+
 def _port(value: int) -> str | None:
     return None if 1 <= value <= 65535 else f"must be a TCP port (1-65535), got {value}"
 
@@ -395,6 +402,7 @@ class PostStartConfig:
 @dataclass(frozen=True)
 class Config:
     build_dir: str = "build"
+    cache_dir: str = field(default="auto", metadata=check(_cache_dir))
     source_date_epoch: int = field(default=1704067200, metadata=check(_min(0)))
     debug: bool = False
     cmdline: str = "console=ttyS0 loglevel=7"

@@ -286,8 +286,48 @@ def host_tools() -> dict[str, str]:
     return out
 
 
+def toolchain() -> dict[str, str]:
+    """Version lines of every host program the build runs (the cache key's part)."""
+    out = host_tools()
+    for prog, arg in (("make", "--version"), ("g++", "--version"), ("python3", "--version"),
+                      ("patch", "--version"), ("bash", "--version")):
+        proc = run.run([prog, arg], check=False, quiet=True, log=None)
+        lines = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()
+        out[prog] = lines[0].strip() if lines else ""
+    return out
+
+
+def cache_inputs(cfg: Config) -> dict[str, Any]:
+    """What determines OVMF.fd and firmware.json: the pinned sources, the build
+    options, the firmware keys the stage reads (keep_tree aside: it changes no
+    output), SOURCE_DATE_EPOCH, the workspace length, the host toolchain, and
+    this module's own source (its edits to the tree are part of the recipe)."""
+    require_build_deps()
+    fw = cfg.firmware
+    return {
+        "sources": [{"url": s.url, "sha256": s.sha256.lower()} for s in sources(cfg)],
+        "platform": fw.platform, "build_type": fw.build_type, "toolchain": fw.toolchain,
+        "build_options": list(fw.build_options),
+        "drop_grub_modules": list(fw.drop_grub_modules),
+        "source_date_epoch": cfg.source_date_epoch,
+        "workspace_length": WORKSPACE_LENGTH,
+        "host_tools": toolchain(),
+        "recipe": sha256_file(__file__),
+    }
+
+
 def build_ovmf(cfg: Config, paths: Paths) -> Path:
-    """The whole firmware stage: fetch, unpack, patch, build, check, place OVMF.fd."""
+    """The firmware stage: restored from the artifact cache (hbos.cache) when it
+    holds a build with the same inputs, else built (and stored)."""
+    from hbos import cache
+    cache.cached(cfg, "firmware", lambda: cache_inputs(cfg),
+                 {"OVMF.fd": paths.built_ovmf, "firmware.json": paths.firmware_manifest},
+                 lambda: _build(cfg, paths), stage="firmware")
+    return paths.built_ovmf
+
+
+def _build(cfg: Config, paths: Paths) -> Path:
+    """The whole firmware build: fetch, unpack, patch, build, check, place OVMF.fd."""
     fw = cfg.firmware
     log = paths.log("firmware")
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -71,15 +71,49 @@ def _download(package: str, into: Path, apt: debian_apt.PrivateApt | None = None
     return debs[-1]
 
 
+def policy_argv(package: str, apt: debian_apt.PrivateApt | None) -> list[str]:
+    return apt.argv("apt-cache", "policy", package) if apt else ["apt-cache", "policy", package]
+
+
+def candidate(package: str, apt: debian_apt.PrivateApt | None) -> str:
+    """The version apt would download for `package` ("" when apt does not say)."""
+    proc = run.run(policy_argv(package, apt), check=False, quiet=True)
+    match = re.search(r"^\s*Candidate:\s*(\S+)", proc.stdout.decode(errors="replace"), re.M)
+    return match.group(1) if match and match.group(1) != "(none)" else ""
+
+
+def cache_inputs(cfg: Config, apt: debian_apt.PrivateApt | None) -> dict | None:
+    """What determines the .deb: the package, the suite and mirror it comes from
+    (or the host's apt), and the version apt resolves for it now (a metapackage's
+    version pins the linux-image it depends on). None (no caching) when apt
+    names no candidate version."""
+    k = cfg.kernel
+    version = candidate(k.package, apt)
+    if not version:
+        return None
+    return {"package": k.package, "suite": k.suite, "mirror": k.mirror if k.suite else "",
+            "arch": apt.arch if apt else "host", "version": version}
+
+
 def fetch_package(cfg: Config, paths: Paths) -> None:
-    """apt-get download the kernel package; follow a metapackage to its kernel."""
-    package = cfg.kernel.package
+    """The kernel_deb stage: update the private apt, then restore the .deb from
+    the artifact cache (hbos.cache) for the version apt resolves, or fetch it
+    (and store it)."""
+    from hbos import cache
     paths.downloads.mkdir(parents=True, exist_ok=True)
     apt = private_apt(cfg, paths)
     if apt is not None:
         print(f"kernel: apt-get update of {apt.mirror} {apt.suite} (private: {apt.root})",
               file=sys.stderr)
         apt.update()
+    cache.cached(cfg, "kernel_deb", lambda: cache_inputs(cfg, apt),
+                 {"guest-kernel.deb": paths.kernel_deb},
+                 lambda: download_kernel(cfg, paths, apt), stage="kernel_deb")
+
+
+def download_kernel(cfg: Config, paths: Paths, apt: debian_apt.PrivateApt | None) -> None:
+    """apt-get download the kernel package; follow a metapackage to its kernel."""
+    package = cfg.kernel.package
     with tempfile.TemporaryDirectory(dir=paths.downloads) as tmp:
         deb = _download(package, Path(tmp), apt)
         for _ in range(3):

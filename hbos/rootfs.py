@@ -66,11 +66,43 @@ def check_mirror(cfg: Config, timeout: float = 20) -> None:
                             hint="check rootfs.mirror and rootfs.suite")
 
 
+def mmdebstrap_env(cfg: Config) -> dict[str, str]:
+    return {"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), "LC_ALL": "C.UTF-8"}
+
+
+def tool_version(argv: list[str]) -> str:
+    proc = run.run(argv, check=False, quiet=True)
+    lines = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def cache_inputs(cfg: Config) -> dict:
+    """What determines rootfs.tar and rootfs.json: the exact mmdebstrap command
+    (suite, mirror, variant, packages, path filters, hooks), its environment
+    (SOURCE_DATE_EPOCH), the recorded config, and the mmdebstrap and apt
+    versions. (A mirror that is not a snapshot serves newer packages over time:
+    the cache keeps the first root built; docs/cache.md says how to refresh it.)"""
+    tools.require("mmdebstrap")
+    return {"argv": mmdebstrap_argv(cfg, Path("OUT.tar")), "env": mmdebstrap_env(cfg),
+            "record": recorded_config(cfg),
+            "mmdebstrap": tool_version(["mmdebstrap", "--version"]),
+            "apt": tool_version(["apt-get", "--version"])}
+
+
 def build(cfg: Config, paths: Paths) -> None:
-    """The base_rootfs stage: mmdebstrap -> rootfs.tar (+ rootfs.json with its sha256)."""
+    """The base_rootfs stage: restored from the artifact cache (hbos.cache) when
+    it holds a root with the same inputs, else built with mmdebstrap (and stored)."""
+    from hbos import cache
+    cache.cached(cfg, "base_rootfs", lambda: cache_inputs(cfg),
+                 {"rootfs.tar": paths.base_rootfs, "rootfs.json": paths.base_rootfs_manifest},
+                 lambda: build_rootfs(cfg, paths), stage="base_rootfs")
+
+
+def build_rootfs(cfg: Config, paths: Paths) -> None:
+    """mmdebstrap -> rootfs.tar (+ rootfs.json with its sha256)."""
     tools.require("mmdebstrap")
     check_mirror(cfg)
-    env = {"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), "LC_ALL": "C.UTF-8"}
+    env = mmdebstrap_env(cfg)
     with atomic_path(paths.base_rootfs) as tmp:
         # mmdebstrap picks the format from the name: keep the .tar suffix
         out = tmp.with_name(tmp.name + ".tar")

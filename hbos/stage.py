@@ -24,7 +24,9 @@ from typing import Any, Callable
 
 STRICT_ENV = "HBOS_STRICT_CONFIG"
 # Not settings: where the config came from, and how paths in it resolve.
-_ALWAYS = frozenset({"path", "root", "profile", "sources", "build_dir"})
+# cache_dir too: where the artifact cache lives changes no output, so it must
+# not rerun a stage (hbos/cache.py explains this exception).
+_ALWAYS = frozenset({"path", "root", "profile", "sources", "build_dir", "cache_dir"})
 
 
 class UndeclaredConfig(AttributeError):

@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,11 @@ IN_CI = os.environ.get("CI") == "true"
 # a stage that reads a config key it does not declare fails (hbos/stages.py);
 # the doit runs the tests start inherit it
 os.environ["HBOS_STRICT_CONFIG"] = "1"
+# the artifact cache (config cache_dir: auto = $XDG_CACHE_HOME/hbos): never the
+# user's real ~/.cache/hbos, and no state from an earlier run: a fresh directory
+# per session (a test that uses the cache sets cache_dir to its own tmp dir)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="hbos-test-xdg-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 
 def cache_dir() -> Path:
@@ -167,7 +175,7 @@ def base_rootfs_cache():
         if tools.find("mmdebstrap") is None:
             missing_prerequisite("mmdebstrap is not installed")
         try:
-            rootfs.build(cfg, paths)
+            rootfs.build_rootfs(cfg, paths)   # (the test cache is its own store)
         except HbosError as exc:
             missing_prerequisite(f"cannot build the base root filesystem: {exc}")
     return paths

@@ -24,7 +24,8 @@ def main() -> int:
     build.mkdir(parents=True, exist_ok=True)
     overlay = build / "prepare.yaml"
     # the default kernel settings (config.yaml), only the build dir moved
-    overlay.write_text(f"build_dir: {build}\n")
+    # (no artifact cache: the test cache is its own store)
+    overlay.write_text(f"build_dir: {build}\ncache_dir: ''\n")
     try:
         cfg = hconfig.load(overlay=overlay)
         paths = Paths.from_config(cfg)
