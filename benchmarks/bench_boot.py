@@ -21,7 +21,7 @@ of the guest's serial console as it arrives on the host. Prints:
   (Starting -> Started/Finished per unit, longest first) and the chain of the
   service's unit.
 
-    python3 benchmarks/bench_boot.py [--runs N] [--analyze] [--workdir DIR] [--keep]
+    python3 benchmarks/bench_boot.py [--runs N] [--analyze] [--append ARGS] [--workdir DIR] [--keep]
 
 Slow: one build (minutes; mmdebstrap when the base root is not cached), then
 minutes per TCG boot on 2 busy cores.
@@ -45,15 +45,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-KTIME = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
+KTIME = re.compile(r"\[\s*(\d+\.\d{6})\]")   # printk time (may follow console noise)
 ANALYZE_CMDLINE = "systemd.log_target=kmsg printk.devkmsg=on"
 
 # (label, regex on the console line without colour codes); first match wins
 MARKERS = (
     ("kernel start (Linux version)", re.compile(r"Linux version ")),
     ("initramfs /init runs", re.compile(r"Run /init as init process")),
-    ("root mounted, systemd starts", re.compile(r"systemd \d+[^ ]* running in system mode|"
-                                                r"Welcome to ")),
+    ("root mounted, systemd starts", re.compile(r"systemd \d+[^ ]* running in system mode")),
     ("udev coldplug done", re.compile(r"(Finished|Started).*systemd-udev-trigger")),
     ("network online", re.compile(r"Reached target.*network-online")),
     ("hyperbeam.service started", re.compile(r"Started.*hyperbeam\.service")),
@@ -112,7 +111,7 @@ class ConsoleTail(threading.Thread):
 
 
 def guest_time(line: str) -> float | None:
-    m = KTIME.match(line)
+    m = KTIME.search(line)
     return float(m.group(1)) if m else None
 
 
@@ -162,6 +161,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1, help="boots to time (default 1)")
     ap.add_argument("--analyze", action="store_true",
                     help=f"add '{ANALYZE_CMDLINE}' to the guest cmdline: blame list")
+    ap.add_argument("--append", default="", metavar="ARGS",
+                    help="add ARGS to the guest's kernel command line (to try one)")
     ap.add_argument("--blame", type=int, default=15, help="blame lines to print")
     args = ap.parse_args()
 
@@ -181,8 +182,9 @@ def main() -> int:
     text = (f"build_dir: {build}\nkernel: {{source: deb, deb: {deb}}}\n"
             f"firmware: {{ovmf: {ovmf}}}\nports: {{hyperbeam: {port}}}\n"
             "launch: {accel: tcg, host_address: 127.0.0.1, health_timeout: 3600}\n")
-    if args.analyze:
-        text += f'cmdline: "{base.cmdline.strip()} {ANALYZE_CMDLINE}"\n'
+    extra = " ".join(filter(None, [args.append, ANALYZE_CMDLINE if args.analyze else ""]))
+    if extra:
+        text += f'cmdline: "{base.cmdline.strip()} {extra}"\n'
     overlay.write_text(text)
     common = ["profile=local", f"config={overlay}"]
     cfg = hconfig.load(profile="local", overlay=overlay)
@@ -193,7 +195,7 @@ def main() -> int:
         for name in ("rootfs.tar", "rootfs.json"):
             os.link(cached / name, paths.base_dir / name)
     print(f"bench_boot: work dir {work}; base root {'cached: ' + str(cached) if cached else 'built'}"
-          f"{'; analyze cmdline' if args.analyze else ''}", flush=True)
+          f"; cmdline {cfg.cmdline}", flush=True)
     try:
         took, proc = doit(["measure", *common], timeout=4 * 3600)
         if proc.returncode != 0:

@@ -49,10 +49,14 @@ MASKED_UNITS: dict[str, str] = {
     # persistent state the guest does not keep (/var is a tmpfs overlay)
     "systemd-random-seed.service": "/var is discarded at power-off; the kernel seeds itself (RDRAND)",
     "systemd-pstore.service": "no persistent storage to archive pstore records to",
-    "systemd-update-utmp.service": "no logins to record",
-    "systemd-update-utmp-runlevel.service": "no logins to record",
     "systemd-firstboot.service": "nothing to ask: the image is configured at build time",
+    "systemd-networkd-persistent-storage.service": "networkd's state would go to the /var tmpfs",
+    "systemd-journal-flush.service": "the journal is volatile (JOURNALD_FILE): nothing to flush",
+    "systemd-remount-fs.service": "/etc/fstab is empty: the initramfs mounts the root",
     # kernel features the guest does not use
+    "modprobe@drm.service": "no display (logind wants drm for seats)",
+    "modprobe@efi_pstore.service": "no EFI variable store (SeaBIOS or AmdSev OVMF)",
+    "modprobe@fuse.service": "no FUSE",
     "systemd-binfmt.service": "no foreign binary formats",
     "proc-sys-fs-binfmt_misc.automount": "no foreign binary formats",
     "proc-sys-fs-binfmt_misc.mount": "no foreign binary formats",
@@ -99,8 +103,9 @@ BLACKLISTED_MODULES: dict[str, str] = {
     "bochs": "no display (-display none)",
 }
 
-# what the node needs: never masked or blacklisted (tests check the built image)
-NEEDED_UNITS = ("hyperbeam.service", "hbos-data.service", "systemd-networkd.service",
+# what the node needs: never masked or blacklisted (tests check the built image);
+# configfs: the TSM attestation reports live in /sys/kernel/config/tsm
+NEEDED_UNITS = ("hyperbeam.service", "modprobe@configfs.service", "sys-kernel-config.mount", "hbos-data.service", "systemd-networkd.service",
                 "systemd-networkd.socket", "systemd-networkd-wait-online.service",
                 "systemd-udevd.service", "systemd-udev-trigger.service",
                 "systemd-journald.service", "systemd-logind.service",
@@ -108,7 +113,7 @@ NEEDED_UNITS = ("hyperbeam.service", "hbos-data.service", "systemd-networkd.serv
                 "network-online.target", "multi-user.target")
 # sev-guest and tsm (attestation reports), the NIC, verity and the data disk's
 # dm-crypt (and its AES), evdev + button (ACPI power-down reaches logind)
-NEEDED_MODULES = ("sev-guest", "tsm", "tsm_report", "virtio_net", "dm_verity", "dm_crypt",
+NEEDED_MODULES = ("sev-guest", "tsm", "virtio_net", "dm_verity", "dm_crypt",
                   "aesni_intel", "evdev", "button")
 
 
@@ -131,6 +136,27 @@ def modprobe_conf() -> str:
     return "\n".join(lines) + "\n"
 
 
+# udev rules run in name order: this one clears the CPU device's modalias before
+# 80-drivers.rules turns it into `kmod load`: no driver is loaded at boot for
+# each CPU feature (crypto, EDAC, thermal, RAPL, kvm: dozens of modules, the
+# slowest part of coldplug under TCG). The crypto API still loads an
+# accelerated implementation on demand (aesni_intel is alias crypto-aes ...).
+UDEV_RULE = "etc/udev/rules.d/79-hbos-no-cpu-modalias.rules"
+UDEV_RULE_TEXT = """\
+# HyperBEAM OS (hbos/guest_boot.py): udev loads no drivers for CPU features.
+SUBSYSTEM=="cpu", ENV{MODALIAS}=""
+"""
+# the journal stays in /run: /var is a tmpfs too, so nothing is lost, and
+# systemd-journal-flush has nothing to move
+JOURNALD_FILE = "etc/systemd/journald.conf.d/hbos-volatile.conf"
+JOURNALD_TEXT = """\
+# HyperBEAM OS (hbos/guest_boot.py): /var is a tmpfs overlay, keep the journal in /run.
+[Journal]
+Storage=volatile
+"""
+
+
 def text_files() -> dict[str, str]:
     """Root-relative path -> file text."""
-    return {MODPROBE_FILE: modprobe_conf()}
+    return {MODPROBE_FILE: modprobe_conf(), UDEV_RULE: UDEV_RULE_TEXT,
+            JOURNALD_FILE: JOURNALD_TEXT}
