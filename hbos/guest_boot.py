@@ -105,7 +105,8 @@ BLACKLISTED_MODULES: dict[str, str] = {
 
 # what the node needs: never masked or blacklisted (tests check the built image);
 # configfs: the TSM attestation reports live in /sys/kernel/config/tsm
-NEEDED_UNITS = ("hyperbeam.service", "modprobe@configfs.service", "sys-kernel-config.mount", "hbos-data.service", "systemd-networkd.service",
+NEEDED_UNITS = ("hyperbeam.service", "modprobe@configfs.service", "sys-kernel-config.mount",
+                "hbos-data.service", "systemd-networkd.service",
                 "systemd-networkd.socket", "systemd-networkd-wait-online.service",
                 "systemd-udevd.service", "systemd-udev-trigger.service",
                 "systemd-journald.service", "systemd-logind.service",
