@@ -112,8 +112,8 @@ NEEDED_UNITS = ("hyperbeam.service", "modprobe@configfs.service", "sys-kernel-co
                 "systemd-journald.service", "systemd-logind.service",
                 "systemd-tmpfiles-setup.service", "systemd-modules-load.service",
                 "network-online.target", "multi-user.target")
-# sev-guest and tsm (attestation reports), the NIC, verity and the data disk's
-# dm-crypt (and its AES), evdev + button (ACPI power-down reaches logind)
+# sev-guest and tsm (attestation reports), the NIC, verity, dm-crypt (HyperBEAM's
+# volume feature runs cryptsetup) and its AES, evdev + button (ACPI power-down reaches logind)
 NEEDED_MODULES = ("sev-guest", "tsm", "virtio_net", "dm_verity", "dm_crypt",
                   "aesni_intel", "evdev", "button")
 
