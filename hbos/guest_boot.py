@@ -63,6 +63,9 @@ MASKED_UNITS: dict[str, str] = {
     "sys-kernel-debug.mount": "no debugfs in a confidential guest",
     "sys-kernel-tracing.mount": "no tracefs in a confidential guest",
     "sys-fs-fuse-connections.mount": "no FUSE",
+    "dev-hugepages.mount": "no hugetlbfs users (the BEAM does not use it)",
+    "dev-mqueue.mount": "no POSIX message queue users",
+    "systemd-udev-load-credentials.service": "no udev rules from VMM-supplied credentials",
 }
 
 # generator -> why it is masked (systemd skips a generator linked to /dev/null in /etc)
