@@ -44,6 +44,7 @@ from hbos.paths import Paths
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")   # colour codes in systemd's console output
 QMP_START_TIMEOUT = 60.0     # seconds for QEMU to answer QMP after exec (2 busy cores)
 PROGRESS_EVERY = 15.0        # seconds between "still waiting" lines
+HEALTH_POLL_EVERY = 0.5      # seconds between health probes (docs/boot.md)
 TAIL = 20
 
 
@@ -296,7 +297,7 @@ def wait_healthy(proc: subprocess.Popen, files: qemu.RunFiles, port: int,
             last_note = time.monotonic()
             line = ANSI.sub("", file_tail(files.console, 1)).strip()[:100]
             say(f"start: {elapsed:4.0f} s, not answering yet ({why}); console: {line}")
-        time.sleep(2.0)
+        time.sleep(HEALTH_POLL_EVERY)
 
 
 BANNER = """

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from hbos import kernel, rootfs, run, templates, tools, tree as htree
+from hbos import guest_boot, kernel, rootfs, run, templates, tools, tree as htree
 from hbos.config import Config
 from hbos.errors import BuildError
 from hbos.fsutil import sha256_file, write_json
@@ -75,6 +75,9 @@ def system_files(cfg: Config) -> dict[str, Union[str, Link]]:
     else:
         for unit in GETTY_UNITS:
             files[f"{SYSTEM_DIR}/{unit}"] = Link("/dev/null")
+    # boot time (docs/boot.md): units, generators and drivers the guest never needs
+    files.update({rel: Link(target) for rel, target in guest_boot.masks(cfg.debug).items()})
+    files.update(guest_boot.text_files())
     return files
 
 

@@ -119,7 +119,10 @@ def test_system_files_debug_is_explicit(tmp_path):
     files = verity.system_files(_cfg(tmp_path, "debug: true\n"))
     assert "--autologin root" in files[
         "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"]
-    assert not any(v == verity.Link("/dev/null") for v in files.values())
+    assert not any(v == verity.Link("/dev/null") for k, v in files.items()
+                   if any(k.endswith(f"/{unit}") for unit in verity.GETTY_UNITS))
+    # a debug image keeps systemd.debug_shell (systemd-debug-generator)
+    assert "etc/systemd/system-generators/systemd-debug-generator" not in files
     assert "debug=1" in files["etc/hbos/image.conf"]
 
 
