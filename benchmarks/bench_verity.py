@@ -1,0 +1,138 @@
+"""Benchmark the verity stage against the same tools run by hand (prints; asserts nothing).
+
+    python3 benchmarks/bench_verity.py [--pad-mib 750] [--runs 3]
+
+With the base rootfs cached (the tests' cache, built once if missing) and a
+content tree padded to about --pad-mib MiB of incompressible filler, it times
+
+- the verity stage after a content change (median of --runs rebuilds): clone
+  base + modules + content + mkfs + veritysetup format + the check;
+- by hand on the same assembled tree (median of --runs): mkfs.erofs +
+  veritysetup format, as one would without this project;
+- the two ways of checking the result, alone on the final image:
+  `veritysetup verify` (what the stage ran before issue 16 item 11) and the
+  in-process verifier hbos.veritytree.verify (sequential, no overlap);
+
+and prints the ratio stage / by hand (issue 16 item 11: target <= 1.3x). The
+stage prints its own step times on stderr ("verity: extract ..., verify ...").
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_images import base_cache, pad, timed  # noqa: E402
+
+from hbos import config as hconfig, kernel, verity  # noqa: E402
+from hbos.paths import Paths  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    cached_kernel_deb,
+    link_base_rootfs,
+    write_overlay,
+    write_test_content,
+)
+
+MiB = 1 << 20
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pad-mib", type=int, default=750, help="filler in the content tree")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs of each side (median)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="hbos-bench-verity-"))
+    try:
+        deb = cached_kernel_deb()
+        if not deb.is_file():
+            print(f"no cached kernel .deb at {deb}: run python3 -m tests.prepare")
+            return 2
+        cache = base_cache()
+        overlay = write_overlay(work / "overlay.yaml", (
+            f"build_dir: {work / 'build'}\nkernel: {{source: deb, deb: {deb}}}\n"))
+        cfg = hconfig.load(profile="local", overlay=overlay)
+        paths = Paths.from_config(cfg)
+        link_base_rootfs(cache, paths)
+        kernel.unpack(cfg, paths)
+        content = write_test_content(work / "content")
+        pad(content, args.pad_mib)
+        manifest = work / "content-manifest.json"
+        manifest.write_text("{}\n")
+        index = content / "opt" / "hbos-test" / "www" / "index.html"
+
+        verity.build(cfg, paths, content, manifest)     # first: extracts rootfs.tar once
+        stage = []
+        for i in range(args.runs):                       # rebuilds after a content change
+            index.write_text(f"changed {i}\n")
+            manifest.write_text(f'{{"changed": {i}}}\n')
+            t, roothash = timed(verity.build, cfg, paths, content, manifest)
+            stage.append(t)
+        data_size = paths.verity_image.stat().st_size
+
+        tree = work / "hand-tree"
+        verity.assemble(cfg, paths, tree, content)
+        img, hashes = work / "hand.img", work / "hand.hash"
+        hand, mkfs, fmt = [], [], []
+        for _ in range(args.runs):
+            img.unlink(missing_ok=True)
+            hashes.unlink(missing_ok=True)
+            t_mkfs, _ = timed(subprocess.run, ["mkfs.erofs", "--quiet", f"-T{cfg.source_date_epoch}",
+                                               str(img), str(tree)], check=True)
+            t_fmt, _ = timed(subprocess.run, ["veritysetup", "format", str(img), str(hashes)],
+                             check=True, capture_output=True)
+            mkfs.append(t_mkfs)
+            fmt.append(t_fmt)
+            hand.append(t_mkfs + t_fmt)
+        shutil.rmtree(tree)
+
+        ids = json_ids(paths)
+        t_vverify, _ = timed(subprocess.run, verity.veritysetup_verify_argv(
+            paths.verity_image, paths.hash_tree, roothash), check=True, capture_output=True)
+        t_inproc = None
+        try:
+            from hbos import veritytree
+        except ImportError:
+            veritytree = None  # type: ignore[assignment]
+        if veritytree is not None:
+            t_inproc, _ = timed(veritytree.verify, paths.verity_image, paths.hash_tree,
+                                str(roothash), ids["salt"], ids["verity_uuid"])
+
+        t_stage, t_hand = statistics.median(stage), statistics.median(hand)
+        print()
+        print(f"root image          : {data_size / MiB:8.1f} MiB ({cfg.image.filesystem})")
+        print(f"verity stage        : {t_stage:8.2f} s  median of {args.runs} "
+              f"({', '.join(f'{t:.2f}' for t in stage)})")
+        print(f"by hand, same tree  : {t_hand:8.2f} s  median of {args.runs} "
+              f"(mkfs.erofs {statistics.median(mkfs):.2f} s + veritysetup format "
+              f"{statistics.median(fmt):.2f} s)")
+        print(f"ratio stage/by hand : {t_stage / t_hand:8.2f} x  (target <= 1.3x)")
+        print(f"veritysetup verify  : {t_vverify:8.2f} s  alone on the final image")
+        if t_inproc is not None:
+            print(f"in-process verify   : {t_inproc:8.2f} s  alone on the final image "
+                  f"(hbos.veritytree, sequential)")
+        return 0
+    finally:
+        if args.keep:
+            print(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def json_ids(paths: Paths) -> dict:
+    import json
+    return json.loads(paths.verity_manifest.read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
