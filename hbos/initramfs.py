@@ -22,6 +22,7 @@ the compressor stores no name or timestamp (`gzip -n`; zstd stores none).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import sys
@@ -75,12 +76,20 @@ def show_depends_argv(root: Path, version: str, module: str) -> list[str]:
     return ["modprobe", "-d", str(root), "-S", version, "--show-depends", module]
 
 
+# "insmod PATH [PARAMS]": PATH may hold spaces (a build directory's), so it runs
+# to the first module suffix followed by a blank or the end of the line
+INSMOD_LINE = re.compile(r"insmod (.+?\.ko(?:\.xz|\.gz|\.zst)?)(?:\s|$)")
+
+
 def parse_show_depends(text: str) -> list[tuple[str, str]]:
     """[("insmod", path) | ("builtin", name)] from `modprobe --show-depends` output."""
     out: list[tuple[str, str]] = []
     for line in text.splitlines():
+        insmod = INSMOD_LINE.match(line.strip())
         words = line.split()
-        if len(words) >= 2 and words[0] in ("insmod", "builtin"):
+        if insmod:
+            out.append(("insmod", insmod.group(1)))
+        elif len(words) >= 2 and words[0] == "builtin":
             out.append((words[0], words[1]))
     return out
 

@@ -48,6 +48,15 @@ def test_parse_show_depends_keeps_order_and_drops_parameters():
     ]
 
 
+def test_parse_show_depends_keeps_spaces_in_the_build_path():
+    """A build directory may hold spaces (issue 16 item 12: any build path)."""
+    text = ("insmod /b dir/k/lib/modules/6.1/kernel/virtio.ko.xz \n"
+            "insmod /b dir/k/lib/modules/6.1/kernel/x y.ko opt=1\nbuiltin ext4\n")
+    assert initramfs.parse_show_depends(text) == [
+        ("insmod", "/b dir/k/lib/modules/6.1/kernel/virtio.ko.xz"),
+        ("insmod", "/b dir/k/lib/modules/6.1/kernel/x y.ko"), ("builtin", "ext4")]
+
+
 def test_parse_ldd_resolves_files_and_loader_skips_vdso():
     assert initramfs.parse_ldd(LDD) == [
         Path("/lib/x86_64-linux-gnu/libcryptsetup.so.12"),
