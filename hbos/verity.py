@@ -83,7 +83,7 @@ def system_files(cfg: Config) -> dict[str, Union[str, Link]]:
 def write_system_files(tree: Path, files: dict[str, Union[str, Link]]) -> None:
     for rel, body in sorted(files.items()):
         dest = safe_dest(tree, rel)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        htree.ensure_dir(dest.parent)       # 0755 whatever the umask
         if dest.is_symlink() or dest.exists():
             dest.unlink()
         if isinstance(body, Link):

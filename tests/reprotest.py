@@ -9,7 +9,8 @@ is varied, how, and what this machine cannot vary).
 - build_path: another, deeper build directory (and content source path);
 - umask: 0077 instead of the runner's (usually 0022);
 - time: a later date (libfaketime, `faketime -m -f +398d`: 398 days on, so
-  another year, month and weekday);
+  another year, month and weekday; NO_FAKE_STAT=1, so stat() shows files' real
+  mtimes);
 - timezone: TZ=GMT-14 (the runner: UTC or unset);
 - locales: LANG/LC_ALL=fr_CH.UTF-8, LANGUAGE=fr_CH:fr;
 - domain_host: hostname and domainname in a new UTS namespace (`unshare --uts`);
@@ -62,7 +63,10 @@ class Variation:
             "TZ": "GMT-14", "LANG": "fr_CH.UTF-8", "LC_ALL": "fr_CH.UTF-8",
             "LANGUAGE": "fr_CH:fr", "HOME": str(self.home), "USER": "hbos-reprotest",
             "LOGNAME": "hbos-reprotest", "PATH": f"{self.extra_path}:{base.get('PATH', '')}",
-            "CAPTURE_ENVIRONMENT": "i_capture_the_environment", **self.env})
+            "CAPTURE_ENVIRONMENT": "i_capture_the_environment",
+            # a later date moves the clock, not the mtimes already on disk: without
+            # this libfaketime shifts every stat() result too (reprotest sets it as well)
+            "NO_FAKE_STAT": "1", **self.env})
         return env
 
 

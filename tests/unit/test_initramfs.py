@@ -140,3 +140,19 @@ def test_init_writable_paths(tmp_path):
     for fs in ("/dev", "/proc", "/sys"):
         assert f"mount --move {fs} /newroot{fs}" in text
     assert 'exec switch_root /newroot "$INIT"' in text
+
+
+def test_shared_libraries_ignore_what_the_environment_preloads(monkeypatch):
+    """ldd lists LD_PRELOAD'd libraries too: a builder's libfaketime or profiler must
+    not end up in the initramfs (found by tests/integration/test_reprotest.py)."""
+    import shutil
+    veritysetup, extra = shutil.which("veritysetup"), Path("/lib/x86_64-linux-gnu/libanl.so.1")
+    if veritysetup is None or not extra.is_file() or shutil.which("ldd") is None:
+        from tests.conftest import missing_prerequisite
+        missing_prerequisite("needs veritysetup, ldd and glibc's libanl.so.1 (x86_64 Debian)")
+    clean = initramfs.shared_libraries(veritysetup)
+    assert clean and all(p.name != extra.name for p in clean)
+    monkeypatch.setenv("LD_PRELOAD", str(extra))
+    assert extra.name in subprocess.run(["ldd", veritysetup], capture_output=True,
+                                        text=True).stdout      # what ldd alone does
+    assert initramfs.shared_libraries(veritysetup) == clean

@@ -32,7 +32,7 @@ def test_environment_changes_what_reprotest_varies(tmp_path):
     assert env["HOME"] == str(tmp_path / "home-b") and (tmp_path / "home-b").is_dir()
     assert (env["TZ"], env["LANG"], env["LC_ALL"], env["USER"], env["LOGNAME"]) == (
         "GMT-14", "fr_CH.UTF-8", "fr_CH.UTF-8", "hbos-reprotest", "hbos-reprotest")
-    assert env["CAPTURE_ENVIRONMENT"]
+    assert env["CAPTURE_ENVIRONMENT"] and env["NO_FAKE_STAT"] == "1"
 
 
 def test_build_overlay_gives_each_build_its_own_dir(tmp_path):
