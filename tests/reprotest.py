@@ -18,7 +18,10 @@ is varied, how, and what this machine cannot vary).
 - exec_path: an extra, empty directory first on PATH;
 - environment: an extra variable (reprotest's CAPTURE_ENVIRONMENT);
 - kernel, aslr: `setarch x86_64 --uname-2.6 -R` (another uname release, no ASLR);
-- num_cpus: `taskset -c 0` (one CPU).
+- num_cpus: `taskset -c 0` (one CPU);
+- fileordering: build B's content source is read through a disorderfs mount
+  with shuffled directory entries (`disordered`; the build dir cannot be on
+  it: veritysetup format fails to write its header on a FUSE file).
 
 `build_overlay` is the one place that writes the config overlay of a build
 here (control or experiment): each build gets its own build_dir and nothing
@@ -27,10 +30,12 @@ else that could be shared (add per-build caches there).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +83,27 @@ def variation(root: Path) -> Variation:
     return Variation(home=home, extra_path=extra)
 
 
-REQUIRED_TOOLS = ("unshare", "setarch", "taskset", "faketime", "hostname", "domainname")
+REQUIRED_TOOLS = ("unshare", "setarch", "taskset", "faketime", "hostname", "domainname",
+                  "disorderfs", "fusermount")
+
+
+def disorderfs_argv(backing: Path, mountpoint: Path) -> list[str]:
+    """reprotest's fileordering: directory entries come back in random order."""
+    return ["disorderfs", "--shuffle-dirents=yes", "--multi-user=yes", "--quiet",
+            str(backing), str(mountpoint)]
+
+
+@contextlib.contextmanager
+def disordered(root: Path) -> Iterator[Path]:
+    """root/mnt: a disorderfs view of root/backing (both created), unmounted on exit."""
+    backing, mnt = root / "backing", root / "mnt"
+    backing.mkdir(parents=True, exist_ok=True)
+    mnt.mkdir(parents=True, exist_ok=True)
+    subprocess.run(disorderfs_argv(backing, mnt), check=True, capture_output=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False, capture_output=True)
 
 
 def missing_tools() -> list[str]:

@@ -76,3 +76,8 @@ def test_reproducibility_tests_are_collected():
     for test in ("tests/integration/test_reprotest.py::test_guest_is_bit_identical_under_variations",
                  "tests/integration/test_firmware.py::test_firmware_is_reproducible_under_variations"):
         assert test in proc.stdout
+
+
+def test_disorderfs_argv_is_exact():
+    assert reprotest.disorderfs_argv(Path("/b"), Path("/m")) == [
+        "disorderfs", "--shuffle-dirents=yes", "--multi-user=yes", "--quiet", "/b", "/m"]
