@@ -22,6 +22,7 @@ the compressor stores no name or timestamp (`gzip -n`; zstd stores none).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import sys
@@ -75,12 +76,20 @@ def show_depends_argv(root: Path, version: str, module: str) -> list[str]:
     return ["modprobe", "-d", str(root), "-S", version, "--show-depends", module]
 
 
+# "insmod PATH [PARAMS]": PATH may hold spaces (a build directory's), so it runs
+# to the first module suffix followed by a blank or the end of the line
+INSMOD_LINE = re.compile(r"insmod (.+?\.ko(?:\.xz|\.gz|\.zst)?)(?:\s|$)")
+
+
 def parse_show_depends(text: str) -> list[tuple[str, str]]:
     """[("insmod", path) | ("builtin", name)] from `modprobe --show-depends` output."""
     out: list[tuple[str, str]] = []
     for line in text.splitlines():
+        insmod = INSMOD_LINE.match(line.strip())
         words = line.split()
-        if len(words) >= 2 and words[0] in ("insmod", "builtin"):
+        if insmod:
+            out.append(("insmod", insmod.group(1)))
+        elif len(words) >= 2 and words[0] == "builtin":
             out.append((words[0], words[1]))
     return out
 
@@ -126,8 +135,12 @@ def parse_ldd(text: str) -> list[Path]:
 
 
 def shared_libraries(binary: str) -> list[Path]:
-    """The shared libraries (and the dynamic loader) `binary` needs, from ldd."""
-    proc = run.run(["ldd", binary], quiet=True, check=False)
+    """The shared libraries (and the dynamic loader) `binary` needs, from ldd.
+
+    LD_PRELOAD is emptied for ldd: ldd lists preloaded libraries too, and what
+    the builder's environment preloads (libfaketime, a profiler, ...) must not
+    land in the initramfs (issue 16 item 12)."""
+    proc = run.run(["ldd", binary], quiet=True, check=False, env={"LD_PRELOAD": ""})
     text = proc.stdout.decode(errors="replace")
     if proc.returncode != 0:
         if "not a dynamic executable" in (text + proc.stderr.decode(errors="replace")):
@@ -144,7 +157,7 @@ def plain_module_name(path: Path) -> Path:
 def decompress_module(src: Path, dest: Path) -> str:
     """Write `src` (.ko, .ko.xz, .ko.gz or .ko.zst) to `dest` uncompressed; the
     compression undone ("" for a plain module). Deterministic: same src, same bytes."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    htree.ensure_dir(dest.parent)
     if src.suffix == ".xz":
         import lzma
         try:
@@ -189,7 +202,7 @@ def render_init(cfg: Config, modules: list[str], version: str) -> str:
 
 
 def _copy_file(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    htree.ensure_dir(dest.parent)
     shutil.copyfile(src, dest)
     os.chmod(dest, stat.S_IMODE(os.stat(src).st_mode))
 
@@ -201,7 +214,7 @@ def stage(cfg: Config, paths: Paths, tree: Path) -> dict:
     busybox = tools.require("busybox")
     veritysetup = tools.require("veritysetup")
     for d in ("bin", "sbin", "dev", "proc", "sys", "run", "newroot", "etc", "lib", "lib64"):
-        (tree / d).mkdir(parents=True, exist_ok=True)
+        htree.ensure_dir(tree / d)         # 0755 whatever the umask
     if shared_libraries(busybox):
         raise BuildError(f"{busybox} is not statically linked",
                          hint="install busybox-static (apt-get install busybox-static)")
@@ -232,6 +245,7 @@ def stage(cfg: Config, paths: Paths, tree: Path) -> dict:
     init.write_text(render_init(cfg, load, version))
     init.chmod(0o755)
     (tree / "etc" / "hbos-initramfs").write_text(f"kernel {version}\n")
+    os.chmod(tree / "etc" / "hbos-initramfs", 0o644)
     return {"kernel_version": version, "modules": load, "builtin_modules": builtin,
             "module_sources": sources,
             "modules_note": "boot modules only, decompressed at build time for busybox "
@@ -269,7 +283,7 @@ def build(cfg: Config, paths: Paths) -> None:
     tools.require("modprobe")
     out = paths.initramfs
     with atomic_path(paths.initramfs_dir) as tree:
-        tree.mkdir(parents=True)
+        htree.ensure_dir(tree)
         manifest = stage(cfg, paths, tree)
         with atomic_path(out) as tmp:
             pack(tree, cfg.source_date_epoch, cfg.initramfs.compression, tmp,

@@ -14,6 +14,7 @@ and build/kernel/kernel.json records the version and hashes.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -159,6 +160,10 @@ def unpack(cfg: Config, paths: Paths) -> None:
             (tree / "lib").mkdir(exist_ok=True)
             (tree / "lib" / "modules").symlink_to("../usr/lib/modules")
         run.run(["depmod", "-b", tree, version], quiet=True)
+        for index in moddir.glob("modules.*"):
+            # depmod writes its indexes under the caller's umask; they go into the image
+            if index.is_file() and not index.is_symlink():
+                os.chmod(index, 0o644)
         with atomic_path(paths.vmlinuz) as out:
             shutil.copyfile(vmlinuz, out)
     write_json(paths.kernel_manifest, {

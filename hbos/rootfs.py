@@ -206,7 +206,7 @@ def add_kernel_modules(paths: Paths, tree: Path) -> str:
     dest = modules_dir(tree) / version
     if dest.exists():
         shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    htree.ensure_dir(dest.parent)
     # build/source point at headers that are not installed: leave them out
     htree.copy(src.resolve(), dest, link=True, what="kernel modules",
                skip=lambda rel, st: rel in ("build", "source") and stat.S_ISLNK(st.st_mode))
@@ -270,8 +270,9 @@ def build_image(cfg: Config, paths: Paths) -> None:
         htree.clone(extracted_tree(paths, log=log), tree, log=log)
         add_kernel_modules(paths, tree)
         for rel, text in serial_login_files().items():
-            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            htree.ensure_dir((tree / rel).parent)
             (tree / rel).write_text(text)
+            os.chmod(tree / rel, 0o644)
         htree.normalize_mtimes(tree, cfg.source_date_epoch)
         raw = Path(tmpdir) / "base.raw"
         uuid = "6862f5e6-8a3c-4b1e-9d3e-000000000001"  # fixed: debug disk, not measured

@@ -48,6 +48,15 @@ def test_parse_show_depends_keeps_order_and_drops_parameters():
     ]
 
 
+def test_parse_show_depends_keeps_spaces_in_the_build_path():
+    """A build directory may hold spaces (issue 16 item 12: any build path)."""
+    text = ("insmod /b dir/k/lib/modules/6.1/kernel/virtio.ko.xz \n"
+            "insmod /b dir/k/lib/modules/6.1/kernel/x y.ko opt=1\nbuiltin ext4\n")
+    assert initramfs.parse_show_depends(text) == [
+        ("insmod", "/b dir/k/lib/modules/6.1/kernel/virtio.ko.xz"),
+        ("insmod", "/b dir/k/lib/modules/6.1/kernel/x y.ko"), ("builtin", "ext4")]
+
+
 def test_parse_ldd_resolves_files_and_loader_skips_vdso():
     assert initramfs.parse_ldd(LDD) == [
         Path("/lib/x86_64-linux-gnu/libcryptsetup.so.12"),
@@ -131,3 +140,19 @@ def test_init_writable_paths(tmp_path):
     for fs in ("/dev", "/proc", "/sys"):
         assert f"mount --move {fs} /newroot{fs}" in text
     assert 'exec switch_root /newroot "$INIT"' in text
+
+
+def test_shared_libraries_ignore_what_the_environment_preloads(monkeypatch):
+    """ldd lists LD_PRELOAD'd libraries too: a builder's libfaketime or profiler must
+    not end up in the initramfs (found by tests/integration/test_reprotest.py)."""
+    import shutil
+    veritysetup, extra = shutil.which("veritysetup"), Path("/lib/x86_64-linux-gnu/libanl.so.1")
+    if veritysetup is None or not extra.is_file() or shutil.which("ldd") is None:
+        from tests.conftest import missing_prerequisite
+        missing_prerequisite("needs veritysetup, ldd and glibc's libanl.so.1 (x86_64 Debian)")
+    clean = initramfs.shared_libraries(veritysetup)
+    assert clean and all(p.name != extra.name for p in clean)
+    monkeypatch.setenv("LD_PRELOAD", str(extra))
+    assert extra.name in subprocess.run(["ldd", veritysetup], capture_output=True,
+                                        text=True).stdout      # what ldd alone does
+    assert initramfs.shared_libraries(veritysetup) == clean
