@@ -40,12 +40,13 @@ def test_build_overlay_gives_each_build_its_own_dir(tmp_path):
                                       ovmf=Path("/o.fd"), content=Path("/c"), extra="debug: false\n")
     assert overlay == tmp_path / "b" / "overlay.yaml"
     assert overlay.read_text() == (f"build_dir: {tmp_path / 'b' / 'build'}\n"
+                                   "cache_dir: ''\n"
                                    "kernel: {source: deb, deb: /k.deb}\n"
                                    "firmware: {ovmf: /o.fd}\n"
                                    "content: {source: dir, path: /c}\n"
                                    "debug: false\n")
     assert reprotest.build_overlay(tmp_path / "fw").read_text() == \
-        f"build_dir: {tmp_path / 'fw' / 'build'}\n"
+        f"build_dir: {tmp_path / 'fw' / 'build'}\ncache_dir: ''\n"
 
 
 def test_the_prefix_really_varies_what_it_says(tmp_path):
