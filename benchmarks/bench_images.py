@@ -69,6 +69,28 @@ def pad(tree: Path, mib: int) -> None:
             fh.write(os.urandom(MiB))
 
 
+def image_workspace(work: Path, pad_mib: int):
+    """A local-profile build dir in `work` with the cached kernel unpacked and the
+    base root linked, and a padded test content tree: (cfg, paths, content,
+    content manifest), or None (said why) when the test cache has no kernel."""
+    deb = cached_kernel_deb()
+    if not deb.is_file():
+        print(f"no cached kernel .deb at {deb}: run python3 -m tests.prepare")
+        return None
+    cache = base_cache()
+    overlay = write_overlay(work / "overlay.yaml", (
+        f"build_dir: {work / 'build'}\nkernel: {{source: deb, deb: {deb}}}\n"))
+    cfg = hconfig.load(profile="local", overlay=overlay)
+    paths = Paths.from_config(cfg)
+    link_base_rootfs(cache, paths)
+    kernel.unpack(cfg, paths)
+    content = write_test_content(work / "content")
+    pad(content, pad_mib)
+    manifest = work / "content-manifest.json"
+    manifest.write_text("{}\n")
+    return cfg, paths, content, manifest
+
+
 def sha256_throughput(total: int = 512 * MiB) -> float:
     buf = os.urandom(64 * MiB)
     h = hashlib.sha256()
@@ -86,21 +108,10 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="hbos-bench-images-"))
     try:
-        deb = cached_kernel_deb()
-        if not deb.is_file():
-            print(f"no cached kernel .deb at {deb}: run python3 -m tests.prepare")
+        ws = image_workspace(work, args.pad_mib)
+        if ws is None:
             return 2
-        cache = base_cache()
-        overlay = write_overlay(work / "overlay.yaml", (
-            f"build_dir: {work / 'build'}\nkernel: {{source: deb, deb: {deb}}}\n"))
-        cfg = hconfig.load(profile="local", overlay=overlay)
-        paths = Paths.from_config(cfg)
-        link_base_rootfs(cache, paths)
-        kernel.unpack(cfg, paths)
-        content = write_test_content(work / "content")
-        pad(content, args.pad_mib)
-        manifest = work / "content-manifest.json"
-        manifest.write_text("{}\n")
+        cfg, paths, content, manifest = ws
 
         t_initrd, _ = timed(initramfs.build, cfg, paths)
         # first build: also extracts rootfs.tar once (kept for later builds)

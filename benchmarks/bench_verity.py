@@ -38,16 +38,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_images import base_cache, pad, timed  # noqa: E402
+from bench_images import image_workspace, timed  # noqa: E402
 
-from hbos import config as hconfig, kernel, run, verity  # noqa: E402
+from hbos import run, verity  # noqa: E402
 from hbos.paths import Paths  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    cached_kernel_deb,
-    link_base_rootfs,
-    write_overlay,
-    write_test_content,
-)
 
 MiB = 1 << 20
 
@@ -74,21 +68,10 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="hbos-bench-verity-"))
     try:
-        deb = cached_kernel_deb()
-        if not deb.is_file():
-            print(f"no cached kernel .deb at {deb}: run python3 -m tests.prepare")
+        ws = image_workspace(work, args.pad_mib)
+        if ws is None:
             return 2
-        cache = base_cache()
-        overlay = write_overlay(work / "overlay.yaml", (
-            f"build_dir: {work / 'build'}\nkernel: {{source: deb, deb: {deb}}}\n"))
-        cfg = hconfig.load(profile="local", overlay=overlay)
-        paths = Paths.from_config(cfg)
-        link_base_rootfs(cache, paths)
-        kernel.unpack(cfg, paths)
-        content = write_test_content(work / "content")
-        pad(content, args.pad_mib)
-        manifest = work / "content-manifest.json"
-        manifest.write_text("{}\n")
+        cfg, paths, content, manifest = ws
         index = content / "opt" / "hbos-test" / "www" / "index.html"
 
         verity.build(cfg, paths, content, manifest)     # first: extracts rootfs.tar once
