@@ -21,7 +21,8 @@ of the guest's serial console as it arrives on the host. Prints:
   (Starting -> Started/Finished per unit, longest first) and the chain of the
   service's unit.
 
-    python3 benchmarks/bench_boot.py [--runs N] [--analyze] [--append ARGS] [--workdir DIR] [--keep]
+    python3 benchmarks/bench_boot.py [--runs N] [--analyze] [--append ARGS] [--set YAML] [--workdir DIR]
+        [--keep]
 
 Slow: one build (minutes; mmdebstrap when the base root is not cached), then
 minutes per TCG boot on 2 busy cores.
@@ -164,6 +165,10 @@ def main() -> int:
     ap.add_argument("--append", default="", metavar="ARGS",
                     help="add ARGS to the guest's kernel command line (to try one)")
     ap.add_argument("--blame", type=int, default=15, help="blame lines to print")
+    ap.add_argument("--set", default="", metavar="YAML",
+                    help="extra overlay lines to try a config change, e.g. "
+                         "'vm: {vcpu_count: 2}' (top-level keys other than the "
+                         "benchmark's own: build_dir, kernel, firmware, ports, launch, cmdline)")
     args = ap.parse_args()
 
     from hbos import config as hconfig
@@ -185,6 +190,8 @@ def main() -> int:
     extra = " ".join(filter(None, [args.append, ANALYZE_CMDLINE if args.analyze else ""]))
     if extra:
         text += f'cmdline: "{base.cmdline.strip()} {extra}"\n'
+    if args.set:
+        text += args.set.rstrip("\n") + "\n"
     overlay.write_text(text)
     common = ["profile=local", f"config={overlay}"]
     cfg = hconfig.load(profile="local", overlay=overlay)

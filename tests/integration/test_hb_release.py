@@ -54,6 +54,11 @@ def test_release_has_erts_and_the_extended_start_script(release):
     assert {"bin/hb", "releases/0.1.0/vm.args", "releases/0.1.0/start.boot"} <= files
     script = (paths.hb_release_tree / "bin" / "hb").read_text()
     assert 'cd "$ROOTDIR"' in script       # why the unit links the state (item 1)
+    # the node name carries its host, so the start script does not boot a second
+    # BEAM to learn it (relx_get_nodename runs only for a name without '@')
+    vm_args = (paths.hb_release_tree / "releases" / "0.1.0" / "vm.args").read_text().split("\n")
+    assert "-sname hb@localhost" in vm_args and "-setcookie hb" in vm_args
+    assert "*@*) ;;" in script and "$(relx_get_nodename)" in script
     for p in [paths.hb_release_tree, *paths.hb_release_tree.rglob("*")]:
         assert p.lstat().st_mtime == cfg.source_date_epoch, p
 
@@ -161,7 +166,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
-        for pid in _epmd_pids() - epmd_before:   # the epmd this node started (-sname hb)
+        for pid in _epmd_pids() - epmd_before:   # the epmd this node started (-sname hb@localhost)
             os.kill(pid, signal.SIGTERM)
     # the store, the key and nothing else: written under the state path only
     stored = sorted(p.name for p in (state / "cache-mainnet").iterdir())
