@@ -1,7 +1,7 @@
 """HyperBEAM OS build graph.
 
 Each task declares its inputs (file_dep, and through config_changed the config
-keys its stage reads, declared once in hbos/stages.py) and its targets; the
+keys its stage reads, declared once in hbos/tasks/table.py) and its targets; the
 work lives in the hbos package.
 
     doit list                  every stage, one line each
@@ -14,12 +14,15 @@ from doit import get_var
 
 # Graph time imports only what file_dep, targets and uptodate need; the stage
 # modules (and sev-snp-measure, cryptography, jinja2, requests) are imported
-# when an action runs: action("hbos.module:function", ...) (hbos/stage.py).
-from hbos import content, firmware, hb_release, kernel, libvirt, rootfs, stages, templates, tools, vmconfig
-from hbos.doit_support import SizeAwareChecker, load_config, strs
+# when an action runs: action("hbos.module:function", ...) (hbos/tasks/adapter.py).
+from hbos.launch import libvirt
 from hbos.paths import Paths
-from hbos.stage import action, guard_task_creators, late
-from hbos.task_params import DOWNLOAD_RELEASE, SETUP_HOST, START, VERIFY_REPORT
+from hbos.stages import content, firmware, hb_node as hb_release, kernel, rootfs, vmconfig
+from hbos.tasks import table as stages
+from hbos.tasks.adapter import action, guard_task_creators, late
+from hbos.tasks.params import DOWNLOAD_RELEASE, SETUP_HOST, START, VERIFY_REPORT
+from hbos.tasks.support import SizeAwareChecker, load_config, strs
+from hbos.util import templates, tools
 
 CFG = load_config(get_var)  # creates build_dir, or exits with one line
 P = Paths.from_config(CFG)
@@ -36,8 +39,8 @@ DOIT_CONFIG = {
 def task_init():
     """Create the build directories, check host tools, fetch the AMDSEV snp-release bundle if one is configured."""
     return {
-        "actions": [action("hbos.stage:make_dirs", P.build, P.downloads, P.logs, P.guest_dir),
-                    action("hbos.hosttools:check", CFG, install=get_var("install", "") == "yes")],
+        "actions": [action("hbos.tasks.adapter:make_dirs", P.build, P.downloads, P.logs, P.guest_dir),
+                    action("hbos.stages.hosttools:check", CFG, install=get_var("install", "") == "yes")],
         "task_dep": ["snp_release"],
         "uptodate": [False],
         "verbosity": 2,
@@ -110,7 +113,7 @@ def task_content():
     }
 
 
-# ------------------------------------------- guest image (hbos/initramfs.py, rootfs.py, verity.py)
+# ------------------------------------------- guest image (hbos/stages/initramfs.py, rootfs.py, verity.py)
 
 
 def _host_tool_deps(*programs):
@@ -203,7 +206,7 @@ def _ovmf_deps():
 def task_vm_config():
     """Write the VM definition build/guest/vm-config.toml (kernel, initrd, OVMF, cmdline, VM)."""
     return {
-        "actions": [stages.VM_CONFIG.action(CFG, P, ovmf=late("hbos.firmware:resolve", CFG, P),
+        "actions": [stages.VM_CONFIG.action(CFG, P, ovmf=late("hbos.stages.firmware:resolve", CFG, P),
                                              roothash_file=P.roothash)],
         "file_dep": strs([P.vmlinuz, vmconfig.initrd_path(CFG, P), P.roothash]) + _ovmf_deps(),
         "targets": strs([P.vm_config]),
@@ -216,7 +219,7 @@ def _identity_deps():
     """The public keys when identity is enabled (their digests go into measurement.json)."""
     if not CFG.identity.enabled:
         return []
-    from hbos import identity  # cryptography: only for a build with a launch identity
+    from hbos.measure import identity  # cryptography: only for a build with a launch identity
     files = identity.key_files(CFG)
     return strs([files.public(identity.ID), files.public(identity.AUTHOR)])
 
@@ -234,13 +237,13 @@ def task_measure():
     }
 
 
-# ------------------------------------------------- launch identity (hbos/identity.py, idblock.py)
+# ------------------------------------------------- launch identity (hbos/measure/identity.py, idblock.py)
 
 
 def task_keys():
     """Create the ID and author keys (ECDSA P-384, 0600) in identity.keys_dir; never overwrites."""
     return {
-        "actions": [action("hbos.identity:make_keys", CFG)],
+        "actions": [action("hbos.measure.identity:make_keys", CFG)],
         "uptodate": [False],
         "verbosity": 2,
         # no targets and no clean: doit must never delete a key
@@ -277,14 +280,14 @@ def task_libvirt_xml():
     }
 
 
-# ------------------------------------------------------------------ launch (hbos/launch.py)
+# ------------------------------------------------------------------ launch (hbos/launch/start.py)
 
 
 def task_start():
     """Build what is missing, boot the guest (SNP, or emulated: NOT CONFIDENTIAL), wait healthy."""
     return {
-        "actions": [action("hbos.launch:start_from_build", CFG, P, lock=(P.lock("vm"), "start"),
-                           options="hbos.launch:options_from_params")],
+        "actions": [action("hbos.launch.start:start_from_build", CFG, P, lock=(P.lock("vm"), "start"),
+                           options="hbos.launch.start:options_from_params")],
         "params": START,
         # doit builds whatever produces these first; start itself always runs
         "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement])
@@ -296,13 +299,13 @@ def task_start():
 
 def task_stop():
     """Stop the running guest (QMP power-down/quit, then signals), clean its pidfile."""
-    return {"actions": [action("hbos.launch:stop_vm", P, lock=(P.lock("vm"), "stop"))],
+    return {"actions": [action("hbos.launch.start:stop_vm", P, lock=(P.lock("vm"), "stop"))],
             "uptodate": [False], "verbosity": 2}
 
 
 def task_status():
     """Is the guest running? pid, mode (SNP/emulated), accel, QMP state, health endpoint."""
-    return {"actions": [action("hbos.launch:print_status", P)],
+    return {"actions": [action("hbos.launch.start:print_status", P)],
             "uptodate": [False], "verbosity": 2}
 
 
@@ -325,7 +328,7 @@ def task_package_release():
 def task_download_release():
     """Download --url [--sha256], verify every file and the launch digest, install as current."""
     return {
-        "actions": [action("hbos.release_fetch:download_release", CFG, P,
+        "actions": [action("hbos.release.fetch:download_release", CFG, P,
                            lock=(P.lock("releases"), "download_release"))],
         "params": DOWNLOAD_RELEASE,
         "uptodate": [False],
@@ -336,9 +339,9 @@ def task_download_release():
 def task_start_release():
     """Start the installed release (build/releases/current) through the launcher, same checks."""
     return {
-        "actions": [action("hbos.release:start_release", CFG, P,
+        "actions": [action("hbos.release.layout:start_release", CFG, P,
                            lock=(P.lock("vm"), "start_release"),
-                           options="hbos.launch:options_from_params")],
+                           options="hbos.launch.start:options_from_params")],
         "params": START,  # the same options as start
         "uptodate": [False],
         "verbosity": 2,
@@ -348,26 +351,26 @@ def task_start_release():
 def task_verify_report():
     """Verify an SNP attestation report against this build: doit verify_report --report FILE."""
     return {
-        "actions": [action("hbos.attest_cli:verify_report", CFG, P)],
+        "actions": [action("hbos.cli.verify_report:verify_report", CFG, P)],
         "params": VERIFY_REPORT,
         "uptodate": [False],
         "verbosity": 2,
     }
 
 
-# --- SNP host (hbos/host.py, hbos/host_setup.py) ---------------------------
+# --- SNP host (hbos/host/check.py, hbos/host/setup.py) ---------------------------
 
 
 def task_check_host():
     """Check this host can run SEV-SNP guests: CPU, BIOS, kernel, KVM, /dev/sev, firmware, QEMU."""
-    return {"actions": [action("hbos.host:check_host", CFG, P)],
+    return {"actions": [action("hbos.host.check:check_host", CFG, P)],
             "uptodate": [False], "verbosity": 2}
 
 
 def task_setup_host():
     """Install the SNP host stack: Debian trixie's kernel + QEMU, or an AMDSEV snp-release bundle's (plan; --yes if no tty)."""
     return {
-        "actions": [action("hbos.host_setup:setup_from_config", CFG, P)],
+        "actions": [action("hbos.host.setup:setup_from_config", CFG, P)],
         "params": SETUP_HOST,
         "task_dep": ["snp_release"],
         "uptodate": [False],

@@ -12,8 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hbos import attest, certs, explain, report  # noqa: E402
-from hbos.measure import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, launch_digest  # noqa: E402
+from hbos.attest import certs, report, verify as attest  # noqa: E402
+from hbos.measure import explain  # noqa: E402
+from hbos.measure.digest import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, launch_digest  # noqa: E402
 
 
 def main() -> None:

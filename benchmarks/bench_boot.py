@@ -176,7 +176,7 @@ def main() -> int:
     from tests.conftest import cached_kernel_deb
     deb = cached_kernel_deb()
     if not deb.is_file():
-        sys.exit(f"no cached trixie kernel at {deb}: run python3 -m tests.prepare")
+        sys.exit(f"no cached trixie kernel at {deb}: run python3 -m tests.support.prepare")
     ovmf = ROOT / "tests" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hbos-bench-boot-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def main() -> int:
         if proc.returncode != 0:
             sys.exit(f"doit measure failed after {took:.0f} s:\n{(proc.stdout + proc.stderr)[-4000:]}")
         print(f"build (doit measure): {took:.1f} s", flush=True)
-        from hbos import qemu
+        from hbos.launch import qemu
         console = qemu.RunFiles(paths.run_dir).console
         for run in range(1, args.runs + 1):
             console.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Firmware build time and reproducibility: two clean builds in two directories.
 
-Each build runs the real firmware stage (hbos.edk2.build_ovmf: unpack, patch,
+Each build runs the real firmware stage (hbos.stages.edk2.build_ovmf: unpack, patch,
 BaseTools, AmdSevX64) in its own fresh build_dir with a different path, from
 the same pinned sources (downloaded once, then copied). Prints each build's
 time and OVMF.fd sha256, and on a difference the differing byte count and the
@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hbos import config, edk2  # noqa: E402
-from hbos.fsutil import sha256_file  # noqa: E402
+from hbos import config  # noqa: E402
 from hbos.paths import Paths  # noqa: E402
+from hbos.stages import edk2  # noqa: E402
+from hbos.util.fsutil import sha256_file  # noqa: E402
 
 
 def build_once(build_dir: Path, downloads: Path | None, keep: bool) -> tuple[Paths, float]:

@@ -27,8 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hbos import config as hconfig, initramfs, kernel, rootfs, verity  # noqa: E402
+from hbos import config as hconfig  # noqa: E402
 from hbos.paths import Paths  # noqa: E402
+from hbos.stages import initramfs, kernel, rootfs, verity  # noqa: E402
 from tests.conftest import (  # noqa: E402
     cache_dir,
     cached_kernel_deb,
@@ -75,7 +76,7 @@ def image_workspace(work: Path, pad_mib: int):
     content manifest), or None (said why) when the test cache has no kernel."""
     deb = cached_kernel_deb()
     if not deb.is_file():
-        print(f"no cached kernel .deb at {deb}: run python3 -m tests.prepare")
+        print(f"no cached kernel .deb at {deb}: run python3 -m tests.support.prepare")
         return None
     cache = base_cache()
     overlay = write_overlay(work / "overlay.yaml", (

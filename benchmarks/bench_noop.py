@@ -73,7 +73,7 @@ def main() -> int:
         ENV["PYTHONPYCACHEPREFIX"] = pycache.name
     deb = cached_kernel_deb()
     if not deb.is_file():
-        sys.exit("run `python3 -m tests.prepare` first (needs the cached kernel .deb)")
+        sys.exit("run `python3 -m tests.support.prepare` first (needs the cached kernel .deb)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dummy = tmp / "dummy-2g.img"

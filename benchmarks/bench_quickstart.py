@@ -77,8 +77,10 @@ def tiny(runs: int) -> int:
     """start_vm -> healthy -> stop_vm with the integration test's busybox guest
     (real Debian cloud kernel, tiny initramfs), under TCG: the launcher's own cost."""
     sys.path.insert(0, str(ROOT))
-    from hbos import config as hconfig, kernel, launch
+    from hbos import config as hconfig
+    from hbos.launch import start as launch
     from hbos.paths import Paths
+    from hbos.stages import kernel
     from tests.conftest import cached_kernel_deb
     from tests.integration.test_start import Guest
     work = Path(tempfile.mkdtemp(prefix="hbos-bench-tiny-"))

@@ -14,7 +14,7 @@ content tree padded to about --pad-mib MiB of incompressible filler, it times
   interleaved with the runs above so both see the same machine load;
 - the two ways of checking the result, alone on the final image:
   `veritysetup verify` (what the stage ran before issue 16 item 11) and the
-  in-process verifier hbos.veritytree.verify (sequential, no overlap);
+  in-process verifier hbos.stages.veritytree.verify (sequential, no overlap);
 
 and prints the ratio stage / by hand (issue 16 item 11: target <= 1.3x). The
 stage prints its own step times on stderr ("verity: extract ..., verify ...").
@@ -40,8 +40,9 @@ sys.path.insert(0, str(HERE))
 
 from bench_images import image_workspace, timed  # noqa: E402
 
-from hbos import run, verity  # noqa: E402
 from hbos.paths import Paths  # noqa: E402
+from hbos.stages import verity  # noqa: E402
+from hbos.util import run  # noqa: E402
 
 MiB = 1 << 20
 
@@ -116,7 +117,7 @@ def main() -> int:
             paths.verity_image, paths.hash_tree, roothash), check=True, capture_output=True)
         t_inproc = c_inproc = None
         try:
-            from hbos import veritytree
+            from hbos.stages import veritytree
         except ImportError:
             veritytree = None  # type: ignore[assignment]
         if veritytree is not None:
@@ -148,7 +149,7 @@ def main() -> int:
               f"final image")
         if t_inproc is not None:
             print(f"in-process verify   : {t_inproc:8.2f} s  (CPU {c_inproc:.2f} s) alone on the "
-                  f"final image (hbos.veritytree, sequential)")
+                  f"final image (hbos.stages.veritytree, sequential)")
         print(f"load average        : {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
               f"on {os.cpu_count()} CPUs (the ratio is meaningful on an idle machine)")
         return 0

@@ -21,8 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hbos import config as hconfig, content, tree as htree  # noqa: E402
+from hbos import config as hconfig  # noqa: E402
 from hbos.paths import Paths  # noqa: E402
+from hbos.stages import content  # noqa: E402
+from hbos.util import tree as htree  # noqa: E402
 
 
 def timed(fn, runs: int) -> float:

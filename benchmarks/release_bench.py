@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from pytest_httpserver import HTTPServer  # noqa: E402
 from werkzeug import Response  # noqa: E402
 
-from hbos import release_fetch, release_pack  # noqa: E402
-from tests.release_fixtures import make_build  # noqa: E402
+from hbos.release import fetch as release_fetch, pack as release_pack  # noqa: E402
+from tests.support.release_fixtures import make_build  # noqa: E402
 
 OVMF = ROOT / "tests" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
 

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hbos import limits
 from hbos.errors import ConfigError
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+from hbos.paths import DEFAULT_CONFIG
+from hbos.util import limits
 
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -55,12 +54,12 @@ def _range(lo: int, hi: int):
 
 
 def _limit(rng: limits.Range):
-    """The shared VM ranges (hbos.limits): config, measure --inputs and releases agree."""
+    """The shared VM ranges (hbos.util.limits): config, measure --inputs and releases agree."""
     return rng.problem
 
 
 def _cache_dir(value: str) -> str | None:
-    """hbos.cache.location: "auto", "" (no cache) or a path."""
+    """hbos.util.cache.location: "auto", "" (no cache) or a path."""
     if value != value.strip() or any(c in value for c in "\0\n\r"):
         return f"expected 'auto', empty (no cache) or a directory path, got {value!r}"
     return None
@@ -217,7 +216,7 @@ class KernelConfig:
 class FirmwareConfig:
     source: Literal["snp_release", "path", "build"] = "build"
     ovmf: str = ""
-    # source: build -- Debian trixie's edk2 source package (hbos/edk2.py),
+    # source: build -- Debian trixie's edk2 source package (hbos/stages/edk2.py),
     # pinned by the sha256 of the archive's Sources index.
     orig_url: str = ("http://deb.debian.org/debian/pool/main/e/edk2/"
                      "edk2_2025.02.orig.tar.xz")
@@ -387,7 +386,7 @@ class AttestConfig:
 @dataclass(frozen=True)
 class IdentityConfig:
     enabled: bool = False
-    keys_dir: str = ""   # empty: $XDG_CONFIG_HOME/hbos/keys (hbos.identity)
+    keys_dir: str = ""   # empty: $XDG_CONFIG_HOME/hbos/keys (hbos.measure.identity)
     guest_svn: int = field(default=0, metadata=check(_range(0, 2**32 - 1)))
 
 

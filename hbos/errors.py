@@ -81,4 +81,4 @@ class IdentityError(HbosError):
 
 
 class Busy(HbosError):
-    """Another run holds a lock this one needs (hbos.lock)."""
+    """Another run holds a lock this one needs (hbos.util.lock)."""

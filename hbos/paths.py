@@ -1,13 +1,37 @@
-"""The one place that knows where every artifact lives.
+"""The one place that knows where every artifact lives, and where the project's
+own files are.
 
 Everything the build writes is under `build_dir`; nothing else in the project
-joins artifact paths by hand.
+joins artifact paths by hand. The project's files (config.yaml, templates/,
+resources/, tools/) live beside dodo.py: in a checkout that is the package's
+parent directory; with hbos installed from a wheel, $HBOS_PROJECT when set,
+else the current directory (doit runs in the directory of dodo.py).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+PROJECT_ENV = "HBOS_PROJECT"
+
+
+def _project_root() -> Path:
+    given = os.environ.get(PROJECT_ENV)
+    if given:
+        return Path(given).resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "dodo.py").is_file():
+        return checkout
+    return Path.cwd()
+
+
+PROJECT_ROOT = _project_root()
+TEMPLATES = PROJECT_ROOT / "templates"
+RESOURCES = PROJECT_ROOT / "resources"
+TOOLS = PROJECT_ROOT / "tools"
+DEFAULT_CONFIG = PROJECT_ROOT / "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -25,7 +49,7 @@ class Paths:
         return self.build / ".doit.db"
 
     def lock(self, name: str) -> Path:
-        """The lock file one kind of run holds (hbos.lock): vm, releases."""
+        """The lock file one kind of run holds (hbos.util.lock): vm, releases."""
         return self.build / "locks" / f"{name}.lock"
 
     @property
@@ -210,7 +234,7 @@ class Paths:
     @property
     def reference_values(self) -> Path:
         return self.build / "reference-values.json"
-    # launch identity (hbos/idblock.py, hbos/hostdata.py); the keys live outside build/
+    # launch identity (hbos/measure/idblock.py, hbos/measure/nodeconfig.py); the keys live outside build/
     @property
     def identity_dir(self) -> Path:
         return self.build / "identity"

@@ -6,7 +6,7 @@
   linux-image-amd64 resolved to its linux-image-<version>-amd64), cached in the
   test cache (HBOS_TEST_CACHE, default ~/.cache/hbos-tests, under
   kernel-trixie/). `.ci/run` fetches it first
-  (python -m tests.prepare); under CI=true a missing prerequisite fails.
+  (python -m tests.support.prepare); under CI=true a missing prerequisite fails.
 - kernel_build: that kernel unpacked by the real kernel stage, once a session.
 """
 
@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
 IN_CI = os.environ.get("CI") == "true"
-# a stage that reads a config key it does not declare fails (hbos/stages.py);
+# a stage that reads a config key it does not declare fails (hbos/tasks/table.py);
 # the doit runs the tests start inherit it
 os.environ["HBOS_STRICT_CONFIG"] = "1"
 # the artifact cache (config cache_dir: auto = $XDG_CACHE_HOME/hbos): never the
@@ -67,7 +67,7 @@ def fixed_verification_time(monkeypatch):
     covers the validity step itself."""
     import datetime
 
-    from hbos import attest
+    from hbos.attest import verify as attest
     monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
         2026, 6, 1, tzinfo=datetime.timezone.utc))
 
@@ -93,7 +93,7 @@ def cached_kernel_deb() -> Path:
 def kernel_deb() -> Path:
     deb = cached_kernel_deb()
     if not deb.is_file():
-        proc = subprocess.run([sys.executable, "-m", "tests.prepare"], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "tests.support.prepare"], cwd=ROOT,
                               capture_output=True, text=True)
         if proc.returncode != 0 or not deb.is_file():
             missing_prerequisite(f"cannot fetch the default (trixie) kernel .deb: "
@@ -104,8 +104,9 @@ def kernel_deb() -> Path:
 @pytest.fixture(scope="session")
 def kernel_build(kernel_deb, tmp_path_factory):
     """(Config, Paths) of a build dir holding the real unpacked kernel."""
-    from hbos import config as hconfig, kernel
+    from hbos import config as hconfig
     from hbos.paths import Paths
+    from hbos.stages import kernel
     build = tmp_path_factory.mktemp("kernel-build")
     overlay = build / "overlay.yaml"
     overlay.write_text(f"build_dir: {build}\nkernel: {{source: deb, deb: {kernel_deb}}}\n")
@@ -162,9 +163,11 @@ def rootfs_cache_key(cfg) -> str:
 @pytest.fixture(scope="session")
 def base_rootfs_cache():
     """Paths of a cache dir holding base/rootfs.tar + base/rootfs.json (local profile)."""
-    from hbos import config as hconfig, rootfs, tools
+    from hbos import config as hconfig
     from hbos.errors import HbosError
     from hbos.paths import Paths
+    from hbos.stages import rootfs
+    from hbos.util import tools
     cfg = hconfig.load(profile="local")
     root = cache_dir() / "base-rootfs" / rootfs_cache_key(cfg)
     root.mkdir(parents=True, exist_ok=True)
@@ -240,7 +243,7 @@ class GuestBuild:
 
     @property
     def cmdline(self) -> str:
-        from hbos import vmconfig
+        from hbos.stages import vmconfig
         return vmconfig.kernel_cmdline(self.cfg, self.roothash)
 
 
@@ -287,7 +290,7 @@ def kill_qemu(run_dir: Path) -> None:
     import signal
     import time
 
-    from hbos import launch, qemu
+    from hbos.launch import qemu, start as launch
     files = qemu.RunFiles(run_dir)
     pid = launch.read_pid(files.pidfile)
     if pid is None or not launch.is_our_qemu(pid, files.pidfile):

@@ -110,7 +110,7 @@ def serial_number(cert: x509.Certificate) -> int:
 
 def read_cert_bytes(path: str | Path, what: str = "certificate") -> bytes:
     """A certificate/CRL file, bounded (see report.read_bounded)."""
-    from hbos.report import read_bounded
+    from hbos.attest.report import read_bounded
     return read_bounded(path, MAX_CERT_FILE, what)
 
 

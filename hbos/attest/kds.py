@@ -19,10 +19,10 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from hbos import certs
+from hbos.attest import certs
+from hbos.attest.report import Tcb
 from hbos.errors import AttestationError, DownloadError, HashMismatch
-from hbos.fetch import download
-from hbos.report import Tcb
+from hbos.util.fetch import download
 
 DEFAULT_KDS = "https://kdsintf.amd.com"
 

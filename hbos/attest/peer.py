@@ -96,7 +96,7 @@ def trusted_entry(record: dict[str, Any], source: str = "measurement.json") -> d
     """The `snp_trusted` entry of a build, in HyperBEAM's format: the eight committed
     parameters, integers for vcpus / vcpu_type (the sev crate's CpuType) / vmm_type
     (1 QEMU, 2 EC2) / guest_features, lower-case hex for the four hashes."""
-    from hbos.measure import RUST_CPU_TYPES, RUST_VMM_TYPES, parse_inputs
+    from hbos.measure.digest import RUST_CPU_TYPES, RUST_VMM_TYPES, parse_inputs
     inputs, fw = parse_inputs(record, source)
     if fw is None:
         raise MeasurementError(f"{source} has no firmware launch hash, so there is no "
@@ -120,7 +120,7 @@ def trusted_entry(record: dict[str, Any], source: str = "measurement.json") -> d
 def write_trusted(path: str | Path, record: dict[str, Any]) -> list[dict[str, Any]]:
     """build/snp_trusted.json: HyperBEAM's `snp_trusted` list (one entry, or none when the
     build has no firmware hash)."""
-    from hbos.fsutil import write_text
+    from hbos.util.fsutil import write_text
     try:
         entries = [trusted_entry(record)]
     except MeasurementError:
@@ -135,7 +135,7 @@ def write_trusted(path: str | Path, record: dict[str, Any]) -> list[dict[str, An
 def peer_digest(entry: dict[str, Any], layout: OvmfLayout = HYPERBEAM_REFERENCE) -> str:
     """The launch digest a HyperBEAM peer computes from `entry` (its algorithm: firmware hash
     as the GCTX seed, metadata / hashes table / reset EIP from `layout`)."""
-    from hbos.measure import RUST_CPU_TYPES, RUST_VMM_TYPES, LaunchInputs, sev_hashes
+    from hbos.measure.digest import RUST_CPU_TYPES, RUST_VMM_TYPES, LaunchInputs, sev_hashes
     cpu = RUST_CPU_TYPES[entry["vcpu_type"]]
     vmm = VMMType[RUST_VMM_TYPES[entry["vmm_type"]]]
     inputs = LaunchInputs(entry["kernel"], entry["initrd"], entry["append"], entry["vcpus"],
@@ -193,7 +193,7 @@ def check(record: dict[str, Any], *, ovmf: str | None = None, report=None,
           product: str | None = None, source: str = "measurement.json") -> Check:
     """Does HyperBEAM's algorithm, fed our snp_trusted entry, reproduce our digest (and the
     report's MEASUREMENT)? Names the first difference."""
-    from hbos.measure import Firmware
+    from hbos.measure.digest import Firmware
     entry = trusted_entry(record, source)
     ours = record.get("expected_hash")
     peers = peer_digest(entry)
@@ -283,7 +283,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from hbos import attest, report as reportmod
+    from hbos.attest import report as reportmod, verify as attest
     from hbos.errors import AttestationError
     for key in ("inputs", "report", "ovmf", "product"):
         if getattr(args, key) is not None and not getattr(args, key).strip():

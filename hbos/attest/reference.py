@@ -23,8 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hbos.attest.report import Tcb
 from hbos.errors import AttestationError
-from hbos.report import Tcb
 
 FORMAT = "hbos-reference-values/1"
 MAX_FILE = 1024 * 1024
@@ -69,9 +69,10 @@ def _tcb(value: Any, where: str) -> dict[str, int]:
 
 
 def from_measurement(record: dict[str, Any], source: str = "measurement.json") -> dict[str, Any]:
-    """Reference values of a build, from its measurement.json record (hbos.measure)."""
-    from hbos import __version__, certs
-    from hbos.attest import measurement_expectation
+    """Reference values of a build, from its measurement.json record (hbos.measure.digest)."""
+    from hbos import __version__
+    from hbos.attest import certs
+    from hbos.attest.verify import measurement_expectation
 
     fields = measurement_expectation(record, source)
     vm = record.get("vm") or {}
@@ -97,7 +98,7 @@ def from_measurement(record: dict[str, Any], source: str = "measurement.json") -
 
 
 def write(path: str | Path, record: dict[str, Any], source: str = "measurement.json") -> dict:
-    from hbos.fsutil import write_json
+    from hbos.util.fsutil import write_json
     ref = from_measurement(record, source)
     write_json(path, ref)
     return ref
@@ -128,7 +129,7 @@ def validate(data: Any, source: str) -> dict[str, Any]:
     if data.get("min_tcb") is not None:
         if not isinstance(data["min_tcb"], dict):
             raise AttestationError(f"{source}: min_tcb must be an object {{product: TCB}}")
-        from hbos import certs
+        from hbos.attest import certs
         out["min_tcb"] = {}
         for product, tcb in data["min_tcb"].items():
             try:
@@ -148,7 +149,7 @@ def validate(data: Any, source: str) -> dict[str, Any]:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    from hbos.report import read_bounded
+    from hbos.attest.report import read_bounded
     raw = read_bounded(path, MAX_FILE, "reference values file")
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -183,7 +184,7 @@ def merge(refs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def expectation_fields(ref: dict[str, Any]) -> dict[str, Any]:
-    """hbos.attest.Expectations keyword arguments from validated reference values."""
+    """hbos.attest.verify.Expectations keyword arguments from validated reference values."""
     fields: dict[str, Any] = {}
     if ref["measurements"]:
         fields["trusted_measurements"] = tuple(ref["measurements"])

@@ -40,9 +40,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from hbos import certs
-from hbos.errors import AttestationError
-from hbos.report import (
+from hbos.attest import certs
+from hbos.attest.report import (
     PLATFORM_INFO_BITS,
     POLICY_BITS,
     POLICY_DEBUG_BIT,
@@ -53,6 +52,7 @@ from hbos.report import (
     Report,
     Tcb,
 )
+from hbos.errors import AttestationError
 
 PASS, FAIL, SKIP, UNKNOWN = "pass", "fail", "skip", "unknown"
 STEP_ORDER = ("signing_key", "signature", "chain", "validity", "crl", "hwid", "vcek_tcb",
@@ -129,7 +129,7 @@ class Verification:
     report: Report
     product: str
     steps: list[Step]
-    explanation: Any = None  # hbos.explain.Explanation when the measurement was searched
+    explanation: Any = None  # hbos.measure.explain.Explanation when the measurement was searched
     requested: set[str] = field(default_factory=set)
 
     @property
@@ -523,7 +523,7 @@ def parse_hex_bytes(value: str, size: int, what: str, *, pad: bool = False) -> b
 
 
 def load_measurement_json(path: str | Path) -> dict[str, Any]:
-    from hbos.report import read_bounded
+    from hbos.attest.report import read_bounded
     p = Path(path)
     try:
         text = read_bounded(p, MAX_MEASUREMENT_JSON, "measurement file").decode("utf-8")

@@ -11,9 +11,9 @@ import argparse
 import json
 import sys
 
-from hbos import limits
 from hbos.errors import MeasurementError
-from hbos.measure import Firmware, launch_digest, load_inputs
+from hbos.measure.digest import Firmware, launch_digest, load_inputs
+from hbos.util import limits
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

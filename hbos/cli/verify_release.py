@@ -12,9 +12,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from hbos import release, release_unpack
 from hbos.errors import HashMismatch, ReleaseError, UnsafeArchive
-from hbos.fsutil import sha256_file
+from hbos.release import layout as release, unpack as release_unpack
+from hbos.util.fsutil import sha256_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def verify_path(path: Path, *, sha256: str = "", launch_digest: str = "",
 
 
 def _verified(root: Path, launch_digest: str, trusted_key: str, report) -> release.Manifest:
-    from hbos import provenance
+    from hbos.release import provenance
     manifest = release.verify_release(root, pinned_digest=launch_digest)
     if trusted_key:
         provenance.check_trusted(root, [Path(trusted_key).expanduser()])
@@ -61,7 +61,7 @@ def _verified(root: Path, launch_digest: str, trusted_key: str, report) -> relea
 
 def signer_lines(root: Path) -> str:
     """Who signed the release and what it was built from (verify-release output)."""
-    from hbos import provenance
+    from hbos.release import provenance
     signer = provenance.verify_signature(root)
     lines = [f"  signed by author key {signer.key_digest}" if signer
              else "  unsigned (no manifest.json.sig): consistent, not authenticated"]

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hbos import attest, certs, kds, reference, report as reportmod, task_params
+from hbos.attest import certs, kds, reference, report as reportmod, verify as attest
+from hbos.attest.report import parse_tcb
 from hbos.errors import AttestationError, MeasurementError
-from hbos.report import parse_tcb
+from hbos.tasks import params as task_params
 
 DEFAULT_CACHE = Path.home() / ".cache" / "hbos" / "certs"
 
@@ -86,8 +87,8 @@ def maybe_explain(v: attest.Verification, record: dict[str, Any] | None,
     step = v.step("measurement")
     if step.status != attest.FAIL or not step.expected or record is None:
         return
-    from hbos.explain import explain
-    from hbos.measure import Firmware, parse_inputs
+    from hbos.measure.digest import Firmware, parse_inputs
+    from hbos.measure.explain import explain
     if not all(k in record for k in ("kernel", "initrd", "append", "vcpus")):
         step.detail += " (cannot search launch parameters: the measurement record holds no " \
                        "launch inputs)"
@@ -321,7 +322,7 @@ def verify_report(cfg, paths, report: str = "", vcek: str = "", certs_dir: str =
                   report_data: str = "", vmpl: str = "", allow_debug: bool = False,
                   json: bool = False, at: str = "", crl: str = "",
                   require_crl: bool = False) -> None:
-    """`doit verify_report`: its keyword names are task_params.VERIFY_REPORT (run by hbos.stage)."""
+    """`doit verify_report`: its keyword names are task_params.VERIFY_REPORT (run by hbos.tasks.adapter)."""
     if not report:
         raise AttestationError("no report given", hint="doit verify_report --report FILE")
     expect, record = attest.expectations_from_build(

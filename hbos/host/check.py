@@ -334,7 +334,7 @@ def parse_snp_status(raw: bytes) -> SevStatus:
 
 def qemu_object_help(qemu: Path) -> str:
     """`qemu-system-x86_64 -object help`: the user-creatable object types."""
-    from hbos import run
+    from hbos.util import run
     return run.output([str(qemu), "-object", "help"], check=False, timeout=60)
 
 
@@ -621,8 +621,9 @@ def ready(checks: list[Check]) -> bool:
 
 def find_qemu(cfg, paths) -> tuple[Path | None, str]:
     """The QEMU that would launch SNP guests, and where it came from."""
-    from hbos import amdsev, tools
     from hbos.errors import HbosError
+    from hbos.stages import snp_bundle as amdsev
+    from hbos.util import tools
     if cfg.launch.qemu:
         q = cfg.path(cfg.launch.qemu)
         return (q, "launch.qemu") if q.exists() else (None, f"launch.qemu {q} does not exist")

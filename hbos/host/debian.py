@@ -4,7 +4,7 @@ Debian 13 "trixie" ships the whole SNP host stack: `linux-image-amd64` (6.12,
 CONFIG_KVM_AMD_SEV=y; kvm_amd enables sev_snp by itself where the BIOS and the
 SEV firmware allow it) and `qemu-system-x86` (10.0, `sev-snp-guest`). Without an
 AMDSEV snp-release bundle, setup_host installs exactly those from Debian with apt-get,
-under the same rules as the bundle path (hbos.host_setup): the plan first, root and
+under the same rules as the bundle path (hbos.host.setup): the plan first, root and
 a confirmation (`--yes`, or "y" on a terminal), and "nothing to do" when both
 are installed already. The OVMF is ours (the firmware stage), not a package.
 
@@ -137,7 +137,7 @@ def setup_debian(root: Path | str = "/", *, yes: bool = False, interactive: bool
                  euid: int | None = None, runner: Runner | None = None,
                  log: Path | None = None, ask: Callable[[str], str] = input) -> DebianPlan:
     """Install the stock trixie SNP host packages (see the module docstring)."""
-    from hbos import host_setup
+    from hbos.host import setup as host_setup
     root = Path(root)
     name = host_setup.require_debian(root)
     info = host_setup.os_release(root)
@@ -189,7 +189,7 @@ def missing_libraries(binary: Path, ldd: Callable[[Path], str] | None = None
                       ) -> dict[str, str]:
     """{library: Debian package (or "unknown package")} that `binary` cannot resolve."""
     if ldd is None:
-        from hbos import run
+        from hbos.util import run
 
         def ldd(path: Path) -> str:
             proc = run.run(["ldd", str(path)], check=False, quiet=True)

@@ -1,7 +1,7 @@
 """`doit setup_host`: install the snp-release bundle's host components.
 
 (Without an AMDSEV snp-release bundle configured, setup_host installs the stock Debian trixie
-stack instead: hbos.host_debian. With one, the bundle's QEMU must find its
+stack instead: hbos.host.debian. With one, the bundle's QEMU must find its
 shared libraries on this host first: host_debian.check_bundle_qemu.)
 
 What is installed (an AMDESE/AMDSEV snp-release tree):
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from hbos import debpkg
 from hbos.errors import HbosError, HostError
-from hbos.fsutil import atomic_path, sha256_file
+from hbos.util import debpkg
+from hbos.util.fsutil import atomic_path, sha256_file
 
 SUPPORTED_OS = ("debian", "ubuntu")
 Runner = Callable[[Sequence[str]], object]
@@ -216,7 +216,7 @@ def apply(plan: Plan, root: Path, runner: Runner) -> None:
 
 
 def default_runner(log: Path | None) -> Runner:
-    from hbos import run
+    from hbos.util import run
 
     def runner(argv: Sequence[str]) -> object:
         return run.run(argv, log=log, env={"DEBIAN_FRONTEND": "noninteractive"})
@@ -276,8 +276,9 @@ def setup_host(release: Path, root: Path | str = "/", *, yes: bool = False,
 
 def setup_from_config(cfg, paths, yes: bool = False) -> None:
     """An AMDSEV snp-release bundle configured: its host kernel, QEMU (whose libraries must
-    resolve here: ldd) and OVMF. None: stock Debian trixie packages (hbos.host_debian)."""
-    from hbos import amdsev, host_debian
+    resolve here: ldd) and OVMF. None: stock Debian trixie packages (hbos.host.debian)."""
+    from hbos.host import debian as host_debian
+    from hbos.stages import snp_bundle as amdsev
     if not amdsev.configured(cfg):
         host_debian.setup_debian("/", yes=yes, log=paths.log("setup_host"))
         return

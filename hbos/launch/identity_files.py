@@ -1,6 +1,6 @@
 """The launch identity files a launch passes (ID block, ID auth, HOST_DATA).
 
-Kept apart from hbos.idblock (which signs, with cryptography) because dodo.py
+Kept apart from hbos.measure.idblock (which signs, with cryptography) because dodo.py
 needs these paths at graph time, as libvirt_xml's file_dep.
 """
 

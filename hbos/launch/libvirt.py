@@ -29,11 +29,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hbos import qemu, templates, vmconfig
 from hbos.config import Config
 from hbos.errors import BuildError
-from hbos.fsutil import write_text
+from hbos.launch import qemu
 from hbos.paths import Paths
+from hbos.stages import vmconfig
+from hbos.util import templates
+from hbos.util.fsutil import write_text
 
 TEMPLATE = "libvirt-domain.xml.j2"
 DOMAIN_NAME = "hbos-guest"
@@ -60,8 +62,8 @@ def _read_b64(path: Path, what: str) -> str:
 
 
 def identity_files(cfg: Config, paths: Paths) -> dict[str, Path]:
-    """Where id_block, id_auth and host_data come from (hbos.launch_identity)."""
-    from hbos.launch_identity import launch_files  # no cryptography: dodo.py calls this
+    """Where id_block, id_auth and host_data come from (hbos.launch.identity_files)."""
+    from hbos.launch.identity_files import launch_files  # no cryptography: dodo.py calls this
     return {k: v for k, v in launch_files(cfg, paths).items() if v is not None}
 
 

@@ -35,11 +35,11 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from hbos import qemu
 from hbos.errors import LaunchError
+from hbos.launch import qemu
 
 if TYPE_CHECKING:
-    from hbos.launch import StartOptions
+    from hbos.launch.start import StartOptions
 
 HEALTH_PATH = "/~meta@1.0/info"
 

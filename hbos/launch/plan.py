@@ -1,7 +1,7 @@
 """The launch decision, apart from running it: mode, accelerator, QEMU binary,
 firmware, CPU model and the exact argv.
 
-`plan()` is the one place that decides; `doit start` (hbos.launch.start_vm) runs
+`plan()` is the one place that decides; `doit start` (hbos.launch.start.start_vm) runs
 what it returns, and `doit start --dry-run [--mode M] [--qemu PATH]` prints it
 (`review=True`): then nothing is started (not even the KVM probe) and no run
 file is written. `--mode snp` with review builds the SEV-SNP command line on any
@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hbos import limits, qemu, run as hrun
 from hbos.config import Config
 from hbos.errors import LaunchError
+from hbos.launch import qemu
 from hbos.paths import Paths
+from hbos.util import limits, run as hrun
 
 DEFAULT_CBITPOS = 51
 MODES = ("", "auto", "snp", "emulated")   # --mode values ("" = launch.snp)
@@ -39,7 +40,7 @@ KvmProbe = Callable[[qemu.HostFacts, str], tuple[bool, str]]
 def snp_host_ready(root: Path = Path("/")) -> tuple[bool, str]:
     """A quick SNP readiness probe: /dev/sev, /dev/kvm, kvm_amd.sev_snp=Y.
 
-    hbos.host.run_checks() does the full job (firmware version, RMP, ...);
+    hbos.host.check.run_checks() does the full job (firmware version, RMP, ...);
     `doit check_host` prints it. This is the launch decision only.
     """
     why = []
@@ -135,7 +136,8 @@ def qemu_binary(cfg: Config, paths: Paths, mode: qemu.Mode, given: str = ""
                 ) -> tuple[Path, str]:
     """--qemu, else launch.qemu, else the snp-release bundle's QEMU (SNP mode), else PATH;
     and where it came from."""
-    from hbos import host, tools
+    from hbos.host import check as host
+    from hbos.util import tools
     override = qemu_override(given)
     if override is not None:
         return override, "--qemu"

@@ -2,7 +2,7 @@
 
 `command_line(spec)` turns a LaunchSpec (the VM definition, the artifacts, the
 mode, the run files and the host facts) into argv. Nothing here touches the
-host; `hbos.launch` gathers the facts and runs the result.
+host; `hbos.launch.start` gathers the facts and runs the result.
 
 Two modes:
 
@@ -10,7 +10,7 @@ Two modes:
   `sev-snp-guest` object carries the policy, the C-bit position and
   `kernel-hashes=on` (QEMU then puts the sha256 of kernel, initrd and cmdline
   into the firmware's SNP_KERNEL_HASHES page, which is what the launch
-  measurement covers; see hbos.measure). Two QEMU flavours exist:
+  measurement covers; see hbos.measure.digest). Two QEMU flavours exist:
   * the AMD fork shipped in AMDESE/AMDSEV snp-release trees (version < 9.1):
     `-machine memory-encryption=sev0` (the legacy alias of
     confidential-guest-support), `certs-path=`, `auth-key-enabled=`;
@@ -63,7 +63,7 @@ class VmDefinition:
 
     @classmethod
     def from_vm_config(cls, vm: dict) -> "VmDefinition":
-        """From hbos.vmconfig.load()'s dict."""
+        """From hbos.stages.vmconfig.load()'s dict."""
         missing = [k for k in ("kernel_file", "initrd_file", "ovmf_file", "kernel_cmdline",
                                "vcpu_count", "vcpu_type", "memory_mib", "guest_policy",
                                "guest_features") if k not in vm]
@@ -120,7 +120,7 @@ class RunFiles:
 
     @property
     def state(self) -> Path:
-        """What was launched (mode, accel, argv, ports): written by hbos.launch."""
+        """What was launched (mode, accel, argv, ports): written by hbos.launch.start."""
         return self.directory / "launch.json"
 
 

@@ -1,6 +1,6 @@
 """A minimal QMP client: one command per connection (QEMU docs/interop/qmp-spec).
 
-The launcher (hbos.launch) uses it to wait for QEMU's main loop, to ask for its
+The launcher (hbos.launch.start) uses it to wait for QEMU's main loop, to ask for its
 run state, and to stop the VM (system_powerdown, quit).
 """
 

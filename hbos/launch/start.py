@@ -6,19 +6,19 @@
 2. load the VM definition and compare it with measurement.json (kernel,
    initrd, firmware, cmdline, vCPUs, vcpu_type, policy, guest_features): any
    difference refuses to start and names the field;
-3. decide with hbos.launch_plan (the code `--dry-run` prints): the mode
+3. decide with hbos.launch.plan (the code `--dry-run` prints): the mode
    (SEV-SNP when the host can, `launch.snp: auto`; emulated otherwise, with a
    NOT CONFIDENTIAL banner; `required` refuses, `off` never tries), the
    accelerator (SNP: KVM; emulated: `launch.accel`, where auto probes KVM here
    with a throwaway guest and falls back to TCG), QEMU, firmware and argv;
 4. run QEMU detached (own session, pidfile, QMP socket, serial console to a
    log file, all under Paths.run_dir), wait until QMP answers, then poll the
-   node's health endpoint (hbos.node_http) with visible progress;
-5. send the post-start node configuration (hbos/node_http.py) unless
+   node's health endpoint (hbos.launch.node_http) with visible progress;
+5. send the post-start node configuration (hbos/launch/node_http.py) unless
    post_start.auto is false or --no-auto is given.
 
 `stop_vm` and `vm_status` use the pidfile (checked against /proc so a
-recycled pid is never signalled) and QMP (hbos.qmp).
+recycled pid is never signalled) and QMP (hbos.launch.qmp).
 """
 
 from __future__ import annotations
@@ -35,11 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import launch_plan, limits, measure, node_http, qemu, qmp, run as hrun, vmconfig
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
-from hbos.fsutil import sha256_file, write_json
+from hbos.launch import node_http, plan as launch_plan, qemu, qmp
+from hbos.measure import digest as measure
 from hbos.paths import Paths
+from hbos.stages import vmconfig
+from hbos.util import limits, run as hrun
+from hbos.util.fsutil import sha256_file, write_json
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")   # colour codes in systemd's console output
 QMP_START_TIMEOUT = 60.0     # seconds for QEMU to answer QMP after exec (2 busy cores)
@@ -354,7 +357,7 @@ def launch_identity(cfg: Config, record: dict[str, Any], vm: qemu.VmDefinition, 
                     identity_dir: Path | None, mode: qemu.Mode) -> dict[str, str]:
     """ID block, ID auth and HOST_DATA (base64) for this launch, checked against
     measurement.json; an SNP launch they would not describe is refused."""
-    from hbos import hostdata, idblock
+    from hbos.measure import idblock, nodeconfig as hostdata
     out: dict[str, str] = {}
     hd, problem = hostdata.for_launch(cfg, record, options)
     if problem:
@@ -482,7 +485,7 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
 def dry_run(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
             hash_tree: Path, options: StartOptions, identity_dir: Path | None = None) -> None:
     """`start --dry-run`: the same checks, then the decisions and the QEMU line on
-    stdout (hbos.launch_plan); nothing is started or written."""
+    stdout (hbos.launch.plan); nothing is started or written."""
     raw = vmconfig.load(vm_config)
     vm = qemu.VmDefinition.from_vm_config(raw)
     record = launch_record(vm, measurement)
@@ -612,7 +615,7 @@ def print_status(paths: Paths) -> None:
 
 # `doit start --data-disk PATH --self URL --peer URL --no-auto` (also usable by
 # start_release): the original tool's options.
-from hbos.task_params import START as DOIT_PARAMS  # noqa: E402,F401 (re-exported: the start params)
+from hbos.tasks.params import START as DOIT_PARAMS  # noqa: E402,F401 (re-exported: the start params)
 
 
 def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",

@@ -5,7 +5,7 @@ can be computed either from files (a build) or from precomputed component
 hashes (a verifier holding only measurement.json / inputs.json and the
 firmware). The firmware part (the OVMF pages, SNP ABI spec "SNP_LAUNCH_UPDATE"
 of PAGE_TYPE_NORMAL) is computed once and used as the GCTX seed, which is what
-makes searching many launch parameters fast (see hbos.attest).
+makes searching many launch parameters fast (see hbos.attest.verify).
 
 The direct-boot hash table (kernel, initrd, cmdline sha256, in that GUIDed
 layout QEMU writes) is measured into the SNP_KERNEL_HASHES page; the VMSA of
@@ -31,9 +31,9 @@ from sevsnpmeasure.vcpu_types import CPU_SIGS
 from sevsnpmeasure.vmm_types import VMMType
 from sevsnpmeasure.vmsa import VMSA
 
-from hbos import limits
 from hbos.errors import MeasurementError
-from hbos.fsutil import sha256_file
+from hbos.util import limits
+from hbos.util.fsutil import sha256_file
 
 # The Rust `sev` crate's integer enums, as the original tool's digest_calc
 # wrote them into inputs.json. CpuType follows QEMU's builtin_x86_defs order.
@@ -289,10 +289,11 @@ def measure_vm_config(vm_config: Path, out: Path, *, source_date_epoch: int | No
 
     When the firmware file does not exist, expected_hash is null and
     `expected_hash_reason` says why; nothing is invented. `extra(record)`
-    returns fields to add (the launch identity: hbos.identity.measurement_fields).
+    returns fields to add (the launch identity: hbos.measure.identity.measurement_fields).
     """
-    from hbos import __version__, vmconfig
-    from hbos.fsutil import write_json
+    from hbos import __version__
+    from hbos.stages import vmconfig
+    from hbos.util.fsutil import write_json
 
     vm = vmconfig.load(vm_config)
     kernel, initrd, ovmf = Path(vm["kernel_file"]), Path(vm["initrd_file"]), Path(vm["ovmf_file"])

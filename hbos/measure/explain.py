@@ -30,7 +30,7 @@ from sevsnpmeasure.vcpu_types import CPU_SIGS
 from sevsnpmeasure.vmm_types import VMMType
 from sevsnpmeasure.vmsa import VMSA
 
-from hbos.measure import Firmware, LaunchInputs, sev_hashes
+from hbos.measure.digest import Firmware, LaunchInputs, sev_hashes
 
 MAX_VCPUS = 512
 

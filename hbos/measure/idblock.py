@@ -39,10 +39,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hbos import identity
 from hbos.errors import IdentityError
-from hbos.fsutil import write_json, write_text
-from hbos.launch_identity import launch_files  # noqa: F401 (moved there: dodo.py reads it)
+from hbos.launch.identity_files import launch_files  # noqa: F401 (moved there: dodo.py reads it)
+from hbos.measure import identity
+from hbos.util.fsutil import write_json, write_text
 
 ID_BLOCK_SIZE = 96
 ID_AUTH_SIZE = 4096

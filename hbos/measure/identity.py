@@ -283,7 +283,7 @@ def measurement_fields(cfg, record: dict) -> dict:
     """What measurement.json records of the launch identity: host_data (64 hex) and the
     node configuration it hashes; id_key_digest, author_key_digest (96 hex) and
     guest_svn, all null when identity is disabled."""
-    from hbos import hostdata
+    from hbos.measure import nodeconfig as hostdata
     fields = hostdata.measurement_fields(cfg, record)
     if cfg.identity.enabled:
         fields.update(digests(cfg), guest_svn=cfg.identity.guest_svn)

@@ -9,8 +9,8 @@ the node configuration document:
      "post_start": the body start POSTs to the node after boot, or null}
 
 The document is rendered by the same functions that render config.flat
-(hbos.content.render_config_flat) and the post-start body
-(hbos.node_http.post_start_for), never from copies. measurement.json records
+(hbos.stages.content.render_config_flat) and the post-start body
+(hbos.launch.node_http.post_start_for), never from copies. measurement.json records
 the document (`node_configuration`) and its hash (`host_data`, 64 hex), so a
 verifier pins the configuration as well as the image. config.flat is also in
 the measured image; the post-start body is not, and HOST_DATA is what binds it:
@@ -53,7 +53,8 @@ def document(config_flat: str, post_start: dict[str, Any] | None) -> dict[str, A
 
 def node_configuration(cfg, record: dict[str, Any], options=None) -> dict[str, Any]:
     """The document for this config and measurement record (start options: the defaults)."""
-    from hbos import content, launch, node_http
+    from hbos.launch import node_http, start as launch
+    from hbos.stages import content
     opts = options if options is not None else launch.StartOptions()
     return document(content.render_config_flat(cfg), node_http.post_start_for(cfg, record, opts))
 
@@ -70,7 +71,7 @@ def for_launch(cfg, record: dict[str, Any], options) -> tuple[str, str | None]:
     The document is measurement.json's, with the post-start body the launcher
     is about to send; a record without host_data gives ("", None).
     """
-    from hbos import node_http
+    from hbos.launch import node_http
     recorded = record.get("host_data")
     doc = record.get("node_configuration")
     if not recorded or not isinstance(doc, dict):
@@ -85,5 +86,5 @@ def for_launch(cfg, record: dict[str, Any], options) -> tuple[str, str | None]:
 
 def write_b64(path, hex_value: str) -> None:
     """The file launch.host_data / libvirt take: base64 of the 32 bytes."""
-    from hbos.fsutil import write_text
+    from hbos.util.fsutil import write_text
     write_text(path, to_b64(hex_value) + "\n")

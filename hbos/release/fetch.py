@@ -4,13 +4,13 @@
     build/releases/<sha16>.<rand>/     an installed, verified release
     build/releases/current -> <dir>    the one start_release launches
 
-The tarball is fetched by hbos.fetch (streamed, retried on transient errors,
+The tarball is fetched by hbos.util.fetch (streamed, retried on transient errors,
 truncation detected, sha256 checked when pinned; `file://` URLs and plain
-paths are copied, for hosts without a server), extracted by hbos.archive
+paths are copied, for hosts without a server), extracted by hbos.util.archive
 (absolute paths, `..`, escaping links, devices, fifos, duplicates refused)
-and hbos.release_unpack (only the files the manifest names, at its sizes,
+and hbos.release.unpack (only the files the manifest names, at its sizes,
 within the free space, all checked before writing) into a staging directory inside build/releases/, and verified there
-(hbos.release.verify_release). Only then does the `current` symlink move to
+(hbos.release.layout.verify_release). Only then does the `current` symlink move to
 it, by one atomic rename; a refused release leaves the previous one in place
 and nothing of itself behind.
 """
@@ -25,9 +25,10 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from hbos import fetch, release, release_unpack
 from hbos.errors import HashMismatch, ReleaseError
-from hbos.fsutil import atomic_path, remove, sha256_file
+from hbos.release import layout as release, unpack as release_unpack
+from hbos.util import fetch
+from hbos.util.fsutil import atomic_path, remove, sha256_file
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 RESERVE = 64 << 20  # left free on the disk after extracting a release
@@ -52,9 +53,9 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", trusted_key: s
     """Fetch, verify and install a release; return its installed directory.
 
     With a trusted key (--trusted-key, release.trusted_keys) the release must
-    carry that author's valid signature (hbos.provenance), checked before install.
+    carry that author's valid signature (hbos.release.provenance), checked before install.
     """
-    from hbos import provenance
+    from hbos.release import provenance
     remove_partials(paths)
     url, pin = resolve_request(cfg, url, sha256)
     trusted = provenance.trusted_keys(cfg, trusted_key)
@@ -142,7 +143,7 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str, *,
 
 
 def check_signer(stage: Path, trusted) -> None:
-    from hbos import provenance
+    from hbos.release import provenance
     signer = provenance.check_trusted(stage, list(trusted))
     print(f"download_release: signed by trusted author key {signer.key_digest}", file=sys.stderr)
 

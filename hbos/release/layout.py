@@ -6,7 +6,7 @@ all at the top level of one directory (and of its tarball):
 
     guest.img  hash_tree.bin  vmlinuz  initrd.img  OVMF.fd
     vm-config.toml    the build's VM definition, file names relative to the release
-    measurement.json  the launch inputs and expected digest (hbos.measure)
+    measurement.json  the launch inputs and expected digest (hbos.measure.digest)
     manifest.json     name, size, sha256 of every other file, the expected launch
                       digest, tool version, SOURCE_DATE_EPOCH and the guest ports
 
@@ -19,8 +19,8 @@ self-consistent and tamper-evident; it is *authentic* only when the tarball
 sha256 or the launch digest is pinned by someone the operator trusts
 (`--sha256`, `release.sha256`, `release.launch_digest`).
 
-Packing lives in hbos.release_pack, fetching and installing in
-hbos.release_fetch.
+Packing lives in hbos.release.pack, fetching and installing in
+hbos.release.fetch.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hbos import limits, vmconfig
 from hbos.errors import HbosError, ReleaseError
-from hbos.fsutil import sha256_file
-from hbos.measure import Firmware, LaunchInputs, inputs_from_files, launch_digest, parse_inputs
+from hbos.measure.digest import Firmware, LaunchInputs, inputs_from_files, launch_digest, parse_inputs
+from hbos.stages import vmconfig
+from hbos.util import limits
+from hbos.util.fsutil import sha256_file
 
 FORMAT = "hbos-release/1"
 
@@ -49,13 +50,13 @@ FIRMWARE = "OVMF.fd"
 VM_CONFIG = "vm-config.toml"
 MEASUREMENT = "measurement.json"
 MANIFEST = "manifest.json"
-REFERENCE_VALUES = "reference-values.json"  # what a verifier trusts (hbos.reference)
+REFERENCE_VALUES = "reference-values.json"  # what a verifier trusts (hbos.attest.reference)
 
 # Every file a release holds besides the manifest, sorted (the tarball order).
 PAYLOAD = tuple(sorted((IMAGE, HASH_TREE, KERNEL, INITRD, FIRMWARE, VM_CONFIG, MEASUREMENT,
                         REFERENCE_VALUES)))
 
-# A signed release (identity.enabled, hbos.provenance) also holds these, listed
+# A signed release (identity.enabled, hbos.release.provenance) also holds these, listed
 # in the manifest, and the author key's signature over the manifest beside it.
 ID_BLOCK = "id_block.b64"
 ID_AUTH = "id_auth.b64"
@@ -264,7 +265,7 @@ def check_release_record(root: Path, vm: dict[str, Any], inputs: LaunchInputs,
 
 def check_reference_values(root: Path) -> None:
     """reference-values.json must say what measurement.json (already checked) implies."""
-    from hbos import reference
+    from hbos.attest import reference
     from hbos.errors import AttestationError
     try:
         shipped = reference.validate(json.loads(read_small(root / REFERENCE_VALUES)),
@@ -307,7 +308,7 @@ def check_digest(root: Path, manifest: Manifest, pinned: str = "") -> str:
 
 def verify_release(root: Path, *, pinned_digest: str = "", full: bool = True) -> Manifest:
     """Refuse a release directory unless every check above passes."""
-    from hbos import provenance
+    from hbos.release import provenance
     manifest = read_manifest(root)
     check_files(root, manifest, full=full)
     check_digest(root, manifest, pinned_digest)
@@ -346,12 +347,12 @@ def start_release(cfg, paths, options) -> Any:
     disk images', and the launch digest); the launcher then runs the same
     consistency checks as `start`.
     """
-    from hbos import launch
+    from hbos.launch import start as launch
 
     root = installed(paths)
     manifest = verify_release(root, pinned_digest=cfg.release.launch_digest, full=False)
     if cfg.release.trusted_keys:
-        from hbos import provenance
+        from hbos.release import provenance
         provenance.check_trusted(root, provenance.trusted_keys(cfg))
     print(f"start_release: {manifest.name} from {root}, expected launch digest "
           f"{manifest.launch_digest}")

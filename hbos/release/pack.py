@@ -20,10 +20,14 @@ import tarfile
 import tomllib
 from pathlib import Path
 
-from hbos import __version__, identity, provenance, reference, release, vmconfig
+from hbos import __version__
+from hbos.attest import reference
 from hbos.errors import HbosError, ReleaseError
-from hbos.fsutil import atomic_path, read_json, sha256_file, write_json, write_text
-from hbos.measure import measure_vm_config
+from hbos.measure import identity
+from hbos.measure.digest import measure_vm_config
+from hbos.release import layout as release, provenance
+from hbos.stages import vmconfig
+from hbos.util.fsutil import atomic_path, read_json, sha256_file, write_json, write_text
 
 TAR_CHUNK = 1 << 20
 
@@ -92,7 +96,7 @@ def _place(src: Path, dst: Path, *, link: bool) -> None:
     shutil.copyfile(src, dst)
 
 
-# measurement.json fields of the launch identity (hbos.identity.measurement_fields),
+# measurement.json fields of the launch identity (hbos.measure.identity.measurement_fields),
 # carried from the build's measurement into the release's.
 IDENTITY_FIELDS = ("host_data", "node_configuration", "id_key_digest", "author_key_digest",
                    "guest_svn")

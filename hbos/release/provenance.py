@@ -32,9 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hbos import __version__, identity, release
+from hbos import __version__
 from hbos.errors import HbosError, IdentityError, ReleaseError
-from hbos.fsutil import sha256_file, write_json, write_text
+from hbos.measure import identity
+from hbos.paths import PROJECT_ROOT
+from hbos.release import layout as release
+from hbos.util.fsutil import sha256_file, write_json, write_text
 
 SIG_FORMAT = "hbos-release-signature/1"
 ALGORITHM = "ecdsa-p384-sha384"
@@ -127,7 +130,7 @@ def check_trusted(root: Path, trusted: list[Path]) -> Signer:
 
 def check_release(root: Path, manifest: release.Manifest) -> Signer | None:
     """Signature (if any), ID block (if any) and HOST_DATA agree with the release."""
-    from hbos import hostdata, idblock
+    from hbos.measure import idblock, nodeconfig as hostdata
     signer = verify_signature(root)
     names = {f.name for f in manifest.files}
     try:
@@ -161,7 +164,7 @@ def check_release(root: Path, manifest: release.Manifest) -> Signer | None:
 
 
 def _git_commit(root: Path) -> dict[str, Any]:
-    from hbos import run
+    from hbos.util import run
     try:
         commit = run.output(["git", "-C", root, "rev-parse", "HEAD"], quiet=True).strip()
         dirty = bool(run.output(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
@@ -180,8 +183,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def materials(cfg, paths) -> list[dict[str, Any]]:
     """The inputs of the release, as in-toto ResourceDescriptors."""
-    from hbos import firmware
-    from hbos.doit_support import project_root
+    from hbos.stages import firmware
     out: list[dict[str, Any]] = []
     kernel = _read(paths.kernel_manifest)
     if kernel:
@@ -207,7 +209,7 @@ def materials(cfg, paths) -> list[dict[str, Any]]:
                     "annotations": {"source": content.get("source"),
                                     "refs": content.get("refs", {})}})
     tool: dict[str, Any] = {"name": "hbos", "annotations": {"version": __version__}}
-    git = _git_commit(project_root())
+    git = _git_commit(PROJECT_ROOT)
     if git:
         tool["digest"] = {"gitCommit": git["gitCommit"]}
         tool["annotations"]["dirty"] = git["dirty"]

@@ -1,6 +1,6 @@
 """Unpacking a release tarball: only what its manifest names, no byte more.
 
-hbos.archive refuses unsafe members (escaping paths and links, devices,
+hbos.util.archive refuses unsafe members (escaping paths and links, devices,
 duplicates); this adds what a release knows about itself, checked before a
 byte is written: manifest.json is read from the tarball first (bounded), then
 every member must be a regular file the manifest names, with exactly the
@@ -19,12 +19,13 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from hbos import archive, limits, release
 from hbos.errors import ReleaseError, UnsafeArchive
-from hbos.fsutil import atomic_path
+from hbos.release import layout as release
+from hbos.util import archive, limits
+from hbos.util.fsutil import atomic_path
 
 RESERVE = 64 << 20  # left free on the disk after unpacking a release
-SIGNATURE_BYTES = 64 << 10  # manifest.json.sig: a small JSON document (hbos.provenance)
+SIGNATURE_BYTES = 64 << 10  # manifest.json.sig: a small JSON document (hbos.release.provenance)
 CHUNK = 1 << 20
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hbos import run
 from hbos.errors import BuildError
+from hbos.util import run
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 

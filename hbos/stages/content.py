@@ -4,11 +4,11 @@ Sources (content.source):
 - docker:  resources/content.Dockerfile builds HyperBEAM and the AO compute unit
            from git refs resolved on the host to commit ids (git ls-remote) and
            passed as build arguments; the output is taken with docker create +
-           cp + rm (hbos/docker.py).
+           cp + rm (hbos/stages/docker.py).
 - dir:     a prebuilt root-relative tree, copied.
-- tarball: the same as a tar archive, extracted safely (hbos/archive.py).
+- tarball: the same as a tar archive, extracted safely (hbos/util/archive.py).
 - erlang:  tools/hb_node built into a relx release `hb` by the hb_release
-           stage (hbos/hb_release.py), installed at opt/hyperbeam and run by
+           stage (hbos/stages/hb_node.py), installed at opt/hyperbeam and run by
            the production hyperbeam.service like HyperBEAM's own release.
            Where no Erlang tooling is installed the stage records that, and
            this stage falls back to the sample (and says so).
@@ -39,14 +39,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import archive, docker, fsutil, hb_release, run, templates, tree as htree
 from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError
+from hbos.paths import RESOURCES, TOOLS
+from hbos.stages import docker, hb_node as hb_release
+from hbos.util import archive, fsutil, run, templates, tree as htree
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_SCRIPT = ROOT / "tools" / "sample_node" / "sample_node.py"
-CU_WALLET_SCRIPT = ROOT / "resources" / "cu-wallet.js"
-DATA_DISK_SCRIPT = ROOT / "resources" / "hbos-data.sh"
-CU_MODE_CHECK = ROOT / "resources" / "cu-mode-check.sh"
+SAMPLE_SCRIPT = TOOLS / "sample_node" / "sample_node.py"
+CU_WALLET_SCRIPT = RESOURCES / "cu-wallet.js"
+DATA_DISK_SCRIPT = RESOURCES / "hbos-data.sh"
+CU_MODE_CHECK = RESOURCES / "cu-mode-check.sh"
 
 # Guest layout (root-relative)
 UNIT_DIR = "etc/systemd/system"
@@ -57,7 +58,7 @@ CU_DIR = "opt/cu"
 NODE_BIN = "opt/node/bin/node"
 CU_WALLET_GUEST = "/var/lib/cu/wallet.json"
 HYPERBEAM_STATE = "/var/lib/hyperbeam"
-DATA_DISK_GUEST = "/dev/vdc"        # hbos.qemu: the third virtio disk (--data-disk)
+DATA_DISK_GUEST = "/dev/vdc"        # hbos.launch.qemu: the third virtio disk (--data-disk)
 # The CU's `npm start` (servers/cu/package.json) runs node with this flag;
 # -r dotenv/config is replaced by the unit's EnvironmentFile.
 CU_NODE_FLAGS = ("--experimental-wasm-memory64",)

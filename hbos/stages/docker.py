@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from hbos import run
 from hbos.errors import BuildError, CommandFailed, ToolMissing
+from hbos.util import run
 
 # Where the image keeps its output (see resources/content.Dockerfile).
 IMAGE_OUT = "/hbos"

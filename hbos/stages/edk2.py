@@ -6,7 +6,7 @@ build/firmware/ and logged to build/logs/firmware.log:
 
 1. fetch the `.orig.tar.xz` and `.debian.tar.xz` from the Debian pool, each
    pinned by the sha256 the archive's `Sources` index lists;
-2. unpack both safely with hbos.archive (for the orig tarball, its one
+2. unpack both safely with hbos.util.archive (for the orig tarball, its one
    absolute host symlink skipped and named) and
    apply debian/patches/series in order with `patch -p1`;
 3. two snags of building outside Debian's packaging:
@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import archive, fetch, hosttools, run, tools
 from hbos.config import Config
 from hbos.errors import BuildError, ToolMissing
-from hbos.fsutil import atomic_path, remove, sha256_file, write_json
 from hbos.paths import Paths
+from hbos.stages import hosttools
+from hbos.util import archive, fetch, run, tools
+from hbos.util.fsutil import atomic_path, remove, sha256_file, write_json
 
 GRUB_SCRIPT = "OvmfPkg/AmdSev/Grub/grub.sh"
 GRUB_CFG = "OvmfPkg/AmdSev/Grub/grub.cfg"
@@ -265,9 +266,9 @@ def find_output(tree: Path, cfg: Config) -> Path:
 
 
 def check_ovmf_image(path: Path) -> None:
-    """sev-snp-measure must accept the image (hbos.measure.Firmware checks the
+    """sev-snp-measure must accept the image (hbos.measure.digest.Firmware checks the
     SEV metadata and its SNP_KERNEL_HASHES section; raises MeasurementError)."""
-    from hbos.measure import Firmware
+    from hbos.measure.digest import Firmware
     Firmware(path)
 
 
@@ -317,9 +318,9 @@ def cache_inputs(cfg: Config) -> dict[str, Any]:
 
 
 def build_ovmf(cfg: Config, paths: Paths) -> Path:
-    """The firmware stage: restored from the artifact cache (hbos.cache) when it
+    """The firmware stage: restored from the artifact cache (hbos.util.cache) when it
     holds a build with the same inputs, else built (and stored)."""
-    from hbos import cache
+    from hbos.util import cache
     cache.cached(cfg, "firmware", lambda: cache_inputs(cfg),
                  {"OVMF.fd": paths.built_ovmf, "firmware.json": paths.firmware_manifest},
                  lambda: _build(cfg, paths), stage="firmware")

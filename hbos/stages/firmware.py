@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hbos import amdsev
 from hbos.config import Config
 from hbos.errors import ConfigError
 from hbos.paths import Paths
+from hbos.stages import snp_bundle as amdsev
 
 
 def resolve(cfg: Config, paths: Paths) -> Path:

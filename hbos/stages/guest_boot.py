@@ -10,7 +10,7 @@ guest has no use for, and udev loading drivers for every emulated chipset
 device. Under TCG each of them costs seconds; under SEV-SNP they are attack
 surface and noise.
 
-hbos.verity puts `files(debug)` into every guest root: masks are symlinks to
+hbos.stages.verity puts `files(debug)` into every guest root: masks are symlinks to
 /dev/null in /etc (systemd's own mechanism, visible with `systemctl
 list-unit-files`), the module list is an /etc/modprobe.d file (`blacklist`
 only stops alias-based loading by udev; an explicit `modprobe NAME` still
@@ -133,7 +133,7 @@ def masks(debug: bool) -> dict[str, str]:
 
 
 def modprobe_conf() -> str:
-    lines = ["# HyperBEAM OS (hbos/guest_boot.py): drivers udev must not load automatically",
+    lines = ["# HyperBEAM OS (hbos/stages/guest_boot.py): drivers udev must not load automatically",
              "# in the guest; `modprobe NAME` still loads one by hand."]
     for module, why in BLACKLISTED_MODULES.items():
         lines += [f"# {why}", f"blacklist {module}"]
@@ -147,14 +147,14 @@ def modprobe_conf() -> str:
 # accelerated implementation on demand (aesni_intel is alias crypto-aes ...).
 UDEV_RULE = "etc/udev/rules.d/79-hbos-no-cpu-modalias.rules"
 UDEV_RULE_TEXT = """\
-# HyperBEAM OS (hbos/guest_boot.py): udev loads no drivers for CPU features.
+# HyperBEAM OS (hbos/stages/guest_boot.py): udev loads no drivers for CPU features.
 SUBSYSTEM=="cpu", ENV{MODALIAS}=""
 """
 # the journal stays in /run: /var is a tmpfs too, so nothing is lost, and
 # systemd-journal-flush has nothing to move
 JOURNALD_FILE = "etc/systemd/journald.conf.d/hbos-volatile.conf"
 JOURNALD_TEXT = """\
-# HyperBEAM OS (hbos/guest_boot.py): /var is a tmpfs overlay, keep the journal in /run.
+# HyperBEAM OS (hbos/stages/guest_boot.py): /var is a tmpfs overlay, keep the journal in /run.
 [Journal]
 Storage=volatile
 """

@@ -32,11 +32,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from hbos import fsutil, run, tools, tree as htree
+from hbos import paths
 from hbos.errors import BuildError, CommandFailed
+from hbos.util import fsutil, run, tools, tree as htree
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "tools" / "hb_node"
+SOURCE = paths.TOOLS / "hb_node"
 RELEASE = "hb"
 TOOLS = ("erl", "rebar3")
 PACKAGES = {"erl": "erlang-nox (or erlang)", "rebar3": "rebar3"}

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sys
 
-from hbos import run, tools
 from hbos.config import Config
 from hbos.errors import ToolMissing
+from hbos.util import run, tools
 
 BASE = ["dpkg-deb", "depmod", "modprobe", "cpio", "gzip", "busybox", "veritysetup",
         "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "tar"]
-# Programs the edk2 firmware build calls (hbos.edk2 checks these same lists).
+# Programs the edk2 firmware build calls (hbos.stages.edk2 checks these same lists).
 FIRMWARE_BUILD = ["make", "gcc", "g++", "patch", "python3", "nasm", "iasl",
                   "grub-mkimage", "mkfs.msdos", "mcopy"]
 # Files the firmware build needs from packages that provide no program.

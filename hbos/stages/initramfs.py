@@ -10,7 +10,7 @@ them) are decompressed at build time into plain `.ko` files (xz and gzip with
 Python's lzma/gzip, zstd with `zstd -d`): decompression is deterministic, so the
 initramfs stays reproducible. initramfs.json lists, for every module, the file
 it came from and the sha256 of what was packed. The full module tree (compressed,
-as Debian ships it) goes into the root image instead (hbos.rootfs), where udev
+as Debian ships it) goes into the root image instead (hbos.stages.rootfs), where udev
 loads sev-guest and tsm_report.
 
 Reproducible (DESIGN.md principle 2): every member's mtime is
@@ -28,11 +28,12 @@ import stat
 import sys
 from pathlib import Path
 
-from hbos import kernel, run, templates, tools, tree as htree
 from hbos.config import Config
 from hbos.errors import BuildError
-from hbos.fsutil import atomic_path, sha256_file, write_json
 from hbos.paths import Paths
+from hbos.stages import kernel
+from hbos.util import run, templates, tools, tree as htree
+from hbos.util.fsutil import atomic_path, sha256_file, write_json
 
 # Modules every boot needs: the virtio transports and disks (virtio-blk, and
 # virtio-scsi + sd for hosts that attach disks as SCSI), the NIC, dm-verity and

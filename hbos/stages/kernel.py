@@ -2,7 +2,7 @@
 
 The default is Debian trixie's `linux-image-amd64` (6.12: CONFIG_SEV_GUEST=m,
 CONFIG_TSM_REPORTS=m), fetched with a private apt for `kernel.suite` kept under
-build/apt (hbos.debian_apt; the host's apt sources are never changed). The
+build/apt (hbos.stages.apt; the host's apt sources are never changed). The
 metapackage is followed to the real `linux-image-<version>-amd64`; kernel.json
 records both names and the version apt resolved.
 
@@ -21,11 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hbos import amdsev, debian_apt, debpkg, run
 from hbos.config import Config
 from hbos.errors import BuildError, CommandFailed, ConfigError
-from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
 from hbos.paths import Paths
+from hbos.stages import apt as debian_apt, snp_bundle as amdsev
+from hbos.util import debpkg, run
+from hbos.util.fsutil import atomic_path, read_json, sha256_file, write_json
 
 
 def deb_path(cfg: Config, paths: Paths) -> Path:
@@ -98,9 +99,9 @@ def cache_inputs(cfg: Config, apt: debian_apt.PrivateApt | None) -> dict | None:
 
 def fetch_package(cfg: Config, paths: Paths) -> None:
     """The kernel_deb stage: update the private apt, then restore the .deb from
-    the artifact cache (hbos.cache) for the version apt resolves, or fetch it
+    the artifact cache (hbos.util.cache) for the version apt resolves, or fetch it
     (and store it)."""
-    from hbos import cache
+    from hbos.util import cache
     paths.downloads.mkdir(parents=True, exist_ok=True)
     apt = private_apt(cfg, paths)
     if apt is not None:

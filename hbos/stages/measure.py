@@ -7,7 +7,8 @@ verifiers and snp_trusted.json for HyperBEAM peers.
 
 from __future__ import annotations
 
-from hbos import hostdata, hyperbeam, identity, measure, reference
+from hbos.attest import peer as hyperbeam, reference
+from hbos.measure import digest as measure, identity, nodeconfig as hostdata
 
 
 def write(cfg, paths) -> None:

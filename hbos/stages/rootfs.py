@@ -23,11 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hbos import kernel, run, templates, tools, tree as htree
 from hbos.config import Config
 from hbos.errors import BuildError, DownloadError
-from hbos.fsutil import atomic_path, read_json, sha256_file, write_json
 from hbos.paths import Paths
+from hbos.stages import kernel
+from hbos.util import run, templates, tools, tree as htree
+from hbos.util.fsutil import atomic_path, read_json, sha256_file, write_json
 
 # ------------------------------------------------------------ base rootfs
 
@@ -90,9 +91,9 @@ def cache_inputs(cfg: Config) -> dict:
 
 
 def build(cfg: Config, paths: Paths) -> None:
-    """The base_rootfs stage: restored from the artifact cache (hbos.cache) when
+    """The base_rootfs stage: restored from the artifact cache (hbos.util.cache) when
     it holds a root with the same inputs, else built with mmdebstrap (and stored)."""
-    from hbos import cache
+    from hbos.util import cache
     cache.cached(cfg, "base_rootfs", lambda: cache_inputs(cfg),
                  {"rootfs.tar": paths.base_rootfs, "rootfs.json": paths.base_rootfs_manifest},
                  lambda: build_rootfs(cfg, paths), stage="base_rootfs")

@@ -5,7 +5,7 @@ its fork branches), fetched from a URL pinned by sha256 or taken from a local
 tarball or directory, unpacked safely under build/snp-release/ and described
 by build/snp-release.json. Config key and doit task keep AMD's name,
 `snp_release`. Not to be confused with our own packaged guest release
-(hbos/release.py, `doit package_release`).
+(hbos/release/layout.py, `doit package_release`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hbos import archive, fetch
 from hbos.config import Config
 from hbos.errors import BuildError, ConfigError
-from hbos.fsutil import read_json, sha256_file, write_json
 from hbos.paths import Paths
+from hbos.util import archive, fetch
+from hbos.util.fsutil import read_json, sha256_file, write_json
 
 
 def configured(cfg: Config) -> bool:

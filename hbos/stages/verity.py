@@ -6,7 +6,7 @@ templates/guest (network, getty policy), enabled by symlink (never a chroot
 systemctl). The tree becomes an erofs (default; `mkfs.erofs -T EPOCH -U UUID`
 is reproducible) or an ext4 with 4096-byte blocks, then `veritysetup format`
 writes the hash tree with a fixed UUID and a salt derived from the inputs, and
-hbos.veritytree checks it (the tree recomputed in-process while format runs,
+hbos.stages.veritytree checks it (the tree recomputed in-process while format runs,
 every hash block and the root hash compared; osbuild runs `veritysetup verify`).
 No loop mounts, no root tricks: every tool works on plain files.
 
@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from hbos import guest_boot, kernel, rootfs, run, templates, tools, tree as htree, veritytree
 from hbos.config import Config
 from hbos.errors import BuildError
-from hbos.fsutil import sha256_file, write_json
 from hbos.paths import Paths
+from hbos.stages import guest_boot, kernel, rootfs, veritytree
+from hbos.util import run, templates, tools, tree as htree
+from hbos.util.fsutil import sha256_file, write_json
 
 BLOCK = 4096
 NAME_MAX = 255      # bytes in one path component (erofs and ext4)
@@ -301,7 +302,7 @@ def format_hash_tree(data: Path, hash_tree: Path, ids: dict[str, str],
                      log: Path | None = None, steps: Steps | None = None) -> str:
     """veritysetup format, checked; return the root hash.
 
-    The check is hbos.veritytree: the hash tree computed in-process, in a thread
+    The check is hbos.stages.veritytree: the hash tree computed in-process, in a thread
     that runs while veritysetup format does (both read the data mkfs just wrote),
     then compared block by block with the hash file and with the printed root
     hash. It replaces a `veritysetup verify` after format (a second pass over

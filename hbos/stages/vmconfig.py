@@ -7,11 +7,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from hbos import __version__, limits, templates
+from hbos import __version__
 from hbos.config import Config
 from hbos.errors import BuildError, HbosError
-from hbos.fsutil import write_text
 from hbos.paths import Paths
+from hbos.util import limits, templates
+from hbos.util.fsutil import write_text
 
 
 def initrd_path(cfg: Config, paths: Paths) -> Path:
@@ -47,7 +48,7 @@ def write(cfg: Config, paths: Paths, *, ovmf: Path, roothash_file: Path | None =
     write_text(paths.vm_config, text)
 
 
-# vm-config.toml's keys and their types (ints with the shared hbos.limits ranges).
+# vm-config.toml's keys and their types (ints with the shared hbos.util.limits ranges).
 FIELDS: dict[str, type | limits.Range] = {
     "host_cpu_family": str, "vcpu_count": limits.VCPUS, "vcpu_type": str, "vmm_type": str,
     "memory_mib": limits.MEMORY_MIB, "ovmf_file": str, "guest_features": limits.GUEST_FEATURES,

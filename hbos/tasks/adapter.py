@@ -25,7 +25,7 @@ from typing import Any, Callable
 STRICT_ENV = "HBOS_STRICT_CONFIG"
 # Not settings: where the config came from, and how paths in it resolve.
 # cache_dir too: where the artifact cache lives changes no output, so it must
-# not rerun a stage (hbos/cache.py explains this exception).
+# not rerun a stage (hbos/util/cache.py explains this exception).
 _ALWAYS = frozenset({"path", "root", "profile", "sources", "build_dir", "cache_dir"})
 
 
@@ -164,7 +164,7 @@ def action(ref: str | Callable[..., Any], *args: Any, lock: tuple[Any, str] | No
            options: str | None = None, **kwargs: Any) -> tuple[Callable[..., Any]]:
     """A doit python-action calling ref(*args, **kwargs, **task_params), imported late.
 
-    lock=(path, what): hold that lock (hbos.lock) while the function runs.
+    lock=(path, what): hold that lock (hbos.util.lock) while the function runs.
     options="hbos.module:function": turn the task params into one argument
     (e.g. launch options) instead of passing them as keywords.
     """
@@ -183,7 +183,7 @@ def action(ref: str | Callable[..., Any], *args: Any, lock: tuple[Any, str] | No
             if lock is None:
                 result = fn(*call_args, **call_kwargs)
             else:
-                from hbos import lock as hlock
+                from hbos.util import lock as hlock
                 with hlock.hold(*lock):
                     result = fn(*call_args, **call_kwargs)
         except HbosError as exc:

@@ -2,7 +2,7 @@
 
 dodo.py reads these at graph time, so this module stays plain data (`opt`
 and `flag` only spell the dicts doit wants): the code that receives the
-params (hbos.launch, hbos.release_fetch, hbos.attest_cli, hbos.host_setup)
+params (hbos.launch.start, hbos.release.fetch, hbos.cli.verify_report, hbos.host.setup)
 is imported only when the task runs.
 """
 

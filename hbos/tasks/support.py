@@ -2,7 +2,7 @@
 
 - `load_config()` reads doit's command-line variables (config=FILE,
   profile=NAME) and exits with one line on a config error (no traceback).
-- the doit action adapter is hbos/stage.py (`action()`, one for every task).
+- the doit action adapter is hbos/tasks/adapter.py (`action()`, one for every task).
 - `SizeAwareChecker` keeps no-op runs cheap: mtime+size decide for large
   files, small files whose mtime moved are compared by md5.
 """
@@ -37,7 +37,7 @@ def load_config(get_var: Callable[[str, Any], Any]) -> hconfig.Config:
 
 def _source_of_build_dir(cfg: hconfig.Config) -> str:
     """The config file that sets build_dir: the overlay when it does, else config.yaml."""
-    from hbos import limits
+    from hbos.util import limits
     if len(cfg.sources) > 1:
         try:
             over = limits.load_yaml(cfg.sources[-1], limits.CONFIG_BYTES, "config file",
@@ -105,6 +105,3 @@ class SizeAwareChecker(FileChangedChecker):
         digest = _md5(dep) if st.st_size <= HASH_LIMIT else None
         return [st.st_mtime, st.st_size, digest]
 
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent

@@ -2,9 +2,9 @@
 
 One declaration per stage serves twice: dodo.py makes the task's
 `config_changed` from it, and the stage function receives a view of the
-config that holds only those keys (hbos.stage.ConfigView; under tests,
+config that holds only those keys (hbos.tasks.adapter.ConfigView; under tests,
 HBOS_STRICT_CONFIG=1, reading any other key fails). So a key a stage reads
-always reruns it when it changes (tests/unit/test_stage_config.py checks
+always reruns it when it changes (tests/unit/tasks/test_stage_config.py checks
 both over the real task graph).
 
 The declarations live here, beside the name of the function they describe,
@@ -16,56 +16,56 @@ a new key, declare it here; the strict view names the key it missed.
 
 from __future__ import annotations
 
-from hbos.stage import Reads, Stage
+from hbos.tasks.adapter import Reads, Stage
 
-SNP_RELEASE = Stage("snp_release", "hbos.amdsev:fetch_bundle", Reads("snp_release"))
+SNP_RELEASE = Stage("snp_release", "hbos.stages.snp_bundle:fetch_bundle", Reads("snp_release"))
 
-KERNEL_DEB = Stage("kernel_deb", "hbos.kernel:fetch_package", Reads("kernel"))
+KERNEL_DEB = Stage("kernel_deb", "hbos.stages.kernel:fetch_package", Reads("kernel"))
 
-KERNEL = Stage("kernel", "hbos.kernel:unpack", Reads("kernel"))
+KERNEL = Stage("kernel", "hbos.stages.kernel:unpack", Reads("kernel"))
 
 # the local Erlang release (tools/hb_node)
-HB_RELEASE = Stage("hb_release", "hbos.hb_release:build", Reads("source_date_epoch"))
+HB_RELEASE = Stage("hb_release", "hbos.stages.hb_node:build", Reads("source_date_epoch"))
 
 # rootfs.suite: the docker build checks its images match the guest's suite
-CONTENT = Stage("content", "hbos.content:build",
+CONTENT = Stage("content", "hbos.stages.content:build",
                 Reads("content", "ports", "source_date_epoch", "rootfs.suite"))
 
-INITRAMFS = Stage("initramfs", "hbos.initramfs:build",
+INITRAMFS = Stage("initramfs", "hbos.stages.initramfs:build",
                   Reads("initramfs", "image.filesystem", "source_date_epoch"))
 
 # its up-to-date check is rootfs.up_to_date (the record kept beside rootfs.tar)
-BASE_ROOTFS = Stage("base_rootfs", "hbos.rootfs:build", Reads("rootfs", "source_date_epoch"))
+BASE_ROOTFS = Stage("base_rootfs", "hbos.stages.rootfs:build", Reads("rootfs", "source_date_epoch"))
 
-BASE_IMAGE = Stage("base_image", "hbos.rootfs:build_image", Reads("source_date_epoch"))
+BASE_IMAGE = Stage("base_image", "hbos.stages.rootfs:build_image", Reads("source_date_epoch"))
 
-VERITY = Stage("verity", "hbos.verity:build", Reads("image", "debug", "source_date_epoch"))
+VERITY = Stage("verity", "hbos.stages.verity:build", Reads("image", "debug", "source_date_epoch"))
 
-FIRMWARE = Stage("firmware", "hbos.edk2:build_ovmf", Reads("firmware", "source_date_epoch"))
+FIRMWARE = Stage("firmware", "hbos.stages.edk2:build_ovmf", Reads("firmware", "source_date_epoch"))
 
 # the firmware reaches it as a file (file_dep), not as config
-VM_CONFIG = Stage("vm_config", "hbos.vmconfig:write",
+VM_CONFIG = Stage("vm_config", "hbos.stages.vmconfig:write",
                   Reads("vm", "cmdline", "debug", "initramfs.path"))
 
 # measurement.json, HOST_DATA (the node configuration document: config.flat and
 # the post-start body), reference values, snp_trusted.json
-MEASURE = Stage("measure", "hbos.measure_stage:write",
+MEASURE = Stage("measure", "hbos.stages.measure:write",
                 Reads("source_date_epoch", "identity", "ports.hyperbeam",
                       "content.hyperbeam_operator", "content.hyperbeam_config", "post_start",
                       "launch.host_port"))
 
-ID_BLOCK = Stage("id_block", "hbos.idblock:write_id_block", Reads("identity"))
+ID_BLOCK = Stage("id_block", "hbos.measure.idblock:write_id_block", Reads("identity"))
 
 # the manifest records the ports; provenance.json the kernel, firmware, base
 # root, VM and trusted keys
-PACKAGE_RELEASE = Stage("package_release", "hbos.release_pack:package_release",
+PACKAGE_RELEASE = Stage("package_release", "hbos.release.pack:package_release",
                         Reads("release.name", "release.compresslevel", "release.trusted_keys",
                               "source_date_epoch", "identity", "ports", "vm", "firmware",
                               "kernel.source", "kernel.package", "rootfs.suite",
                               "rootfs.mirror"))
 
 # the launch identity files reach it as files (file_dep)
-LIBVIRT_XML = Stage("libvirt_xml", "hbos.libvirt:write",
+LIBVIRT_XML = Stage("libvirt_xml", "hbos.launch.libvirt:write",
                     Reads("launch.machine", "launch.cbitpos", "launch.reduced_phys_bits",
                           "launch.id_block", "launch.id_auth", "launch.host_data",
                           "identity.enabled"))

@@ -6,7 +6,7 @@ duplicate members are refused. Extraction goes to a temporary sibling
 directory that is renamed into place only when complete.
 
 This is the one tar extractor: the AMDSEV snp-release bundle, content tarballs, releases and
-the edk2 sources (hbos.edk2, with skip_host_symlinks) all go through extract().
+the edk2 sources (hbos.stages.edk2, with skip_host_symlinks) all go through extract().
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 from hbos.errors import UnsafeArchive
-from hbos.fsutil import atomic_path
+from hbos.util.fsutil import atomic_path
 
 
 def _inside(path: str) -> bool:

@@ -14,7 +14,7 @@ so the same inputs give the same key on any machine and any change of an input
 gives another one. The entry keeps the inputs, so `entry.json` says what it
 was built from.
 
-Layout, under `cache_dir` (hbos.cache.location; default
+Layout, under `cache_dir` (hbos.util.cache.location; default
 $XDG_CACHE_HOME/hbos or ~/.cache/hbos):
 
     <kind>/<key>/entry.json      kind, key, inputs, {name: {sha256, size}}
@@ -32,11 +32,11 @@ in one line on stderr, removed, and the stage builds (and stores again).
 The cache is an optimisation: when it cannot be read or written, the stage
 says so in one line and builds as if there were none.
 
-Why `cache_dir` is not in any stage's declared config (hbos/stages.py). A
+Why `cache_dir` is not in any stage's declared config (hbos/tasks/table.py). A
 stage's declared keys are what reruns it (doit's config_changed); where the
 cache lives changes no output, so moving it must not rebuild anything. Like
 `build_dir`, it is therefore one of the keys every stage may read without
-declaring (hbos.stage._ALWAYS), an explicit, documented exception: declaring
+declaring (hbos.tasks.adapter._ALWAYS), an explicit, documented exception: declaring
 it would rerun firmware, base_rootfs and kernel_deb on a mere move of the
 cache, the opposite of what a cache is for.
 
@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hbos.fsutil import CHUNK, remove
+from hbos.util.fsutil import CHUNK, remove
 
 FORMAT = 1          # of the entry layout; part of every key
 ENTRY = "entry.json"

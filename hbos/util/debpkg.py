@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from hbos import run
+from hbos.util import run
 
 
 def parse_stanza(text: str) -> dict[str, str]:

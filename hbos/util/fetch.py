@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 
 from hbos.errors import DownloadError, HashMismatch
-from hbos.fsutil import atomic_path
+from hbos.util.fsutil import atomic_path
 
 CHUNK = 1 << 20
 TIMEOUT = (10, 60)  # connect, read (seconds)

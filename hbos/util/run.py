@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from hbos import tools
 from hbos.errors import CommandFailed, ToolMissing
+from hbos.util import tools
 
 TAIL_LINES = 25
 

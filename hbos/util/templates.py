@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import jinja2
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+from hbos.paths import TEMPLATES
 
 
 def _toml_str(value: Any) -> str:

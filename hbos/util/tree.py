@@ -24,9 +24,9 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hbos import run
 from hbos.errors import BuildError, CommandFailed
-from hbos.fsutil import sha256_file
+from hbos.util import run
+from hbos.util.fsutil import sha256_file
 
 Entry = tuple[str, str, os.stat_result]   # (full path, path relative to the root, lstat)
 

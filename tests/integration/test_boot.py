@@ -4,7 +4,7 @@ The guest boots through our initramfs into the dm-verity root, and the test
 service in it answers over QEMU user networking (hostfwd). Negative boots: one
 flipped byte in guest.img and a wrong root hash on the cmdline. Each serial log
 is kept under the test's tmp dir (pytest keeps the last runs' dirs). Every QEMU
-started here is killed in a finally block; the launcher proper (hbos/qemu.py)
+started here is killed in a finally block; the launcher proper (hbos/launch/qemu.py)
 belongs to another stage, so the command line below is deliberately minimal.
 """
 

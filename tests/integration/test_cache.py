@@ -4,7 +4,7 @@ cache alone.
 
 The entry is the local profile's real base root (the session's test cache,
 built by mmdebstrap once), stored with the key the stage itself computes
-(hbos.rootfs.cache_inputs: mmdebstrap command, environment, versions): exactly
+(hbos.stages.rootfs.cache_inputs: mmdebstrap command, environment, versions): exactly
 what a cold `doit base_rootfs` would have stored, without running mmdebstrap
 again here.
 """
@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import cache, config as hconfig, rootfs
-from hbos.fsutil import sha256_file
+from hbos import config as hconfig
 from hbos.paths import Paths
+from hbos.stages import rootfs
+from hbos.util import cache
+from hbos.util.fsutil import sha256_file
 from tests.conftest import doit, write_overlay
 
 pytestmark = [pytest.mark.integration]

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, content, fsutil, tree as htree
+from hbos import config as hconfig
 from hbos.errors import BuildError, UnsafeArchive
 from hbos.paths import Paths
-from tests import docker_stub
+from hbos.stages import content
+from hbos.util import fsutil, tree as htree
 from tests.conftest import ROOT, missing_prerequisite
+from tests.support import docker_stub
 
 pytestmark = [pytest.mark.integration]
 
@@ -215,7 +217,7 @@ def test_sample_node_speaks_enough_http(sample_tree):
 
 
 def test_sample_node_accepts_the_launchers_post_start_configuration(sample_tree):
-    from hbos import node_http
+    from hbos.launch import node_http
     port = _free_port()
     proc = _run_unit_command(sample_tree, port, ["/usr/bin/python3"])
     try:

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, content, fsutil
+from hbos import config as hconfig
 from hbos.errors import BuildError
 from hbos.paths import Paths
+from hbos.stages import content
+from hbos.util import fsutil
 from tests.conftest import ROOT, missing_prerequisite, rootfs_cache_key
 
 pytestmark = [pytest.mark.integration]
@@ -125,7 +127,7 @@ def _load(tmp_path: Path, base_image: str, repos, extra: str = "", args: tuple =
 
 
 def _containers() -> list[str]:
-    """This test run's content containers (hbos.docker names them by pid: another
+    """This test run's content containers (hbos.stages.docker names them by pid: another
     run's, e.g. one killed mid-build, are not ours to judge)."""
     ours = f"hbos-content-{os.getpid()}"
     return [n for n in _docker("ps", "-a", "--filter", f"name={ours}", "--format",

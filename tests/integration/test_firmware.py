@@ -19,9 +19,10 @@ from tests.conftest import cache_dir, doit, missing_prerequisite
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-from hbos import config as hconfig, edk2  # noqa: E402
-from hbos.fsutil import sha256_file  # noqa: E402
+from hbos import config as hconfig  # noqa: E402
 from hbos.paths import Paths  # noqa: E402
+from hbos.stages import edk2  # noqa: E402
+from hbos.util.fsutil import sha256_file  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +49,7 @@ def firmware_build(tmp_path_factory):
 
 
 def test_builds_an_ovmf_that_sev_snp_measure_accepts(firmware_build):
-    from hbos.measure import Firmware
+    from hbos.measure.digest import Firmware
     cfg, paths, out = firmware_build
     ovmf = paths.built_ovmf
     assert ovmf.stat().st_size == 4 * 1024 * 1024
@@ -90,11 +91,11 @@ def test_rerun_is_up_to_date_without_network(firmware_build):
 
 
 def test_measures_a_guest_with_the_built_firmware(firmware_build, kernel_build, tmp_path):
-    """hbos.measure and sev-snp-measure's own entry point agree on the digest."""
+    """hbos.measure.digest and sev-snp-measure's own entry point agree on the digest."""
     from sevsnpmeasure import guest, vcpu_types
     from sevsnpmeasure.sev_mode import SevMode
 
-    from hbos import measure
+    from hbos.measure import digest as measure
     _, paths, _ = firmware_build
     _, kpaths = kernel_build
     initrd = tmp_path / "initrd.img"
@@ -124,11 +125,11 @@ REPRO_FIRMWARE = os.environ.get("CI") == "true" or os.environ.get("HBOS_REPRO_FI
                     "runs under CI=true or HBOS_REPRO_FIRMWARE=1")
 def test_firmware_is_reproducible_under_variations(firmware_build, tmp_path):
     """Build A is the session's firmware_build; build B runs `doit firmware` in
-    another build dir under tests/reprotest.py's variations (umask, a later date,
+    another build dir under tests/support/reprotest.py's variations (umask, a later date,
     TZ, locale, hostname, HOME/USER, PATH, personality, one CPU): same OVMF.fd
     bits, so the same launch digest for any kernel, initrd and cmdline."""
-    from hbos.measure import Firmware
-    from tests import reprotest
+    from hbos.measure.digest import Firmware
+    from tests.support import reprotest
     missing = reprotest.missing_tools()
     if missing:
         missing_prerequisite(f"reprotest variations need {missing}")

@@ -1,4 +1,4 @@
-"""The boot-time masks (hbos/guest_boot.py) in a real built guest image.
+"""The boot-time masks (hbos/stages/guest_boot.py) in a real built guest image.
 
 The session's guest_build (tests/conftest.py: `doit measure profile=local`
 with the cached trixie base root and kernel) is unpacked with fsck.erofs, then
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hbos import guest_boot, rootfs, tools
+from hbos.stages import guest_boot, rootfs
+from hbos.util import tools
 from tests.conftest import missing_prerequisite
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

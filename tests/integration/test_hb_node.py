@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, content, hb_release, node_http, tree as htree
+from hbos import config as hconfig
+from hbos.launch import node_http
 from hbos.paths import Paths
+from hbos.stages import content, hb_node as hb_release
+from hbos.util import tree as htree
 from tests.conftest import missing_prerequisite
 
 pytestmark = [pytest.mark.integration]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import host
+from hbos.host import check as host
 
 pytestmark = [pytest.mark.integration]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos import host_setup
+from hbos.host import setup as host_setup
 from tests.conftest import missing_prerequisite
 
 pytestmark = [pytest.mark.integration]

@@ -5,7 +5,7 @@ the ID block, ID auth, author-key-enabled=on and host-data it generated,
 parses completely in QEMU 10 and stops only where KVM is asked for an SNP VM;
 one misspelled identity option or non-base64 HOST_DATA instead fails at
 parsing, so the two outcomes are told apart. QEMU runs from issue 12's
-cached trixie root (tests/trixie_root.py). The build is the small synthetic
+cached trixie root (tests/support/trixie_root.py). The build is the small synthetic
 one of the release tests (QEMU refuses at KVM before it reads kernel or
 firmware); the ID block is signed for its real measurement.
 """
@@ -17,11 +17,13 @@ import subprocess
 
 import pytest
 
-from hbos import idblock, identity, launch, launch_plan, measure, qemu, vmconfig
-from tests.release_fixtures import make_build
+from hbos.launch import plan as launch_plan, qemu, start as launch
+from hbos.measure import digest as measure, idblock, identity
+from hbos.stages import vmconfig
+from tests.support.release_fixtures import make_build
 
 trixie = pytest.importorskip(
-    "tests.trixie_root", reason="issue 12's QEMU 10 harness (tests/trixie_root.py) is not "
+    "tests.support.trixie_root", reason="issue 12's QEMU 10 harness (tests/support/trixie_root.py) is not "
                                 "in this tree yet")
 trixie_root = trixie.trixie_root  # the session fixture
 

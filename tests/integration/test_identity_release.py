@@ -15,7 +15,7 @@ import tarfile
 
 import pytest
 
-from hbos import idblock, identity
+from hbos.measure import idblock, identity
 from tests.conftest import (
     GuestBuild,
     link_base_rootfs,

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, initramfs, rootfs, verity
+from hbos import config as hconfig
 from hbos.errors import BuildError, DownloadError
-from hbos.fsutil import sha256_file
+from hbos.stages import initramfs, rootfs, verity
+from hbos.util.fsutil import sha256_file
 from tests.conftest import TEST_MARKER, build_guest, write_overlay, write_test_content
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -244,7 +245,7 @@ def test_zstd_initramfs_is_reproducible(guest_build, tmp_path):
 
 
 def test_debug_image_differs_and_says_so(guest_build, tmp_path):
-    from hbos import vmconfig
+    from hbos.stages import vmconfig
     cfg, paths, roothash = rebuild_image_with(guest_build, tmp_path, "debug", "debug: true\n")
     assert roothash != guest_build.roothash
     assert "hbos.debug=1" in vmconfig.kernel_cmdline(cfg, roothash)

@@ -1,6 +1,6 @@
 """The libvirt domains validated by Debian trixie's `virt-xml-validate` (libvirt 11:
 bookworm's 9.0 schema predates sev-snp). Runs in the cached trixie root
-(tests/trixie_root.py). No libvirtd is started: running one here (with its
+(tests/support/trixie_root.py). No libvirtd is started: running one here (with its
 QEMU driver, a system bus and virtlogd inside a chroot) costs more than the
 boot it would add over test_qemu10's emulated boot of the same VM.
 """
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hbos import qemu
-from tests.trixie_root import run as chroot_run, trixie_root  # noqa: F401 (fixture)
-from tests.unit.test_libvirt import HOST_DATA, ID_AUTH, ID_BLOCK, render
+from hbos.launch import qemu
+from tests.support.trixie_root import run as chroot_run, trixie_root  # noqa: F401 (fixture)
+from tests.unit.launch.test_libvirt import HOST_DATA, ID_AUTH, ID_BLOCK, render
 
 pytestmark = [pytest.mark.integration]
 

@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, fsutil, hb_release, launch, node_http, qemu
+from hbos import config as hconfig
+from hbos.launch import node_http, qemu, start as launch
 from hbos.paths import Paths
+from hbos.stages import hb_node as hb_release
+from hbos.util import fsutil
 from tests.conftest import (
     doit,
     kill_qemu,

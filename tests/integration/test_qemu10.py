@@ -1,6 +1,6 @@
 """Debian trixie's real QEMU 10 against the launcher's command lines (issue 12).
 
-QEMU 10 runs from a cached trixie root (tests/trixie_root.py: mmdebstrap,
+QEMU 10 runs from a cached trixie root (tests/support/trixie_root.py: mmdebstrap,
 chroot in a private mount namespace with the build dir bind-mounted at the
 same path), through a wrapper script passed as `--qemu`, so the launcher gets
 the version, the CPU list and the syntax from the real binary.
@@ -25,9 +25,9 @@ import subprocess
 
 import pytest
 
-from hbos import node_http, qemu
+from hbos.launch import node_http, qemu
 from tests.conftest import GuestBuild, doit, kill_qemu, link_base_rootfs, write_overlay
-from tests.trixie_root import run as chroot_run, trixie_root, wrapper  # noqa: F401 (fixture)
+from tests.support.trixie_root import run as chroot_run, trixie_root, wrapper  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 

@@ -21,11 +21,11 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from hbos import release, release_fetch, release_pack
 from hbos.errors import DownloadError, HashMismatch, ReleaseError, UnsafeArchive
-from hbos.fsutil import sha256_file
+from hbos.release import fetch as release_fetch, layout as release, pack as release_pack
+from hbos.util.fsutil import sha256_file
 from tests.conftest import doit, kill_qemu, missing_prerequisite
-from tests.release_fixtures import flip_byte, make_build, member, snapshot, tar_of
+from tests.support.release_fixtures import flip_byte, make_build, member, snapshot, tar_of
 
 pytestmark = [pytest.mark.integration]
 
@@ -387,7 +387,8 @@ def test_not_a_tarball_is_refused(installed, httpserver):
 
 
 def test_installed_release_passes_the_launchers_measurement_check(installed):
-    from hbos import launch, qemu, vmconfig
+    from hbos.launch import qemu, start as launch
+    from hbos.stages import vmconfig
     _, _, root = installed
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(root / release.VM_CONFIG))
     assert vm.kernel == root / release.KERNEL and vm.ovmf == root / release.FIRMWARE
@@ -397,8 +398,8 @@ def test_installed_release_passes_the_launchers_measurement_check(installed):
 def test_start_release_goes_through_the_real_start_vm(installed):
     # snp: required on a host without SNP: start_vm runs its checks on the
     # release's files and stops at the mode decision, booting nothing
-    from hbos import launch, launch_plan
     from hbos.errors import LaunchError
+    from hbos.launch import plan as launch_plan, start as launch
     cfg, paths, root = installed
     # The assertion below is about the refusal on a host without SNP (this one
     # and CI); on a real SNP host the launch would go ahead instead.
@@ -445,8 +446,11 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     the real default kernel and a busybox initramfs serving the health
     endpoint; image and hash tree are placeholders it never reads.
     """
-    from hbos import config as hconfig, launch, measure, node_http, qemu, vmconfig
+    from hbos import config as hconfig
+    from hbos.launch import node_http, qemu, start as launch
+    from hbos.measure import digest as measure
     from hbos.paths import Paths
+    from hbos.stages import vmconfig
     from tests.integration.test_start import free_port, make_initramfs
 
     if not shutil.which("qemu-system-x86_64"):

@@ -3,7 +3,7 @@ gives bit-identical artifacts.
 
 Build A is the session's guest_build (tests/conftest.py: the runner's own
 environment). Build B runs the same `doit measure profile=local` in another,
-deeper build directory under every variation tests/reprotest.py applies (umask,
+deeper build directory under every variation tests/support/reprotest.py applies (umask,
 a later date through faketime, TZ, locale, hostname and domainname, HOME/USER,
 PATH, kernel personality, ASLR, one CPU, and the content source read through
 a disorderfs mount that shuffles directory entries). Same base root (the cached
@@ -21,9 +21,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from hbos.fsutil import sha256_file
-from tests import reprotest
+from hbos.util.fsutil import sha256_file
 from tests.conftest import GuestBuild, link_base_rootfs, missing_prerequisite, write_test_content
+from tests.support import reprotest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -27,9 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, launch, launch_plan, measure, node_http, qemu, vmconfig
+from hbos import config as hconfig
 from hbos.errors import LaunchError
+from hbos.launch import node_http, plan as launch_plan, qemu, start as launch
+from hbos.measure import digest as measure
 from hbos.paths import Paths
+from hbos.stages import vmconfig
 from tests.conftest import ROOT, doit, kill_qemu, missing_prerequisite
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -88,7 +91,7 @@ def make_initramfs(dest: Path, kernel_root: Path, port: int) -> Path:
     (tree / "modules").mkdir()
     shutil.copy(busybox, tree / "bin" / "busybox")
     mods = _modules(kernel_root, version, ["virtio_pci", "virtio_net", "virtio_blk"])
-    from hbos.initramfs import decompress_module, plain_module_name
+    from hbos.stages.initramfs import decompress_module, plain_module_name
     for ko in mods:
         # trixie ships .ko.xz, which busybox insmod cannot load: decompress
         decompress_module(ko, tree / "modules" / plain_module_name(ko).name)

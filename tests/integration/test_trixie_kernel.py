@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 
-from hbos import initramfs, kernel
-from hbos.fsutil import sha256_file
 from hbos.paths import Paths
+from hbos.stages import initramfs, kernel
+from hbos.util.fsutil import sha256_file
 
 pytestmark = [pytest.mark.integration]
 

@@ -1,4 +1,4 @@
-"""hbos.veritytree on the real guest image (issue 16 item 11): the in-process check
+"""hbos.stages.veritytree on the real guest image (issue 16 item 11): the in-process check
 the verity stage runs accepts the image and hash tree the stage built, and rejects
 a flipped data byte, a flipped hash-tree byte and a wrong salt (the pattern of
 test_images.py::test_verity_verify_detects_a_flipped_byte)."""
@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from hbos import veritytree
 from hbos.errors import BuildError
+from hbos.stages import veritytree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,6 +1,6 @@
 """Fetch the integration-test prerequisites into the test cache.
 
-Run by .ci/run before the tests (python -m tests.prepare): the real default
+Run by .ci/run before the tests (python -m tests.support.prepare): the real default
 guest kernel .deb (Debian trixie's linux-image-amd64, resolved from the
 metapackage through the private apt) by the same code the kernel_deb stage
 uses, into the cache's kernel-trixie/ build dir.
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from hbos import config as hconfig, kernel
+from hbos import config as hconfig
 from hbos.errors import HbosError
 from hbos.paths import Paths
+from hbos.stages import kernel
 from tests.conftest import cached_kernel_deb, kernel_cache_build_dir
 
 

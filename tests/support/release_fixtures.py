@@ -14,8 +14,11 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from hbos import config as hconfig, measure, release, vmconfig
+from hbos import config as hconfig
+from hbos.measure import digest as measure
 from hbos.paths import Paths
+from hbos.release import layout as release
+from hbos.stages import vmconfig
 
 
 def make_build(root: Path, ovmf: Path, *, seed: int = 1, extra_yaml: str = ""):

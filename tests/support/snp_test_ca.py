@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from hbos import certs, report
-from hbos.report import SIGNED_SIZE
+from hbos.attest import certs, report
+from hbos.attest.report import SIGNED_SIZE
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 UTC = datetime.timezone.utc

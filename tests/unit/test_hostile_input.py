@@ -35,18 +35,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hbos import (
-    archive,
-    config as hconfig,
-    fetch,
-    limits,
-    measure,
-    release,
-    release_fetch,
-    release_pack,
-    release_unpack,
-    vmconfig,
-)
+from hbos import config as hconfig
 from hbos.errors import (
     ConfigError,
     DownloadError,
@@ -55,8 +44,12 @@ from hbos.errors import (
     ReleaseError,
     UnsafeArchive,
 )
+from hbos.measure import digest as measure
 from hbos.paths import Paths
-from tests.release_fixtures import make_build, member, tar_of
+from hbos.release import fetch as release_fetch, layout as release, pack as release_pack, unpack as release_unpack
+from hbos.stages import vmconfig
+from hbos.util import archive, fetch, limits
+from tests.support.release_fixtures import make_build, member, tar_of
 
 ROOT = Path(__file__).resolve().parents[2]
 DEEP = 5000   # thousands deep: far past any parser's recursion limit
@@ -152,7 +145,7 @@ def test_config_hostile_overlay_is_one_config_error(tmp_path, case):
         return
     # only the NUL build_dir gets past loading; making the build dir refuses it
     assert case == "build_dir a NUL"
-    from hbos.doit_support import make_build_dir
+    from hbos.tasks.support import make_build_dir
     with pytest.raises(ConfigError, match="build_dir: unusable path") as err:
         make_build_dir(cfg)
     one_line(str(err.value))
@@ -512,7 +505,7 @@ def test_release_larger_than_free_space_refused(packaged, tmp_path):
 
 
 def test_verify_release_has_the_free_space_limit(packaged, tmp_path, monkeypatch):
-    from hbos import release_cli
+    from hbos.cli import verify_release as release_cli
     _, paths = packaged
     monkeypatch.setattr(release_unpack, "free_space", lambda d: 1000)
     with pytest.raises(ReleaseError, match="more than the 1000 free"):
@@ -526,7 +519,7 @@ def _release_with(paths: Paths, tmp_path: Path, name: str, text: str) -> Path:
         (root / f.name).write_bytes(f.read_bytes())
     (root / name).write_text(text)
     if name != release.MANIFEST:
-        from hbos.fsutil import sha256_file
+        from hbos.util.fsutil import sha256_file
         m = json.loads((root / release.MANIFEST).read_text())
         for f in m["files"]:
             if f["name"] == name:
@@ -898,8 +891,8 @@ def test_release_measurement_random_types_only_release_error(packaged, tmp_path_
 @given(changes=st.dictionaries(_record_keys, _json_values, min_size=1, max_size=3))
 def test_launch_measurement_random_types_only_launch_error(good_inputs, amdsev_ovmf,
                                                            tmp_path_factory, changes):
-    from hbos import launch, qemu
     from hbos.errors import LaunchError
+    from hbos.launch import qemu, start as launch
     d = tmp_path_factory.mktemp("l")
     vm = qemu.VmDefinition(kernel=d / "k", initrd=d / "i", ovmf=amdsev_ovmf, cmdline="c",
                            vcpus=2, vcpu_type="EPYC-v4", memory_mib=512,
@@ -949,11 +942,11 @@ def test_partial_downloads_of_dead_runs_removed_live_ones_kept(tmp_path):
 
 
 def test_lock_names_the_holder_and_is_released(tmp_path):
-    from hbos import lock
     from hbos.errors import Busy
+    from hbos.util import lock
     path = tmp_path / "locks" / "vm.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys, time; from pathlib import Path; from hbos import lock\n"
+        [sys.executable, "-c", ("import sys, time; from pathlib import Path; from hbos.util import lock\n"
                                 f"with lock.hold(Path({str(path)!r}), 'start'):\n"
                                 "    print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -973,8 +966,8 @@ def test_lock_names_the_holder_and_is_released(tmp_path):
 @pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: _non_utf8(p),
                                   lambda p: _huge(p, 1 << 20), lambda p: None])
 def test_launch_id_block_file_unusable(tmp_path, make):
-    from hbos import launch_plan
     from hbos.errors import LaunchError
+    from hbos.launch import plan as launch_plan
     path = tmp_path / "id_block.b64"
     make(path)
     cfg = hconfig.load(overlay=_overlay(tmp_path, f"launch: {{id_block: {path}}}\n"))
@@ -984,7 +977,7 @@ def test_launch_id_block_file_unusable(tmp_path, make):
 
 
 def test_console_tail_reads_only_the_end(tmp_path):
-    from hbos import launch
+    from hbos.launch import start as launch
     console = _huge(tmp_path / "console.log", 8 << 30)   # sparse: a guest that spammed 8 GiB
     with open(console, "r+b") as fh:
         fh.seek((8 << 30) - len(b"\nlast words\n"))

@@ -1,4 +1,4 @@
-"""tests/reprotest.py: the exact command line and environment of build B, run for
+"""tests/support/reprotest.py: the exact command line and environment of build B, run for
 real on a tiny command, and the reproducibility tests are collected (the firmware
 one runs only under CI=true or HBOS_REPRO_FIRMWARE=1: a second edk2 build)."""
 
@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests import reprotest
 from tests.conftest import ROOT, missing_prerequisite
+from tests.support import reprotest
 
 
 def test_prefix_is_exact(tmp_path):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hbos import kds, report
+from hbos.attest import kds, report
+from hbos.attest.report import Tcb
 from hbos.cli import main as cli_main
 from hbos.errors import AttestationError
-from hbos.report import Tcb
 
 CHIP = bytes(range(64))
 
@@ -126,7 +126,7 @@ def test_vlek_and_crl_urls():
 def test_vlek_chain_from_the_kds(httpserver, att, tmp_path):
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from hbos import certs
+    from hbos.attest import certs
     asvk = certs.load_cert_file(att / "certs" / "asvk_milan.pem")
     ark = certs.load_cert_file(att / "certs" / "ark_milan.pem")
     httpserver.expect_request("/vlek/v1/Milan/cert_chain").respond_with_data(
@@ -143,7 +143,7 @@ def test_crl_fetched_checked_and_cached_until_next_update(httpserver, tmp_path):
 
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from tests.unit.snp_test_ca import T0, TestCA
+    from tests.support.snp_test_ca import T0, TestCA
     ca = TestCA("Milan")
     crl = ca.crl([0x51], this_update=T0, next_update=T0 + datetime.timedelta(days=7))
     httpserver.expect_request("/vcek/v1/Milan/crl").respond_with_data(
@@ -163,7 +163,8 @@ def test_crl_fetched_checked_and_cached_until_next_update(httpserver, tmp_path):
 
 
 def test_unfetchable_crl_is_unknown_not_a_crash(httpserver, att, tmp_path):
-    from hbos import attest, attest_cli, certs
+    from hbos.attest import certs, verify as attest
+    from hbos.cli import verify_report as attest_cli
     httpserver.expect_request("/vcek/v1/Milan/crl").respond_with_data("gone", status=404)
     chain = certs.load_certs_dir(att / "certs", "Milan")
     rev = attest_cli.obtain_revocation(chain, crl_path=None, certs_dir=None,

@@ -13,11 +13,12 @@ import json
 import pytest
 from sevsnpmeasure.ovmf import OVMF
 
-from hbos import hyperbeam, measure, report
+from hbos.attest import peer as hyperbeam, report
 from hbos.cli import main as cli_main
-from tests.release_fixtures import make_build
-from tests.unit.snp_test_ca import patch
-from tests.unit.test_graph import load_dodo
+from hbos.measure import digest as measure
+from tests.support.graph import load_dodo
+from tests.support.release_fixtures import make_build
+from tests.support.snp_test_ca import patch
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from hbos import reference, release, release_pack, report
+from hbos.attest import reference, report
 from hbos.cli import main as cli_main
 from hbos.errors import AttestationError, ReleaseError
-from tests.release_fixtures import make_build
-from tests.unit.test_graph import load_dodo
+from hbos.release import layout as release, pack as release_pack
+from tests.support.graph import load_dodo
+from tests.support.release_fixtures import make_build
 
 HBOS_REPORT = "hbos-benign-report.bin"
 
@@ -22,7 +23,7 @@ def _fixed_verification_time(monkeypatch):
     """Where a test gives no --at: a fixed time inside the vectors' validity, not now."""
     import datetime
 
-    from hbos import attest
+    from hbos.attest import verify as attest
     monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
         2026, 6, 1, tzinfo=datetime.timezone.utc))
 

@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
-from hbos import report
+from hbos.attest import report
+from hbos.attest.report import REPORT_SIZE, Tcb, parse_tcb
 from hbos.errors import AttestationError
-from hbos.report import REPORT_SIZE, Tcb, parse_tcb
 
 HBOS_MEASUREMENT = ("d841d812c23fa10eb2d6bcffa7fc0ab1562044c81b5ad058a0df98692c9e264a"
                     "2c88ed99eb6d2b6b0c0446a9d994661e")

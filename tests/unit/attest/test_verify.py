@@ -9,11 +9,12 @@ import warnings
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hbos import attest, attest_cli, certs, report, stage
-from hbos.attest import Expectations
-from hbos.cli import main as cli_main
+from hbos.attest import certs, report, verify as attest
+from hbos.attest.report import SIGNED_SIZE, Report, Tcb
+from hbos.attest.verify import Expectations
+from hbos.cli import main as cli_main, verify_report as attest_cli
 from hbos.errors import AttestationError
-from hbos.report import SIGNED_SIZE, Report, Tcb
+from hbos.tasks import adapter as stage
 
 REPORTS = {
     # name: (report file, VCEK file, measurement, policy, vmpl)

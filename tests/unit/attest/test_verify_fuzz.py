@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from hbos import attest, reference, report
+from hbos.attest import reference, report, verify as attest
 from hbos.errors import AttestationError
 
 SEED = 1414
@@ -91,7 +91,7 @@ def test_random_reference_values_validate_or_refuse():
 
 def test_a_generated_report_is_never_verified_against_amd(vectors):
     """Random signed parts with a real VCEK and AMD's chain: never VERIFIED."""
-    from hbos import certs
+    from hbos.attest import certs
     att = vectors / "attestation"
     vcek = certs.load_cert_file(att / "hbos-vcek.crt")
     chain = certs.load_certs_dir(att / "certs", "Milan")

@@ -4,7 +4,7 @@ expectations and unbounded input (issue 17 items 2, 3).
 Positive cases run on real hardware reports from public verifiers' test data (Milan,
 Genoa, Turin v5, a VLEK-signed Milan report from AWS); the negative cases no public data
 covers (revoked ASK, expired or not-yet-valid certificates, each policy bit) run on a
-test CA (tests/unit/snp_test_ca.py) that is trusted only inside the test that uses it.
+test CA (tests/support/snp_test_ca.py) that is trusted only inside the test that uses it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from hbos import attest, certs, report
-from hbos.attest import Expectations
+from hbos.attest import certs, report, verify as attest
+from hbos.attest.verify import Expectations
 from hbos.cli import main as cli_main
-from tests.unit.snp_test_ca import T0, TestCA, patch
+from tests.support.snp_test_ca import T0, TestCA, patch
 
 # name: (report, certificate, product, extra CLI flags for a full pass)
 REAL = {
@@ -39,7 +39,7 @@ def _fixed_verification_time(monkeypatch):
     """Where a test gives no --at: a fixed time inside the vectors' validity, not now."""
     import datetime
 
-    from hbos import attest
+    from hbos.attest import verify as attest
     monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
         2026, 6, 1, tzinfo=datetime.timezone.utc))
 
@@ -365,8 +365,10 @@ def test_crl_through_the_cli_offline(ca, base, monkeypatch, tmp_path, capsys):
 def test_doit_action_takes_at_and_require_crl(att, tmp_path, capsys):
     from doit.exceptions import TaskFailed
 
-    from hbos import attest_cli, config as hconfig, stage
+    from hbos import config as hconfig
+    from hbos.cli import verify_report as attest_cli
     from hbos.paths import Paths
+    from hbos.tasks import adapter as stage
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'build'}\n")
     cfg = hconfig.load(overlay=overlay)

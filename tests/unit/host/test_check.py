@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hbos import host
-from hbos.host import FAIL, PASS, UNKNOWN, KvmStatus, Probes, SevStatus
+from hbos.host import check as host
+from hbos.host.check import FAIL, PASS, UNKNOWN, KvmStatus, Probes, SevStatus
 
 BASE_FLAGS = ("fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush "
               "mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc "

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hbos import host, host_debian, host_setup
 from hbos.errors import HostError
-from hbos.host import PASS, SevStatus
-from tests.unit.test_host import BASE_FLAGS, QEMU_SNP_OBJECTS, fake_host, probes, verdicts
+from hbos.host import check as host, debian as host_debian, setup as host_setup
+from hbos.host.check import PASS, SevStatus
+from tests.unit.host.test_check import BASE_FLAGS, QEMU_SNP_OBJECTS, fake_host, probes, verdicts
 
 TRIXIE_OS = ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\n'
              'VERSION_ID="13"\nVERSION_CODENAME=trixie\nID=debian\n')
@@ -50,8 +50,9 @@ def test_stock_trixie_host_is_ready_without_a_release(tmp_path):
 
 
 def test_find_qemu_without_release_is_debians(tmp_path, monkeypatch):
-    from hbos import config as hconfig, tools
+    from hbos import config as hconfig
     from hbos.paths import Paths
+    from hbos.util import tools
     overlay = tmp_path / "o.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'b'}\n")
     cfg = hconfig.load(overlay=overlay)

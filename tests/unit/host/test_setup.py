@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from hbos import host_setup, run
 from hbos.errors import HostError
+from hbos.host import setup as host_setup
+from hbos.util import run
 
 KVER = "6.9.0-rc7-snp-host-05b10142ac6a"
 PKG = f"linux-image-{KVER}"
@@ -219,7 +220,7 @@ def test_release_without_host_kernel(tmp_path):
 
 
 def test_debpkg_fields_single_multiple_and_absent(tmp_path):
-    from hbos import debpkg
+    from hbos.util import debpkg
     deb = make_deb(tmp_path / "k.deb", "linux-image-6.11.0-snp", "6.11.0-1")
     assert debpkg.fields(deb, "Package") == {"Package": "linux-image-6.11.0-snp"}
     assert debpkg.fields(deb, "Package", "Version", "Depends") == {

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, libvirt, qemu, vmconfig
+from hbos import config as hconfig
 from hbos.errors import BuildError
+from hbos.launch import libvirt, qemu
 from hbos.paths import Paths
+from hbos.stages import vmconfig
 
 VM = qemu.VmDefinition(kernel=Path("/b/kernel/vmlinuz"), initrd=Path("/b/initramfs.cpio.gz"),
                        ovmf=Path("/b/firmware/OVMF.fd"),

@@ -1,7 +1,7 @@
 """`doit start --dry-run`: the decisions and the exact QEMU line, nothing started.
 
 The QEMU's version and CPU list are the only host facts stood in for (as in
-test_launch's SNP test); the argv is the real hbos.qemu.command_line output,
+test_launch's SNP test); the argv is the real hbos.launch.qemu.command_line output,
 compared whole against a golden text. The same line is run by trixie's real
 QEMU 10 in tests/integration/test_qemu10.py.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hbos import launch, launch_plan, qemu
 from hbos.errors import LaunchError
-from tests.unit.test_launch import measured_vm
+from hbos.launch import plan as launch_plan, qemu, start as launch
+from tests.unit.launch.test_start import measured_vm
 
 GOLDEN_SNP = """\
 mode: snp (requested; this host cannot run it (no /dev/sev): review only)

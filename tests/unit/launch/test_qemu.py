@@ -1,4 +1,4 @@
-"""Golden QEMU command lines, argument by argument (hbos.qemu is pure)."""
+"""Golden QEMU command lines, argument by argument (hbos.launch.qemu is pure)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hbos import qemu
 from hbos.errors import LaunchError
+from hbos.launch import qemu
 
 VM = qemu.VmDefinition(kernel=Path("/b/kernel/vmlinuz"), initrd=Path("/b/initramfs.cpio.gz"),
                        ovmf=Path("/b/firmware/OVMF.fd"),

@@ -1,6 +1,6 @@
 """Launcher decisions: measurement agreement, mode, accel, pidfile handling.
 
-No QEMU here: a measurement made by the real hbos.measure from small files
+No QEMU here: a measurement made by the real hbos.measure.digest from small files
 (the AmdSev OVMF suffix from the vectors measures fine), and a plain Python
 process standing in for a running QEMU (its argv names the pidfile, which is
 what the launcher checks before it signals anything).
@@ -17,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, launch, launch_plan, measure, node_http, qemu, run as hrun, vmconfig
+from hbos import config as hconfig
 from hbos.errors import LaunchError
+from hbos.launch import node_http, plan as launch_plan, qemu, start as launch
+from hbos.measure import digest as measure
 from hbos.paths import Paths
+from hbos.stages import vmconfig
+from hbos.util import run as hrun
 
 
 def measured_vm(tmp_path: Path, ovmf: Path):
@@ -318,7 +322,7 @@ def test_snp_start_runs_the_snp_command_line(measured, tmp_path, monkeypatch):
 
 
 def test_start_runs_exactly_the_line_its_dry_run_prints(measured, tmp_path, monkeypatch, capsys):
-    """start and start --dry-run share hbos.launch_plan.plan: with the same inputs
+    """start and start --dry-run share hbos.launch.plan.plan: with the same inputs
     the argv start spawns is the `qemu:` line the dry run prints; only start
     probes KVM for launch.accel: auto (here the probe says no, so TCG)."""
     vm, m, cfg, paths = measured

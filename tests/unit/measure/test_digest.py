@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from hbos import measure
 from hbos.errors import MeasurementError
-from hbos.measure import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, launch_digest
+from hbos.measure import digest as measure
+from hbos.measure.digest import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, launch_digest
 
 README_OVMF_HASH = ("086e2e9149ebf45abdc3445fba5b2da8270bdbb04094d7a2c37faaa4b24af3aa"
                     "16aff8c374c2a55c467a50da6d466b74")
@@ -166,7 +166,8 @@ def test_cli_accepts_our_measurement_json(amdsev_ovmf, tmp_path):
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"initrd")
     vmc = tmp_path / "vm-config.toml"
-    from hbos import config as hconfig, vmconfig
+    from hbos import config as hconfig
+    from hbos.stages import vmconfig
     cfg = hconfig.load()
     vmc.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=amdsev_ovmf,
                                    cmdline="console=ttyS0"))
@@ -189,7 +190,8 @@ def test_cli_clear_error_without_traceback(vectors, tmp_path):
 
 
 def test_measurement_json_without_firmware_records_null_and_reason(tmp_path):
-    from hbos import config as hconfig, vmconfig
+    from hbos import config as hconfig
+    from hbos.stages import vmconfig
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k")
     vmc = tmp_path / "vm-config.toml"

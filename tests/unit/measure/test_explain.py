@@ -1,6 +1,6 @@
 """The measurement-mismatch explainer, on a build-like input set (AmdSev OVMF
 fixture, guest_features 0x1, 4 vCPUs) and report-like digests computed by
-hbos.measure.launch_digest with one parameter changed."""
+hbos.measure.digest.launch_digest with one parameter changed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import json
 import pytest
 from sevsnpmeasure.gctx import GCTX
 
-from hbos import attest, attest_cli, certs, explain, report
-from hbos.measure import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, inputs_record, launch_digest
+from hbos.attest import certs, report, verify as attest
+from hbos.cli import verify_report as attest_cli
+from hbos.measure import explain
+from hbos.measure.digest import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, inputs_record, launch_digest
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from hbos import config as hconfig, hostdata, idblock, identity, launch, launch_plan, measure, node_http, qemu, vmconfig
+from hbos import config as hconfig
 from hbos.errors import IdentityError, LaunchError
+from hbos.launch import node_http, plan as launch_plan, qemu, start as launch
+from hbos.measure import digest as measure, idblock, identity, nodeconfig as hostdata
 from hbos.paths import Paths
+from hbos.stages import vmconfig
 
-VEC = Path(__file__).resolve().parents[1] / "vectors" / "idblock"
+VEC = Path(__file__).resolve().parents[2] / "vectors" / "idblock"
 
 
 def _vec_key(name: str):
@@ -302,7 +305,7 @@ def test_host_data_follows_the_post_start_body_and_nothing_else(build):
 
 
 def test_host_data_follows_config_flat(tmp_path):
-    from hbos import content
+    from hbos.stages import content
     a = hconfig.load()
     over = tmp_path / "o.yaml"
     over.write_text("content: {hyperbeam_config: ['mode: debug']}\n")
@@ -329,7 +332,7 @@ def test_launch_refuses_snp_with_a_configuration_other_than_the_measured(build):
 
 
 def test_graph_identity_tasks(tmp_path):
-    from tests.unit.test_graph import load_dodo
+    from tests.support.graph import load_dodo
     (tmp_path / "off").mkdir()
     (tmp_path / "on").mkdir()
     off = load_dodo(tmp_path / "off", profile="local")
@@ -362,8 +365,8 @@ def test_launch_files_prefer_explicit_launch_files(build, tmp_path):
 
 def test_graph_measure_reruns_exactly_when_the_node_configuration_changes(tmp_path, amdsev_ovmf):
     """Over the real graph (dodo.py's measure task): its config_changed and its action."""
-    from tests.release_fixtures import make_build
-    from tests.unit.test_graph import load_dodo
+    from tests.support.graph import load_dodo
+    from tests.support.release_fixtures import make_build
     _cfg, paths = make_build(tmp_path / "b", amdsev_ovmf)
     fw = tmp_path / "b" / "fw" / "OVMF.fd"
 

@@ -13,19 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from hbos import (
-    idblock,
-    identity,
-    measure,
-    provenance,
-    release,
-    release_cli,
-    release_fetch,
-    release_pack,
-)
+from hbos.cli import verify_release as release_cli
 from hbos.errors import ReleaseError
-from hbos.fsutil import sha256_file
-from tests.release_fixtures import make_build
+from hbos.measure import digest as measure, idblock, identity
+from hbos.release import fetch as release_fetch, layout as release, pack as release_pack, provenance
+from hbos.util.fsutil import sha256_file
+from tests.support.release_fixtures import make_build
 
 
 def _signed_build(root: Path, ovmf: Path, keys: Path, seed: int = 1):
@@ -91,7 +84,7 @@ def test_signed_release_holds_signature_provenance_and_id_block(signed):
     assert len(rec["author_key_digest"]) == 96 and rec["guest_svn"] == 3
     ref = json.loads((paths.release_dir / release.REFERENCE_VALUES).read_text())
     for key in ("host_data", "id_key_digest", "author_key_digest"):
-        assert ref[key] == built[key]  # what a verifier pins (hbos.reference)
+        assert ref[key] == built[key]  # what a verifier pins (hbos.attest.reference)
 
 
 def test_openssl_verifies_the_manifest_signature(signed, tmp_path):
@@ -264,7 +257,7 @@ def test_start_release_rechecks_the_trusted_keys(installed, other_key, monkeypat
     import dataclasses
     cfg, paths, pub, root = installed
     started = []
-    monkeypatch.setattr("hbos.launch.start_vm", lambda *a, **k: started.append(k))
+    monkeypatch.setattr("hbos.launch.start.start_vm", lambda *a, **k: started.append(k))
     strict = dataclasses.replace(cfg, release=dataclasses.replace(
         cfg.release, trusted_keys=(str(other_key),)))
     with pytest.raises(ReleaseError, match="not a trusted key"):

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import archive, release, release_fetch, release_pack
 from hbos.errors import ReleaseError, UnsafeArchive
-from hbos.fsutil import sha256_file
-from tests.release_fixtures import flip_byte, make_build
+from hbos.release import fetch as release_fetch, layout as release, pack as release_pack
+from hbos.util import archive
+from hbos.util.fsutil import sha256_file
+from tests.support.release_fixtures import flip_byte, make_build
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_manifest_digest_is_the_builds_measurement(packaged):
 
 def test_packaged_files_are_the_build_artifacts(packaged):
     cfg, paths = packaged
-    from hbos import vmconfig
+    from hbos.stages import vmconfig
     for name, src in ((release.IMAGE, paths.verity_image), (release.HASH_TREE, paths.hash_tree),
                       (release.KERNEL, paths.vmlinuz),
                       (release.INITRD, vmconfig.initrd_path(cfg, paths))):
@@ -360,11 +361,11 @@ def test_start_release_passes_the_release_files_to_the_launcher(packaged, monkey
                           hash_tree=hash_tree, options=options, identity_dir=identity_dir))
         return "started"
 
-    fake = types.ModuleType("hbos.launch")
+    fake = types.ModuleType("hbos.launch.start")
     fake.start_vm = start_vm
-    monkeypatch.setitem(sys.modules, "hbos.launch", fake)
-    import hbos
-    monkeypatch.setattr(hbos, "launch", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "hbos.launch.start", fake)
+    import hbos.launch
+    monkeypatch.setattr(hbos.launch, "start", fake)
     opts = object()
     assert release.start_release(cfg, paths, opts) == "started"
     assert calls == [dict(vm_config=root / "vm-config.toml", measurement=root / "measurement.json",
@@ -402,11 +403,11 @@ def test_start_release_forwards_the_ports_the_release_was_built_with(tmp_path, a
     assert cfg_h.ports.hyperbeam != 12345
     release_fetch.install(cfg_h, paths_h, paths_b.release_tarball, "a" * 64)
     seen = []
-    fake = types.ModuleType("hbos.launch")
+    fake = types.ModuleType("hbos.launch.start")
     fake.start_vm = lambda c, p, **kw: seen.append(c.ports)
-    monkeypatch.setitem(sys.modules, "hbos.launch", fake)
-    import hbos
-    monkeypatch.setattr(hbos, "launch", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "hbos.launch.start", fake)
+    import hbos.launch
+    monkeypatch.setattr(hbos.launch, "start", fake)
     release.start_release(cfg_h, paths_h, None)
     assert (seen[0].hyperbeam, seen[0].cu, seen[0].ssh) == (12345, 16363, cfg_h.ports.ssh)
 

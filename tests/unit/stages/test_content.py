@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, content, docker, fsutil, tree as htree
+from hbos import config as hconfig
 from hbos.errors import BuildError, ConfigError
 from hbos.paths import Paths
-from tests import docker_stub
+from hbos.stages import content, docker
+from hbos.util import fsutil, tree as htree
+from tests.support import docker_stub
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = ROOT / "tools" / "sample_node"
 HB = "1" * 40
 AO = "a" * 40

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import archive, config, edk2, firmware
+from hbos import config
 from hbos.errors import BuildError, ConfigError, DownloadError, HashMismatch, ToolMissing, UnsafeArchive
 from hbos.paths import Paths
+from hbos.stages import edk2, firmware
+from hbos.util import archive
 
 BODY = b"edk2 orig tarball bytes " * 500
 SHA = hashlib.sha256(BODY).hexdigest()

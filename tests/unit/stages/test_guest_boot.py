@@ -1,9 +1,9 @@
-"""hbos.guest_boot: the lists agree with each other (the built image is checked
+"""hbos.stages.guest_boot: the lists agree with each other (the built image is checked
 by tests/integration/test_guest_boot.py)."""
 
 from __future__ import annotations
 
-from hbos import guest_boot as gb
+from hbos.stages import guest_boot as gb
 
 
 def test_nothing_needed_is_masked_or_blacklisted():

@@ -9,10 +9,12 @@ import os
 import subprocess
 from pathlib import Path
 
-from hbos import config as hconfig, content, hb_release, launch, node_http, qemu
+from hbos import config as hconfig
+from hbos.launch import node_http, qemu, start as launch
 from hbos.paths import Paths
+from hbos.stages import content, hb_node as hb_release
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RECORD = {"kernel": "k", "initrd": "i", "append": "a", "firmware": "f", "vcpus": 4,
           "vcpu_type": 5, "vmm_type": 1, "guest_features": 1, "expected_hash": "e" * 96,
           "files": {}}

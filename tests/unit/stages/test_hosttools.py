@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hbos import config as hconfig, hosttools, tools
+from hbos import config as hconfig
 from hbos.errors import ToolMissing
+from hbos.stages import hosttools
+from hbos.util import tools
 
 
 def test_needed_follows_the_config():

@@ -1,4 +1,4 @@
-"""Unit tests for hbos.initramfs: command lines, parsers, the rendered /init."""
+"""Unit tests for hbos.stages.initramfs: command lines, parsers, the rendered /init."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, initramfs
+from hbos import config as hconfig
 from hbos.errors import BuildError
 from hbos.paths import Paths
+from hbos.stages import initramfs
 
 
 def _cfg(tmp_path: Path, text: str = "") -> hconfig.Config:

@@ -1,4 +1,4 @@
-"""The AMDSEV snp-release bundle (hbos/amdsev.py, task snp_release): download + verify +
+"""The AMDSEV snp-release bundle (hbos/stages/snp_bundle.py, task snp_release): download + verify +
 safe unpack, against a local HTTP server."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import amdsev, config as hconfig
+from hbos import config as hconfig
 from hbos.errors import ConfigError, HashMismatch, UnsafeArchive
-from hbos.fsutil import read_json
 from hbos.paths import Paths
+from hbos.stages import snp_bundle as amdsev
+from hbos.util.fsutil import read_json
 
 
 def release_tarball(extra: list[tuple[str, bytes]] = (), top: str = "snp-release-2024-01-01") -> bytes:

@@ -1,4 +1,4 @@
-"""Unit tests for hbos.verity and hbos.rootfs: command lines, ids, tree checks."""
+"""Unit tests for hbos.stages.verity and hbos.stages.rootfs: command lines, ids, tree checks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig, rootfs, tree as htree, verity
+from hbos import config as hconfig
 from hbos.errors import BuildError
+from hbos.stages import rootfs, verity
+from hbos.util import tree as htree
 
 
 def _cfg(tmp_path: Path, text: str = "") -> hconfig.Config:
@@ -213,8 +215,8 @@ def test_modules_dir_on_merged_usr(tmp_path):
 
 
 def test_rootfs_up_to_date_follows_recorded_config(tmp_path):
-    from hbos.fsutil import write_json
     from hbos.paths import Paths
+    from hbos.util.fsutil import write_json
     cfg = _cfg(tmp_path)
     paths = Paths.from_config(cfg)
     check = rootfs.up_to_date(cfg, paths)

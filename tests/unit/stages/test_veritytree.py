@@ -1,4 +1,4 @@
-"""hbos.veritytree, the in-process check of `veritysetup format`, against real
+"""hbos.stages.veritytree, the in-process check of `veritysetup format`, against real
 veritysetup output on small files (issue 16 item 11)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hbos import verity, veritytree
 from hbos.errors import BuildError
+from hbos.stages import verity, veritytree
 from tests.conftest import missing_prerequisite
 
 SALT = "5a" * 32

@@ -1,4 +1,4 @@
-"""hbos.stage: the one doit adapter, and what dodo.py imports at graph time."""
+"""hbos.tasks.adapter: the one doit adapter, and what dodo.py imports at graph time."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from doit.exceptions import TaskFailed
 
-from hbos import stage
 from hbos.errors import BuildError, Busy
+from hbos.tasks import adapter as stage
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HEAVY = ("cryptography", "jinja2", "sevsnpmeasure", "requests")
 # config validation reads the vCPU names from sev-snp-measure's plain data module
 LIGHT = ("sevsnpmeasure", "sevsnpmeasure.vcpu_types")
@@ -49,7 +49,7 @@ def test_action_turns_errors_into_one_line():
 
 
 def test_action_imports_late_and_passes_params():
-    (run,) = stage.action("hbos.launch:options_from_params")
+    (run,) = stage.action("hbos.launch.start:options_from_params")
     assert run.__name__ == "options_from_params"
     # params arrive as keywords; the result (not dict/str) is dropped for doit
     assert run(data_disk="", self_url="http://x", peer_url="", no_auto=True) is None
@@ -61,12 +61,12 @@ def test_action_imports_late_and_passes_params():
 def test_action_options_and_lock(tmp_path):
     seen = []
     (run,) = stage.action(lambda a, opts: seen.append((a, opts)), "A",
-                          options="hbos.launch:options_from_params",
+                          options="hbos.launch.start:options_from_params",
                           lock=(tmp_path / "locks" / "vm", "start"))
     assert run(self_url="http://me", no_auto=True) is None
     a, opts = seen[0]
     assert a == "A" and opts.self_url == "http://me" and opts.no_auto is True
-    from hbos import lock
+    from hbos.util import lock
     with lock.hold(tmp_path / "locks" / "vm", "stop"):
         failed = run(self_url="")
     assert isinstance(failed, TaskFailed) and "another run holds it" in failed.message
@@ -94,7 +94,7 @@ def test_graph_errors_are_one_line(tmp_path, overlay, message):
 def test_every_action_names_a_function_that_exists(tmp_path):
     """Actions name their function as text ("hbos.module:function"): a rename that
     misses dodo.py fails here, not at a user's doit run."""
-    from tests.unit.test_graph import load_dodo
+    from tests.support.graph import load_dodo
     refs = set()
     for n, overlay in enumerate(("", "identity: {enabled: true}\n")):
         where = tmp_path / str(n)

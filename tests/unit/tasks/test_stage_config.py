@@ -1,4 +1,4 @@
-"""Each stage's declared config (hbos/stages.py) over the real task graph.
+"""Each stage's declared config (hbos/tasks/table.py) over the real task graph.
 
 Changing any declared key changes the task's config_changed digest (doit
 reruns the stage); a stage reading a key it did not declare fails.
@@ -11,9 +11,10 @@ import typing
 
 import pytest
 
-from hbos import config as hconfig, stage, stages
+from hbos import config as hconfig
 from hbos.errors import ConfigError
-from tests.unit.test_graph import load_dodo
+from hbos.tasks import adapter as stage, table as stages
+from tests.support.graph import load_dodo
 
 
 def _leaves(cls: type, prefix: str) -> list[tuple[str, typing.Any]]:
@@ -185,7 +186,8 @@ def test_config_error_for_a_bad_value_is_not_a_declaration_problem(tmp_path):
 
 def test_measure_declares_what_the_node_configuration_reads(monkeypatch):
     """HOST_DATA hashes config.flat and the post-start body: measure's view holds all they read."""
-    from hbos import hostdata, launch
+    from hbos.launch import start as launch
+    from hbos.measure import nodeconfig as hostdata
     monkeypatch.setenv(stage.STRICT_ENV, "1")
     cfg = hconfig.load()
     view = stages.MEASURE.reads.view(cfg, "measure")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hbos import archive
 from hbos.errors import UnsafeArchive
+from hbos.util import archive
 
 
 def make_tar(path: Path, members: list[tuple[str, str, str | bytes]]) -> Path:

@@ -1,4 +1,4 @@
-"""hbos.cache: keys, atomic store, restore re-checked, corrupt entries rebuilt,
+"""hbos.util.cache: keys, atomic store, restore re-checked, corrupt entries rebuilt,
 the cache_dir setting, and how the three cached stages build their keys."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import cache, config as hconfig
-from hbos.stage import ConfigView, Reads
+from hbos import config as hconfig
+from hbos.tasks.adapter import ConfigView, Reads
+from hbos.util import cache
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 INPUTS = {"suite": "trixie", "mirror": "http://deb.debian.org/debian",
           "packages": ["systemd", "udev"], "epoch": 1704067200, "tool": "mmdebstrap 1.3.5"}
@@ -27,7 +28,7 @@ def test_key_is_stable_across_order_and_runs():
     shuffled = dict(reversed(list(INPUTS.items())))
     assert cache.key("base_rootfs", INPUTS) == cache.key("base_rootfs", shuffled)
     # the same in another interpreter (no hash seed, no dict order in it)
-    code = ("import json,sys; from hbos import cache; "
+    code = ("import json,sys; from hbos.util import cache; "
             "print(cache.key('base_rootfs', json.loads(sys.argv[1])))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(shuffled)], cwd=ROOT,
                          capture_output=True, text=True, check=True,
@@ -208,9 +209,9 @@ def test_tests_never_use_the_real_user_cache():
 
 
 def test_cache_dir_is_readable_by_every_stage_but_reruns_none():
-    """The documented exception (hbos/cache.py): readable through the strict view
+    """The documented exception (hbos/util/cache.py): readable through the strict view
     without being declared, and in no stage's config_changed slice."""
-    from hbos import stages
+    from hbos.tasks import table as stages
     cfg = hconfig.load()
     for stage in stages.ALL:
         assert "cache_dir" not in stage.reads.slice(cfg)
@@ -222,7 +223,7 @@ def test_cache_dir_is_readable_by_every_stage_but_reruns_none():
 
 
 def test_base_rootfs_key_covers_suite_mirror_packages_epoch(tmp_path, monkeypatch):
-    from hbos import rootfs
+    from hbos.stages import rootfs
     monkeypatch.setattr(rootfs.tools, "require", lambda prog: prog)
     monkeypatch.setattr(rootfs, "tool_version", lambda argv: f"{argv[0]} 1.0")
     base = cache.key("base_rootfs", rootfs.cache_inputs(hconfig.load(profile="local")))
@@ -242,7 +243,7 @@ def test_base_rootfs_key_covers_suite_mirror_packages_epoch(tmp_path, monkeypatc
 
 
 def test_firmware_key_covers_pins_options_and_toolchain(tmp_path, monkeypatch):
-    from hbos import edk2
+    from hbos.stages import edk2
     monkeypatch.setattr(edk2, "require_build_deps", lambda: None)
     tools = {"gcc": "gcc 12.2.0", "nasm": "NASM 2.16", "iasl": "20200925", "python3": "3.11.2"}
     monkeypatch.setattr(edk2, "toolchain", lambda: dict(tools))
@@ -261,15 +262,15 @@ def test_firmware_key_covers_pins_options_and_toolchain(tmp_path, monkeypatch):
 
 
 def test_firmware_toolchain_names_every_program_it_runs():
-    from hbos import edk2, hosttools
+    from hbos.stages import edk2, hosttools
     versions = edk2.toolchain()
     assert set(hosttools.FIRMWARE_BUILD) <= set(versions) | {"mkfs.msdos"}
     assert all(isinstance(v, str) for v in versions.values())
 
 
 def test_kernel_deb_key_uses_the_resolved_version(tmp_path, monkeypatch):
-    from hbos import kernel
     from hbos.paths import Paths
+    from hbos.stages import kernel
     cfg = hconfig.load()
     apt = kernel.private_apt(cfg, Paths.from_config(cfg))
     seen = []
@@ -297,7 +298,7 @@ def test_kernel_deb_key_uses_the_resolved_version(tmp_path, monkeypatch):
 def test_doit_clean_cannot_reach_the_cache(tmp_path):
     """`doit clean` removes a task's targets (clean: True) and nothing else: no
     task has a custom clean action, and no target lies in the cache."""
-    from tests.unit.test_graph import load_dodo
+    from tests.support.graph import load_dodo
     cache_dir = tmp_path / "cache"
     graph = load_dodo(tmp_path, f"cache_dir: {cache_dir}\n", profile="local")
     assert {"firmware", "base_rootfs", "kernel_deb"} <= set(graph["tasks"])

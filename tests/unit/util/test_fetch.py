@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from werkzeug import Response
 
-from hbos import fetch
 from hbos.errors import DownloadError, HashMismatch
+from hbos.util import fetch
 
 BODY = b"snp release bytes " * 1000
 SHA = hashlib.sha256(BODY).hexdigest()

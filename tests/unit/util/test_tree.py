@@ -1,4 +1,4 @@
-"""hbos.tree: the one place for tree operations, on real small trees."""
+"""hbos.util.tree: the one place for tree operations, on real small trees."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from hbos import tree as htree
 from hbos.errors import BuildError
+from hbos.util import tree as htree
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Test support: fixtures, stubs and preparation shared by the tests."""
