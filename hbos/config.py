@@ -70,7 +70,7 @@ def _port(value: int) -> str | None:
 
 
 def _vcpu_type(value: str) -> str | None:
-    from sevsnpmeasure.vcpu_types import CPU_SIGS
+    from sevsnpmeasure.vcpu_types import CPU_SIGS  # sev-snp-measure: only to validate a vcpu_type
     if value not in CPU_SIGS:
         near = difflib.get_close_matches(value, list(CPU_SIGS), n=1)
         also = f" (did you mean {near[0]!r}?)" if near else ""

@@ -1,9 +1,10 @@
-"""The one place that runs commands.
+"""The one place that runs or starts commands.
 
 `run()` prints `+ argv` (shell-quoted), captures combined output, appends it to
 a log file when one is given, and turns a failure into CommandFailed carrying
 the tail of the output. A missing program becomes ToolMissing naming its Debian
-package.
+package. `spawn()` starts a long-running process (QEMU) the same way, without
+waiting: it prints and logs the command, and returns the Popen.
 """
 
 from __future__ import annotations
@@ -75,3 +76,34 @@ def output(argv: Sequence[str | os.PathLike], **kwargs) -> str:
     """run() quietly and return stdout as text."""
     kwargs.setdefault("quiet", True)
     return run(argv, **kwargs).stdout.decode(errors="replace")
+
+
+def spawn(argv: Sequence[str | os.PathLike], *, log: Path | None = None, quiet: bool = False,
+          detach: bool = False) -> subprocess.Popen:
+    """Start argv and return at once; stdin is /dev/null.
+
+    With log, the command line and then the process's stdout and stderr are
+    appended there; without, its combined output is a pipe (proc.stdout).
+    detach: its own session, so it outlives this process and ignores the
+    terminal's Ctrl-C (QEMU, which doit must not take down with it).
+    """
+    args = [str(a) for a in argv]
+    line = f"+ {quote(args)}"
+    if not quiet:
+        print(line, file=sys.stderr, flush=True)
+    try:
+        if log is None:
+            return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=detach,
+                                    close_fds=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as fh:
+            fh.write(f"{line}\n".encode())
+            fh.flush()
+            return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=detach,
+                                    close_fds=True)
+    except FileNotFoundError as exc:
+        raise ToolMissing(f"required program '{args[0]}' is not installed",
+                          hint=f"install it with: apt-get install "
+                               f"{tools.package_for(Path(args[0]).name)}") from exc
