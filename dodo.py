@@ -17,7 +17,7 @@ from doit import get_var
 # when an action runs: action("hbos.module:function", ...) (hbos/tasks/adapter.py).
 from hbos.launch import libvirt
 from hbos.paths import Paths
-from hbos.stages import content, firmware, hb_node as hb_release, kernel, rootfs, vmconfig
+from hbos.stages import content, firmware, hb_node, kernel, rootfs, vmconfig
 from hbos.tasks import table as stages
 from hbos.tasks.adapter import action, guard_task_creators, late
 from hbos.tasks.params import DOWNLOAD_RELEASE, SETUP_HOST, START, VERIFY_REPORT
@@ -88,13 +88,13 @@ def task_kernel():
     }
 
 
-def task_hb_release():
+def task_hb_node():
     """Local payload: tools/hb_node as a relx release `hb` (Debian erlang + rebar3; content.source erlang)."""
     return {
-        "actions": [stages.HB_RELEASE.action(CFG, P)],
-        "file_dep": strs(hb_release.source_files()),
-        "targets": strs([P.hb_release_manifest]),
-        "uptodate": [stages.HB_RELEASE.config_changed(CFG), hb_release.tooling_unchanged(P)],
+        "actions": [stages.HB_NODE.action(CFG, P)],
+        "file_dep": strs(hb_node.source_files()),
+        "targets": strs([P.hb_node_manifest]),
+        "uptodate": [stages.HB_NODE.config_changed(CFG), hb_node.tooling_unchanged(P)],
         "clean": True,
     }
 

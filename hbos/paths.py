@@ -176,19 +176,19 @@ class Paths:
         """What the content was built from (dir fingerprint); not a downstream input."""
         return self.content_dir / "source-state.json"
 
-    # hb_release: tools/hb_node built into a relx release (content.source: erlang)
+    # hb_node: tools/hb_node built into a relx release (content.source: erlang)
     @property
-    def hb_release_dir(self) -> Path:
-        return self.build / "hb-release"
+    def hb_node_dir(self) -> Path:
+        return self.build / "hb-node"
 
     @property
-    def hb_release_tree(self) -> Path:
+    def hb_node_tree(self) -> Path:
         """The relx release `hb` (installed as opt/hyperbeam)."""
-        return self.hb_release_dir / "hb"
+        return self.hb_node_dir / "hb"
 
     @property
-    def hb_release_manifest(self) -> Path:
-        return self.hb_release_dir / "manifest.json"
+    def hb_node_manifest(self) -> Path:
+        return self.hb_node_dir / "manifest.json"
 
     # verity root
     @property

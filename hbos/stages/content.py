@@ -7,7 +7,7 @@ Sources (content.source):
            cp + rm (hbos/stages/docker.py).
 - dir:     a prebuilt root-relative tree, copied.
 - tarball: the same as a tar archive, extracted safely (hbos/util/archive.py).
-- erlang:  tools/hb_node built into a relx release `hb` by the hb_release
+- erlang:  tools/hb_node built into a relx release `hb` by the hb_node
            stage (hbos/stages/hb_node.py), installed at opt/hyperbeam and run by
            the production hyperbeam.service like HyperBEAM's own release.
            Where no Erlang tooling is installed the stage records that, and
@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError
 from hbos.paths import RESOURCES, TOOLS
-from hbos.stages import docker, hb_node as hb_release
+from hbos.stages import docker, hb_node
 from hbos.util import archive, fsutil, run, templates, tree as htree
 
 SAMPLE_SCRIPT = TOOLS / "sample_node" / "sample_node.py"
@@ -389,8 +389,8 @@ def build(cfg, paths) -> None:
     refs: dict[str, Any] = {}
     state: dict[str, Any] = {"source": source}
     with fsutil.atomic_path(paths.content_tree) as tmp:
-        if source == "erlang" and not hb_release.available(paths):
-            print(f"content: erlang: {hb_release.unavailable_reason(paths)}; using the "
+        if source == "erlang" and not hb_node.available(paths):
+            print(f"content: erlang: {hb_node.unavailable_reason(paths)}; using the "
                   f"Python sample node instead (fallback)")
             state["fallback"] = "sample"
         if source == "sample" or state.get("fallback"):
@@ -407,7 +407,7 @@ def build(cfg, paths) -> None:
                 archive.extract(_source_path(cfg, "tarball"), tmp)
             elif source == "erlang":
                 htree.ensure_dir(tmp / "opt")
-                htree.copy(paths.hb_release_tree, tmp / HYPERBEAM_DIR, what="hyperbeam release")
+                htree.copy(paths.hb_node_tree, tmp / HYPERBEAM_DIR, what="hyperbeam release")
             else:  # config validation makes this unreachable
                 raise ConfigError(f"content.source: unknown source {source!r}")
             installed = install_services(cfg, tmp)
@@ -419,8 +419,8 @@ def build(cfg, paths) -> None:
     if state.get("fallback"):
         data["fallback_from"] = source
     elif source == "erlang":
-        release = fsutil.read_json(paths.hb_release_manifest)
-        data["hb_release"] = {k: release[k] for k in ("otp_release", "erts", "rebar3")}
+        release = fsutil.read_json(paths.hb_node_manifest)
+        data["hb_node"] = {k: release[k] for k in ("otp_release", "erts", "rebar3")}
     changed = write_if_changed(paths.content_manifest, data)
     fsutil.write_json(paths.content_state, state)
     files = sum(1 for e in data["files"] if e["type"] == "file")
@@ -451,7 +451,7 @@ def file_deps(cfg) -> list[Path]:
 
 def paths_manifest(cfg) -> Path:
     from hbos.paths import Paths
-    return Paths.from_config(cfg).hb_release_manifest
+    return Paths.from_config(cfg).hb_node_manifest
 
 
 def _recorded(path: Path) -> Any:

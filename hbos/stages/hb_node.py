@@ -1,4 +1,4 @@
-"""The `hb_release` stage: tools/hb_node built into a relx release named `hb`.
+"""The `hb_node` stage: tools/hb_node built into a relx release named `hb`.
 
 The local profile's payload (content.source: erlang). It is built with the
 same machinery as HyperBEAM's release (rebar3 + relx: include_erts, the
@@ -9,8 +9,8 @@ runs it unchanged.
 
 Steps: copy the application's sources (never its _build) into a scratch
 directory, `rebar3 release` there, rename `_build/default/rel/hb` into
-Paths.hb_release_tree atomically, set every mtime to source_date_epoch and
-write Paths.hb_release_manifest ({available, otp_release, erts, rebar3,
+Paths.hb_node_tree atomically, set every mtime to source_date_epoch and
+write Paths.hb_node_manifest ({available, otp_release, erts, rebar3,
 files}) only when it differs, so an unchanged rebuild invalidates nothing.
 
 Without `erl` or `rebar3` the manifest records {available: false, reason}
@@ -66,7 +66,7 @@ def release_argv() -> list[str]:
 
 def _manifest(paths) -> dict[str, Any]:
     try:
-        data = fsutil.read_json(paths.hb_release_manifest)
+        data = fsutil.read_json(paths.hb_node_manifest)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -74,11 +74,11 @@ def _manifest(paths) -> dict[str, Any]:
 
 def available(paths) -> bool:
     return bool(_manifest(paths).get("available")) and \
-        (paths.hb_release_tree / "bin" / RELEASE).is_file()
+        (paths.hb_node_tree / "bin" / RELEASE).is_file()
 
 
 def unavailable_reason(paths) -> str:
-    return _manifest(paths).get("reason") or f"no release at {paths.hb_release_tree}"
+    return _manifest(paths).get("reason") or f"no release at {paths.hb_node_tree}"
 
 
 def versions(log: Path | None = None) -> dict[str, str]:
@@ -91,17 +91,17 @@ def versions(log: Path | None = None) -> dict[str, str]:
 
 def build(cfg, paths) -> None:
     """Build the release (or record why not) and write the manifest."""
-    log = paths.log("hb_release")
-    paths.hb_release_dir.mkdir(parents=True, exist_ok=True)
+    log = paths.log("hb_node")
+    paths.hb_node_dir.mkdir(parents=True, exist_ok=True)
     missing = missing_tools()
     if missing:
-        fsutil.remove(paths.hb_release_tree)
-        fsutil.write_json_if_changed(paths.hb_release_manifest,
+        fsutil.remove(paths.hb_node_tree)
+        fsutil.write_json_if_changed(paths.hb_node_manifest,
                           {"available": False, "reason": unavailable_text(missing)})
-        print(f"hb_release: {unavailable_text(missing)}; the content stage will use the "
+        print(f"hb_node: {unavailable_text(missing)}; the content stage will use the "
               f"Python sample node instead")
         return
-    scratch = paths.hb_release_dir / f".src-{os.getpid()}"
+    scratch = paths.hb_node_dir / f".src-{os.getpid()}"
     fsutil.remove(scratch)
     try:
         for f in source_files():
@@ -110,7 +110,7 @@ def build(cfg, paths) -> None:
             shutil.copyfile(f, dest)
         env = {"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch),
                # rebar3's own cache, kept in the build dir; never hex.pm
-               "REBAR_CACHE_DIR": str(paths.hb_release_dir / "rebar3-cache"),
+               "REBAR_CACHE_DIR": str(paths.hb_node_dir / "rebar3-cache"),
                "HEX_OFFLINE": "1", "REBAR_OFFLINE": "1"}
         try:
             run.run(release_argv(), cwd=scratch, env=env, log=log, timeout=900)
@@ -121,16 +121,16 @@ def build(cfg, paths) -> None:
         if not list(built.glob("erts-*/bin/beam.smp")):
             raise BuildError(f"the release in {built} has no erts-*/bin/beam.smp "
                              f"(include_erts)")
-        with fsutil.atomic_path(paths.hb_release_tree) as tmp:
+        with fsutil.atomic_path(paths.hb_node_tree) as tmp:
             os.rename(built, tmp)
             htree.normalize_mtimes(tmp, cfg.source_date_epoch)
     finally:
         fsutil.remove(scratch)
     data: dict[str, Any] = {"available": True, **versions(log),
-                            "files": htree.manifest(paths.hb_release_tree)}
-    changed = fsutil.write_json_if_changed(paths.hb_release_manifest, data)
+                            "files": htree.manifest(paths.hb_node_tree)}
+    changed = fsutil.write_json_if_changed(paths.hb_node_manifest, data)
     files = sum(1 for e in data["files"] if e["type"] == "file")
-    print(f"hb_release: {paths.hb_release_tree} (OTP {data['otp_release']}, "
+    print(f"hb_node: {paths.hb_node_tree} (OTP {data['otp_release']}, "
           f"ERTS {data['erts']}): {files} files; manifest "
           f"{'updated' if changed else 'unchanged'}")
 
@@ -147,5 +147,5 @@ def tooling_unchanged(paths) -> Callable[..., bool]:
             return False
         return bool(recorded.get("available")) == (not missing_tools()) and \
             (not recorded.get("available") or available(paths))
-    check.__name__ = "hb_release_tooling_unchanged"
+    check.__name__ = "hb_node_tooling_unchanged"
     return check

@@ -25,7 +25,7 @@ KERNEL_DEB = Stage("kernel_deb", "hbos.stages.kernel:fetch_package", Reads("kern
 KERNEL = Stage("kernel", "hbos.stages.kernel:unpack", Reads("kernel"))
 
 # the local Erlang release (tools/hb_node)
-HB_RELEASE = Stage("hb_release", "hbos.stages.hb_node:build", Reads("source_date_epoch"))
+HB_NODE = Stage("hb_node", "hbos.stages.hb_node:build", Reads("source_date_epoch"))
 
 # rootfs.suite: the docker build checks its images match the guest's suite
 CONTENT = Stage("content", "hbos.stages.content:build",
@@ -70,5 +70,5 @@ LIBVIRT_XML = Stage("libvirt_xml", "hbos.launch.libvirt:write",
                           "launch.id_block", "launch.id_auth", "launch.host_data",
                           "identity.enabled"))
 
-ALL = (SNP_RELEASE, KERNEL_DEB, KERNEL, HB_RELEASE, CONTENT, INITRAMFS, BASE_ROOTFS, BASE_IMAGE,
+ALL = (SNP_RELEASE, KERNEL_DEB, KERNEL, HB_NODE, CONTENT, INITRAMFS, BASE_ROOTFS, BASE_IMAGE,
        VERITY, FIRMWARE, VM_CONFIG, MEASURE, ID_BLOCK, PACKAGE_RELEASE, LIBVIRT_XML)

@@ -12,7 +12,7 @@
 - size(): bytes for sizing a filesystem image.
 
 Users: content (prebuilt trees, normalisation), rootfs (clone, modules, size),
-verity (clone, overlay, mtimes), initramfs (mtimes and member list), hb_release.
+verity (clone, overlay, mtimes), initramfs (mtimes and member list), hb_node.
 """
 
 from __future__ import annotations

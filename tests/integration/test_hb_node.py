@@ -21,7 +21,7 @@ import pytest
 from hbos import config as hconfig
 from hbos.launch import node_http
 from hbos.paths import Paths
-from hbos.stages import content, hb_node as hb_release
+from hbos.stages import content, hb_node
 from hbos.util import tree as htree
 from tests.conftest import missing_prerequisite
 
@@ -36,40 +36,40 @@ def _build(root: Path):
     overlay.write_text(f"build_dir: {root / 'build'}\n")
     cfg = hconfig.load(overlay=overlay, profile="local")
     paths = Paths.from_config(cfg)
-    hb_release.build(cfg, paths)
+    hb_node.build(cfg, paths)
     return cfg, paths
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    missing = hb_release.missing_tools()
+    missing = hb_node.missing_tools()
     if missing:
-        missing_prerequisite(hb_release.unavailable_text(missing))
-    return _build(tmp_path_factory.mktemp("hb-release"))
+        missing_prerequisite(hb_node.unavailable_text(missing))
+    return _build(tmp_path_factory.mktemp("hb-node"))
 
 
 def test_release_has_erts_and_the_extended_start_script(release):
     cfg, paths = release
-    manifest = json.loads(paths.hb_release_manifest.read_text())
+    manifest = json.loads(paths.hb_node_manifest.read_text())
     assert manifest["available"] is True
     files = {e["path"] for e in manifest["files"]}
     assert any(p.startswith("erts-") and p.endswith("/bin/beam.smp") for p in files)
     assert {"bin/hb", "releases/0.1.0/vm.args", "releases/0.1.0/start.boot"} <= files
-    script = (paths.hb_release_tree / "bin" / "hb").read_text()
+    script = (paths.hb_node_tree / "bin" / "hb").read_text()
     assert 'cd "$ROOTDIR"' in script       # why the unit links the state (item 1)
     # the node name carries its host, so the start script does not boot a second
     # BEAM to learn it (relx_get_nodename runs only for a name without '@')
-    vm_args = (paths.hb_release_tree / "releases" / "0.1.0" / "vm.args").read_text().split("\n")
+    vm_args = (paths.hb_node_tree / "releases" / "0.1.0" / "vm.args").read_text().split("\n")
     assert "-sname hb@localhost" in vm_args and "-setcookie hb" in vm_args
     assert "*@*) ;;" in script and "$(relx_get_nodename)" in script
-    for p in [paths.hb_release_tree, *paths.hb_release_tree.rglob("*")]:
+    for p in [paths.hb_node_tree, *paths.hb_node_tree.rglob("*")]:
         assert p.lstat().st_mtime == cfg.source_date_epoch, p
 
 
 def test_two_builds_give_the_same_tree(release, tmp_path):
     _, paths = release
     _, again = _build(tmp_path / "again")
-    assert again.hb_release_manifest.read_text() == paths.hb_release_manifest.read_text()
+    assert again.hb_node_manifest.read_text() == paths.hb_node_manifest.read_text()
 
 
 def _free_port() -> int:
@@ -110,7 +110,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
     cfg = hconfig.load(overlay=_overlay(tmp_path, f"ports: {{hyperbeam: {port}}}\n"),
                        profile="local")
     opt = tmp_path / "opt" / "hyperbeam"
-    htree.copy(paths.hb_release_tree, opt)
+    htree.copy(paths.hb_node_tree, opt)
     (opt / "config.flat").write_text(content.render_config_flat(cfg))
     state = tmp_path / "var" / "lib" / "hyperbeam"
     (state / "cache-mainnet").mkdir(parents=True)
@@ -235,7 +235,7 @@ def test_release_content_installs_under_the_production_unit(release, tmp_path):
     _, built = release
     cfg = hconfig.load(overlay=_overlay(tmp_path, ""), profile="local")
     paths = Paths.from_config(cfg)
-    shutil.copytree(built.hb_release_dir, paths.hb_release_dir, symlinks=True)
+    shutil.copytree(built.hb_node_dir, paths.hb_node_dir, symlinks=True)
     content.build(cfg, paths)
     manifest = json.loads(paths.content_manifest.read_text())
     assert manifest["source"] == "erlang" and manifest["services"] == ["hyperbeam"]
@@ -245,7 +245,7 @@ def test_release_content_installs_under_the_production_unit(release, tmp_path):
     assert files["opt/hyperbeam/cache-mainnet"]["target"] == "/var/lib/hyperbeam/cache-mainnet"
     unit = (paths.content_tree / "etc/systemd/system/hyperbeam.service").read_text()
     assert unit == content.render_hyperbeam_unit(cfg)
-    assert manifest["hb_release"]["otp_release"]
+    assert manifest["hb_node"]["otp_release"]
 
 
 def _package_of(lib: str) -> str:
@@ -267,7 +267,7 @@ def test_every_library_erts_links_is_in_the_guest_root(release):
     if not sh.which("ldd") or not sh.which("dpkg"):
         missing_prerequisite("ldd and dpkg are needed to map libraries to packages")
     _, paths = release
-    tree = paths.hb_release_tree
+    tree = paths.hb_node_tree
     binaries = [*tree.glob("erts-*/bin/beam.smp"), *tree.glob("lib/crypto-*/priv/lib/crypto.so")]
     assert len(binaries) == 2, binaries
     libs = set()

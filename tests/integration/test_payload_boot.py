@@ -23,7 +23,7 @@ import pytest
 from hbos import config as hconfig
 from hbos.launch import node_http, qemu, start as launch
 from hbos.paths import Paths
-from hbos.stages import hb_node as hb_release
+from hbos.stages import hb_node
 from hbos.util import fsutil
 from tests.conftest import (
     doit,
@@ -51,8 +51,8 @@ def _request(port: int, method: str = "GET", body: dict | None = None) -> tuple[
 
 @pytest.fixture(scope="module")
 def booted(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory):
-    if hb_release.missing_tools():
-        missing_prerequisite(hb_release.unavailable_text(hb_release.missing_tools()))
+    if hb_node.missing_tools():
+        missing_prerequisite(hb_node.unavailable_text(hb_node.missing_tools()))
     if not shutil.which("qemu-system-x86_64"):
         missing_prerequisite("qemu-system-x86_64 is not installed (qemu-system-x86)")
     root = tmp_path_factory.mktemp("payload-boot")

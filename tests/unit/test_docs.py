@@ -63,7 +63,7 @@ def broken_links(page: Path) -> list[str]:
 def test_slug_follows_github():
     assert slug("Quickstart: a local guest, no SEV-SNP hardware needed") == \
         "quickstart-a-local-guest-no-sev-snp-hardware-needed"
-    assert slug("The local Erlang release (`hb_release`)") == "the-local-erlang-release-hb_release"
+    assert slug("The local Erlang release (`hb_node`)") == "the-local-erlang-release-hb_node"
     assert slug("HOST_DATA = the node's configuration") == "host_data--the-nodes-configuration"
     assert slug("`--dry-run`") == "--dry-run"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from hbos import config as hconfig
 from hbos.launch import node_http, qemu, start as launch
 from hbos.paths import Paths
-from hbos.stages import content, hb_node as hb_release
+from hbos.stages import content, hb_node
 
 ROOT = Path(__file__).resolve().parents[3]
 RECORD = {"kernel": "k", "initrd": "i", "append": "a", "firmware": "f", "vcpus": 4,
@@ -269,12 +269,12 @@ def test_explicit_addresses_win(tmp_path):
 def test_without_erlang_tooling_the_content_falls_back_to_the_sample(tmp_path, monkeypatch,
                                                                      capsys):
     cfg, paths = load(tmp_path, profile="local")
-    monkeypatch.setattr(hb_release.tools, "find", lambda name: None)
-    hb_release.build(cfg, paths)
-    manifest = json.loads(paths.hb_release_manifest.read_text())
+    monkeypatch.setattr(hb_node.tools, "find", lambda name: None)
+    hb_node.build(cfg, paths)
+    manifest = json.loads(paths.hb_node_manifest.read_text())
     assert manifest == {"available": False, "reason": "no Erlang tooling: erl (package "
                         "erlang-nox (or erlang)), rebar3 (package rebar3) not installed"}
-    assert hb_release.tooling_unchanged(paths)()
+    assert hb_node.tooling_unchanged(paths)()
     content.build(cfg, paths)
     out = capsys.readouterr().out
     assert "using the Python sample node instead (fallback)" in out
@@ -282,12 +282,12 @@ def test_without_erlang_tooling_the_content_falls_back_to_the_sample(tmp_path, m
     assert data["source"] == "sample" and data["fallback_from"] == "erlang"
     assert data["services"] == ["sample-node"]
     monkeypatch.undo()
-    if hb_release.missing_tools() == []:
-        assert not hb_release.tooling_unchanged(paths)()   # tooling appeared: rebuild
+    if hb_node.missing_tools() == []:
+        assert not hb_node.tooling_unchanged(paths)()   # tooling appeared: rebuild
 
 
 def test_release_sources_exclude_build_output():
-    files = [p.relative_to(hb_release.SOURCE).as_posix() for p in hb_release.source_files()]
+    files = [p.relative_to(hb_node.SOURCE).as_posix() for p in hb_node.source_files()]
     assert "rebar.config" in files and "src/hb_node_http.erl" in files
     assert not any(f.startswith("_build/") for f in files)
 
