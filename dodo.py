@@ -1,8 +1,10 @@
 """HyperBEAM OS build graph.
 
-Each task declares its inputs (file_dep, and through config_changed the config
-keys its stage reads, declared once in hbos/tasks/table.py) and its targets; the
-work lives in the hbos package.
+Reads as the pipeline: each stage task states only what differs (file_dep,
+targets, extra arguments); `stage_task` adds the action, the up-to-date check
+on exactly the config keys the stage reads (declared once in
+hbos/tasks/table.py) and clean. The work lives in the hbos package
+(docs/architecture.md is the map).
 
     doit list                  every stage, one line each
     doit measure               build what is needed and compute the measurement
@@ -18,10 +20,10 @@ from doit import get_var
 from hbos.launch import libvirt
 from hbos.paths import Paths
 from hbos.stages import content, firmware, hb_node, kernel, rootfs, vmconfig
-from hbos.tasks import table as stages
-from hbos.tasks.adapter import action, guard_task_creators, late
+from hbos.tasks import table
+from hbos.tasks.adapter import action, guard_task_creators, late, load_config, stage_task, strs
+from hbos.tasks.checker import SizeAwareChecker
 from hbos.tasks.params import DOWNLOAD_RELEASE, SETUP_HOST, START, VERIFY_REPORT
-from hbos.tasks.support import SizeAwareChecker, load_config, strs
 from hbos.util import templates, tools
 
 CFG = load_config(get_var)  # creates build_dir, or exits with one line
@@ -49,24 +51,14 @@ def task_init():
 
 def task_snp_release():
     """Optional: download, verify (sha256) and unpack AMD's AMDSEV snp-release bundle (forked kernels, QEMU, OVMF)."""
-    return {
-        "actions": [stages.SNP_RELEASE.action(CFG, P)],
-        "targets": strs([P.snp_release_manifest]),
-        "uptodate": [stages.SNP_RELEASE.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.SNP_RELEASE, CFG, P, targets=[P.snp_release_manifest])
 
 
 def task_kernel_deb():
     """Fetch the guest kernel .deb from Debian kernel.suite via a private apt in build/apt (follows metapackages)."""
     if CFG.kernel.source != "package":
         return {"actions": None, "doc": "(kernel.source is not 'package': nothing to fetch)"}
-    return {
-        "actions": [stages.KERNEL_DEB.action(CFG, P)],
-        "targets": strs([P.kernel_deb]),
-        "uptodate": [stages.KERNEL_DEB.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.KERNEL_DEB, CFG, P, targets=[P.kernel_deb])
 
 
 def _kernel_deps():
@@ -79,24 +71,14 @@ def _kernel_deps():
 
 def task_kernel():
     """Unpack the guest kernel .deb: build/kernel/vmlinuz and its modules (depmod'ed)."""
-    return {
-        "actions": [stages.KERNEL.action(CFG, P)],
-        "file_dep": _kernel_deps(),
-        "targets": strs([P.vmlinuz, P.kernel_manifest]),
-        "uptodate": [stages.KERNEL.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.KERNEL, CFG, P, file_dep=_kernel_deps(),
+                      targets=[P.vmlinuz, P.kernel_manifest])
 
 
 def task_hb_node():
     """Local payload: tools/hb_node as a relx release `hb` (Debian erlang + rebar3; content.source erlang)."""
-    return {
-        "actions": [stages.HB_NODE.action(CFG, P)],
-        "file_dep": strs(hb_node.source_files()),
-        "targets": strs([P.hb_node_manifest]),
-        "uptodate": [stages.HB_NODE.config_changed(CFG), hb_node.tooling_unchanged(P)],
-        "clean": True,
-    }
+    return stage_task(table.HB_NODE, CFG, P, file_dep=hb_node.source_files(),
+                      targets=[P.hb_node_manifest], uptodate=[hb_node.tooling_unchanged(P)])
 
 
 def task_content():
@@ -104,13 +86,8 @@ def task_content():
     # docker: the uptodate callable re-resolves the git refs (git ls-remote) so a
     # moved branch rebuilds; dir: a stat fingerprint of content.path. The manifest
     # is rewritten only when the content changed (verity depends on it).
-    return {
-        "actions": [stages.CONTENT.action(CFG, P)],
-        "file_dep": strs(content.file_deps(CFG)),
-        "targets": strs([P.content_manifest]),
-        "uptodate": [stages.CONTENT.config_changed(CFG)] + content.uptodate_checks(CFG, P),
-        "clean": True,
-    }
+    return stage_task(table.CONTENT, CFG, P, file_dep=content.file_deps(CFG),
+                      targets=[P.content_manifest], uptodate=content.uptodate_checks(CFG, P))
 
 
 # ------------------------------------------- guest image (hbos/stages/initramfs.py, rootfs.py, verity.py)
@@ -125,48 +102,31 @@ def task_initramfs():
     """Build the reproducible initramfs (busybox, veritysetup, boot modules, /init) -> build/initramfs.cpio.gz."""
     if CFG.initramfs.path:
         return {"actions": None, "doc": "(initramfs.path is set: the prebuilt initrd is used)"}
-    return {
-        "actions": [stages.INITRAMFS.action(CFG, P)],
-        "file_dep": strs([P.kernel_manifest, templates.path("init.sh.j2")])
-                    + _host_tool_deps("busybox", "veritysetup"),
-        "targets": strs([P.initramfs, P.initramfs_manifest]),
-        "uptodate": [stages.INITRAMFS.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.INITRAMFS, CFG, P,
+                      file_dep=[P.kernel_manifest, templates.path("init.sh.j2"),
+                                *_host_tool_deps("busybox", "veritysetup")],
+                      targets=[P.initramfs, P.initramfs_manifest])
 
 
 def task_base_rootfs():
     """Build the base Debian root with mmdebstrap (SOURCE_DATE_EPOCH) -> build/base/rootfs.tar."""
-    return {
-        "actions": [stages.BASE_ROOTFS.action(CFG, P)],
-        "targets": strs([P.base_rootfs, P.base_rootfs_manifest]),
-        "uptodate": [rootfs.up_to_date(CFG, P)],
-        "clean": True,
-    }
+    return stage_task(table.BASE_ROOTFS, CFG, P, targets=[P.base_rootfs, P.base_rootfs_manifest])
 
 
 def task_base_image():
     """Base root + kernel modules as a bootable ext4 qcow2 for debugging -> build/guest/base.qcow2."""
-    return {
-        "actions": [stages.BASE_IMAGE.action(CFG, P)],
-        "file_dep": strs([P.base_rootfs, P.base_rootfs_manifest, P.kernel_manifest,
-                          templates.path(rootfs.SERIAL_LOGIN_TEMPLATE)]),
-        "targets": strs([P.base_image]),
-        "uptodate": [stages.BASE_IMAGE.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.BASE_IMAGE, CFG, P,
+                      file_dep=[P.base_rootfs, P.base_rootfs_manifest, P.kernel_manifest,
+                                templates.path(rootfs.SERIAL_LOGIN_TEMPLATE)],
+                      targets=[P.base_image])
 
 
 def task_verity():
     """Guest root (base + modules + content) as erofs/ext4 + dm-verity hash tree and root hash."""
-    return {
-        "actions": [stages.VERITY.action(CFG, P)],
-        "file_dep": strs([P.base_rootfs_manifest, P.kernel_manifest, P.content_manifest,
-                          *sorted(templates.path("guest").glob("*.j2"))]),
-        "targets": strs([P.verity_image, P.hash_tree, P.roothash, P.verity_manifest]),
-        "uptodate": [stages.VERITY.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.VERITY, CFG, P,
+                      file_dep=[P.base_rootfs_manifest, P.kernel_manifest, P.content_manifest,
+                                *sorted(templates.path("guest").glob("*.j2"))],
+                      targets=[P.verity_image, P.hash_tree, P.roothash, P.verity_manifest])
 
 
 def task_build_base_image():
@@ -186,12 +146,7 @@ def task_firmware():
     if not firmware.built_here(CFG):
         return {"actions": None, "doc": "Build the SEV-SNP OVMF from Debian's edk2 source "
                 "(inactive: firmware.source is not 'build' or firmware.ovmf is set)"}
-    return {
-        "actions": [stages.FIRMWARE.action(CFG, P)],
-        "targets": strs([P.built_ovmf]),
-        "uptodate": [stages.FIRMWARE.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.FIRMWARE, CFG, P, targets=[P.built_ovmf])
 
 
 def _ovmf_deps():
@@ -205,14 +160,10 @@ def _ovmf_deps():
 
 def task_vm_config():
     """Write the VM definition build/guest/vm-config.toml (kernel, initrd, OVMF, cmdline, VM)."""
-    return {
-        "actions": [stages.VM_CONFIG.action(CFG, P, ovmf=late("hbos.stages.firmware:resolve", CFG, P),
-                                             roothash_file=P.roothash)],
-        "file_dep": strs([P.vmlinuz, vmconfig.initrd_path(CFG, P), P.roothash]) + _ovmf_deps(),
-        "targets": strs([P.vm_config]),
-        "uptodate": [stages.VM_CONFIG.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.VM_CONFIG, CFG, P,
+                      kwargs={"ovmf": late("hbos.stages.firmware:resolve", CFG, P), "roothash_file": P.roothash},
+                      file_dep=[P.vmlinuz, vmconfig.initrd_path(CFG, P), P.roothash, *_ovmf_deps()],
+                      targets=[P.vm_config])
 
 
 def _identity_deps():
@@ -226,15 +177,10 @@ def _identity_deps():
 
 def task_measure():
     """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference values, snp_trusted)."""
-    return {
-        "actions": [stages.MEASURE.action(CFG, P)],
-        "file_dep": strs([P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P),
-                          templates.path("config.flat.j2")]) + _ovmf_deps()
-                    + _identity_deps(),
-        "targets": strs([P.measurement, P.reference_values, P.snp_trusted, P.host_data]),
-        "uptodate": [stages.MEASURE.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.MEASURE, CFG, P,
+                      file_dep=[P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P),
+                                templates.path("config.flat.j2"), *_ovmf_deps(), *_identity_deps()],
+                      targets=[P.measurement, P.reference_values, P.snp_trusted, P.host_data])
 
 
 # ------------------------------------------------- launch identity (hbos/measure/identity.py, idblock.py)
@@ -259,25 +205,15 @@ def task_id_block():
     if not CFG.identity.enabled:
         return {"actions": None, "doc": "Sign the SEV-SNP ID block (inactive: identity.enabled "
                 "is false)"}
-    return {
-        "actions": [stages.ID_BLOCK.action(CFG, P)],
-        "file_dep": strs([P.measurement]) + _identity_deps(),
-        "targets": _id_block_targets(),
-        "uptodate": [stages.ID_BLOCK.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.ID_BLOCK, CFG, P, file_dep=[P.measurement, *_identity_deps()],
+                      targets=_id_block_targets())
 
 
 def task_libvirt_xml():
     """libvirt domains of the same VM: build/guest/domain.xml (SEV-SNP) + domain-emulated.xml."""
-    return {
-        "actions": [stages.LIBVIRT_XML.action(CFG, P)],
-        "file_dep": strs([P.vm_config, templates.path(libvirt.TEMPLATE),
-                          *libvirt.file_deps(CFG, P)]),
-        "targets": strs([P.domain_xml, P.domain_emulated_xml]),
-        "uptodate": [stages.LIBVIRT_XML.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.LIBVIRT_XML, CFG, P,
+                      file_dep=[P.vm_config, templates.path(libvirt.TEMPLATE), *libvirt.file_deps(CFG, P)],
+                      targets=[P.domain_xml, P.domain_emulated_xml])
 
 
 # ------------------------------------------------------------------ launch (hbos/launch/start.py)
@@ -314,15 +250,11 @@ def task_status():
 
 def task_package_release():
     """Package image, hash tree, kernel, initrd, firmware, vm-config, measurement (+ signature, provenance) -> release.tar.gz."""
-    return {
-        "actions": [stages.PACKAGE_RELEASE.action(CFG, P)],
-        "file_dep": strs([P.verity_image, P.hash_tree, P.vmlinuz, vmconfig.initrd_path(CFG, P),
-                          P.vm_config, P.measurement]) + _ovmf_deps()
-                    + (_id_block_targets() if CFG.identity.enabled else []),
-        "targets": strs([P.release_manifest, P.release_tarball, P.release_tarball_sha256]),
-        "uptodate": [stages.PACKAGE_RELEASE.config_changed(CFG)],
-        "clean": True,
-    }
+    return stage_task(table.PACKAGE_RELEASE, CFG, P,
+                      file_dep=[P.verity_image, P.hash_tree, P.vmlinuz, vmconfig.initrd_path(CFG, P),
+                                P.vm_config, P.measurement, *_ovmf_deps(),
+                                *(_id_block_targets() if CFG.identity.enabled else [])],
+                      targets=[P.release_manifest, P.release_tarball, P.release_tarball_sha256])
 
 
 def task_download_release():

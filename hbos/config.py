@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -432,16 +433,21 @@ class Config:
         return p if p.is_absolute() else (Path(self.root) / p).resolve()
 
     def slice(self, *keys: str) -> dict[str, Any]:
-        """The parts of the config named by top-level keys, as plain data.
-
-        Stages pass this to doit's config_changed so an unrelated edit
-        rebuilds nothing.
-        """
+        """The config keys named (dotted: "ports", "release.name") as plain nested
+        data: what a stage's config_changed compares, so an unrelated edit
+        rebuilds nothing. The one way the config is sliced (Reads.slice and
+        ConfigView.slice call it)."""
         out: dict[str, Any] = {}
         for key in keys:
-            value = getattr(self, key)
-            out[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) \
-                and not isinstance(value, type) else value
+            value: Any = self
+            parts = key.split(".")
+            for part in parts:
+                value = getattr(value, part)
+            node = out
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            is_section = dataclasses.is_dataclass(value) and not isinstance(value, type)
+            node[parts[-1]] = dataclasses.asdict(value) if is_section else value
         return out
 
 
@@ -588,3 +594,94 @@ def load(path: str | Path | None = None, *, overlay: str | Path | None = None,
     cfg = _build(Config, data, "", str(over_path or base_path))
     return dataclasses.replace(cfg, root=str(base_path.parent), profile=profile or "",
                                sources=tuple(sources))
+
+
+# ----------------------------------------------------------------- stage views
+#
+# A stage declares the config keys it reads (`Reads`, dotted: "ports",
+# "release.name"). The same declaration gives the task's config_changed slice
+# (Config.slice) and the view the stage function receives (`ConfigView`), which
+# refuses any other key when HBOS_STRICT_CONFIG=1 (the test suite sets it), so
+# what a stage reads and what reruns it cannot drift apart.
+
+STRICT_ENV = "HBOS_STRICT_CONFIG"
+# Not settings: where the config came from, and how paths in it resolve.
+# cache_dir too: where the artifact cache lives changes no output, so it must
+# not rerun a stage (hbos/util/cache.py explains this exception).
+_ALWAYS = frozenset({"path", "root", "profile", "sources", "build_dir", "cache_dir"})
+
+
+class UndeclaredConfig(AttributeError):
+    """A stage read a config key it did not declare (a bug in the stage)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reads:
+    """The config keys a stage reads, as dotted paths from the top of config.yaml."""
+
+    keys: tuple[str, ...]
+
+    def __init__(self, *keys: str):
+        object.__setattr__(self, "keys", tuple(keys))
+
+    def covers(self, dotted: str) -> bool:
+        """Is `dotted` declared, itself or through a declared parent?"""
+        return any(dotted == k or dotted.startswith(k + ".") for k in self.keys)
+
+    def below(self, dotted: str) -> bool:
+        """Is some key below `dotted` declared (so a part of it may be read)?"""
+        return any(k.startswith(dotted + ".") for k in self.keys)
+
+    def slice(self, cfg: Any) -> dict[str, Any]:
+        """The declared values as plain nested data, for doit's config_changed."""
+        return _real(cfg).slice(*self.keys)
+
+    def view(self, cfg: Any, stage: str) -> "ConfigView":
+        return ConfigView(_real(cfg), self, stage)
+
+
+def strict() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def _real(cfg: Any) -> Any:
+    return object.__getattribute__(cfg, "_cfg") if isinstance(cfg, ConfigView) else cfg
+
+
+class ConfigView:
+    """Read access to the declared part of a Config (or of one of its sections)."""
+
+    __slots__ = ("_cfg", "_reads", "_stage", "_prefix")
+
+    def __init__(self, cfg: Any, reads: Reads, stage: str, prefix: str = ""):
+        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "_reads", reads)
+        object.__setattr__(self, "_stage", stage)
+        object.__setattr__(self, "_prefix", prefix)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._cfg, name)
+        dotted = self._prefix + name
+        if (not self._prefix and name in _ALWAYS) or self._reads.covers(dotted):
+            return value
+        if self._reads.below(dotted) and dataclasses.is_dataclass(value):
+            return ConfigView(value, self._reads, self._stage, dotted + ".")
+        if strict():
+            raise UndeclaredConfig(
+                f"stage {self._stage} read config key '{dotted}' it does not declare "
+                f"(declared: {', '.join(self._reads.keys) or 'none'})")
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # doit -n N pickles the actions
+        return (ConfigView, (self._cfg, self._reads, self._stage, self._prefix))
+
+    def slice(self, *keys: str) -> dict[str, Any]:
+        for key in keys:
+            self.__getattr__(key)  # an undeclared key fails here (strict)
+        return self._cfg.slice(*keys)
+
+    def __repr__(self) -> str:
+        return f"ConfigView({self._stage}: {', '.join(self._reads.keys)})"

@@ -1,137 +1,84 @@
-"""The one doit adapter, and the config slice each stage reads.
+"""The doit adapter: how dodo.py turns the hbos package into tasks.
 
-dodo.py builds every task's action with `action("hbos.module:function", ...)`:
-the stage module is imported only when the action runs (so `doit list` and a
-no-op build never import sev-snp-measure, cryptography, jinja2 or requests),
-the task's command-line params arrive as keyword arguments, and an HbosError
-or OSError becomes doit's one-line TaskFailed instead of a traceback.
+- `Stage`: a build stage, the function that runs it ("hbos.module:function",
+  imported only when the action runs, so `doit list` and a no-op build never
+  import sev-snp-measure, cryptography, jinja2 or requests) and the config keys
+  it reads (hbos.config.Reads).
+- `stage_task()`: a stage's task dict. dodo.py states only what differs
+  (file_dep, targets, extra action arguments or up-to-date checks); the actions,
+  the up-to-date check on exactly the declared config keys and `clean` come from
+  here, so a stage task without its config check cannot be written.
+- `action()`: a doit python-action calling a function by name, with the task's
+  command-line params as keyword arguments; an HbosError or OSError becomes
+  doit's one-line TaskFailed instead of a traceback (tasks without a stage, e.g.
+  start, use it directly).
+- `load_config()`, `guard_task_creators()`: a config error or an HbosError while
+  the graph is built exits with one line, never a traceback.
 
-A stage declares the config keys it reads (`Reads`, dotted: "ports",
-"release.name"). The same declaration gives the task's `config_changed` slice
-and the view the stage function receives, which refuses any other key when
-HBOS_STRICT_CONFIG=1 (the test suite sets it), so what a stage reads and what
-reruns it cannot drift apart.
-
-This module is imported at graph time: keep it to the standard library.
+This module is imported at graph time: the standard library, doit and light
+hbos modules only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
-from typing import Any, Callable
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
-STRICT_ENV = "HBOS_STRICT_CONFIG"
-# Not settings: where the config came from, and how paths in it resolve.
-# cache_dir too: where the artifact cache lives changes no output, so it must
-# not rerun a stage (hbos/util/cache.py explains this exception).
-_ALWAYS = frozenset({"path", "root", "profile", "sources", "build_dir", "cache_dir"})
+from doit.exceptions import TaskFailed
+from doit.tools import config_changed
 
-
-class UndeclaredConfig(AttributeError):
-    """A stage read a config key it did not declare (a bug in the stage)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Reads:
-    """The config keys a stage reads, as dotted paths from the top of config.yaml."""
-
-    keys: tuple[str, ...]
-
-    def __init__(self, *keys: str):
-        object.__setattr__(self, "keys", tuple(keys))
-
-    def covers(self, dotted: str) -> bool:
-        """Is `dotted` declared, itself or through a declared parent?"""
-        return any(dotted == k or dotted.startswith(k + ".") for k in self.keys)
-
-    def below(self, dotted: str) -> bool:
-        """Is some key below `dotted` declared (so a part of it may be read)?"""
-        return any(k.startswith(dotted + ".") for k in self.keys)
-
-    def slice(self, cfg: Any) -> dict[str, Any]:
-        """The declared values as plain nested data, for doit's config_changed."""
-        out: dict[str, Any] = {}
-        for key in self.keys:
-            value: Any = _real(cfg)
-            node = out
-            parts = key.split(".")
-            for part in parts:
-                value = getattr(value, part)
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            is_section = dataclasses.is_dataclass(value) and not isinstance(value, type)
-            node[parts[-1]] = dataclasses.asdict(value) if is_section else value
-        return out
-
-    def view(self, cfg: Any, stage: str) -> "ConfigView":
-        return ConfigView(_real(cfg), self, stage)
-
-
-def strict() -> bool:
-    return os.environ.get(STRICT_ENV, "") not in ("", "0")
-
-
-def _real(cfg: Any) -> Any:
-    return object.__getattribute__(cfg, "_cfg") if isinstance(cfg, ConfigView) else cfg
-
-
-class ConfigView:
-    """Read access to the declared part of a Config (or of one of its sections)."""
-
-    __slots__ = ("_cfg", "_reads", "_stage", "_prefix")
-
-    def __init__(self, cfg: Any, reads: Reads, stage: str, prefix: str = ""):
-        object.__setattr__(self, "_cfg", cfg)
-        object.__setattr__(self, "_reads", reads)
-        object.__setattr__(self, "_stage", stage)
-        object.__setattr__(self, "_prefix", prefix)
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._cfg, name)
-        dotted = self._prefix + name
-        if (not self._prefix and name in _ALWAYS) or self._reads.covers(dotted):
-            return value
-        if self._reads.below(dotted) and dataclasses.is_dataclass(value):
-            return ConfigView(value, self._reads, self._stage, dotted + ".")
-        if strict():
-            raise UndeclaredConfig(
-                f"stage {self._stage} read config key '{dotted}' it does not declare "
-                f"(declared: {', '.join(self._reads.keys) or 'none'})")
-        return value
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # doit -n N pickles the actions
-        return (ConfigView, (self._cfg, self._reads, self._stage, self._prefix))
-
-    def slice(self, *keys: str) -> dict[str, Any]:
-        for key in keys:
-            self.__getattr__(key)  # an undeclared key fails here (strict)
-        return Reads(*keys).slice(self._cfg)
-
-    def __repr__(self) -> str:
-        return f"ConfigView({self._stage}: {', '.join(self._reads.keys)})"
+from hbos import config as hconfig
+from hbos.config import Reads
+from hbos.errors import ConfigError, HbosError
+from hbos.util import limits, lock as hlock
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """A build stage: the function that runs it and the config keys it reads."""
+    """A build stage: the function that runs it and the config keys it reads.
+
+    up_to_date: "hbos.module:function" giving the stage's up-to-date check as
+    function(cfg, paths) when its record lives beside the artifact instead of
+    in doit's database (base_rootfs); by default doit's config_changed on the
+    declared keys.
+    """
 
     name: str
     run: str          # "hbos.module:function", imported when the action runs
     reads: Reads
+    up_to_date: str = ""
 
     def action(self, cfg: Any, *args: Any, **kwargs: Any) -> tuple[Callable[..., Any]]:
         """The doit action: run(view of cfg, *args, **kwargs)."""
         return action(self.run, self.reads.view(cfg, self.name), *args, **kwargs)
 
-    def config_changed(self, cfg: Any) -> Any:
-        """doit's config_changed on exactly the declared keys."""
-        from doit.tools import config_changed
+    def config_changed(self, cfg: Any, paths: Any = None) -> Any:
+        """The up-to-date check on exactly the declared keys."""
+        if self.up_to_date:
+            return resolve(self.up_to_date)(self.reads.view(cfg, self.name), paths)
         return config_changed(self.reads.slice(cfg))
+
+
+def stage_task(stage: Stage, cfg: Any, paths: Any, *, targets: Iterable[os.PathLike | str],
+               file_dep: Iterable[os.PathLike | str] = (), uptodate: Iterable[Any] = (),
+               args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """The task dict of a build stage: its action (run(view, paths, *args,
+    **kwargs)), file_dep and targets as normalized strings, the config check
+    first among its up-to-date checks, and clean."""
+    return {
+        "actions": [stage.action(cfg, paths, *args, **(kwargs or {}))],
+        "file_dep": strs(file_dep),
+        "targets": strs(targets),
+        "uptodate": [stage.config_changed(cfg, paths), *uptodate],
+        "clean": True,
+        **extra,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +118,6 @@ def action(ref: str | Callable[..., Any], *args: Any, lock: tuple[Any, str] | No
     name = ref if isinstance(ref, str) else getattr(ref, "__name__", "action")
 
     def run_stage(**params: Any) -> Any:
-        from doit.exceptions import TaskFailed
-
-        from hbos.errors import HbosError
         try:
             fn = resolve(ref)
             given = {k: _value(v) for k, v in kwargs.items()}
@@ -183,7 +127,6 @@ def action(ref: str | Callable[..., Any], *args: Any, lock: tuple[Any, str] | No
             if lock is None:
                 result = fn(*call_args, **call_kwargs)
             else:
-                from hbos.util import lock as hlock
                 with hlock.hold(*lock):
                     result = fn(*call_args, **call_kwargs)
         except HbosError as exc:
@@ -209,17 +152,70 @@ def make_dirs(*dirs: Any) -> None:
         d.mkdir(parents=True, exist_ok=True)
 
 
+def strs(paths: Iterable[os.PathLike | str]) -> list[str]:
+    """Normalized absolute path strings (doit compares paths as strings)."""
+    return [os.path.abspath(os.fspath(p)) for p in paths]
+
+
+# ----------------------------------------------------------------- graph time
+
+
+def load_config(get_var: Callable[[str, Any], Any]) -> hconfig.Config:
+    """The config for doit's command-line variables (base=, config=FILE,
+    profile=NAME), with build_dir created; a config error exits with one line."""
+    try:
+        cfg = hconfig.load(get_var("base", None), overlay=get_var("config", None),
+                           profile=get_var("profile", None))
+        make_build_dir(cfg)
+        return cfg
+    except HbosError as exc:
+        print(f"hbos: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _source_of_build_dir(cfg: hconfig.Config) -> str:
+    """The config file that sets build_dir: the overlay when it does, else config.yaml."""
+    if len(cfg.sources) > 1:
+        try:
+            over = limits.load_yaml(cfg.sources[-1], limits.CONFIG_BYTES, "config file",
+                                    ConfigError)
+        except ConfigError:
+            over = None
+        if isinstance(over, dict) and "build_dir" in over:
+            return cfg.sources[-1]
+    return cfg.sources[0] if cfg.sources else "config"
+
+
+def make_build_dir(cfg: hconfig.Config) -> Path:
+    """Create build_dir, or say in one line why it cannot be (before doit opens its db)."""
+    where = _source_of_build_dir(cfg)
+    try:
+        path = cfg.path(cfg.build_dir)
+    except (RuntimeError, ValueError) as exc:  # '~nosuchuser', a NUL byte
+        raise ConfigError(f"{where}: build_dir: unusable path {cfg.build_dir!r} ({exc})") from None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{where}: build_dir: {path} exists and is not a directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{where}: build_dir: {path} lies below a file, not a "
+                          "directory") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: build_dir: {path} cannot be created "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: build_dir: {path} is not writable by this user")
+    return path
+
+
 def guard_task_creators(namespace: dict[str, Any]) -> None:
     """Wrap dodo.py's task_* functions: an HbosError while the graph is built
     (e.g. firmware.source 'path' with no firmware.ovmf) exits with one line, as a
     config error at load does, instead of doit's traceback."""
-    import functools
-    import sys
 
     def guarded(creator: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(creator)   # doit orders tasks by the wrapped function's line
         def create(*args: Any, **kwargs: Any) -> Any:
-            from hbos.errors import HbosError
             try:
                 return creator(*args, **kwargs)
             except HbosError as exc:

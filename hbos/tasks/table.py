@@ -2,7 +2,7 @@
 
 One declaration per stage serves twice: dodo.py makes the task's
 `config_changed` from it, and the stage function receives a view of the
-config that holds only those keys (hbos.tasks.adapter.ConfigView; under tests,
+config that holds only those keys (hbos.config.ConfigView; under tests,
 HBOS_STRICT_CONFIG=1, reading any other key fails). So a key a stage reads
 always reruns it when it changes (tests/unit/tasks/test_stage_config.py checks
 both over the real task graph).
@@ -16,7 +16,8 @@ a new key, declare it here; the strict view names the key it missed.
 
 from __future__ import annotations
 
-from hbos.tasks.adapter import Reads, Stage
+from hbos.config import Reads
+from hbos.tasks.adapter import Stage
 
 SNP_RELEASE = Stage("snp_release", "hbos.stages.snp_bundle:fetch_bundle", Reads("snp_release"))
 
@@ -34,8 +35,9 @@ CONTENT = Stage("content", "hbos.stages.content:build",
 INITRAMFS = Stage("initramfs", "hbos.stages.initramfs:build",
                   Reads("initramfs", "image.filesystem", "source_date_epoch"))
 
-# its up-to-date check is rootfs.up_to_date (the record kept beside rootfs.tar)
-BASE_ROOTFS = Stage("base_rootfs", "hbos.stages.rootfs:build", Reads("rootfs", "source_date_epoch"))
+# its up-to-date check compares these keys with the record kept beside rootfs.tar
+BASE_ROOTFS = Stage("base_rootfs", "hbos.stages.rootfs:build", Reads("rootfs", "source_date_epoch"),
+                    up_to_date="hbos.stages.rootfs:up_to_date")
 
 BASE_IMAGE = Stage("base_image", "hbos.stages.rootfs:build_image", Reads("source_date_epoch"))
 

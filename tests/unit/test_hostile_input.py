@@ -145,7 +145,7 @@ def test_config_hostile_overlay_is_one_config_error(tmp_path, case):
         return
     # only the NUL build_dir gets past loading; making the build dir refuses it
     assert case == "build_dir a NUL"
-    from hbos.tasks.support import make_build_dir
+    from hbos.tasks.adapter import make_build_dir
     with pytest.raises(ConfigError, match="build_dir: unusable path") as err:
         make_build_dir(cfg)
     one_line(str(err.value))

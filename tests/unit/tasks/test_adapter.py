@@ -105,3 +105,31 @@ def test_every_action_names_a_function_that_exists(tmp_path):
     assert len(refs) > 20
     for ref in sorted(refs):
         assert callable(stage.resolve(ref)), ref
+
+
+def test_stage_task_adds_action_config_check_and_clean(tmp_path):
+    from doit.tools import config_changed
+
+    from hbos import config as hconfig
+    from hbos.paths import Paths
+    cfg = hconfig.load(overlay=None)
+    s = stage.Stage("demo", "hbos.tasks.adapter:make_dirs", hconfig.Reads("ports"))
+    task = stage.stage_task(s, cfg, Paths(tmp_path), targets=[tmp_path / "a" / ".." / "t"],
+                            file_dep=[tmp_path / "d"], uptodate=["extra"])
+    assert task["targets"] == [str(tmp_path / "t")]
+    assert task["file_dep"] == [str(tmp_path / "d")]
+    assert task["clean"] is True
+    (fn,) = task["actions"][0]
+    assert len(task["actions"]) == 1 and fn.refs == ("hbos.tasks.adapter:make_dirs",)
+    check, extra = task["uptodate"]
+    assert isinstance(check, config_changed) and extra == "extra"
+    assert check.config == cfg.slice("ports")
+
+
+def test_a_stage_with_its_own_record_uses_it_as_the_config_check(tmp_path):
+    from hbos import config as hconfig
+    from hbos.paths import Paths
+    from hbos.tasks import table
+    cfg = hconfig.load(overlay=None)
+    check = table.BASE_ROOTFS.config_changed(cfg, Paths(tmp_path))
+    assert callable(check) and check() is False   # nothing recorded beside rootfs.tar yet

@@ -145,34 +145,34 @@ def test_ports_change_repackages_the_release(tmp_path):
 
 def test_view_refuses_an_undeclared_key(monkeypatch):
     cfg = hconfig.load()
-    view = stage.Reads("ports", "release.name").view(cfg, "package_release")
+    view = hconfig.Reads("ports", "release.name").view(cfg, "package_release")
     assert view.ports.hyperbeam == cfg.ports.hyperbeam
     assert view.release.name == cfg.release.name
     assert view.path("x") == cfg.path("x") and view.build_dir == cfg.build_dir
     assert view.slice("ports") == cfg.slice("ports")
-    monkeypatch.setenv(stage.STRICT_ENV, "1")
-    with pytest.raises(stage.UndeclaredConfig, match="package_release read config key 'release.url'"):
+    monkeypatch.setenv(hconfig.STRICT_ENV, "1")
+    with pytest.raises(hconfig.UndeclaredConfig, match="package_release read config key 'release.url'"):
         _ = view.release.url
-    with pytest.raises(stage.UndeclaredConfig, match="'vm'"):
+    with pytest.raises(hconfig.UndeclaredConfig, match="'vm'"):
         _ = view.vm
-    with pytest.raises(stage.UndeclaredConfig, match="'kernel'"):
+    with pytest.raises(hconfig.UndeclaredConfig, match="'kernel'"):
         view.slice("kernel")
     with pytest.raises(dataclasses.FrozenInstanceError):
         view.ports = None
     import pickle
     assert pickle.loads(pickle.dumps(view)).release.name == cfg.release.name
-    monkeypatch.setenv(stage.STRICT_ENV, "0")  # outside tests: the value, as before
+    monkeypatch.setenv(hconfig.STRICT_ENV, "0")  # outside tests: the value, as before
     assert view.release.url == cfg.release.url
 
 
 def test_stage_functions_receive_the_view(tmp_path, monkeypatch):
     """The action hands the stage its view: an undeclared read fails as a task failure."""
-    monkeypatch.setenv(stage.STRICT_ENV, "1")
+    monkeypatch.setenv(hconfig.STRICT_ENV, "1")
     seen = []
-    s = stage.Stage("demo", "x:y", stage.Reads("ports.cu"))
+    s = stage.Stage("demo", "x:y", hconfig.Reads("ports.cu"))
     s = dataclasses.replace(s, run=lambda c: seen.append(c.ports.cu) or c.ports.ssh)  # type: ignore
     cfg = hconfig.load()
-    with pytest.raises(stage.UndeclaredConfig, match="'ports.ssh'"):
+    with pytest.raises(hconfig.UndeclaredConfig, match="'ports.ssh'"):
         s.action(cfg)[0]()
     assert seen == [cfg.ports.cu]
 
@@ -188,7 +188,7 @@ def test_measure_declares_what_the_node_configuration_reads(monkeypatch):
     """HOST_DATA hashes config.flat and the post-start body: measure's view holds all they read."""
     from hbos.launch import start as launch
     from hbos.measure import nodeconfig as hostdata
-    monkeypatch.setenv(stage.STRICT_ENV, "1")
+    monkeypatch.setenv(hconfig.STRICT_ENV, "1")
     cfg = hconfig.load()
     view = stages.MEASURE.reads.view(cfg, "measure")
     assert hostdata.node_configuration(view, {}) == hostdata.node_configuration(cfg, {})

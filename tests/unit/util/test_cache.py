@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hbos import config as hconfig
-from hbos.tasks.adapter import ConfigView, Reads
+from hbos.config import ConfigView, Reads
 from hbos.util import cache
 
 ROOT = Path(__file__).resolve().parents[3]
