@@ -45,9 +45,10 @@ from typing import Any, Callable
 
 from hbos.config import Config
 from hbos.errors import BuildError, ToolMissing
+from hbos.measure import digest
 from hbos.paths import Paths
 from hbos.stages import hosttools
-from hbos.util import archive, fetch, run, tools
+from hbos.util import archive, cache, fetch, run, tools
 from hbos.util.fsutil import atomic_path, remove, sha256_file, write_json
 
 GRUB_SCRIPT = "OvmfPkg/AmdSev/Grub/grub.sh"
@@ -268,8 +269,7 @@ def find_output(tree: Path, cfg: Config) -> Path:
 def check_ovmf_image(path: Path) -> None:
     """sev-snp-measure must accept the image (hbos.measure.digest.Firmware checks the
     SEV metadata and its SNP_KERNEL_HASHES section; raises MeasurementError)."""
-    from hbos.measure.digest import Firmware
-    Firmware(path)
+    digest.Firmware(path)
 
 
 def host_tools() -> dict[str, str]:
@@ -320,7 +320,6 @@ def cache_inputs(cfg: Config) -> dict[str, Any]:
 def build_ovmf(cfg: Config, paths: Paths) -> Path:
     """The firmware stage: restored from the artifact cache (hbos.util.cache) when it
     holds a build with the same inputs, else built (and stored)."""
-    from hbos.util import cache
     cache.cached(cfg, "firmware", lambda: cache_inputs(cfg),
                  {"OVMF.fd": paths.built_ovmf, "firmware.json": paths.firmware_manifest},
                  lambda: _build(cfg, paths), stage="firmware")

@@ -21,6 +21,8 @@ the compressor stores no name or timestamp (`gzip -n`; zstd stores none).
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import re
 import shutil
@@ -160,14 +162,12 @@ def decompress_module(src: Path, dest: Path) -> str:
     compression undone ("" for a plain module). Deterministic: same src, same bytes."""
     htree.ensure_dir(dest.parent)
     if src.suffix == ".xz":
-        import lzma
         try:
             dest.write_bytes(lzma.decompress(src.read_bytes()))
         except lzma.LZMAError as exc:
             raise BuildError(f"cannot decompress kernel module {src}: {exc}") from None
         return "xz"
     if src.suffix == ".gz":
-        import gzip
         try:
             dest.write_bytes(gzip.decompress(src.read_bytes()))
         except (OSError, EOFError) as exc:

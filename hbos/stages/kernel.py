@@ -25,7 +25,7 @@ from hbos.config import Config
 from hbos.errors import BuildError, CommandFailed, ConfigError
 from hbos.paths import Paths
 from hbos.stages import apt as debian_apt, snp_bundle as amdsev
-from hbos.util import debpkg, run
+from hbos.util import cache, debpkg, run
 from hbos.util.fsutil import atomic_path, read_json, sha256_file, write_json
 
 
@@ -101,7 +101,6 @@ def fetch_package(cfg: Config, paths: Paths) -> None:
     """The kernel_deb stage: update the private apt, then restore the .deb from
     the artifact cache (hbos.util.cache) for the version apt resolves, or fetch it
     (and store it)."""
-    from hbos.util import cache
     paths.downloads.mkdir(parents=True, exist_ok=True)
     apt = private_apt(cfg, paths)
     if apt is not None:

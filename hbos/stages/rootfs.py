@@ -27,7 +27,7 @@ from hbos.config import Config
 from hbos.errors import BuildError, DownloadError
 from hbos.paths import Paths
 from hbos.stages import kernel
-from hbos.util import run, templates, tools, tree as htree
+from hbos.util import cache, run, templates, tools, tree as htree
 from hbos.util.fsutil import atomic_path, read_json, sha256_file, write_json
 
 # ------------------------------------------------------------ base rootfs
@@ -56,7 +56,7 @@ def check_mirror(cfg: Config, timeout: float = 20) -> None:
     if not mirror.startswith(("http://", "https://")):
         return
     url = f"{mirror}/dists/{cfg.rootfs.suite}/Release"
-    import requests
+    import requests  # heavy (~0.2 s): only for the mirror check
     try:
         resp = requests.head(url, timeout=timeout, allow_redirects=True)
     except requests.RequestException as exc:
@@ -93,7 +93,6 @@ def cache_inputs(cfg: Config) -> dict:
 def build(cfg: Config, paths: Paths) -> None:
     """The base_rootfs stage: restored from the artifact cache (hbos.util.cache) when
     it holds a root with the same inputs, else built with mmdebstrap (and stored)."""
-    from hbos.util import cache
     cache.cached(cfg, "base_rootfs", lambda: cache_inputs(cfg),
                  {"rootfs.tar": paths.base_rootfs, "rootfs.json": paths.base_rootfs_manifest},
                  lambda: build_rootfs(cfg, paths), stage="base_rootfs")

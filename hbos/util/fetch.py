@@ -73,11 +73,11 @@ class _Transient(Exception):
 
 
 def _fetch_once(url: str, dest: Path, progress: bool, timeout) -> str:
-    # Imported here: requests costs ~0.2 s, and every doit run (even a no-op)
-    # loads this module through the stages that download.
-    import requests
-    import urllib3
-    from tqdm import tqdm
+    # requests costs ~0.2 s, and every doit run (even a no-op) loads this module
+    # through the stages that download: imported only when a download happens.
+    import requests  # heavy: only for a download
+    import urllib3  # with requests: its exception types
+    from tqdm import tqdm  # the progress bar of a download
 
     try:
         # identity: the bytes hashed and stored are the bytes served, even when

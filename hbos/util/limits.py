@@ -175,7 +175,7 @@ class _TooDeep(Exception):
 def _depth_loader():
     """yaml.SafeLoader that stops composing past MAX_DEPTH (PyYAML's parser is a
     state machine, its composer recursive and slow on deep input: stop early)."""
-    import yaml
+    import yaml  # PyYAML (~12 ms): only when a YAML file is read
 
     class DepthLimitedLoader(yaml.SafeLoader):
         _depth = 0
@@ -234,7 +234,7 @@ def _load_fast(yaml: Any, text: str) -> Any:
 
 def load_yaml(path: str | os.PathLike, limit: int, what: str,
               error: type[HbosError] = HbosError) -> Any:
-    import yaml
+    import yaml  # PyYAML (~12 ms): only when a YAML file is read
 
     text = read_text(path, limit, what, error)
     if flow_depth(text) > MAX_DEPTH:
