@@ -125,3 +125,54 @@ def test_readme_stages_table_names_every_task():
              for name in re.findall(r"`(\w+)", row)}
     assert len(tasks) > 20
     assert sorted(set(tasks) - named) == []
+
+
+_SOURCE_PATH = re.compile(r"(?<![\w/.~-])((?:hbos|tests|benchmarks|tools|resources|templates)/[\w./-]*\w)")
+_MODULE = re.compile(r"(?<![\w/.])(hbos(?:\.[a-z_][a-z0-9_]*)+)")
+# dotted names that are not modules: the guest's kernel parameter, the placeholder
+# in "hbos.module:function"
+_NOT_MODULES = {"hbos.debug", "hbos.module"}
+
+
+def stale_names(text: str, root: Path = ROOT) -> list[str]:
+    """Source paths (hbos/launch/start.py, tests/support/) and dotted module names
+    (hbos.launch.start, hbos.launch.start.wait_healthy) that name nothing in the tree."""
+    bad = []
+    for path in _SOURCE_PATH.findall(text):
+        if not (root / path).exists() and not path.endswith(("_", "*")):
+            bad.append(path)
+    for dotted in _MODULE.findall(text):
+        if dotted in _NOT_MODULES:
+            continue
+        parts = dotted.split(".")
+        # the longest prefix that is a module or package; the next part, if any,
+        # must be defined there (a function, class or name)
+        for i in range(len(parts), 0, -1):
+            module = (root / Path(*parts[:i])).with_suffix(".py")
+            package = root / Path(*parts[:i]) / "__init__.py"
+            source = module if module.is_file() else package if package.is_file() else None
+            if source is not None:
+                break
+        if source is None:
+            bad.append(dotted)
+        elif i < len(parts) and not re.search(
+                rf"^\s*(?:def|class)\s+{parts[i]}\b|^\s*{parts[i]}\s*[:=]|import .*\b{parts[i]}\b",
+                source.read_text(), re.M):
+            bad.append(dotted)
+    return bad
+
+
+def test_stale_names_are_found(tmp_path):
+    (tmp_path / "hbos" / "launch").mkdir(parents=True)
+    (tmp_path / "hbos" / "__init__.py").touch()
+    (tmp_path / "hbos" / "launch" / "__init__.py").touch()
+    (tmp_path / "hbos" / "launch" / "start.py").write_text("def wait_healthy():\n    pass\n")
+    text = ("hbos/launch/start.py hbos/launch.py hbos.launch.start.wait_healthy "
+            "hbos.launch_plan hbos.launch.qemu")
+    assert stale_names(text, tmp_path) == ["hbos/launch.py", "hbos.launch_plan", "hbos.launch.qemu"]
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "config.yaml", ROOT / "dodo.py"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_name_modules_and_paths_that_exist(page):
+    assert stale_names(page.read_text()) == []
