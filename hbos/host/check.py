@@ -1,10 +1,12 @@
-"""Can this host run SEV-SNP guests? `doit check_host` / `hbos check-host`.
+"""Can this host run SEV-SNP guests? The checks behind `doit check_host` and `hbos check-host`.
 
 Each check reads the host through a root directory (`/` normally, a fake tree
 in tests) and returns a verdict (pass / fail / unknown) with a one-line detail
 and, for a failure, the fix. The device probes (ioctls on /dev/kvm and
 /dev/sev) and the QEMU runner are injectable, so tests never touch the real
-devices or programs.
+devices or programs. The QEMU checked is the one an SNP launch would use
+(hbos.launch.plan.find_qemu); `check_host()` is the doit action, and the
+`hbos check-host` command (hbos.cli.check_host) prints the same checks.
 
 Sources for what a real SNP host shows:
 - kvm_amd parameters sev/sev_es/sev_snp read Y (or 1) on an SNP host
@@ -26,6 +28,7 @@ Sources for what a real SNP host shows:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -36,11 +39,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from hbos.config import Config
+from hbos.errors import HostError
+from hbos.host import system
+from hbos.launch import plan as launch_plan
+from hbos.paths import Paths
+from hbos.util import run
+
 PASS, FAIL, UNKNOWN = "pass", "fail", "unknown"
 
-# Linux: upstream SNP host support landed in 6.11; AMDSEV release kernels
-# carry "snp" in their release string (e.g. 6.9.0-rc7-snp-host-05b10142ac6a).
-UPSTREAM_SNP_KERNEL = (6, 11)
 # drivers/crypto/ccp/sev-dev.c: SNP_MIN_API_MAJOR.SNP_MIN_API_MINOR
 SNP_MIN_API = (1, 51)
 # SEV_FEATURES bits that a kvm_amd parameter switches on (AMD APM vol. 2,
@@ -181,11 +188,6 @@ def param_on(value: str | None) -> bool | None:
     return value.strip() in ("Y", "y", "1")
 
 
-def kernel_version(release: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
 @dataclass(frozen=True)
 class LogFacts:
     """What the kernel log says about SEV/SNP."""
@@ -307,7 +309,6 @@ def probe_kvm(dev: Path) -> KvmStatus:
 
 def probe_sev(dev: Path) -> SevStatus:
     """Open /dev/sev read-write and ask the firmware for SNP_PLATFORM_STATUS."""
-    import ctypes
     fd, error = _open_chardev(dev)
     if fd is None:
         return SevStatus(error=error)
@@ -334,7 +335,6 @@ def parse_snp_status(raw: bytes) -> SevStatus:
 
 def qemu_object_help(qemu: Path) -> str:
     """`qemu-system-x86_64 -object help`: the user-creatable object types."""
-    from hbos.util import run
     return run.output([str(qemu), "-object", "help"], check=False, timeout=60)
 
 
@@ -358,7 +358,7 @@ def gather(view: HostView) -> Facts:
               for name in ("sev", "sev_es", "sev_snp", *SEV_FEATURE_PARAMS)}
     log_text = view.kernel_log()
     return Facts(
-        release=(view.read("proc/sys/kernel/osrelease") or "").strip() or None,
+        release=system.running_kernel(view.root) or None,
         cpuinfo=view.read("proc/cpuinfo"),
         kvm_amd=params,
         kvm_amd_loaded=view.exists("sys/module/kvm_amd"),
@@ -370,9 +370,10 @@ def gather(view: HostView) -> Facts:
 def check_kernel(f: Facts) -> Check:
     if f.release is None:
         return Check("kernel", UNKNOWN, "cannot read /proc/sys/kernel/osrelease")
+    # AMDSEV release kernels carry "snp" in their release (6.9.0-rc7-snp-host-05b10142ac6a)
     if "snp" in f.release.lower() and "guest" not in f.release.lower():
         return Check("kernel", PASS, f"{f.release} (SNP host kernel)")
-    if kernel_version(f.release) >= UPSTREAM_SNP_KERNEL:
+    if system.kernel_version(f.release) >= system.UPSTREAM_SNP_KERNEL:
         return Check("kernel", PASS, f"{f.release} (upstream SNP host support since 6.11)")
     return Check("kernel", FAIL, f"{f.release}: no SNP host support (needs 6.11+ or an SNP "
                                  "host kernel)",
@@ -619,21 +620,10 @@ def ready(checks: list[Check]) -> bool:
 # ----------------------------------------------------------------- config glue and output
 
 
-def find_qemu(cfg, paths) -> tuple[Path | None, str]:
-    """The QEMU that would launch SNP guests, and where it came from."""
-    from hbos.errors import HbosError
-    from hbos.stages import snp_bundle as amdsev
-    from hbos.util import tools
-    if cfg.launch.qemu:
-        q = cfg.path(cfg.launch.qemu)
-        return (q, "launch.qemu") if q.exists() else (None, f"launch.qemu {q} does not exist")
-    if amdsev.configured(cfg):
-        try:
-            return amdsev.qemu(paths), "AMDSEV snp-release bundle"
-        except HbosError as exc:
-            return None, exc.message
-    found = tools.find("qemu-system-x86_64")
-    return (Path(found), "PATH") if found else (None, "qemu-system-x86_64 not on PATH")
+def checks_for_config(cfg: Config, paths: Paths, root: Path | str = "/") -> list[Check]:
+    """run_checks() with this config's QEMU (as an SNP launch finds it) and vm.guest_features."""
+    qemu, why = launch_plan.find_qemu(cfg, paths)
+    return run_checks(root, guest_features=cfg.vm.guest_features, qemu=qemu, qemu_why=why)
 
 
 def table(checks: list[Check]) -> str:
@@ -658,41 +648,10 @@ def as_json(checks: list[Check]) -> dict:
     return {"ready": ready(checks), "checks": [asdict(c) for c in checks]}
 
 
-def check_host(cfg, paths, root: Path | str = "/") -> None:
+def check_host(cfg: Config, paths: Paths, root: Path | str = "/") -> None:
     """doit check_host: print the table; HostError when the host cannot run SNP."""
-    from hbos.errors import HostError
-    qemu, why = find_qemu(cfg, paths)
-    checks = run_checks(root, guest_features=cfg.vm.guest_features, qemu=qemu, qemu_why=why)
+    checks = checks_for_config(cfg, paths, root)
     print(table(checks))
     if not ready(checks):
         raise HostError("this host cannot run SEV-SNP guests (see the table above)",
                         hint="emulated runs still work: launch.snp: off (or auto)")
-
-
-# ----------------------------------------------------------------- `hbos check-host`
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--root", default="/", metavar="DIR",
-                   help="read /proc, /sys and /dev under DIR instead of / (a fake host tree)")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--config", metavar="FILE", help="config overlay (as doit config=FILE)")
-    p.add_argument("--profile", metavar="NAME", help="config profile (as doit profile=NAME)")
-
-
-def main(args) -> int:
-    import json
-    import sys
-
-    from hbos import config as hconfig
-    from hbos.paths import Paths
-    cfg = hconfig.load(overlay=args.config, profile=args.profile)
-    qemu, why = find_qemu(cfg, Paths.from_config(cfg))
-    checks = run_checks(args.root, guest_features=cfg.vm.guest_features, qemu=qemu,
-                        qemu_why=why)
-    if args.json:
-        json.dump(as_json(checks), sys.stdout, indent=2)
-        print()
-    else:
-        print(table(checks))
-    return 0 if ready(checks) else 1

@@ -3,10 +3,11 @@
 Debian 13 "trixie" ships the whole SNP host stack: `linux-image-amd64` (6.12,
 CONFIG_KVM_AMD_SEV=y; kvm_amd enables sev_snp by itself where the BIOS and the
 SEV firmware allow it) and `qemu-system-x86` (10.0, `sev-snp-guest`). Without an
-AMDSEV snp-release bundle, setup_host installs exactly those from Debian with apt-get,
-under the same rules as the bundle path (hbos.host.setup): the plan first, root and
-a confirmation (`--yes`, or "y" on a terminal), and "nothing to do" when both
-are installed already. The OVMF is ours (the firmware stage), not a package.
+AMDSEV snp-release bundle, setup_host (hbos.host.setup.setup_from_config, which
+chooses) installs exactly those from Debian with apt-get, under the same rules as
+the bundle path, shared through hbos.host.system: the plan first, root and a
+confirmation (`--yes`, or "y" on a terminal), and "nothing to do" when both are
+installed already. The OVMF is ours (the firmware stage), not a package.
 
 With an AMDSEV snp-release bundle, its QEMU (built on Ubuntu 22.04) may need libraries a
 fresh host lacks: `missing_libraries()` runs `ldd` on it and names each missing
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from hbos.errors import HostError
+from hbos.host import system
+from hbos.util import run
 
 # What a stock trixie SNP host needs from Debian.
 PACKAGES = ("linux-image-amd64", "qemu-system-x86")
@@ -79,8 +82,6 @@ LIBRARY_PACKAGES: dict[str, str] = {
     "libxkbcommon.so.0": "libxkbcommon0",
 }
 
-Runner = Callable[[Sequence[str]], object]
-
 
 # ----------------------------------------------------------------- which host
 
@@ -134,38 +135,33 @@ def apt_install_argv(packages: Sequence[str]) -> list[str]:
 
 
 def setup_debian(root: Path | str = "/", *, yes: bool = False, interactive: bool | None = None,
-                 euid: int | None = None, runner: Runner | None = None,
+                 euid: int | None = None, runner: system.Runner | None = None,
                  log: Path | None = None, ask: Callable[[str], str] = input) -> DebianPlan:
     """Install the stock trixie SNP host packages (see the module docstring)."""
-    from hbos.host import setup as host_setup
     root = Path(root)
-    name = host_setup.require_debian(root)
-    info = host_setup.os_release(root)
+    name = system.require_debian(root)
+    info = system.os_release(root)
     if not is_stock_snp_debian(info):
         raise HostError(f"this host is {name}: its Debian kernel and QEMU have no SEV-SNP "
                         "(stock SNP support starts with Debian 13 trixie)",
                         hint="upgrade the host to Debian trixie, or configure an AMDSEV snp-release bundle "
                              "(snp_release.url or snp_release.path) for AMD's forks")
-    plan = make_plan(host_setup.installed_packages(root))
+    plan = make_plan(system.installed_packages(root))
     if plan.empty:
         print(f"setup_host: nothing to do: {', '.join(f'{p} {v}' for p, v in plan.current.items())}"
               f" installed ({name})")
         print(finish_message(root))
         return plan
     print(plan.describe())
-    host_setup.confirm(yes=yes, interactive=interactive, euid=euid, ask=ask)
-    (runner or host_setup.default_runner(log))(apt_install_argv(plan.install))
+    system.confirm(yes=yes, interactive=interactive, euid=euid, ask=ask)
+    (runner or system.default_runner(log))(apt_install_argv(plan.install))
     print(finish_message(root))
     return plan
 
 
 def finish_message(root: Path) -> str:
-    try:
-        release = (root / "proc/sys/kernel/osrelease").read_text().strip()
-    except OSError:
-        release = ""
-    m = re.match(r"(\d+)\.(\d+)", release)
-    if m and (int(m.group(1)), int(m.group(2))) >= (6, 11):
+    release = system.running_kernel(root)
+    if system.kernel_version(release) >= system.UPSTREAM_SNP_KERNEL:
         return (f"setup_host: kernel {release} is running (SNP host support since 6.11); "
                 "check the host: doit check_host")
     return ("setup_host: reboot into Debian's linux-image-amd64 kernel (6.12), then check "
@@ -189,8 +185,6 @@ def missing_libraries(binary: Path, ldd: Callable[[Path], str] | None = None
                       ) -> dict[str, str]:
     """{library: Debian package (or "unknown package")} that `binary` cannot resolve."""
     if ldd is None:
-        from hbos.util import run
-
         def ldd(path: Path) -> str:
             proc = run.run(["ldd", str(path)], check=False, quiet=True)
             return (proc.stdout + proc.stderr).decode(errors="replace")

@@ -1,8 +1,13 @@
-"""`doit setup_host`: install the snp-release bundle's host components.
+"""`doit setup_host`: which SNP host stack to install, and installing an snp-release bundle's.
 
-(Without an AMDSEV snp-release bundle configured, setup_host installs the stock Debian trixie
-stack instead: hbos.host.debian. With one, the bundle's QEMU must find its
-shared libraries on this host first: host_debian.check_bundle_qemu.)
+`setup_from_config()` (the doit action) chooses: without an AMDSEV snp-release
+bundle configured, the stock Debian trixie stack (hbos.host.debian.setup_debian);
+with one, the bundle's QEMU must first find its shared libraries on this host
+(hbos.host.debian.check_bundle_qemu), then `setup_bundle()` here installs its
+host parts. The choice lives here, above both paths: this module imports
+hbos.host.debian, which imports nothing from this one; what both paths share
+(os-release, dpkg status, the running kernel, confirmation, the runner) is in
+hbos.host.system, below both.
 
 What is installed (an AMDESE/AMDSEV snp-release tree):
 - the host kernel: linux/host/linux-image-*.deb (not -dbg) with `dpkg -i`,
@@ -31,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hbos.config import Config
 from hbos.errors import HbosError, HostError
+from hbos.host import debian, system
+from hbos.paths import Paths
+from hbos.stages import snp_bundle
 from hbos.util import debpkg
 from hbos.util.fsutil import atomic_path, sha256_file
-
-SUPPORTED_OS = ("debian", "ubuntu")
-Runner = Callable[[Sequence[str]], object]
-
 
 # ----------------------------------------------------------------- reading packages
 
@@ -67,43 +72,6 @@ def read_deb(path: Path) -> Deb:
     return Deb(path, got["Package"], got["Version"])
 
 
-def installed_packages(root: Path) -> dict[str, str]:
-    """{package: version} of packages dpkg records as installed under `root`."""
-    status = root / "var/lib/dpkg/status"
-    try:
-        text = status.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for stanza in text.split("\n\n"):
-        fields = debpkg.parse_stanza(stanza)
-        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
-            out[fields["Package"]] = fields.get("Version", "")
-    return out
-
-
-def os_release(root: Path) -> dict[str, str]:
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        try:
-            text = (root / rel).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            continue
-        return {k: v.strip().strip('"') for k, _, v in
-                (line.partition("=") for line in text.splitlines() if "=" in line)}
-    return {}
-
-
-def require_debian(root: Path) -> str:
-    info = os_release(root)
-    ids = {info.get("ID", "")} | set(info.get("ID_LIKE", "").split())
-    name = info.get("PRETTY_NAME") or info.get("ID") or "unknown"
-    if not ids & set(SUPPORTED_OS):
-        raise HostError(f"setup_host supports Debian and Ubuntu hosts only; this host is {name} "
-                        f"({root / 'etc/os-release'})",
-                        hint="install the snp-release bundle's host kernel, QEMU and OVMF by hand")
-    return name
-
-
 # ----------------------------------------------------------------- the plan
 
 
@@ -127,7 +95,7 @@ class Plan:
 
     def describe(self, root: Path) -> str:
         lines = ["setup_host plan:"]
-        installed = installed_packages(root)
+        installed = system.installed_packages(root)
         for deb in self.install:
             was = installed.get(deb.package)
             change = f"(installed: {was})" if was else "(not installed)"
@@ -174,7 +142,7 @@ def _same(src: Path, dst: Path) -> bool:
 
 def make_plan(release: Path, root: Path) -> Plan:
     plan = Plan()
-    installed = installed_packages(root)
+    installed = system.installed_packages(root)
     for path in host_debs(release):
         deb = read_deb(path)
         plan.kernel_release = plan.kernel_release or deb.kernel_release
@@ -207,7 +175,7 @@ def copy_file(src: Path, dst: Path) -> None:
             shutil.copy2(src, tmp)
 
 
-def apply(plan: Plan, root: Path, runner: Runner) -> None:
+def apply(plan: Plan, root: Path, runner: system.Runner) -> None:
     if plan.install:
         runner(dpkg_install_argv(plan.install, root))
     for c in plan.copies:
@@ -215,52 +183,21 @@ def apply(plan: Plan, root: Path, runner: Runner) -> None:
         copy_file(c.src, root / c.rel)
 
 
-def default_runner(log: Path | None) -> Runner:
-    from hbos.util import run
-
-    def runner(argv: Sequence[str]) -> object:
-        return run.run(argv, log=log, env={"DEBIAN_FRONTEND": "noninteractive"})
-    return runner
-
-
-def _running_kernel(root: Path) -> str:
-    try:
-        return (root / "proc/sys/kernel/osrelease").read_text().strip()
-    except OSError:
-        return ""
-
-
 def finish_message(plan: Plan, root: Path) -> str:
     kver = plan.kernel_release or "the SNP host kernel"
-    if plan.kernel_release and _running_kernel(root) == plan.kernel_release:
+    if plan.kernel_release and system.running_kernel(root) == plan.kernel_release:
         return f"setup_host: the SNP host kernel {kver} is running; check the host: doit check_host"
     return (f"setup_host: reboot into the SNP host kernel {kver} (pick it in the GRUB menu if it "
             "is not the default), then check the host: doit check_host")
 
 
-def confirm(*, yes: bool, interactive: bool | None, euid: int | None,
-            ask: Callable[[str], str]) -> None:
-    """Root, then --yes or a "y" on a terminal; HostError (nothing changed) otherwise."""
-    euid = os.geteuid() if euid is None else euid
-    if euid != 0:
-        raise HostError("setup_host must run as root to install packages and files",
-                        hint="sudo doit setup_host --yes")
-    if not yes:
-        interactive = sys.stdin.isatty() if interactive is None else interactive
-        if not interactive:
-            raise HostError("setup_host needs a confirmation and stdin is not a terminal",
-                            hint="re-run with --yes: doit setup_host --yes")
-        if ask("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
-            raise HostError("setup_host: cancelled, nothing changed")
-
-
-def setup_host(release: Path, root: Path | str = "/", *, yes: bool = False,
-               interactive: bool | None = None, euid: int | None = None,
-               runner: Runner | None = None, log: Path | None = None,
-               ask: Callable[[str], str] = input) -> Plan:
+def setup_bundle(release: Path, root: Path | str = "/", *, yes: bool = False,
+                 interactive: bool | None = None, euid: int | None = None,
+                 runner: system.Runner | None = None, log: Path | None = None,
+                 ask: Callable[[str], str] = input) -> Plan:
     """Install the bundle's host components into `root`; return the plan carried out."""
     root = Path(root)
-    name = require_debian(root)
+    name = system.require_debian(root)
     plan = make_plan(Path(release), root)
     if plan.empty:
         print(f"setup_host: nothing to do: {len(plan.current)} package(s) at the release's "
@@ -268,19 +205,18 @@ def setup_host(release: Path, root: Path | str = "/", *, yes: bool = False,
         print(finish_message(plan, root))
         return plan
     print(plan.describe(root))
-    confirm(yes=yes, interactive=interactive, euid=euid, ask=ask)
-    apply(plan, root, runner or default_runner(log))
+    system.confirm(yes=yes, interactive=interactive, euid=euid, ask=ask)
+    apply(plan, root, runner or system.default_runner(log))
     print(finish_message(plan, root))
     return plan
 
 
-def setup_from_config(cfg, paths, yes: bool = False) -> None:
-    """An AMDSEV snp-release bundle configured: its host kernel, QEMU (whose libraries must
-    resolve here: ldd) and OVMF. None: stock Debian trixie packages (hbos.host.debian)."""
-    from hbos.host import debian as host_debian
-    from hbos.stages import snp_bundle as amdsev
-    if not amdsev.configured(cfg):
-        host_debian.setup_debian("/", yes=yes, log=paths.log("setup_host"))
+def setup_from_config(cfg: Config, paths: Paths, yes: bool = False) -> None:
+    """doit setup_host: an AMDSEV snp-release bundle configured: its host kernel, QEMU (whose
+    libraries must resolve here: ldd) and OVMF. None: stock Debian trixie packages."""
+    log = paths.log("setup_host")
+    if not snp_bundle.configured(cfg):
+        debian.setup_debian("/", yes=yes, log=log)
         return
-    host_debian.check_bundle_qemu(amdsev.qemu(paths))
-    setup_host(amdsev.root(paths), "/", yes=yes, log=paths.log("setup_host"))
+    debian.check_bundle_qemu(snp_bundle.qemu(paths))
+    setup_bundle(snp_bundle.root(paths), "/", yes=yes, log=log)

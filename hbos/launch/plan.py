@@ -11,21 +11,26 @@ DEFAULT_CBITPOS (EPYC Milan, Genoa and Turin all use 51).
 
 `describe()` prints the decisions one per line and the command as one
 shell-quoted line beginning `qemu: ` (paste it after the prefix into a shell).
+
+`find_qemu()` names the QEMU an SNP launch uses (launch.qemu, else the AMDSEV
+snp-release bundle's, else PATH); hbos.host.check checks that same binary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from hbos.config import Config
-from hbos.errors import LaunchError
+from hbos.errors import HbosError, LaunchError
 from hbos.launch import qemu
 from hbos.paths import Paths
-from hbos.util import limits, run as hrun
+from hbos.stages import snp_bundle
+from hbos.util import limits, run as hrun, tools
 
 DEFAULT_CBITPOS = 51
 MODES = ("", "auto", "snp", "emulated")   # --mode values ("" = launch.snp)
@@ -70,6 +75,20 @@ def host_cbitpos(cpuid_dev: Path = Path("/dev/cpu/0/cpuid")) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def find_qemu(cfg: Config, paths: Paths) -> tuple[Path | None, str]:
+    """The QEMU that would launch SNP guests, and where it came from (None: why there is none)."""
+    if cfg.launch.qemu:
+        q = cfg.path(cfg.launch.qemu)
+        return (q, "launch.qemu") if q.exists() else (None, f"launch.qemu {q} does not exist")
+    if snp_bundle.configured(cfg):
+        try:
+            return snp_bundle.qemu(paths), "AMDSEV snp-release bundle"
+        except HbosError as exc:
+            return None, exc.message
+    found = tools.find("qemu-system-x86_64")
+    return (Path(found), "PATH") if found else (None, "qemu-system-x86_64 not on PATH")
 
 
 def host_facts(binary: Path) -> qemu.HostFacts:
@@ -136,13 +155,11 @@ def qemu_binary(cfg: Config, paths: Paths, mode: qemu.Mode, given: str = ""
                 ) -> tuple[Path, str]:
     """--qemu, else launch.qemu, else the snp-release bundle's QEMU (SNP mode), else PATH;
     and where it came from."""
-    from hbos.host import check as host
-    from hbos.util import tools
     override = qemu_override(given)
     if override is not None:
         return override, "--qemu"
     if mode == "snp" or cfg.launch.qemu:
-        found, where = host.find_qemu(cfg, paths)
+        found, where = find_qemu(cfg, paths)
         if found is None:
             raise LaunchError(f"no QEMU to launch with: {where}")
         return found, where
@@ -187,7 +204,6 @@ def load_cpuid_driver(dev: Path = CPUID_DEV, euid: int | None = None, runner=Non
     euid = os.geteuid() if euid is None else euid
     if euid != 0:
         return False
-    import sys
     print(f"start: {dev} is missing: modprobe cpuid (to read the C-bit position)",
           file=sys.stderr, flush=True)
     try:

@@ -19,6 +19,7 @@ import pytest
 
 from hbos.host import check as host
 from hbos.host.check import FAIL, PASS, UNKNOWN, KvmStatus, Probes, SevStatus
+from hbos.launch import plan as launch_plan
 
 BASE_FLAGS = ("fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush "
               "mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc "
@@ -283,7 +284,7 @@ def test_expected_guest_features():
 
 def test_cli_json_and_exit_status(tmp_path, capsys, monkeypatch):
     from hbos import cli
-    monkeypatch.setattr(host, "find_qemu", lambda c, p: (QEMU, "AMDSEV snp-release bundle"))
+    monkeypatch.setattr(launch_plan, "find_qemu", lambda c, p: (QEMU, "AMDSEV snp-release bundle"))
     monkeypatch.setattr(host, "qemu_object_help", lambda q: QEMU_SNP_OBJECTS)
     root = fake_host(tmp_path, release="6.18.44-fc-v782", flags=THIS_MACHINE_FLAGS, kvm_amd=None,
                      devices=())
@@ -306,6 +307,6 @@ def test_check_host_raises_host_error(tmp_path, monkeypatch):
     overlay = tmp_path / "o.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'build'}\n")
     cfg = hconfig.load(overlay=overlay)
-    monkeypatch.setattr(host, "find_qemu", lambda c, p: (None, "none"))
+    monkeypatch.setattr(launch_plan, "find_qemu", lambda c, p: (None, "none"))
     with pytest.raises(HostError):
         host.check_host(cfg, Paths.from_config(cfg), root=root)

@@ -1,6 +1,6 @@
 """Stock Debian trixie as the SNP host (issue 12): check_host, setup_host, release QEMU ldd.
 
-Fake trees as in test_host.py / test_host_setup.py (never the real system);
+Fake trees as in test_check.py / test_setup.py (never the real system);
 the ldd output of the release-QEMU check is real `ldd` output text.
 """
 
@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from hbos import config as hconfig
 from hbos.errors import HostError
 from hbos.host import check as host, debian as host_debian, setup as host_setup
 from hbos.host.check import PASS, SevStatus
+from hbos.paths import Paths
+from hbos.stages import snp_bundle
 from tests.unit.host.test_check import BASE_FLAGS, QEMU_SNP_OBJECTS, fake_host, probes, verdicts
 
 TRIXIE_OS = ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\n'
@@ -47,18 +50,6 @@ def test_stock_trixie_host_is_ready_without_a_release(tmp_path):
     assert "upstream SNP host support" in by["kernel"].detail
     assert by["QEMU sev-snp-guest"].detail == "/usr/bin/qemu-system-x86_64 (PATH)"
     assert host.ready(checks)
-
-
-def test_find_qemu_without_release_is_debians(tmp_path, monkeypatch):
-    from hbos import config as hconfig
-    from hbos.paths import Paths
-    from hbos.util import tools
-    overlay = tmp_path / "o.yaml"
-    overlay.write_text(f"build_dir: {tmp_path / 'b'}\n")
-    cfg = hconfig.load(overlay=overlay)
-    monkeypatch.setattr(tools, "find", lambda p: "/usr/bin/" + p)
-    assert host.find_qemu(cfg, Paths.from_config(cfg)) == \
-        (Path("/usr/bin/qemu-system-x86_64"), "PATH")
 
 
 # ----------------------------------------------------------------- setup_host on trixie
@@ -133,16 +124,35 @@ def test_running_612_kernel_message(tmp_path):
     assert "is running" in host_debian.finish_message(root)
 
 
-def test_setup_from_config_picks_debian_without_release(tmp_path, monkeypatch):
-    from hbos import config as hconfig
-    from hbos.paths import Paths
+def _config(tmp_path):
     overlay = tmp_path / "o.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'b'}\n")
     cfg = hconfig.load(overlay=overlay)
+    return cfg, Paths.from_config(cfg)
+
+
+def test_setup_from_config_picks_debian_without_release(tmp_path, monkeypatch):
+    cfg, paths = _config(tmp_path)
     seen = {}
     monkeypatch.setattr(host_debian, "setup_debian", lambda root, **kw: seen.update(root=root, **kw))
-    host_setup.setup_from_config(cfg, Paths.from_config(cfg), yes=True)
+    monkeypatch.setattr(host_setup, "setup_bundle", lambda *a, **kw: pytest.fail("bundle path"))
+    host_setup.setup_from_config(cfg, paths, yes=True)
     assert seen["root"] == "/" and seen["yes"] is True
+
+
+def test_setup_from_config_with_a_bundle_checks_its_qemu_then_installs_it(tmp_path, monkeypatch):
+    cfg, paths = _config(tmp_path)
+    calls = []
+    monkeypatch.setattr(snp_bundle, "configured", lambda c: True)
+    monkeypatch.setattr(snp_bundle, "qemu", lambda p: Path("/b/usr/local/bin/qemu-system-x86_64"))
+    monkeypatch.setattr(snp_bundle, "root", lambda p: Path("/b"))
+    monkeypatch.setattr(host_debian, "setup_debian", lambda *a, **kw: pytest.fail("Debian path"))
+    monkeypatch.setattr(host_debian, "check_bundle_qemu", lambda q: calls.append(("ldd", q)))
+    monkeypatch.setattr(host_setup, "setup_bundle",
+                        lambda release, root, **kw: calls.append(("install", release, root, kw["yes"])))
+    host_setup.setup_from_config(cfg, paths, yes=True)
+    assert calls == [("ldd", Path("/b/usr/local/bin/qemu-system-x86_64")),
+                     ("install", Path("/b"), "/", True)]
 
 
 # ----------------------------------------------------------------- release QEMU libraries

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hbos.errors import HostError
-from hbos.host import setup as host_setup
+from hbos.host import setup as host_setup, system
 from hbos.util import run
 
 KVER = "6.9.0-rc7-snp-host-05b10142ac6a"
@@ -131,7 +131,7 @@ def test_dpkg_argv_exact(tmp_path):
 def test_setup_then_nothing_to_do(env, capsys):
     release, root = env
     dpkg = FakeDpkg(root)
-    host_setup.setup_host(release, root, yes=True, euid=0, runner=dpkg)
+    host_setup.setup_bundle(release, root, yes=True, euid=0, runner=dpkg)
     out = capsys.readouterr().out
     assert "setup_host plan:" in out
     assert f"reboot into the SNP host kernel {KVER}" in out and "doit check_host" in out
@@ -143,7 +143,7 @@ def test_setup_then_nothing_to_do(env, capsys):
     assert (root / "etc/modprobe.d/kvm.conf").is_file()
 
     # second run: nothing to do, no command
-    again = host_setup.setup_host(release, root, yes=True, euid=0, runner=dpkg)
+    again = host_setup.setup_bundle(release, root, yes=True, euid=0, runner=dpkg)
     out = capsys.readouterr().out
     assert again.empty and len(dpkg.calls) == 1
     assert "nothing to do: 1 package(s) at the release's version, 4 file(s) identical" in out
@@ -166,7 +166,7 @@ def test_older_installed_version_is_upgraded(env):
 def test_running_snp_kernel_message(tmp_path):
     release = fake_release(tmp_path)
     root = fake_root(tmp_path, running=KVER)
-    host_setup.setup_host(release, root, yes=True, euid=0, runner=FakeDpkg(root))
+    host_setup.setup_bundle(release, root, yes=True, euid=0, runner=FakeDpkg(root))
     plan = host_setup.make_plan(release, root)
     assert "is running; check the host: doit check_host" in host_setup.finish_message(plan, root)
 
@@ -174,20 +174,20 @@ def test_running_snp_kernel_message(tmp_path):
 def test_refuses_non_debian(tmp_path):
     root = fake_root(tmp_path, os_release='ID=fedora\nPRETTY_NAME="Fedora Linux 40"\n')
     with pytest.raises(HostError, match="Debian and Ubuntu hosts only; this host is Fedora"):
-        host_setup.setup_host(fake_release(tmp_path), root, yes=True, euid=0,
+        host_setup.setup_bundle(fake_release(tmp_path), root, yes=True, euid=0,
                               runner=FakeDpkg(root))
 
 
 def test_ubuntu_accepted_via_id(tmp_path):
     root = fake_root(tmp_path, os_release="ID=ubuntu\nID_LIKE=debian\n")
-    assert host_setup.require_debian(root) == "ubuntu"
+    assert system.require_debian(root) == "ubuntu"
 
 
 def test_refuses_without_root_and_changes_nothing(env):
     release, root = env
     dpkg = FakeDpkg(root)
     with pytest.raises(HostError, match="must run as root"):
-        host_setup.setup_host(release, root, yes=True, euid=1000, runner=dpkg)
+        host_setup.setup_bundle(release, root, yes=True, euid=1000, runner=dpkg)
     assert dpkg.calls == [] and not (root / "usr/local").exists()
 
 
@@ -195,7 +195,7 @@ def test_needs_yes_when_not_interactive(env):
     release, root = env
     dpkg = FakeDpkg(root)
     with pytest.raises(HostError, match="stdin is not a terminal") as exc:
-        host_setup.setup_host(release, root, euid=0, interactive=False, runner=dpkg)
+        host_setup.setup_bundle(release, root, euid=0, interactive=False, runner=dpkg)
     assert "--yes" in exc.value.hint
     assert dpkg.calls == []
 
@@ -204,10 +204,10 @@ def test_interactive_answer(env):
     release, root = env
     dpkg = FakeDpkg(root)
     with pytest.raises(HostError, match="cancelled"):
-        host_setup.setup_host(release, root, euid=0, interactive=True, runner=dpkg,
+        host_setup.setup_bundle(release, root, euid=0, interactive=True, runner=dpkg,
                               ask=lambda _q: "n")
     assert dpkg.calls == []
-    host_setup.setup_host(release, root, euid=0, interactive=True, runner=dpkg,
+    host_setup.setup_bundle(release, root, euid=0, interactive=True, runner=dpkg,
                           ask=lambda _q: "y")
     assert len(dpkg.calls) == 1
 
