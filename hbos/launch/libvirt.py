@@ -32,6 +32,7 @@ from pathlib import Path
 from hbos.config import Config
 from hbos.errors import BuildError
 from hbos.launch import qemu
+from hbos.measure import launch_files
 from hbos.paths import Paths
 from hbos.stages import vmconfig
 from hbos.util import templates
@@ -61,19 +62,13 @@ def _read_b64(path: Path, what: str) -> str:
         raise BuildError(f"{what} {path}: {exc.strerror}") from None
 
 
-def identity_files(cfg: Config, paths: Paths) -> dict[str, Path]:
-    """Where id_block, id_auth and host_data come from (hbos.launch.identity_files)."""
-    from hbos.launch.identity_files import launch_files  # no cryptography: dodo.py calls this
-    return {k: v for k, v in launch_files(cfg, paths).items() if v is not None}
-
-
 def launch_security(cfg: Config, paths: Paths) -> qemu.SnpOptions:
     """The launchSecurity parameters (no CPUID read: 0 leaves cbitpos to libvirt)."""
     la = cfg.launch
     if bool(la.id_block) != bool(la.id_auth):
         raise BuildError("launch.id_block and launch.id_auth go together: set both or neither")
     read = {key: _read_b64(path, f"launch.{key}" if getattr(la, key) else key)
-            for key, path in identity_files(cfg, paths).items()}
+            for key, path in launch_files.resolve(cfg, paths).items()}
     return qemu.SnpOptions(cbitpos=la.cbitpos, reduced_phys_bits=la.reduced_phys_bits, **read)
 
 
@@ -101,4 +96,4 @@ def write(cfg: Config, paths: Paths) -> None:
 
 def file_deps(cfg: Config, paths: Paths) -> list[Path]:
     """The ID block / ID auth / HOST_DATA files (their content goes in)."""
-    return list(identity_files(cfg, paths).values())
+    return list(launch_files.resolve(cfg, paths).values())

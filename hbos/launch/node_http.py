@@ -1,9 +1,9 @@
-"""How the host reaches the node: port forwards, the post-start body, and the
-HTTP calls (health, post-start POST and its follow-ups).
+"""How the host reaches the node: port forwards and the HTTP calls (health, the
+post-start POST and its follow-ups).
 
-The forwards and the body are pure functions of config.yaml and measurement.json
-(HOST_DATA hashes the post-start body, so it is rendered here and nowhere else);
-the HTTP calls at the end go to this host's forwarded port, never through a proxy.
+The forwards are pure functions of config.yaml and the guest's mode; the
+post-start body itself is rendered by hbos.measure.nodeconfig (HOST_DATA hashes
+it). The HTTP calls go to this host's forwarded port, never through a proxy.
 
 Forwards (hb-os launch.sh: `hostfwd=tcp:0.0.0.0:${HB_PORT}-:10000` with
 HB_PORT=80, and `hostfwd=tcp:0.0.0.0:8734-:8734`):
@@ -14,37 +14,29 @@ HB_PORT=80, and `hostfwd=tcp:0.0.0.0:8734-:8734`):
 The address is launch.host_address when set, else 0.0.0.0 for an SEV-SNP
 guest and 127.0.0.1 for an emulated (NOT CONFIDENTIAL) one.
 
-Post-start (hb-os scripts/post_start.py with config/server.jsonc): one POST
-/~meta@1.0/info with post_start.settings (default operator: trustless,
-initialized: permanent), snp_trusted = [the measurement inputs without
-expected_hash], self (--self, else post_start.self_url, else
-http://localhost:<host port>, hb-os's default http://localhost:80) and peer
-when given; a settings value "$SELF" or "$PEER" becomes that URL (hb-os's
-placeholders; $SELF_ID/$PEER_ID are not supported). Then, as hb-os does after
-its POST, the calls `follow_up_calls` lists for the keys the body holds
-(router registration, green-zone join/become, green-zone init); their
-failures are reported, not fatal (hb-os prints a warning and goes on). The
-volume calls (volume_key, encrypted with the node's public key) are not made.
+Post-start (hb-os scripts/post_start.py): one POST /~meta@1.0/info with the
+body, then, as hb-os does after its POST, the calls `follow_up_calls` lists for
+the keys the body holds (router registration, green-zone join/become,
+green-zone init); their failures are reported, not fatal (hb-os prints a
+warning and goes on). The volume calls (volume_key, encrypted with the node's
+public key) are not made.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hbos.errors import LaunchError
 from hbos.launch import qemu
-
-if TYPE_CHECKING:
-    from hbos.launch.start import StartOptions
+from hbos.measure import nodeconfig
 
 HEALTH_PATH = "/~meta@1.0/info"
 
-TRUSTED_KEYS = ("kernel", "initrd", "append", "firmware", "vcpus", "vcpu_type", "vmm_type",
-                "guest_features")
+
+# ----------------------------------------------------------------- port forwards
 
 
 def host_address(cfg, mode: str) -> str:
@@ -52,11 +44,6 @@ def host_address(cfg, mode: str) -> str:
     if cfg.launch.host_address:
         return cfg.launch.host_address
     return "0.0.0.0" if mode == "snp" else "127.0.0.1"
-
-
-def host_port(cfg) -> int:
-    """The host port that reaches the node's HTTP port."""
-    return cfg.launch.host_port or cfg.ports.hyperbeam
 
 
 def parse_forward(entry: str, address: str) -> qemu.Forward:
@@ -69,7 +56,7 @@ def parse_forward(entry: str, address: str) -> qemu.Forward:
 
 def forwards(cfg, mode: str, debug: bool) -> tuple[qemu.Forward, ...]:
     address = host_address(cfg, mode)
-    out = [qemu.Forward(host_port(cfg), cfg.ports.hyperbeam, address)]
+    out = [qemu.Forward(nodeconfig.host_port(cfg), cfg.ports.hyperbeam, address)]
     out += [parse_forward(e, address) for e in cfg.launch.forwards]
     if debug:
         # ssh only exists in debug images, and is only reachable from this host.
@@ -93,45 +80,7 @@ def unprivileged_port_start(path: str = "/proc/sys/net/ipv4/ip_unprivileged_port
         return 1024
 
 
-def self_url(cfg, given: str = "") -> str:
-    return given or cfg.post_start.self_url or f"http://localhost:{host_port(cfg)}"
-
-
-def setting_value(text: str) -> Any:
-    """A post_start.settings value: integers and true/false as such, else text."""
-    text = text.strip()
-    if re.match(r"^-?[0-9]+$", text):
-        return int(text)
-    if text in ("true", "false"):
-        return text == "true"
-    return text
-
-
-def settings(lines: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for line in lines:
-        key, _, value = line.partition(": ")
-        out[key.strip()] = setting_value(value)
-    return out
-
-
-def snp_trusted(record: dict[str, Any]) -> dict[str, Any]:
-    """The measurement inputs a node should trust, without expected_hash (a verifier
-    recomputes it)."""
-    return {k: record[k] for k in TRUSTED_KEYS if k in record}
-
-
-def post_start_body(record: dict[str, Any], lines: tuple[str, ...], self_url: str,
-                    peer_url: str = "") -> dict[str, Any]:
-    """The post-start node message (a pure function: HOST_DATA may hash it)."""
-    places = {"$SELF": self_url, "$PEER": peer_url}
-    body: dict[str, Any] = {k: places.get(v, v) if isinstance(v, str) else v
-                            for k, v in settings(lines).items()}
-    body["snp_trusted"] = [snp_trusted(record)]
-    body["self"] = self_url
-    if peer_url:
-        body["peer"] = peer_url
-    return body
+# ----------------------------------------------------------------- post-start follow-ups
 
 
 def follow_up_calls(body: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
@@ -150,15 +99,6 @@ def follow_up_calls(body: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     if "green_zone_required_config" in body:
         calls.append(("/~greenzone@1.0/init", {}))
     return calls
-
-
-def post_start_for(cfg, record: dict[str, Any], options: StartOptions) -> dict[str, Any] | None:
-    """The body start sends after boot, or None when it sends none (post_start.auto
-    false or --no-auto; HOST_DATA then covers what the guest needs)."""
-    if not cfg.post_start.auto or options.no_auto:
-        return None
-    return post_start_body(record, cfg.post_start.settings, self_url(cfg, options.self_url),
-                           options.peer_url)
 
 
 # ----------------------------------------------------------------- HTTP to the node

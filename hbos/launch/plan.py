@@ -275,7 +275,7 @@ def plan(cfg: Config, paths: Paths, *, vm: qemu.VmDefinition, disks: qemu.Disks,
     SNP reviewable on any host; else `kvm_probe` decides launch.accel: auto.
 
     `forwards(mode)` and `identity(mode)` (ID block, ID auth, HOST_DATA as
-    launch.launch_identity gives them) depend on the mode decided here."""
+    hbos.launch.start.checked_identity gives them) depend on the mode decided here."""
     setting = mode_setting(cfg.launch.snp, requested_mode)
     ready, why = snp_host_ready()
     mode, mode_why = decide_mode(setting, ready, why, review=review)

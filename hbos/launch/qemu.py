@@ -2,7 +2,7 @@
 
 `command_line(spec)` turns a LaunchSpec (the VM definition, the artifacts, the
 mode, the run files and the host facts) into argv. Nothing here touches the
-host; `hbos.launch.start` gathers the facts and runs the result.
+host; hbos.launch.plan gathers the facts and hbos.launch.start runs the result.
 
 Two modes:
 

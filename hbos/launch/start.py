@@ -6,16 +6,21 @@
 2. load the VM definition and compare it with measurement.json (kernel,
    initrd, firmware, cmdline, vCPUs, vcpu_type, policy, guest_features): any
    difference refuses to start and names the field;
-3. decide with hbos.launch.plan (the code `--dry-run` prints): the mode
+3. render the post-start body once (hbos.measure.nodeconfig): HOST_DATA hashes
+   it, so `checked_identity` (which the plan calls once the mode is known)
+   checks it against measurement.json's HOST_DATA (an SNP start that differs
+   is refused) along with the ID block, and step 6 sends that same body;
+4. decide with hbos.launch.plan (the code `--dry-run` prints): the mode
    (SEV-SNP when the host can, `launch.snp: auto`; emulated otherwise, with a
    NOT CONFIDENTIAL banner; `required` refuses, `off` never tries), the
    accelerator (SNP: KVM; emulated: `launch.accel`, where auto probes KVM here
    with a throwaway guest and falls back to TCG), QEMU, firmware and argv;
-4. run QEMU detached (own session, pidfile, QMP socket, serial console to a
-   log file, all under Paths.run_dir), wait until QMP answers, then poll the
-   node's health endpoint (hbos.launch.node_http) with visible progress;
-5. send the post-start node configuration (hbos/launch/node_http.py) unless
-   post_start.auto is false or --no-auto is given.
+5. run QEMU detached through hbos.util.run.spawn (own session, pidfile, QMP
+   socket, serial console to a log file, all under Paths.run_dir), wait until
+   QMP answers, then poll the node's health endpoint (hbos.launch.node_http)
+   with visible progress;
+6. POST the post-start body unless post_start.auto is false or --no-auto is
+   given, then its follow-up calls (hbos.launch.node_http).
 
 `stop_vm` and `vm_status` use the pidfile (checked against /proc so a
 recycled pid is never signalled) and QMP (hbos.launch.qmp).
@@ -38,10 +43,10 @@ from typing import Any, Callable
 from hbos.config import Config
 from hbos.errors import HbosError, LaunchError
 from hbos.launch import node_http, plan as launch_plan, qemu, qmp
-from hbos.measure import digest as measure
+from hbos.measure import digest, idblock, nodeconfig
 from hbos.paths import Paths
 from hbos.stages import vmconfig
-from hbos.util import limits, run as hrun
+from hbos.util import limits, run
 from hbos.util.fsutil import sha256_file, write_json
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")   # colour codes in systemd's console output
@@ -61,6 +66,11 @@ class StartOptions:
     dry_run: bool = False           # --dry-run: print the decisions and the QEMU line only
     mode: str = ""                  # --mode auto|snp|emulated (default: launch.snp)
     qemu: str = ""                  # --qemu PATH (default: launch.qemu, release, PATH)
+
+    @property
+    def post_start(self) -> nodeconfig.PostStartOptions:
+        """The options the post-start body (and so HOST_DATA) depends on."""
+        return nodeconfig.PostStartOptions(self.self_url, self.peer_url, self.no_auto)
 
 
 def say(text: str) -> None:
@@ -85,7 +95,7 @@ def launch_mismatches(vm: qemu.VmDefinition, record: dict[str, Any],
     always by the sha256 the measurement used.
     """
     try:
-        inputs, fw_launch_hash = measure.parse_inputs(record, "measurement.json")
+        inputs, fw_launch_hash = digest.parse_inputs(record, "measurement.json")
     except HbosError as exc:
         raise LaunchError(f"measurement.json is unusable: {exc.message}") from None
     files = record.get("files") or {}
@@ -106,14 +116,14 @@ def launch_mismatches(vm: qemu.VmDefinition, record: dict[str, Any],
         if got != fw_sha:
             out.append(f"firmware: {vm.ovmf} has sha256 {got}, measurement.json has {fw_sha}")
     elif fw_launch_hash:
-        got = measure.Firmware(vm.ovmf).launch_hash
+        got = digest.Firmware(vm.ovmf).launch_hash
         if got != fw_launch_hash:
             out.append(f"firmware: {vm.ovmf} measures {got}, measurement.json has "
                        f"{fw_launch_hash}")
     if "cmdline" in record and record["cmdline"] != vm.cmdline:
         out.append(f"cmdline: the launch has {vm.cmdline!r}, measurement.json has "
                    f"{record['cmdline']!r}")
-    elif measure.cmdline_sha256(vm.cmdline) != inputs.cmdline_sha256:
+    elif digest.cmdline_sha256(vm.cmdline) != inputs.cmdline_sha256:
         out.append(f"cmdline: sha256 of {vm.cmdline!r} is not measurement.json's append "
                    f"{inputs.cmdline_sha256}")
     for problem in (_field("vCPUs", vm.vcpus, inputs.vcpus),
@@ -159,9 +169,7 @@ def kvm_boots_guest(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path
         return False, f"/dev/kvm unusable ({exc.strerror})"
     serial = workdir / "kvm-probe.log"
     serial.unlink(missing_ok=True)
-    argv = qemu.kvm_probe_command(facts.qemu, cpu, kernel, serial)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = run.spawn(qemu.kvm_probe_command(facts.qemu, cpu, kernel, serial), quiet=True)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -170,7 +178,7 @@ def kvm_boots_guest(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path
             if proc.poll() is not None:
                 out = (proc.stdout.read() if proc.stdout else b"").decode(errors="replace")
                 errors = [ln for ln in out.splitlines() if "warning" not in ln]
-                return False, "KVM failed: " + (hrun.tail("\n".join(errors), 2) or
+                return False, "KVM failed: " + (run.tail("\n".join(errors), 2) or
                                                 f"QEMU exited {proc.returncode}")
             time.sleep(0.2)
         return False, f"a KVM guest printed nothing in {timeout:.0f} s"
@@ -236,7 +244,7 @@ def file_tail(path: Path, lines: int = TAIL) -> str:
     except OSError:
         return f"({path} is missing)"
     text = data.decode(errors="replace").replace("\r", "")
-    return hrun.tail(text, lines) or f"({path} is empty)"
+    return run.tail(text, lines) or f"({path} is empty)"
 
 
 def _diagnostics(files: qemu.RunFiles) -> str:
@@ -317,20 +325,6 @@ BANNER = """
 # ----------------------------------------------------------------- start
 
 
-def _spawn(argv: list[str], files: qemu.RunFiles) -> subprocess.Popen:
-    say(f"+ {hrun.quote(argv)}")
-    with open(files.qemu_log, "ab") as log:
-        log.write(f"+ {hrun.quote(argv)}\n".encode())
-        log.flush()
-        try:
-            # Own session: QEMU outlives doit and ignores its terminal's Ctrl-C.
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    close_fds=True)
-        except FileNotFoundError:
-            raise LaunchError(f"QEMU {argv[0]} does not exist") from None
-
-
 def _wait_qmp(proc: subprocess.Popen, files: qemu.RunFiles, timeout: float) -> str:
     """Until QEMU's main loop answers QMP; returns its run state."""
     deadline = time.monotonic() + timeout
@@ -353,13 +347,13 @@ def _kvm_failed(files: qemu.RunFiles) -> bool:
                                    "kvm:", "Could not access KVM", "kvm_init"))
 
 
-def launch_identity(cfg: Config, record: dict[str, Any], vm: qemu.VmDefinition, options: StartOptions,
-                    identity_dir: Path | None, mode: qemu.Mode) -> dict[str, str]:
-    """ID block, ID auth and HOST_DATA (base64) for this launch, checked against
-    measurement.json; an SNP launch they would not describe is refused."""
-    from hbos.measure import idblock, nodeconfig as hostdata
+def checked_identity(record: dict[str, Any], vm: qemu.VmDefinition, post_start: dict[str, Any] | None,
+                     identity_dir: Path | None, mode: qemu.Mode) -> dict[str, str]:
+    """ID block, ID auth and HOST_DATA (base64) for launching `vm` and then sending
+    `post_start`, checked against measurement.json; an SNP launch they would not
+    describe is refused."""
     out: dict[str, str] = {}
-    hd, problem = hostdata.for_launch(cfg, record, options)
+    hd, problem = nodeconfig.for_launch(record, post_start)
     if problem:
         if mode == "snp":
             raise LaunchError(f"refusing to start: {problem}",
@@ -367,7 +361,7 @@ def launch_identity(cfg: Config, record: dict[str, Any], vm: qemu.VmDefinition, 
                                    "doit measure")
         say(f"start: note: {problem} (emulated: there is no HOST_DATA)")
     if hd:
-        out["host_data"] = hostdata.to_b64(hd)
+        out["host_data"] = nodeconfig.to_b64(hd)
     if identity_dir is not None:
         block = idblock.read_b64(identity_dir / idblock.ID_BLOCK_FILE, idblock.ID_BLOCK_SIZE,
                                  "ID block")
@@ -410,11 +404,12 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
             raise LaunchError(f"data disk {data} does not exist",
                               hint=f"create one: qemu-img create -f qcow2 {data} 20G")
     record = launch_record(vm, measurement)
+    body = nodeconfig.post_start_for(cfg, record, options.post_start)   # HOST_DATA hashes it
 
     plan = launch_plan.plan(
         cfg, paths, vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data),
         forwards=lambda mode: node_http.forwards(cfg, mode, bool(raw.get("debug"))),
-        identity=lambda mode: launch_identity(cfg, record, vm, options, identity_dir, mode),
+        identity=lambda mode: checked_identity(record, vm, body, identity_dir, mode),
         requested_mode=options.mode, qemu_path=options.qemu, review=False,
         kvm_probe=lambda facts, model: cached_kvm_boots_guest(
             facts, model, vm.kernel, files.directory, cfg.launch.kvm_probe_timeout))
@@ -435,10 +430,10 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     for note in plan.notes:
         say(f"start: {note}")
 
-    port = node_http.host_port(cfg)
+    port = nodeconfig.host_port(cfg)
     files.console.unlink(missing_ok=True)
     files.qemu_log.unlink(missing_ok=True)
-    proc = _spawn(qemu.command_line(spec), files)
+    proc = run.spawn(qemu.command_line(spec), log=files.qemu_log, detach=True)
     try:
         try:
             _wait_qmp(proc, files, QMP_START_TIMEOUT)
@@ -451,7 +446,7 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
             _clear(files)
             spec = dataclasses.replace(spec, accel="tcg")
             accel = "tcg"
-            proc = _spawn(qemu.command_line(spec), files)
+            proc = run.spawn(qemu.command_line(spec), log=files.qemu_log, detach=True)
             _wait_qmp(proc, files, QMP_START_TIMEOUT)
         state = {"pid": proc.pid, "mode": mode, "accel": accel, "qemu": str(binary),
                  "argv": qemu.command_line(spec), "port": port,
@@ -461,7 +456,6 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         write_json(files.state, state)
         waited = wait_healthy(proc, files, port, cfg.launch.health_timeout)
         say(f"start: healthy after {waited:.0f} s: {node_http.health_url(port)}")
-        body = node_http.post_start_for(cfg, record, options)
         if body is not None:
             reply = node_http.send_post_start(port, body)
             say(f"start: post-start configuration accepted ({len(json.dumps(reply))} bytes)")
@@ -489,12 +483,12 @@ def dry_run(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, im
     raw = vmconfig.load(vm_config)
     vm = qemu.VmDefinition.from_vm_config(raw)
     record = launch_record(vm, measurement)
+    body = nodeconfig.post_start_for(cfg, record, options.post_start)
     data = Path(options.data_disk).expanduser().resolve() if options.data_disk else None
     p = launch_plan.plan(cfg, paths, vm=vm,
                          disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data),
                          forwards=lambda mode: node_http.forwards(cfg, mode, bool(raw.get("debug"))),
-                         identity=lambda mode: launch_identity(cfg, record, vm, options,
-                                                               identity_dir, mode),
+                         identity=lambda mode: checked_identity(record, vm, body, identity_dir, mode),
                          requested_mode=options.mode, qemu_path=options.qemu)
     print(p.describe(), flush=True)
 
@@ -613,14 +607,11 @@ def print_status(paths: Paths) -> None:
 
 # ----------------------------------------------------------------- doit glue
 
-# `doit start --data-disk PATH --self URL --peer URL --no-auto` (also usable by
-# start_release): the original tool's options.
-from hbos.tasks.params import START as DOIT_PARAMS  # noqa: E402,F401 (re-exported: the start params)
-
 
 def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",
                         no_auto: bool = False, dry_run: bool = False, mode: str = "",
                         qemu: str = "") -> StartOptions:
+    """StartOptions from `doit start`'s params (hbos.tasks.params.START; start_release too)."""
     return StartOptions(data_disk=Path(data_disk) if data_disk else None,
                         self_url=self_url, peer_url=peer_url, no_auto=bool(no_auto),
                         dry_run=bool(dry_run), mode=mode, qemu=qemu)

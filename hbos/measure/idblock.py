@@ -40,7 +40,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hbos.errors import IdentityError
-from hbos.launch.identity_files import launch_files  # noqa: F401 (moved there: dodo.py reads it)
 from hbos.measure import identity
 from hbos.util.fsutil import write_json, write_text
 

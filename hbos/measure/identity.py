@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from hbos.errors import IdentityError
+from hbos.measure import nodeconfig
 
 CURVE_P384 = 2              # SNP ABI: ECDSA curve id of P-384
 ALGO_ECDSA_P384_SHA384 = 1  # SNP ABI: ID_KEY_ALGO / AUTH_KEY_ALGO
@@ -283,8 +284,7 @@ def measurement_fields(cfg, record: dict) -> dict:
     """What measurement.json records of the launch identity: host_data (64 hex) and the
     node configuration it hashes; id_key_digest, author_key_digest (96 hex) and
     guest_svn, all null when identity is disabled."""
-    from hbos.measure import nodeconfig as hostdata
-    fields = hostdata.measurement_fields(cfg, record)
+    fields = nodeconfig.measurement_fields(cfg, record)
     if cfg.identity.enabled:
         fields.update(digests(cfg), guest_svn=cfg.identity.guest_svn)
     else:

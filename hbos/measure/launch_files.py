@@ -1,19 +1,24 @@
-"""The launch identity files a launch passes (ID block, ID auth, HOST_DATA).
+"""Which ID block, ID auth and HOST_DATA files a launch passes (base64, as QEMU and libvirt take them).
 
-Kept apart from hbos.measure.idblock (which signs, with cryptography) because dodo.py
-needs these paths at graph time, as libvirt_xml's file_dep.
+The launch.id_block / launch.id_auth / launch.host_data files when set, else
+this build's own under build/identity/: HOST_DATA always (`doit measure` writes
+it), the ID block and ID auth only with identity.enabled (`doit id_block`).
+Apart from hbos.measure.idblock (which signs, with cryptography) because
+dodo.py needs these paths at graph time, as libvirt_xml's file_dep.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from hbos.config import Config
+from hbos.paths import Paths
 
-def launch_files(cfg, paths) -> dict[str, Path | None]:
-    """The base64 files a launch passes as id-block / id-auth / host-data (e.g. into a
-    libvirt domain): the launch.* files when set, else this build's (ID block and auth
-    only with identity.enabled; HOST_DATA always, from measure)."""
-    out: dict[str, Path | None] = {}
+
+def resolve(cfg: Config, paths: Paths) -> dict[str, Path]:
+    """The files a launch passes, by key (id_block, id_auth, host_data); a key without
+    one is absent."""
+    out: dict[str, Path] = {}
     for key, generated in (("id_block", paths.id_block), ("id_auth", paths.id_auth),
                            ("host_data", paths.host_data)):
         explicit = getattr(cfg.launch, key)
@@ -21,6 +26,4 @@ def launch_files(cfg, paths) -> dict[str, Path | None]:
             out[key] = cfg.path(explicit)
         elif key == "host_data" or cfg.identity.enabled:
             out[key] = generated
-        else:
-            out[key] = None
     return out

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError
-from hbos.paths import RESOURCES, TOOLS
+from hbos.measure.nodeconfig import render_config_flat  # HOST_DATA hashes it: rendered there
+from hbos.paths import RESOURCES, TOOLS, Paths
 from hbos.stages import docker, hb_node
 from hbos.util import archive, fsutil, run, templates, tree as htree
 
@@ -122,14 +123,6 @@ def state_dirs(cfg) -> list[str]:
 def render_data_disk_unit(cfg) -> str:
     return templates.render("hbos-data.service.j2", device=DATA_DISK_GUEST,
                             dirs=state_dirs(cfg))
-
-
-def render_config_flat(cfg) -> str:
-    """HyperBEAM's config.flat: a pure function of config.yaml (it is measured,
-    and written into the source tree before `rebar3 release`)."""
-    return templates.render("config.flat.j2", port=cfg.ports.hyperbeam,
-                            operator=cfg.content.hyperbeam_operator,
-                            lines=list(cfg.content.hyperbeam_config))
 
 
 def cu_unit_mode(cfg) -> str:
@@ -450,7 +443,6 @@ def file_deps(cfg) -> list[Path]:
 
 
 def paths_manifest(cfg) -> Path:
-    from hbos.paths import Paths
     return Paths.from_config(cfg).hb_node_manifest
 
 

@@ -218,6 +218,7 @@ def test_sample_node_speaks_enough_http(sample_tree):
 
 def test_sample_node_accepts_the_launchers_post_start_configuration(sample_tree):
     from hbos.launch import node_http
+    from hbos.measure import nodeconfig
     port = _free_port()
     proc = _run_unit_command(sample_tree, port, ["/usr/bin/python3"])
     try:
@@ -225,7 +226,7 @@ def test_sample_node_accepts_the_launchers_post_start_configuration(sample_tree)
         record = {"kernel": "aa" * 48, "initrd": "bb" * 48, "append": "cc" * 48,
                   "firmware": "dd" * 48, "vcpus": 1, "vcpu_type": "EPYC-v4",
                   "vmm_type": "QEMU", "guest_features": 1, "expected_hash": "ee" * 48}
-        body = node_http.post_start_body(record, (), f"http://127.0.0.1:{port}")
+        body = nodeconfig.post_start_body(record, (), f"http://127.0.0.1:{port}")
         answer = node_http.send_post_start(port, body)
         assert answer["ok"] is True and answer["config"] == body
         _, info = _wait_http(f"http://127.0.0.1:{port}/~meta@1.0/info", proc)

@@ -22,6 +22,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.errors import BuildError
+from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import content
 from hbos.util import fsutil
@@ -146,7 +147,7 @@ def test_real_build_takes_the_tree_with_build_args_refs_and_config_flat(tmp_path
     tree = paths.content_tree
     # config.flat was in the source tree before the release step
     assert (tree / "opt/hyperbeam/config.flat.built").read_text() == \
-        content.render_config_flat(cfg)
+        nodeconfig.render_config_flat(cfg)
     args = (tree / "opt/hyperbeam/build-args").read_text()
     assert f"HB_REPO={repos['hb'][0]}\n" in args and "HB_PROFILE=default\n" in args
     assert f"GUEST_SUITE={cfg.rootfs.suite}\n" in args

@@ -20,6 +20,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.launch import node_http
+from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import content, hb_node
 from hbos.util import tree as htree
@@ -111,7 +112,7 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
                        profile="local")
     opt = tmp_path / "opt" / "hyperbeam"
     htree.copy(paths.hb_node_tree, opt)
-    (opt / "config.flat").write_text(content.render_config_flat(cfg))
+    (opt / "config.flat").write_text(nodeconfig.render_config_flat(cfg))
     state = tmp_path / "var" / "lib" / "hyperbeam"
     (state / "cache-mainnet").mkdir(parents=True)
     os.symlink(state / "cache-mainnet", opt / "cache-mainnet")
@@ -145,14 +146,14 @@ def test_release_runs_like_the_unit_and_follows_hyperbeam_operator_semantics(rel
         assert info["store_files"] == ["boots"]
         assert info["sev_guest"] in ("enoent", "eacces", "opened")
         # the default post-start (unclaimed: an unsigned POST is applied) ...
-        record = {k: f"v-{k}" for k in node_http.TRUSTED_KEYS} | {"expected_hash": "x"}
-        body = node_http.post_start_body(record, cfg.post_start.settings,
-                                         node_http.self_url(cfg))
+        record = {k: f"v-{k}" for k in nodeconfig.TRUSTED_KEYS} | {"expected_hash": "x"}
+        body = nodeconfig.post_start_body(record, cfg.post_start.settings,
+                                          nodeconfig.self_url(cfg))
         reply = node_http.send_post_start(port, body)
         assert reply["history-length"] == 1
         code, info = _request(port)
         assert info["initialized"] == "permanent" and info["operator"] == "trustless"
-        assert info["snp_trusted"] == [node_http.snp_trusted(record)]
+        assert info["snp_trusted"] == [nodeconfig.snp_trusted(record)]
         # ... after which the node message is permanent: changes are refused (4xx)
         code, answer = _request(port, "POST", {"operator": "unclaimed"})
         assert code == 400 and "permanent" in answer["body"]

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from hbos.launch import plan as launch_plan, qemu, start as launch
-from hbos.measure import digest as measure, idblock, identity
+from hbos.measure import digest as measure, idblock, identity, nodeconfig
 from hbos.stages import vmconfig
 from tests.support.release_fixtures import make_build
 
@@ -43,8 +43,8 @@ def snp_argv(trixie_root, amdsev_ovmf, tmp_path_factory):
     idblock.write_id_block(cfg, paths)
     wrapper = trixie.wrapper(trixie_root, [root], root / "qemu-system-x86_64")
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(paths.vm_config))
-    generated = launch.launch_identity(cfg, record, vm, launch.StartOptions(), paths.identity_dir,
-                                       "snp")
+    generated = launch.checked_identity(record, vm, nodeconfig.post_start_for(cfg, record),
+                                        paths.identity_dir, "snp")
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(paths.verity_image, paths.hash_tree),
         run=qemu.RunFiles(paths.run_dir), host=launch_plan.host_facts(wrapper), mode="snp",
@@ -92,9 +92,10 @@ def test_a_broken_identity_option_fails_at_parsing(snp_argv, old, new, error):
 def test_the_launch_refuses_a_stale_id_block_before_qemu(snp_argv):
     _, paths, record, cfg = snp_argv
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(paths.vm_config))
+    body = nodeconfig.post_start_for(cfg, record)
     with pytest.raises(Exception, match="LD"):
-        launch.launch_identity(cfg, dict(record, expected_hash="00" * 48), vm,
-                               launch.StartOptions(), paths.identity_dir, "snp")
+        launch.checked_identity(dict(record, expected_hash="00" * 48), vm, body,
+                                paths.identity_dir, "snp")
     with pytest.raises(Exception, match="policy"):
-        launch.launch_identity(cfg, record, dataclasses.replace(vm, guest_policy=0x70000),
-                               launch.StartOptions(), paths.identity_dir, "snp")
+        launch.checked_identity(record, dataclasses.replace(vm, guest_policy=0x70000), body,
+                                paths.identity_dir, "snp")

@@ -22,6 +22,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.launch import node_http, qemu, start as launch
+from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import hb_node
 from hbos.util import fsutil
@@ -107,7 +108,7 @@ def test_local_image_runs_the_release_under_the_production_unit(booted):
     # the default post-start: permanent, trustless, the measurement inputs trusted
     measured = json.loads(paths.measurement.read_text())
     assert info["initialized"] == "permanent" and info["operator"] == "trustless"
-    assert info["snp_trusted"] == [node_http.snp_trusted(measured)]
+    assert info["snp_trusted"] == [nodeconfig.snp_trusted(measured)]
     assert "expected_hash" not in info["snp_trusted"][0]
     assert info["self"] == f"http://localhost:{port}"
     # ... after which an unsigned change is refused

@@ -30,9 +30,9 @@ import pytest
 from hbos import config as hconfig
 from hbos.errors import LaunchError
 from hbos.launch import node_http, plan as launch_plan, qemu, start as launch
-from hbos.measure import digest as measure
+from hbos.measure import nodeconfig
 from hbos.paths import Paths
-from hbos.stages import vmconfig
+from hbos.stages import measure, vmconfig
 from tests.conftest import ROOT, doit, kill_qemu, missing_prerequisite
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -138,7 +138,7 @@ class Guest:
                                cmdline="console=ttyS0 loglevel=7 panic=-1")
         self.vm_config.write_text(text)
         self.measurement = self.build / "measurement.json"
-        measure.measure_vm_config(self.vm_config, self.measurement)
+        measure.write_measurement(self.vm_config, self.measurement)
 
     def start(self, **options) -> None:
         launch.start_vm(self.cfg, self.paths, vm_config=self.vm_config,
@@ -259,7 +259,7 @@ def test_post_start_config_accepted_by_sample_node(tmp_path):
         record = {"kernel": "aa" * 32, "initrd": "bb" * 32, "append": "cc" * 32,
                   "firmware": "dd" * 48, "vcpus": 1, "vcpu_type": 5, "vmm_type": 1,
                   "guest_features": 1, "expected_hash": "ee" * 48}
-        body = node_http.post_start_body(record, (), "http://node.example:10000",
+        body = nodeconfig.post_start_body(record, (), "http://node.example:10000",
                                          "http://peer.example:10000")
         reply = node_http.send_post_start(port, body)
         assert reply["config"]["snp_trusted"][0]["kernel"] == "aa" * 32

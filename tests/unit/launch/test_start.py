@@ -1,6 +1,6 @@
 """Launcher decisions: measurement agreement, mode, accel, pidfile handling.
 
-No QEMU here: a measurement made by the real hbos.measure.digest from small files
+No QEMU here: a measurement made by the real measure stage from small files
 (the AmdSev OVMF suffix from the vectors measures fine), and a plain Python
 process standing in for a running QEMU (its argv names the pidfile, which is
 what the launcher checks before it signals anything).
@@ -19,10 +19,11 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.errors import LaunchError
-from hbos.launch import node_http, plan as launch_plan, qemu, start as launch
-from hbos.measure import digest as measure
+from hbos.launch import plan as launch_plan, qemu, start as launch
+from hbos.measure import nodeconfig
 from hbos.paths import Paths
-from hbos.stages import vmconfig
+from hbos.stages import measure, vmconfig
+from hbos.tasks import params
 from hbos.util import run as hrun
 
 
@@ -41,7 +42,7 @@ def measured_vm(tmp_path: Path, ovmf: Path):
     vm_config.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=ovmf,
                                          cmdline="console=ttyS0 verity_roothash=ab"))
     out = tmp_path / "measurement.json"
-    measure.measure_vm_config(vm_config, out)
+    measure.write_measurement(vm_config, out)
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     return vm, out, cfg, paths, vm_config
 
@@ -185,7 +186,7 @@ def test_post_start_config_drops_expected_hash():
     rec = {"kernel": "k", "initrd": "i", "append": "a", "firmware": "f", "vcpus": 1,
            "vcpu_type": 5, "vmm_type": 1, "guest_features": 1, "expected_hash": "e",
            "files": {}}
-    body = node_http.post_start_body(rec, (), "http://me:1")
+    body = nodeconfig.post_start_body(rec, (), "http://me:1")
     assert body == {"snp_trusted": [{"kernel": "k", "initrd": "i", "append": "a",
                                      "firmware": "f", "vcpus": 1, "vcpu_type": 5,
                                      "vmm_type": 1, "guest_features": 1}],
@@ -193,7 +194,7 @@ def test_post_start_config_drops_expected_hash():
 
 
 def test_doit_params_map_to_options():
-    names = {p["long"] for p in launch.DOIT_PARAMS}
+    names = {p["long"] for p in params.START}
     assert names == {"data-disk", "self", "peer", "no-auto", "dry-run", "mode", "qemu"}
     opts = launch.options_from_params("d.qcow2", "http://a", "http://b", True)
     assert opts == launch.StartOptions(Path("d.qcow2"), "http://a", "http://b", True)
@@ -304,14 +305,15 @@ def test_snp_start_runs_the_snp_command_line(measured, tmp_path, monkeypatch):
     monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
         q, (9, 2, 0), frozenset({"EPYC-v4"})))
 
-    def spawn(argv, files):
-        seen["argv"] = argv
+    def spawn(argv, **how):
+        seen["argv"], seen["how"] = argv, how
         raise _Spawned()
-    monkeypatch.setattr(launch, "_spawn", spawn)
+    monkeypatch.setattr(hrun, "spawn", spawn)
     with pytest.raises(_Spawned):
         launch.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
                         image=image, hash_tree=tree, options=launch.StartOptions())
     argv = seen["argv"]
+    assert seen["how"] == {"log": qemu.RunFiles(paths.run_dir).qemu_log, "detach": True}
     assert argv[0] == sys.executable
     assert argv[argv.index("-accel") + 1] == "kvm"
     assert "confidential-guest-support=sev0" in argv[argv.index("-machine") + 1]
@@ -342,10 +344,10 @@ def test_start_runs_exactly_the_line_its_dry_run_prints(measured, tmp_path, monk
     monkeypatch.setattr(launch, "cached_kvm_boots_guest", probe)
     seen: dict = {}
 
-    def spawn(argv, files):
-        seen["argv"] = argv
+    def spawn(argv, **how):
+        seen["argv"], seen["how"] = argv, how
         raise _Spawned()
-    monkeypatch.setattr(launch, "_spawn", spawn)
+    monkeypatch.setattr(hrun, "spawn", spawn)
     kwargs = dict(vm_config=tmp_path / "vm-config.toml", measurement=m, image=image,
                   hash_tree=tree)
     launch.start_vm(cfg, paths, options=launch.StartOptions(dry_run=True), **kwargs)

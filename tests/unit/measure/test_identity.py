@@ -4,6 +4,8 @@ and the launcher's use of them (the exact QEMU option it builds)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import os
 import stat
@@ -15,10 +17,10 @@ from cryptography.hazmat.primitives import serialization
 
 from hbos import config as hconfig
 from hbos.errors import IdentityError, LaunchError
-from hbos.launch import node_http, plan as launch_plan, qemu, start as launch
-from hbos.measure import digest as measure, idblock, identity, nodeconfig as hostdata
+from hbos.launch import plan as launch_plan, qemu, start as launch
+from hbos.measure import idblock, identity, launch_files, nodeconfig
 from hbos.paths import Paths
-from hbos.stages import vmconfig
+from hbos.stages import measure, vmconfig
 
 VEC = Path(__file__).resolve().parents[2] / "vectors" / "idblock"
 
@@ -189,7 +191,7 @@ def build(tmp_path, amdsev_ovmf):
     vm_config = tmp_path / "vm-config.toml"
     vm_config.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=amdsev_ovmf,
                                          cmdline="console=ttyS0"))
-    measure.measure_vm_config(vm_config, paths.measurement,
+    measure.write_measurement(vm_config, paths.measurement,
                               extra=lambda rec: identity.measurement_fields(cfg, rec))
     return cfg, paths, vm_config
 
@@ -204,7 +206,7 @@ def test_measurement_records_digests_and_host_data(build):
     assert len(rec["id_key_digest"]) == 96 and len(rec["author_key_digest"]) == 96
     assert rec["guest_svn"] == 7
     assert len(rec["host_data"]) == 64
-    assert rec["host_data"] == hostdata.host_data(rec["node_configuration"])
+    assert rec["host_data"] == nodeconfig.host_data(rec["node_configuration"])
 
 
 def test_identity_disabled_records_null_digests(tmp_path):
@@ -248,7 +250,8 @@ def test_launcher_passes_id_block_auth_and_host_data_to_qemu(build):
     idblock.write_id_block(cfg, paths)
     rec = json.loads(paths.measurement.read_text())
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
-    gen = launch.launch_identity(cfg, rec, vm, launch.StartOptions(), paths.identity_dir, "snp")
+    body = nodeconfig.post_start_for(cfg, rec)
+    gen = launch.checked_identity(rec, vm, body, paths.identity_dir, "snp")
     cfg = hconfig.load(overlay=Path(cfg.sources[-1]))
     snp = launch_plan.snp_options(dataclass_replace_launch(cfg, cbitpos=51), gen)
     obj = qemu.sev_snp_object(vm, snp, "upstream")
@@ -263,7 +266,6 @@ def test_launcher_passes_id_block_auth_and_host_data_to_qemu(build):
 
 
 def dataclass_replace_launch(cfg, **changes):
-    import dataclasses
     return dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, **changes))
 
 
@@ -273,12 +275,13 @@ def test_launcher_refuses_an_id_block_for_another_measurement(build):
     rec = json.loads(paths.measurement.read_text())
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     other = dict(rec, expected_hash="ab" * 48)
+    body = nodeconfig.post_start_for(cfg, rec)
     with pytest.raises(IdentityError, match="LD"):
-        launch.launch_identity(cfg, other, vm, launch.StartOptions(), paths.identity_dir, "snp")
-    import dataclasses
+        launch.checked_identity(other, vm, nodeconfig.post_start_for(cfg, other), paths.identity_dir,
+                                "snp")
     with pytest.raises(IdentityError, match="policy"):
-        launch.launch_identity(cfg, rec, dataclasses.replace(vm, guest_policy=0xB0000),
-                               launch.StartOptions(), paths.identity_dir, "snp")
+        launch.checked_identity(rec, dataclasses.replace(vm, guest_policy=0xB0000), body,
+                                paths.identity_dir, "snp")
 
 
 # ----------------------------------------------------------------- HOST_DATA
@@ -287,45 +290,44 @@ def test_launcher_refuses_an_id_block_for_another_measurement(build):
 def test_host_data_follows_the_post_start_body_and_nothing_else(build):
     cfg, paths, _vm_config = build
     rec = json.loads(paths.measurement.read_text())
-    base = hostdata.node_configuration(cfg, rec)
-    peer = hostdata.node_configuration(
-        cfg, rec, launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2"))
-    quiet = hostdata.node_configuration(cfg, rec, launch.StartOptions(no_auto=True))
+    base = nodeconfig.node_configuration(cfg, rec)
+    urls = launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2").post_start
+    peer = nodeconfig.node_configuration(cfg, rec, urls)
+    quiet = nodeconfig.node_configuration(cfg, rec, nodeconfig.PostStartOptions(no_auto=True))
     # post-start is on by default (issue 13): the default body is what start sends
-    assert base["post_start"] == node_http.post_start_for(cfg, rec, launch.StartOptions())
+    assert base["post_start"] == nodeconfig.post_start_for(cfg, rec, launch.StartOptions().post_start)
     assert base["post_start"]["snp_trusted"] and quiet["post_start"] is None
-    assert peer["post_start"] == node_http.post_start_for(
-        cfg, rec, launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2"))
-    assert len({hostdata.host_data(d) for d in (base, peer, quiet)}) == 3
+    assert peer["post_start"] == nodeconfig.post_start_for(cfg, rec, urls)
+    assert peer["post_start"]["self"] == "http://me:1" and peer["post_start"]["peer"] == "http://peer:2"
+    assert len({nodeconfig.host_data(d) for d in (base, peer, quiet)}) == 3
     # the same configuration gives the same HOST_DATA; it is sha256 of the canonical JSON
-    assert hostdata.host_data(hostdata.node_configuration(cfg, rec)) == hostdata.host_data(base)
-    import hashlib
-    assert hostdata.host_data(base) == hashlib.sha256(
+    assert nodeconfig.host_data(nodeconfig.node_configuration(cfg, rec)) == nodeconfig.host_data(base)
+    assert nodeconfig.host_data(base) == hashlib.sha256(
         json.dumps(base, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def test_host_data_follows_config_flat(tmp_path):
-    from hbos.stages import content
     a = hconfig.load()
     over = tmp_path / "o.yaml"
     over.write_text("content: {hyperbeam_config: ['mode: debug']}\n")
     b = hconfig.load(overlay=over)
-    assert content.render_config_flat(a) != content.render_config_flat(b)
-    assert hostdata.node_configuration(a, {}) != hostdata.node_configuration(b, {})
-    assert hostdata.node_configuration(a, {}) == hostdata.node_configuration(hconfig.load(), {})
+    assert nodeconfig.render_config_flat(a) != nodeconfig.render_config_flat(b)
+    assert nodeconfig.node_configuration(a, {}) != nodeconfig.node_configuration(b, {})
+    assert nodeconfig.node_configuration(a, {}) == nodeconfig.node_configuration(hconfig.load(), {})
 
 
 def test_launch_refuses_snp_with_a_configuration_other_than_the_measured(build):
     cfg, paths, vm_config = build
     rec = json.loads(paths.measurement.read_text())
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
-    opts = launch.StartOptions(self_url="http://me:1")
+    other = nodeconfig.post_start_for(cfg, rec, launch.StartOptions(self_url="http://me:1").post_start)
     with pytest.raises(LaunchError, match="HOST_DATA"):
-        launch.launch_identity(cfg, rec, vm, opts, None, "snp")
+        launch.checked_identity(rec, vm, other, None, "snp")
     # emulated: a note, no HOST_DATA passed, no refusal
-    assert "host_data" in launch.launch_identity(cfg, rec, vm, opts, None, "emulated")
-    assert launch.launch_identity(cfg, rec, vm, launch.StartOptions(), None, "snp")["host_data"] == \
-        hostdata.to_b64(rec["host_data"])
+    assert "host_data" in launch.checked_identity(rec, vm, other, None, "emulated")
+    measured = nodeconfig.post_start_for(cfg, rec, launch.StartOptions().post_start)
+    assert launch.checked_identity(rec, vm, measured, None, "snp")["host_data"] == \
+        nodeconfig.to_b64(rec["host_data"])
 
 
 # ----------------------------------------------------------------- the graph
@@ -351,16 +353,14 @@ def test_graph_identity_tasks(tmp_path):
 
 
 def test_launch_files_prefer_explicit_launch_files(build, tmp_path):
-    import dataclasses
     cfg, paths, _ = build
-    files = idblock.launch_files(cfg, paths)
+    files = launch_files.resolve(cfg, paths)
     assert files == {"id_block": paths.id_block, "id_auth": paths.id_auth,
                      "host_data": paths.host_data}
     mine = tmp_path / "mine.b64"
     cfg2 = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, host_data=str(mine)),
                                identity=dataclasses.replace(cfg.identity, enabled=False))
-    assert idblock.launch_files(cfg2, paths) == {"id_block": None, "id_auth": None,
-                                                 "host_data": mine}
+    assert launch_files.resolve(cfg2, paths) == {"host_data": mine}
 
 
 def test_graph_measure_reruns_exactly_when_the_node_configuration_changes(tmp_path, amdsev_ovmf):
@@ -405,7 +405,7 @@ def test_graph_measure_reruns_exactly_when_the_node_configuration_changes(tmp_pa
     assert p["host_data"] != b0["host_data"] and p["expected_hash"] == b0["expected_hash"]
     a, b = measured(base), measured(node)
     assert a["host_data"] != b["host_data"]
-    assert hostdata.to_b64(b["host_data"]) == paths.host_data.read_text().strip()
+    assert nodeconfig.to_b64(b["host_data"]) == paths.host_data.read_text().strip()
     assert {k: v for k, v in a.items() if k not in ("host_data", "node_configuration")} == \
         {k: v for k, v in b.items() if k not in ("host_data", "node_configuration")}
     assert a["node_configuration"]["post_start"] == b["node_configuration"]["post_start"]

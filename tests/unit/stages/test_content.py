@@ -14,6 +14,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.errors import BuildError, ConfigError
+from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import content, docker
 from hbos.util import fsutil, tree as htree
@@ -149,7 +150,7 @@ def test_docker_source_runs_exact_commands_and_never_edits_the_dockerfile(tmp_pa
     ctx = paths.content_dir / "docker-context"
     assert sorted(p.name for p in ctx.iterdir()) == sorted(
         {p.name for p in dockerfile.parent.iterdir()} | {"config.flat", "cu-mode-check.sh"})
-    assert (ctx / "config.flat").read_text() == content.render_config_flat(cfg)
+    assert (ctx / "config.flat").read_text() == nodeconfig.render_config_flat(cfg)
     assert listed["opt/hyperbeam/cache-mainnet"]["target"] == "/var/lib/hyperbeam/cache-mainnet"
     assert listed["etc/systemd/system/multi-user.target.wants/hbos-data.service"]["target"] \
         == "../hbos-data.service"
@@ -311,7 +312,7 @@ def test_units_follow_config(tmp_path):
     assert 'Environment="HB_PRINT=dev_meta"\n' in unit
     assert 'Environment="MSG=50%% \\"quoted\\""\n' in unit
     assert "WantedBy=multi-user.target" in unit
-    assert content.render_config_flat(cfg) == "port: 8734\noperator: unclaimed\nmode: prod\n"
+    assert nodeconfig.render_config_flat(cfg) == "port: 8734\noperator: unclaimed\nmode: prod\n"
     cu = content.render_cu_unit(cfg)
     assert "ExecStartPre=/opt/node/bin/node /opt/hbos/cu-wallet.js /var/lib/cu/wallet.json" in cu
     env = content.render_cu_env(cfg)

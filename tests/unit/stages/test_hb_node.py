@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hbos import config as hconfig
 from hbos.launch import node_http, qemu, start as launch
+from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import content, hb_node
 
@@ -155,10 +156,10 @@ def test_volume_tools_and_erts_libraries_are_in_the_guest_root():
 
 def test_config_flat_has_hb_os_port_and_operator(tmp_path):
     cfg, _ = load(tmp_path)
-    assert content.render_config_flat(cfg) == "port: 10000\noperator: unclaimed\n"
+    assert nodeconfig.render_config_flat(cfg) == "port: 10000\noperator: unclaimed\n"
     cfg, _ = load(tmp_path, "content: {hyperbeam_operator: abc_DEF-1, "
                             "hyperbeam_config: ['mode: prod']}\n")
-    assert content.render_config_flat(cfg) == "port: 10000\noperator: abc_DEF-1\nmode: prod\n"
+    assert nodeconfig.render_config_flat(cfg) == "port: 10000\noperator: abc_DEF-1\nmode: prod\n"
 
 
 # ------------------------------------------------- 7. post-start
@@ -166,11 +167,11 @@ def test_config_flat_has_hb_os_port_and_operator(tmp_path):
 
 def test_post_start_body_is_hb_os_server_jsonc(tmp_path):
     cfg, _ = load(tmp_path)
-    body = node_http.post_start_body(RECORD, cfg.post_start.settings,
-                                     node_http.self_url(cfg))
+    body = nodeconfig.post_start_body(RECORD, cfg.post_start.settings,
+                                     nodeconfig.self_url(cfg))
     assert body == {
         "operator": "trustless", "initialized": "permanent",
-        "snp_trusted": [{k: RECORD[k] for k in node_http.TRUSTED_KEYS}],
+        "snp_trusted": [{k: RECORD[k] for k in nodeconfig.TRUSTED_KEYS}],
         "self": "http://localhost:80"}
     assert "expected_hash" not in json.dumps(body)
 
@@ -179,20 +180,20 @@ def test_post_start_settings_types_self_and_peer(tmp_path):
     cfg, _ = load(tmp_path, "post_start: {self_url: 'http://node.example', settings: "
                             "['router_price: 250', 'force_signed: true', 'mode: prod']}\n",
                   profile="local")
-    assert node_http.self_url(cfg) == "http://node.example"
-    assert node_http.self_url(cfg, "http://given:1") == "http://given:1"
-    body = node_http.post_start_body(RECORD, cfg.post_start.settings, "http://s", "http://p")
+    assert nodeconfig.self_url(cfg) == "http://node.example"
+    assert nodeconfig.self_url(cfg, "http://given:1") == "http://given:1"
+    body = nodeconfig.post_start_body(RECORD, cfg.post_start.settings, "http://s", "http://p")
     assert body["router_price"] == 250 and body["force_signed"] is True
     assert body["mode"] == "prod" and body["peer"] == "http://p"
     local, _ = load(tmp_path, profile="local")
-    assert node_http.self_url(local) == "http://localhost:10000"
+    assert nodeconfig.self_url(local) == "http://localhost:10000"
 
 
 def test_post_start_is_on_by_default_and_no_auto_is_a_start_option():
     assert hconfig.load().post_start.auto is True
     assert launch.options_from_params(no_auto=True).no_auto
-    assert node_http.post_start_body(RECORD, ("initialized: permanent",), "http://me") == \
-        {"initialized": "permanent", "snp_trusted": [node_http.snp_trusted(RECORD)],
+    assert nodeconfig.post_start_body(RECORD, ("initialized: permanent",), "http://me") == \
+        {"initialized": "permanent", "snp_trusted": [nodeconfig.snp_trusted(RECORD)],
          "self": "http://me"}
 
 
@@ -252,7 +253,7 @@ def test_the_local_profile_forwards_the_node_port_on_loopback(tmp_path):
     cfg, _ = load(tmp_path, profile="local")
     for mode in ("emulated", "snp"):
         assert node_http.forwards(cfg, mode, False) == (qemu.Forward(10000, 10000, "127.0.0.1"),)
-    assert node_http.host_port(cfg) == 10000
+    assert nodeconfig.host_port(cfg) == 10000
 
 
 def test_explicit_addresses_win(tmp_path):
@@ -296,7 +297,7 @@ def test_post_start_placeholders_and_follow_up_calls_as_hb_os(tmp_path):
     lines = ("router_peer_location: $PEER", "router_prefix: $SELF",
              "green_zone_peer_location: http://gz:80", "green_zone_peer_id: abc",
              "green_zone_adopt_config: false", "green_zone_required_config: x")
-    body = node_http.post_start_body(RECORD, lines, "http://me:80", "http://router:80")
+    body = nodeconfig.post_start_body(RECORD, lines, "http://me:80", "http://router:80")
     assert body["router_peer_location"] == "http://router:80"
     assert body["router_prefix"] == "http://me:80"
     assert node_http.follow_up_calls(body) == [
@@ -306,7 +307,7 @@ def test_post_start_placeholders_and_follow_up_calls_as_hb_os(tmp_path):
         ("/~greenzone@1.0/become", {"peer-location": "http://gz:80", "peer-id": "abc"}),
         ("/~greenzone@1.0/init", {})]
     cfg, _ = load(tmp_path)
-    default = node_http.post_start_body(RECORD, cfg.post_start.settings, "http://me")
+    default = nodeconfig.post_start_body(RECORD, cfg.post_start.settings, "http://me")
     assert node_http.follow_up_calls(default) == []
 
 

@@ -186,10 +186,9 @@ def test_config_error_for_a_bad_value_is_not_a_declaration_problem(tmp_path):
 
 def test_measure_declares_what_the_node_configuration_reads(monkeypatch):
     """HOST_DATA hashes config.flat and the post-start body: measure's view holds all they read."""
-    from hbos.launch import start as launch
-    from hbos.measure import nodeconfig as hostdata
+    from hbos.measure import nodeconfig
     monkeypatch.setenv(hconfig.STRICT_ENV, "1")
     cfg = hconfig.load()
     view = stages.MEASURE.reads.view(cfg, "measure")
-    assert hostdata.node_configuration(view, {}) == hostdata.node_configuration(cfg, {})
-    assert hostdata.node_configuration(view, {}, launch.StartOptions(self_url="http://x:1"))
+    assert nodeconfig.node_configuration(view, {}) == nodeconfig.node_configuration(cfg, {})
+    assert nodeconfig.node_configuration(view, {}, nodeconfig.PostStartOptions(self_url="http://x:1"))
