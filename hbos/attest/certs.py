@@ -33,7 +33,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.utils import CryptographyDeprecationWarning
 
+from hbos.attest.report import read_bounded
 from hbos.errors import AttestationError
 
 PRODUCTS = ("Milan", "Genoa", "Turin")
@@ -70,13 +72,9 @@ def product_name(product: str) -> str:
 def _serial_warning_filter() -> warnings.catch_warnings:
     ctx = warnings.catch_warnings()
     ctx.__enter__()
-    try:
-        from cryptography.utils import CryptographyDeprecationWarning
-        # Only the non-positive-serial warning: AMD's VCEKs have serial 0 by design.
-        warnings.filterwarnings("ignore", message=r".*serial number.*",
-                                category=CryptographyDeprecationWarning)
-    except ImportError:  # pragma: no cover - older cryptography has no such warning
-        pass
+    # Only the non-positive-serial warning: AMD's VCEKs have serial 0 by design.
+    warnings.filterwarnings("ignore", message=r".*serial number.*",
+                            category=CryptographyDeprecationWarning)
     return ctx
 
 
@@ -110,7 +108,6 @@ def serial_number(cert: x509.Certificate) -> int:
 
 def read_cert_bytes(path: str | Path, what: str = "certificate") -> bytes:
     """A certificate/CRL file, bounded (see report.read_bounded)."""
-    from hbos.attest.report import read_bounded
     return read_bounded(path, MAX_CERT_FILE, what)
 
 

@@ -1,4 +1,4 @@
-"""Will a HyperBEAM peer accept this node? `snp_trusted` entries and `hbos hyperbeam-check`.
+"""Will a HyperBEAM peer accept this node? `snp_trusted` entries and the peer's own digest.
 
 A HyperBEAM node verifies a peer's attestation (its `dev_snp` device, read at
 permaweb/HyperBEAM's snp_verification / snp_launch_digest* / snp_ovmf /
@@ -24,6 +24,8 @@ reports in HyperBEAM's own test data (test/snp_attestation and
 test/admissible-report.eterm, commit b2743e4) from their trusted entries gives
 their MEASUREMENT with this layout and not with the 202405 one. A unit test
 checks the table against tests/vectors/measurement/ovmf_AmdSev_suffix_pre202405.bin.
+
+`hbos hyperbeam-check` (hbos.cli.hyperbeam_check) runs check() and prints its verdict.
 """
 
 from __future__ import annotations
@@ -33,55 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sevsnpmeasure.gctx import GCTX
-from sevsnpmeasure.guest import snp_update_metadata_pages
-from sevsnpmeasure.ovmf import OvmfSevMetadataSectionDesc, SectionType
-from sevsnpmeasure.sev_mode import SevMode
-from sevsnpmeasure.vcpu_types import CPU_SIGS
-from sevsnpmeasure.vmm_types import VMMType
-from sevsnpmeasure.vmsa import VMSA
-
+from hbos.attest.report import Report
 from hbos.errors import MeasurementError
+from hbos.measure import sevsnp
+from hbos.measure.digest import RUST_CPU_TYPES, RUST_VMM_TYPES, Firmware, LaunchInputs, parse_inputs
+from hbos.util.fsutil import write_text
 
 COMMITTED_PARAMETERS = ("vcpus", "vcpu_type", "vmm_type", "guest_features", "firmware",
                         "kernel", "initrd", "append")
 
-
-@dataclass(frozen=True)
-class OvmfLayout:
-    """What of an OVMF the launch digest depends on besides its pages: the SEV metadata
-    sections (type, gpa, size), the SEV-ES reset EIP and the SEV hashes table GPA. Duck-types
-    the parts of sevsnpmeasure's OVMF that snp_update_metadata_pages uses."""
-    name: str
-    sections: tuple[tuple[str, int, int], ...]
-    reset_eip: int
-    hashes_table_gpa: int | None
-
-    @classmethod
-    def of(cls, ovmf, name: str) -> "OvmfLayout":
-        hashes = ovmf.sev_hashes_table_gpa() \
-            if ovmf.has_metadata_section(SectionType.SNP_KERNEL_HASHES) else None
-        return cls(name, tuple((d.section_type().name, d.gpa, d.size)
-                               for d in ovmf.metadata_items()),
-                   ovmf.sev_es_reset_eip(), hashes)
-
-    def metadata_items(self) -> list[OvmfSevMetadataSectionDesc]:
-        return [OvmfSevMetadataSectionDesc(gpa, size, SectionType[kind].value)
-                for kind, gpa, size in self.sections]
-
-    def has_metadata_section(self, kind: SectionType) -> bool:
-        return any(k == kind.name for k, _, _ in self.sections)
-
-    def sev_hashes_table_gpa(self) -> int:
-        if self.hashes_table_gpa is None:
-            raise MeasurementError(f"{self.name} has no SEV hashes table")
-        return self.hashes_table_gpa
-
-    def sev_es_reset_eip(self) -> int:
-        return self.reset_eip
-
-
-HYPERBEAM_REFERENCE = OvmfLayout(
+HYPERBEAM_REFERENCE = sevsnp.OvmfLayout(
     name="HyperBEAM's reference OVMF-1.55.fd",
     sections=(("SNP_SEC_MEM", 0x800000, 0x9000), ("SNP_SEC_MEM", 0x80A000, 0x3000),
               ("SNP_SECRETS", 0x80D000, 0x1000), ("CPUID", 0x80E000, 0x1000),
@@ -96,7 +59,6 @@ def trusted_entry(record: dict[str, Any], source: str = "measurement.json") -> d
     """The `snp_trusted` entry of a build, in HyperBEAM's format: the eight committed
     parameters, integers for vcpus / vcpu_type (the sev crate's CpuType) / vmm_type
     (1 QEMU, 2 EC2) / guest_features, lower-case hex for the four hashes."""
-    from hbos.measure.digest import RUST_CPU_TYPES, RUST_VMM_TYPES, parse_inputs
     inputs, fw = parse_inputs(record, source)
     if fw is None:
         raise MeasurementError(f"{source} has no firmware launch hash, so there is no "
@@ -120,7 +82,6 @@ def trusted_entry(record: dict[str, Any], source: str = "measurement.json") -> d
 def write_trusted(path: str | Path, record: dict[str, Any]) -> list[dict[str, Any]]:
     """build/snp_trusted.json: HyperBEAM's `snp_trusted` list (one entry, or none when the
     build has no firmware hash)."""
-    from hbos.util.fsutil import write_text
     try:
         entries = [trusted_entry(record)]
     except MeasurementError:
@@ -132,42 +93,40 @@ def write_trusted(path: str | Path, record: dict[str, Any]) -> list[dict[str, An
 # -------------------------------------------------------------- the digest
 
 
-def peer_digest(entry: dict[str, Any], layout: OvmfLayout = HYPERBEAM_REFERENCE) -> str:
+def peer_digest(entry: dict[str, Any], layout: sevsnp.OvmfLayout = HYPERBEAM_REFERENCE) -> str:
     """The launch digest a HyperBEAM peer computes from `entry` (its algorithm: firmware hash
     as the GCTX seed, metadata / hashes table / reset EIP from `layout`)."""
-    from hbos.measure.digest import RUST_CPU_TYPES, RUST_VMM_TYPES, LaunchInputs, sev_hashes
     cpu = RUST_CPU_TYPES[entry["vcpu_type"]]
-    vmm = VMMType[RUST_VMM_TYPES[entry["vmm_type"]]]
     inputs = LaunchInputs(entry["kernel"], entry["initrd"], entry["append"], entry["vcpus"],
-                          cpu, entry["guest_features"])
-    gctx = GCTX(seed=bytes.fromhex(entry["firmware"]))
-    try:
-        snp_update_metadata_pages(gctx, layout, sev_hashes(inputs), vmm)
-    except (RuntimeError, ValueError, AssertionError) as exc:
-        raise MeasurementError(f"{layout.name}: {exc}") from None
-    vmsa = VMSA(SevMode.SEV_SNP, layout.sev_es_reset_eip(), CPU_SIGS[cpu],
-                entry["guest_features"], vmm)
-    for page in vmsa.pages(entry["vcpus"]):
-        gctx.update_vmsa_page(page)
-    return gctx.ld().hex()
+                          cpu, entry["guest_features"], RUST_VMM_TYPES[entry["vmm_type"]])
+    return sevsnp.launch_digest(
+        bytes.fromhex(entry["firmware"]), layout, inputs.kernel_hashes(), vcpus=inputs.vcpus,
+        cpu_signature=sevsnp.CPU_SIGNATURES[cpu], guest_features=inputs.guest_features,
+        vmm_type=inputs.vmm_type).hex()
 
 
-def first_difference(ours: OvmfLayout, ref: OvmfLayout) -> str | None:
+def first_difference(ours: sevsnp.OvmfLayout, ref: sevsnp.OvmfLayout) -> str | None:
     """The first way `ours` lays out what the digest measures differently from `ref`."""
     for i in range(max(len(ours.sections), len(ref.sections))):
         a = ours.sections[i] if i < len(ours.sections) else None
         b = ref.sections[i] if i < len(ref.sections) else None
         if a != b:
-            def show(s):
-                return "nothing" if s is None else f"{s[0]} at {s[1]:#x} ({s[2]:#x} bytes)"
-            return (f"metadata section {i + 1}: our OVMF has {show(a)}, {ref.name} has "
-                    f"{show(b)}")
+            return (f"metadata section {i + 1}: our OVMF has {_section(a)}, {ref.name} has "
+                    f"{_section(b)}")
     if ours.reset_eip != ref.reset_eip:
-        return f"reset EIP: ours {ours.reset_eip:#x}, {ref.name} {ref.reset_eip:#x}"
+        return f"reset EIP: ours {_address(ours.reset_eip)}, {ref.name} {_address(ref.reset_eip)}"
     if ours.hashes_table_gpa != ref.hashes_table_gpa:
-        return (f"SEV hashes table: ours at {ours.hashes_table_gpa or 0:#x}, {ref.name} at "
-                f"{ref.hashes_table_gpa or 0:#x}")
+        return (f"SEV hashes table: ours at {_address(ours.hashes_table_gpa)}, {ref.name} at "
+                f"{_address(ref.hashes_table_gpa)}")
     return None
+
+
+def _section(s: tuple[str, int, int] | None) -> str:
+    return "nothing" if s is None else f"{s[0]} at {s[1]:#x} ({s[2]:#x} bytes)"
+
+
+def _address(value: int | None) -> str:
+    return "none" if value is None else f"{value:#x}"
 
 
 @dataclass
@@ -189,11 +148,10 @@ class Check:
                 "reason": self.reason, "report": self.report_lines}
 
 
-def check(record: dict[str, Any], *, ovmf: str | None = None, report=None,
+def check(record: dict[str, Any], *, ovmf: str | None = None, report: Report | None = None,
           product: str | None = None, source: str = "measurement.json") -> Check:
     """Does HyperBEAM's algorithm, fed our snp_trusted entry, reproduce our digest (and the
     report's MEASUREMENT)? Names the first difference."""
-    from hbos.measure.digest import Firmware
     entry = trusted_entry(record, source)
     ours = record.get("expected_hash")
     peers = peer_digest(entry)
@@ -202,8 +160,7 @@ def check(record: dict[str, Any], *, ovmf: str | None = None, report=None,
         fw_path = ovmf or ((record.get("files") or {}).get("firmware") or {}).get("path")
         diff = None
         if fw_path and Path(fw_path).is_file():
-            layout = OvmfLayout.of(Firmware(fw_path).ovmf, f"our OVMF ({fw_path})")
-            diff = first_difference(layout, HYPERBEAM_REFERENCE)
+            diff = first_difference(Firmware(fw_path).image.layout, HYPERBEAM_REFERENCE)
         if diff:
             reason = (f"{diff}: a peer lays our firmware hash over its own reference OVMF "
                       "layout, so it computes another digest")
@@ -220,9 +177,11 @@ def check(record: dict[str, Any], *, ovmf: str | None = None, report=None,
     return Check(entry, ours, peers, reason, lines, ok)
 
 
-def _report_checks(rep, ours, peers, product) -> tuple[bool, list[str]]:
+def _report_checks(rep: Report, ours: str | None, peers: str,
+                   product: str | None) -> tuple[bool, list[str]]:
     """HyperBEAM's own steps that can be reproduced offline, on a report."""
-    lines, ok = [], True
+    lines: list[str] = []
+    ok = True
     m = rep.measurement.hex()
     if m == peers:
         lines.append("ok    MEASUREMENT equals the digest a peer computes")
@@ -266,33 +225,3 @@ def format_check(c: Check) -> str:
     lines.append("a HyperBEAM peer ACCEPTS this node" if c.accepted else
                  "a HyperBEAM peer REJECTS this node")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ CLI
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--inputs", required=True, metavar="FILE",
-                   help="the build's or release's measurement.json")
-    p.add_argument("--report", metavar="FILE", help="an attestation report of the node")
-    p.add_argument("--ovmf", metavar="FILE", help="our OVMF (default: the one measurement.json "
-                                                  "names), to name a layout difference")
-    p.add_argument("--product", metavar="NAME", help="Milan, Genoa or Turin (default: from the "
-                                                     "report)")
-    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
-
-
-def main(args) -> int:
-    from hbos.attest import report as reportmod, verify as attest
-    from hbos.errors import AttestationError
-    for key in ("inputs", "report", "ovmf", "product"):
-        if getattr(args, key) is not None and not getattr(args, key).strip():
-            raise AttestationError(f"--{key} is empty", hint="give a value or leave it out")
-    record = attest.load_measurement_json(args.inputs)
-    rep = reportmod.load(args.report) if args.report else None
-    c = check(record, ovmf=args.ovmf, report=rep, product=args.product, source=args.inputs)
-    if args.json:
-        print(json.dumps(c.as_dict(), indent=2))
-    else:
-        print(format_check(c))
-    return 0 if c.accepted else 1

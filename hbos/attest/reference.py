@@ -23,8 +23,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hbos.attest.report import Tcb
+from hbos import __version__
+from hbos.attest import certs
+from hbos.attest.report import Tcb, read_bounded
+from hbos.attest.verify import measurement_expectation
 from hbos.errors import AttestationError
+from hbos.util.fsutil import write_json
 
 FORMAT = "hbos-reference-values/1"
 MAX_FILE = 1024 * 1024
@@ -70,9 +74,6 @@ def _tcb(value: Any, where: str) -> dict[str, int]:
 
 def from_measurement(record: dict[str, Any], source: str = "measurement.json") -> dict[str, Any]:
     """Reference values of a build, from its measurement.json record (hbos.measure.digest)."""
-    from hbos import __version__
-    from hbos.attest import certs
-    from hbos.attest.verify import measurement_expectation
 
     fields = measurement_expectation(record, source)
     vm = record.get("vm") or {}
@@ -98,7 +99,6 @@ def from_measurement(record: dict[str, Any], source: str = "measurement.json") -
 
 
 def write(path: str | Path, record: dict[str, Any], source: str = "measurement.json") -> dict:
-    from hbos.util.fsutil import write_json
     ref = from_measurement(record, source)
     write_json(path, ref)
     return ref
@@ -129,7 +129,6 @@ def validate(data: Any, source: str) -> dict[str, Any]:
     if data.get("min_tcb") is not None:
         if not isinstance(data["min_tcb"], dict):
             raise AttestationError(f"{source}: min_tcb must be an object {{product: TCB}}")
-        from hbos.attest import certs
         out["min_tcb"] = {}
         for product, tcb in data["min_tcb"].items():
             try:
@@ -149,7 +148,6 @@ def validate(data: Any, source: str) -> dict[str, Any]:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    from hbos.attest.report import read_bounded
     raw = read_bounded(path, MAX_FILE, "reference values file")
     try:
         data = json.loads(raw.decode("utf-8"))

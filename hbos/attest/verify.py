@@ -51,6 +51,7 @@ from hbos.attest.report import (
     SIG_ALGO_ECDSA_P384_SHA384,
     Report,
     Tcb,
+    read_bounded,
 )
 from hbos.errors import AttestationError
 
@@ -523,7 +524,6 @@ def parse_hex_bytes(value: str, size: int, what: str, *, pad: bool = False) -> b
 
 
 def load_measurement_json(path: str | Path) -> dict[str, Any]:
-    from hbos.attest.report import read_bounded
     p = Path(path)
     try:
         text = read_bounded(p, MAX_MEASUREMENT_JSON, "measurement file").decode("utf-8")

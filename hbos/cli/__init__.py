@@ -18,14 +18,15 @@ from hbos.errors import HbosError
 COMMANDS: dict[str, tuple[str, str]] = {
     "measure": ("hbos.cli.measure", "recompute the expected launch digest from measurement.json "
                                     "or inputs.json and an OVMF file"),
-    "check-host": ("hbos.host.check", "check whether this host can run SEV-SNP guests (table of "
-                                "pass/fail/unknown with fixes; exit 1 when it cannot)"),
+    "check-host": ("hbos.cli.check_host", "check whether this host can run SEV-SNP guests (table of "
+                                          "pass/fail/unknown with fixes; exit 1 when it cannot)"),
     "verify-report": ("hbos.cli.verify_report", "verify an SEV-SNP attestation report (signature, AMD "
                                          "chain, chip, TCB, policy, measurement; exit 1 on "
                                          "failure)"),
-    "hyperbeam-check": ("hbos.attest.peer", "would a HyperBEAM peer accept this node? recompute our "
-                                          "snp_trusted entry's digest as HyperBEAM does, name the "
-                                          "first difference (exit 1 when a peer would refuse)"),
+    "hyperbeam-check": ("hbos.cli.hyperbeam_check", "would a HyperBEAM peer accept this node? "
+                                                  "recompute our snp_trusted entry's digest as "
+                                                  "HyperBEAM does, name the first difference "
+                                                  "(exit 1 when a peer would refuse)"),
     "verify-release": ("hbos.cli.verify_release", "verify a release tarball or directory offline: "
                                            "files against its manifest, the recomputed launch "
                                            "digest (exit 1 when refused)"),

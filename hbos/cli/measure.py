@@ -2,7 +2,8 @@
 
 A HyperBEAM node that checks a peer holds only the peer's measurement inputs
 (kernel/initrd/cmdline hashes, vCPUs, CPU type, guest features, firmware
-launch hash) and the firmware file; this recomputes the digest from those.
+launch hash) and the firmware file; this recomputes the digest from those and
+prints it (or a JSON object with --json).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    for key in ("inputs", "ovmf"):
+        if not getattr(args, key).strip():
+            raise MeasurementError(f"--{key} is empty", hint="give a file")
     inputs, fw_hash, data = load_inputs(args.inputs)
     if args.vcpus is not None:
         limits.check_range(limits.VCPUS, args.vcpus, "--vcpus", "measure", MeasurementError)

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hbos.attest import certs, kds, reference, report as reportmod, verify as attest
+from hbos.attest import certs, kds, reference, report as reportmod, verify
 from hbos.attest.report import parse_tcb
 from hbos.errors import AttestationError, MeasurementError
+from hbos.measure import digest, explain
 from hbos.tasks import params as task_params
 
 DEFAULT_CACHE = Path.home() / ".cache" / "hbos" / "certs"
@@ -33,7 +34,7 @@ def obtain_certs(rep: reportmod.Report, *, product: str | None, vcek_path: str |
     SIGNING_KEY decides which chain applies: ARK -> ASK -> VCEK or ARK -> ASVK -> VLEK."""
     kind = rep.signing_key
     vcek = certs.load_cert_file(vcek_path) if vcek_path else None
-    prod = attest.resolve_product(product, rep, vcek)
+    prod = verify.resolve_product(product, rep, vcek)
     if kind == "VLEK" and vcek is None:
         raise AttestationError(
             "the report is signed with a VLEK, which AMD's KDS does not hand out",
@@ -63,32 +64,30 @@ def crl_file_name(product: str, kind: str) -> str:
 
 
 def obtain_revocation(chain: certs.Chain, *, crl_path: str | None, certs_dir: str | None,
-                      kds_url: str, cache: Path) -> attest.Revocation:
+                      kds_url: str, cache: Path) -> verify.Revocation:
     """The CRL: --crl FILE; else with --certs-dir (offline) DIR/crl_<product>.der when
     present; else AMD's KDS (cached until its nextUpdate). None found: unknown, with why."""
     if crl_path:
-        return attest.Revocation(certs.load_crl_file(crl_path), source=crl_path)
+        return verify.Revocation(certs.load_crl_file(crl_path), source=crl_path)
     if certs_dir:
         f = Path(certs_dir) / crl_file_name(chain.product, chain.kind)
         if f.is_file():
-            return attest.Revocation(certs.load_crl_file(f), source=str(f))
-        return attest.Revocation(unavailable=f"offline (--certs-dir) and no {f.name} there; "
+            return verify.Revocation(certs.load_crl_file(f), source=str(f))
+        return verify.Revocation(unavailable=f"offline (--certs-dir) and no {f.name} there; "
                                              "pass --crl FILE")
     try:
         crl = kds.fetch_crl(kds_url, chain.product, chain.kind, cache, chain.ark)
     except AttestationError as exc:
-        return attest.Revocation(unavailable=exc.message)
-    return attest.Revocation(crl, source=kds.crl_url(kds_url, chain.product, chain.kind))
+        return verify.Revocation(unavailable=exc.message)
+    return verify.Revocation(crl, source=kds.crl_url(kds_url, chain.product, chain.kind))
 
 
-def maybe_explain(v: attest.Verification, record: dict[str, Any] | None,
+def maybe_explain(v: verify.Verification, record: dict[str, Any] | None,
                   ovmf: str | None) -> None:
     """On a measurement mismatch with known build inputs, search for the differing parameter."""
     step = v.step("measurement")
-    if step.status != attest.FAIL or not step.expected or record is None:
+    if step.status != verify.FAIL or not step.expected or record is None:
         return
-    from hbos.measure.digest import Firmware, parse_inputs
-    from hbos.measure.explain import explain
     if not all(k in record for k in ("kernel", "initrd", "append", "vcpus")):
         step.detail += " (cannot search launch parameters: the measurement record holds no " \
                        "launch inputs)"
@@ -99,36 +98,36 @@ def maybe_explain(v: attest.Verification, record: dict[str, Any] | None,
                         "is not available; hbos verify-report takes --ovmf FILE)")
         return
     try:
-        inputs, fw_hash = parse_inputs(record, "measurement.json")
-        firmware = Firmware(fw_path, launch_hash=fw_hash)
-        v.explanation = explain(firmware, inputs, v.report.measurement)
+        inputs, fw_hash = digest.parse_inputs(record, "measurement.json")
+        firmware = digest.Firmware(fw_path, launch_hash=fw_hash)
+        v.explanation = explain.explain(firmware, inputs, v.report.measurement)
     except MeasurementError as exc:
         step.detail += f" (cannot search launch parameters: {exc.message})"
 
 
-def run(report_path: str, expect: attest.Expectations, *, record: dict[str, Any] | None,
+def run(report_path: str, expect: verify.Expectations, *, record: dict[str, Any] | None,
         product: str | None, vcek_path: str | None, certs_dir: str | None, kds_url: str,
-        cache: Path, ovmf: str | None = None, explain: bool = True,
-        crl_path: str | None = None) -> attest.Verification:
+        cache: Path, ovmf: str | None = None, explain_mismatch: bool = True,
+        crl_path: str | None = None) -> verify.Verification:
     rep = reportmod.load(report_path)
     if rep.signing_key not in certs.KEY_KINDS:
-        return attest.refused(rep, attest.resolve_product(product, rep), expect)
+        return verify.refused(rep, verify.resolve_product(product, rep), expect)
     vcek, chain = obtain_certs(rep, product=product, vcek_path=vcek_path, certs_dir=certs_dir,
                                kds_url=kds_url, cache=cache)
     revocation = obtain_revocation(chain, crl_path=crl_path, certs_dir=certs_dir,
                                    kds_url=kds_url, cache=cache)
-    v = attest.verify(rep, vcek, chain, expect, revocation)
-    if explain:
+    v = verify.verify(rep, vcek, chain, expect, revocation)
+    if explain_mismatch:
         maybe_explain(v, record, ovmf)
     return v
 
 
-def emit(v: attest.Verification, as_json: bool) -> None:
+def emit(v: verify.Verification, as_json: bool) -> None:
     if as_json:
         json.dump(v.as_dict(), sys.stdout, indent=2)
         print()
     else:
-        print(attest.format_table(v))
+        print(verify.format_table(v))
 
 
 # ------------------------------------------------------------------ CLI
@@ -253,7 +252,7 @@ def refuse_empty(args: argparse.Namespace) -> None:
                                    hint="give a value or leave the option out")
 
 
-def expectations_from_args(args: argparse.Namespace) -> tuple[attest.Expectations,
+def expectations_from_args(args: argparse.Namespace) -> tuple[verify.Expectations,
                                                                 dict[str, Any] | None]:
     refuse_empty(args)
     fields: dict[str, Any] = {}
@@ -262,10 +261,10 @@ def expectations_from_args(args: argparse.Namespace) -> tuple[attest.Expectation
         refs = [reference.load(f) for f in args.reference]
         fields.update(reference.expectation_fields(reference.merge(refs)))
     if args.measurement_json is not None:
-        record = attest.load_measurement_json(args.measurement_json)
-        fields.update(attest.measurement_expectation(record, args.measurement_json))
+        record = verify.load_measurement_json(args.measurement_json)
+        fields.update(verify.measurement_expectation(record, args.measurement_json))
     if args.measurement is not None:
-        fields["measurement"] = attest.parse_hex_bytes(args.measurement, 48, "--measurement").hex()
+        fields["measurement"] = verify.parse_hex_bytes(args.measurement, 48, "--measurement").hex()
         fields.pop("measurement_missing", None)
         fields.pop("trusted_measurements", None)
     if args.policy is not None:
@@ -279,16 +278,16 @@ def expectations_from_args(args: argparse.Namespace) -> tuple[attest.Expectation
     if args.min_report_version is not None:
         fields["min_report_version"] = _int(args.min_report_version, "--min-report-version")
     if args.report_data is not None:
-        fields["report_data"] = attest.parse_hex_bytes(args.report_data, 64, "--report-data",
+        fields["report_data"] = verify.parse_hex_bytes(args.report_data, 64, "--report-data",
                                                        pad=True)
     if args.family_id is not None:
-        fields["family_id"] = attest.parse_hex_bytes(args.family_id, 16, "--family-id", pad=True)
+        fields["family_id"] = verify.parse_hex_bytes(args.family_id, 16, "--family-id", pad=True)
     if args.image_id is not None:
-        fields["image_id"] = attest.parse_hex_bytes(args.image_id, 16, "--image-id", pad=True)
-    for key, size in attest.DIGEST_FIELDS.items():
+        fields["image_id"] = verify.parse_hex_bytes(args.image_id, 16, "--image-id", pad=True)
+    for key, size in verify.DIGEST_FIELDS.items():
         value = getattr(args, key)
         if value is not None:
-            fields[key] = attest.parse_hex_bytes(value, size, f"--{key.replace('_', '-')}")
+            fields[key] = verify.parse_hex_bytes(value, size, f"--{key.replace('_', '-')}")
     if args.platform_info is not None:
         fields["platform_info"] = parse_platform_info(args.platform_info)
     if args.vmpl is not None:
@@ -301,14 +300,14 @@ def expectations_from_args(args: argparse.Namespace) -> tuple[attest.Expectation
     fields["allow_migrate_ma"] = args.allow_migrate_ma
     # measurement.json's "debug": true (a debug build) allows debug; so does --allow-debug
     fields["allow_debug"] = args.allow_debug or fields.get("allow_debug", False)
-    return attest.Expectations(**fields), record
+    return verify.Expectations(**fields), record
 
 
 def main(args: argparse.Namespace) -> int:
     expect, record = expectations_from_args(args)
     v = run(args.report, expect, record=record, product=args.product, vcek_path=args.vcek,
             certs_dir=args.certs_dir, kds_url=args.kds_url, cache=Path(args.cache_dir),
-            ovmf=args.ovmf, explain=not args.no_explain, crl_path=args.crl)
+            ovmf=args.ovmf, explain_mismatch=not args.no_explain, crl_path=args.crl)
     emit(v, args.json)
     return 0 if v.ok else 1
 
@@ -325,9 +324,9 @@ def verify_report(cfg, paths, report: str = "", vcek: str = "", certs_dir: str =
     """`doit verify_report`: its keyword names are task_params.VERIFY_REPORT (run by hbos.tasks.adapter)."""
     if not report:
         raise AttestationError("no report given", hint="doit verify_report --report FILE")
-    expect, record = attest.expectations_from_build(
+    expect, record = verify.expectations_from_build(
         cfg, paths, allow_debug=allow_debug,
-        report_data=attest.parse_hex_bytes(report_data, 64, "--report-data", pad=True)
+        report_data=verify.parse_hex_bytes(report_data, 64, "--report-data", pad=True)
         if report_data else None,
         vmpl=_int(vmpl, "--vmpl") if vmpl else None)
     expect = dataclasses.replace(expect, at=parse_time(at) if at else None,
@@ -335,7 +334,7 @@ def verify_report(cfg, paths, report: str = "", vcek: str = "", certs_dir: str =
     cache = cfg.path(cfg.attest.cert_cache) if cfg.attest.cert_cache else paths.cert_cache
     v = run(report, expect, record=record, product=cfg.vm.host_cpu_family,
             vcek_path=vcek or None, certs_dir=certs_dir or None,
-            kds_url=cfg.attest.kds_url, cache=cache, explain=cfg.attest.explain,
+            kds_url=cfg.attest.kds_url, cache=cache, explain_mismatch=cfg.attest.explain,
             crl_path=crl or None)
     emit(v, json)
     if not v.ok:

@@ -1,37 +1,33 @@
-"""Expected SEV-SNP launch measurement.
+"""Expected SEV-SNP launch measurement, and measurement.json's launch inputs.
 
-Built on the sev-snp-measure library's pieces (GCTX, OVMF, VMSA) so the digest
-can be computed either from files (a build) or from precomputed component
-hashes (a verifier holding only measurement.json / inputs.json and the
-firmware). The firmware part (the OVMF pages, SNP ABI spec "SNP_LAUNCH_UPDATE"
-of PAGE_TYPE_NORMAL) is computed once and used as the GCTX seed, which is what
-makes searching many launch parameters fast (see hbos.attest.verify).
+Computed through hbos.measure.sevsnp (sev-snp-measure) either from files (a
+build) or from precomputed component hashes (a verifier holding only
+measurement.json / inputs.json and the firmware). The firmware part (the OVMF
+pages, SNP ABI spec "SNP_LAUNCH_UPDATE" of PAGE_TYPE_NORMAL) is computed once
+and used as the GCTX seed, which is what makes searching many launch
+parameters fast (see hbos.measure.explain).
 
 The direct-boot hash table (kernel, initrd, cmdline sha256, in that GUIDed
 layout QEMU writes) is measured into the SNP_KERNEL_HASHES page; the VMSA of
 each vCPU then depends on vcpu_type (its CPUID signature) and guest_features
 (SEV_FEATURES).
+
+measurement.json's fields are read and checked here (parse_inputs,
+load_inputs); the measure stage (hbos.stages.measure) writes the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
-
-from sevsnpmeasure.gctx import GCTX
-from sevsnpmeasure.guest import snp_update_metadata_pages
-from sevsnpmeasure.ovmf import OVMF, SectionType
-from sevsnpmeasure.sev_hashes import SevHashes
-from sevsnpmeasure.sev_mode import SevMode
-from sevsnpmeasure.vcpu_types import CPU_SIGS
-from sevsnpmeasure.vmm_types import VMMType
-from sevsnpmeasure.vmsa import VMSA
+from typing import Any
 
 from hbos.errors import MeasurementError
+from hbos.measure import sevsnp
 from hbos.util import limits
 from hbos.util.fsutil import sha256_file
 
@@ -63,8 +59,13 @@ class LaunchInputs:
     vmm_type: str = "QEMU"
 
     def replace(self, **changes: Any) -> "LaunchInputs":
-        from dataclasses import replace
-        return replace(self, **changes)
+        return dataclasses.replace(self, **changes)
+
+    def kernel_hashes(self) -> sevsnp.KernelHashes:
+        """The direct-boot hash table's contents (kernel, initrd, cmdline)."""
+        return sevsnp.KernelHashes(bytes.fromhex(self.kernel_sha256),
+                                   bytes.fromhex(self.initrd_sha256),
+                                   bytes.fromhex(self.cmdline_sha256))
 
 
 class Firmware:
@@ -75,17 +76,17 @@ class Firmware:
         # bounded: a directory, a device or a huge file is refused before the library reads it
         limits.read_bytes(self.path, limits.OVMF_BYTES, "firmware", MeasurementError)
         try:
-            self.ovmf = OVMF(str(self.path))
+            self.image = sevsnp.read_ovmf(self.path)
         except FileNotFoundError:
             raise MeasurementError(f"firmware {self.path} does not exist") from None
         except Exception as exc:  # the library raises bare errors on bad files
             raise MeasurementError(
                 f"firmware {self.path} is not an OVMF image with SEV metadata ({exc})") from None
-        if not self.ovmf.metadata_items():
+        if not self.image.layout.sections:
             raise MeasurementError(
                 f"firmware {self.path} is not an OVMF image with SEV metadata "
                 "(no SEV metadata sections in its footer)")
-        if not self.ovmf.has_metadata_section(SectionType.SNP_KERNEL_HASHES):
+        if not self.image.layout.has_section("SNP_KERNEL_HASHES"):
             raise MeasurementError(
                 f"firmware {self.path} has no SNP_KERNEL_HASHES metadata section, so it cannot "
                 "boot a measured kernel",
@@ -97,38 +98,20 @@ class Firmware:
         """The GCTX digest after measuring the firmware pages (hex, 48 bytes)."""
         if self._given_hash:
             return self._given_hash
-        gctx = GCTX()
-        gctx.update_normal_pages(self.ovmf.gpa(), self.ovmf.data())
-        return gctx.ld().hex()
-
-
-def sev_hashes(inputs: LaunchInputs) -> SevHashes:
-    """The direct-boot hash table contents for `inputs` (kernel, initrd, cmdline)."""
-    hashes = SevHashes.__new__(SevHashes)
-    hashes.kernel_hash = bytes.fromhex(inputs.kernel_sha256)
-    hashes.initrd_hash = bytes.fromhex(inputs.initrd_sha256)
-    hashes.cmdline_hash = bytes.fromhex(inputs.cmdline_sha256)
-    return hashes
+        return sevsnp.firmware_digest(self.image).hex()
 
 
 def launch_digest(firmware: Firmware, inputs: LaunchInputs) -> str:
     """The expected MEASUREMENT field of an attestation report (hex, 48 bytes)."""
-    if inputs.vcpu_type not in CPU_SIGS:
+    if inputs.vcpu_type not in sevsnp.CPU_SIGNATURES:
         raise MeasurementError(f"unknown vCPU type {inputs.vcpu_type!r}")
     limits.check_range(limits.VCPUS, inputs.vcpus, "vcpus", "launch inputs", MeasurementError)
     limits.check_range(limits.GUEST_FEATURES, inputs.guest_features, "guest_features",
                        "launch inputs", MeasurementError)
-    try:
-        vmm = VMMType[inputs.vmm_type]
-    except KeyError:
-        raise MeasurementError(f"unsupported VMM type {inputs.vmm_type!r}") from None
-    gctx = GCTX(seed=bytes.fromhex(firmware.launch_hash))
-    snp_update_metadata_pages(gctx, firmware.ovmf, sev_hashes(inputs), vmm)
-    vmsa = VMSA(SevMode.SEV_SNP, firmware.ovmf.sev_es_reset_eip(), CPU_SIGS[inputs.vcpu_type],
-                inputs.guest_features, vmm)
-    for page in vmsa.pages(inputs.vcpus):
-        gctx.update_vmsa_page(page)
-    return gctx.ld().hex()
+    return sevsnp.launch_digest(
+        bytes.fromhex(firmware.launch_hash), firmware.image.layout, inputs.kernel_hashes(),
+        vcpus=inputs.vcpus, cpu_signature=sevsnp.CPU_SIGNATURES[inputs.vcpu_type],
+        guest_features=inputs.guest_features, vmm_type=inputs.vmm_type).hex()
 
 
 def inputs_from_files(kernel: Path, initrd: Path | None, cmdline: str, *, vcpus: int,
@@ -145,14 +128,15 @@ def inputs_from_files(kernel: Path, initrd: Path | None, cmdline: str, *, vcpus:
 # ------------------------------------------------------- measurement.json
 
 
-def inputs_record(inputs: LaunchInputs, firmware: Firmware | _NoFirmware,
+def inputs_record(inputs: LaunchInputs, firmware: Firmware | None,
                   expected: str | None) -> dict[str, Any]:
-    """The original tool's inputs.json fields (Rust enum integers included)."""
+    """The original tool's inputs.json fields (Rust enum integers included); `firmware`
+    None: no firmware file, so no firmware hash and no expected digest."""
     return {
         "kernel": inputs.kernel_sha256,
         "initrd": inputs.initrd_sha256,
         "append": inputs.cmdline_sha256,
-        "firmware": firmware.launch_hash,
+        "firmware": firmware.launch_hash if firmware is not None else None,
         "vcpus": inputs.vcpus,
         "vcpu_type": RUST_CPU_TYPES.index(inputs.vcpu_type)
         if inputs.vcpu_type in RUST_CPU_TYPES else inputs.vcpu_type,
@@ -202,7 +186,7 @@ def parse_inputs(data: dict[str, Any], source: str = "inputs") -> tuple[LaunchIn
         if not 0 <= vcpu_type < len(RUST_CPU_TYPES):
             raise MeasurementError(f"{source}: unknown vcpu_type enum value {vcpu_type}")
         vcpu_type = RUST_CPU_TYPES[vcpu_type]
-    elif not isinstance(vcpu_type, str) or vcpu_type not in CPU_SIGS:
+    elif not isinstance(vcpu_type, str) or vcpu_type not in sevsnp.CPU_SIGNATURES:
         raise MeasurementError(f"{source}: unknown vcpu_type {vcpu_type!r}")
     vmm = data.get("vmm_type", "QEMU")
     if isinstance(vmm, int) and not isinstance(vmm, bool):
@@ -278,63 +262,3 @@ def load_inputs(path: str | os.PathLike) -> tuple[LaunchInputs, str | None, dict
         raise MeasurementError(f"{path}: expected a JSON object")
     inputs, fw = parse_inputs(data, str(path))
     return inputs, fw, data
-
-
-# ------------------------------------------------------------- the stage
-
-
-def measure_vm_config(vm_config: Path, out: Path, *, source_date_epoch: int | None = None,
-                      extra: Callable[[dict], dict] | None = None) -> dict:
-    """Compute the expected digest for a vm-config.toml and write measurement.json.
-
-    When the firmware file does not exist, expected_hash is null and
-    `expected_hash_reason` says why; nothing is invented. `extra(record)`
-    returns fields to add (the launch identity: hbos.measure.identity.measurement_fields).
-    """
-    from hbos import __version__
-    from hbos.stages import vmconfig
-    from hbos.util.fsutil import write_json
-
-    vm = vmconfig.load(vm_config)
-    kernel, initrd, ovmf = Path(vm["kernel_file"]), Path(vm["initrd_file"]), Path(vm["ovmf_file"])
-    inputs = inputs_from_files(kernel, initrd, vm["kernel_cmdline"], vcpus=vm["vcpu_count"],
-                               vcpu_type=vm["vcpu_type"], guest_features=vm["guest_features"],
-                               vmm_type=vm.get("vmm_type", "QEMU"))
-    record: dict[str, Any]
-    if ovmf.is_file():
-        firmware = Firmware(ovmf)
-        expected = launch_digest(firmware, inputs)
-        record = inputs_record(inputs, firmware, expected)
-        record["files"] = {"firmware": {"path": str(ovmf), "sha256": sha256_file(ovmf)}}
-    else:
-        record = inputs_record(inputs, _NoFirmware(), None)
-        record["firmware"] = None
-        record["expected_hash_reason"] = (
-            f"firmware {ovmf} is not available, so the launch digest cannot be computed "
-            "(an invented value would be worse than none)")
-        record["files"] = {"firmware": {"path": str(ovmf), "sha256": None}}
-    record["files"].update({
-        "kernel": {"path": str(kernel), "sha256": inputs.kernel_sha256},
-        "initrd": {"path": str(initrd), "sha256": inputs.initrd_sha256},
-    })
-    record.update({
-        "vcpu_type_name": inputs.vcpu_type,
-        "vmm_type_name": inputs.vmm_type,
-        "cmdline": vm["kernel_cmdline"],
-        "vm": {k: vm[k] for k in ("host_cpu_family", "vcpu_count", "vcpu_type", "guest_features",
-                                  "platform_info", "guest_policy", "family_id", "image_id",
-                                  "memory_mib", "min_commited_tcb") if k in vm},
-        "debug": bool(vm.get("debug", False)),
-        "tool_version": __version__,
-    })
-    if source_date_epoch is not None:
-        record["source_date_epoch"] = source_date_epoch
-    if extra is not None:
-        record.update(extra(record))
-    write_json(out, record)
-    return record
-
-
-class _NoFirmware:
-    """What inputs_record reads of a Firmware, when there is none."""
-    launch_hash: str | None = None

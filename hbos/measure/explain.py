@@ -8,7 +8,8 @@ only on the vCPU type (its CPUID signature in RDX) and SEV_FEATURES
 (guest_features), so everything up to the first VMSA page is the same for all
 candidates: computed once. Then, per (CPU signature, guest_features), the
 digest is extended one vCPU at a time, testing 1..512 vCPUs with one SHA-384
-of a 112-byte PAGE_INFO each, whose page digest is itself computed once.
+of a 112-byte PAGE_INFO each (hbos.measure.sevsnp.extend_vmsa), whose page
+digest is itself computed once.
 
 Searched: vCPU counts 1-512 x every CPU signature sev-snp-measure knows x
 guest_features = the build's value with any one SEV_FEATURES bit toggled, and
@@ -23,14 +24,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from sevsnpmeasure.gctx import GCTX
-from sevsnpmeasure.guest import snp_update_metadata_pages
-from sevsnpmeasure.sev_mode import SevMode
-from sevsnpmeasure.vcpu_types import CPU_SIGS
-from sevsnpmeasure.vmm_types import VMMType
-from sevsnpmeasure.vmsa import VMSA
-
-from hbos.measure.digest import Firmware, LaunchInputs, sev_hashes
+from hbos.measure import sevsnp
+from hbos.measure.digest import Firmware, LaunchInputs
 
 MAX_VCPUS = 512
 
@@ -44,19 +39,6 @@ SEV_FEATURE_BITS: dict[int, str] = {
 }
 # Bits a host commonly sets on its own (KVM module parameters / QEMU options).
 COMMON_HOST_BITS = (5, 6, 7, 3, 9, 2)
-
-# PAGE_INFO (SNP ABI spec 8.17.2, "PAGE_INFO Structure", Table 67 in rev 1.51):
-# DIGEST_CUR(48) CONTENTS(48) LENGTH u16=0x70 PAGE_TYPE u8 IMI_PAGE u8
-# VMPL3/2/1_PERMS u8 x3, reserved u8, GPA u64. VMSA pages use GPA (u64)-1
-# page-aligned with bits above 51 cleared.
-PAGE_TYPE_VMSA = 0x02
-_VMSA_PAGE_INFO_TAIL = ((0x70).to_bytes(2, "little") + bytes([PAGE_TYPE_VMSA, 0, 0, 0, 0, 0])
-                        + GCTX.VMSA_GPA.to_bytes(8, "little"))
-
-
-def extend_vmsa(ld: bytes, page_digest: bytes) -> bytes:
-    """GCTX digest after one VMSA page whose SHA-384 is `page_digest`."""
-    return hashlib.sha384(ld + page_digest + _VMSA_PAGE_INFO_TAIL).digest()
 
 
 def feature_names(bits: int) -> list[str]:
@@ -76,7 +58,7 @@ def candidate_features(base: int) -> list[int]:
 def cpu_groups() -> dict[int, list[str]]:
     """CPU signature -> the vCPU type names that share it."""
     groups: dict[int, list[str]] = {}
-    for name, sig in CPU_SIGS.items():
+    for name, sig in sevsnp.CPU_SIGNATURES.items():
         groups.setdefault(sig, []).append(name)
     return groups
 
@@ -98,26 +80,24 @@ class Explanation:
 def search(firmware: Firmware, inputs: LaunchInputs, target: bytes,
            max_vcpus: int = MAX_VCPUS) -> tuple[list[dict[str, Any]], int]:
     """Every (vcpus, cpu signature, guest_features) whose launch digest equals `target`."""
-    vmm = VMMType[inputs.vmm_type]
-    gctx = GCTX(seed=bytes.fromhex(firmware.launch_hash))
-    snp_update_metadata_pages(gctx, firmware.ovmf, sev_hashes(inputs), vmm)
-    base = gctx.ld()
-    ap_eip = firmware.ovmf.sev_es_reset_eip()
+    layout = firmware.image.layout
+    base = sevsnp.metadata_digest(bytes.fromhex(firmware.launch_hash), layout,
+                                  inputs.kernel_hashes(), inputs.vmm_type)
     matches: list[dict[str, Any]] = []
     tried = 0
     for sig, names in cpu_groups().items():
         for features in candidate_features(inputs.guest_features):
-            vmsa = VMSA(SevMode.SEV_SNP, ap_eip, sig, features, vmm)
-            ld = extend_vmsa(base, hashlib.sha384(bytes(vmsa.bsp_save_area)).digest())
+            bsp, ap = sevsnp.vmsa_pages(layout, sig, features, inputs.vmm_type)
+            ld = sevsnp.extend_vmsa(base, hashlib.sha384(bsp).digest())
             tried += 1
             if ld == target:
                 matches.append({"vcpus": 1, "cpu_sig": sig, "vcpu_types": names,
                                 "guest_features": features})
-            if not ap_eip:
+            if ap is None:
                 continue
-            ap_digest = hashlib.sha384(bytes(vmsa.ap_save_area)).digest()
+            ap_digest = hashlib.sha384(ap).digest()
             for n in range(2, max_vcpus + 1):
-                ld = extend_vmsa(ld, ap_digest)
+                ld = sevsnp.extend_vmsa(ld, ap_digest)
                 tried += 1
                 if ld == target:
                     matches.append({"vcpus": n, "cpu_sig": sig, "vcpu_types": names,

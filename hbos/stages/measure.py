@@ -1,23 +1,80 @@
 """The measure stage: measurement.json and the files that follow from it.
 
-measurement.json (expected launch digest, identity digests, node
-configuration), host_data.b64 for the launcher, reference-values.json for
-verifiers and snp_trusted.json for HyperBEAM peers.
+measurement.json (the launch inputs and expected launch digest of the VM that
+vm-config.toml describes, identity digests, node configuration),
+host_data.b64 for the launcher, reference-values.json for verifiers and
+snp_trusted.json for HyperBEAM peers. write_measurement also measures a
+release's own vm-config (hbos.release.pack).
 """
 
 from __future__ import annotations
 
-from hbos.attest import peer as hyperbeam, reference
-from hbos.measure import digest as measure, identity, nodeconfig as hostdata
+from pathlib import Path
+from typing import Any, Callable
+
+from hbos import __version__
+from hbos.attest import peer, reference
+from hbos.measure import digest, identity, nodeconfig
+from hbos.stages import vmconfig
+from hbos.util.fsutil import sha256_file, write_json
 
 
 def write(cfg, paths) -> None:
-    record = measure.measure_vm_config(paths.vm_config, paths.measurement,
-                                       source_date_epoch=cfg.source_date_epoch,
-                                       extra=lambda rec: identity.measurement_fields(cfg, rec))
+    record = write_measurement(paths.vm_config, paths.measurement,
+                               source_date_epoch=cfg.source_date_epoch,
+                               extra=lambda rec: identity.measurement_fields(cfg, rec))
     expected = record["expected_hash"] or f"none ({record['expected_hash_reason']})"
-    hostdata.write_b64(paths.host_data, record["host_data"])
+    nodeconfig.write_b64(paths.host_data, record["host_data"])
     reference.write(paths.reference_values, record, str(paths.measurement))
-    hyperbeam.write_trusted(paths.snp_trusted, record)
+    peer.write_trusted(paths.snp_trusted, record)
     print(f"measure: expected launch digest {expected}\n"
           f"  HOST_DATA (node configuration) {record['host_data']}")
+
+
+# ------------------------------------------------------- measurement.json
+
+
+def write_measurement(vm_config: Path, out: Path, *, source_date_epoch: int | None = None,
+                      extra: Callable[[dict], dict] | None = None) -> dict[str, Any]:
+    """Compute the expected digest for a vm-config.toml and write measurement.json.
+
+    When the firmware file does not exist, expected_hash is null and
+    `expected_hash_reason` says why; nothing is invented. `extra(record)`
+    returns fields to add (the launch identity: hbos.measure.identity.measurement_fields).
+    """
+    vm = vmconfig.load(vm_config)
+    kernel, initrd, ovmf = Path(vm["kernel_file"]), Path(vm["initrd_file"]), Path(vm["ovmf_file"])
+    inputs = digest.inputs_from_files(kernel, initrd, vm["kernel_cmdline"], vcpus=vm["vcpu_count"],
+                                      vcpu_type=vm["vcpu_type"], guest_features=vm["guest_features"],
+                                      vmm_type=vm.get("vmm_type", "QEMU"))
+    record: dict[str, Any]
+    if ovmf.is_file():
+        firmware = digest.Firmware(ovmf)
+        record = digest.inputs_record(inputs, firmware, digest.launch_digest(firmware, inputs))
+        record["files"] = {"firmware": {"path": str(ovmf), "sha256": sha256_file(ovmf)}}
+    else:
+        record = digest.inputs_record(inputs, None, None)
+        record["expected_hash_reason"] = (
+            f"firmware {ovmf} is not available, so the launch digest cannot be computed "
+            "(an invented value would be worse than none)")
+        record["files"] = {"firmware": {"path": str(ovmf), "sha256": None}}
+    record["files"].update({
+        "kernel": {"path": str(kernel), "sha256": inputs.kernel_sha256},
+        "initrd": {"path": str(initrd), "sha256": inputs.initrd_sha256},
+    })
+    record.update({
+        "vcpu_type_name": inputs.vcpu_type,
+        "vmm_type_name": inputs.vmm_type,
+        "cmdline": vm["kernel_cmdline"],
+        "vm": {k: vm[k] for k in ("host_cpu_family", "vcpu_count", "vcpu_type", "guest_features",
+                                  "platform_info", "guest_policy", "family_id", "image_id",
+                                  "memory_mib", "min_commited_tcb") if k in vm},
+        "debug": bool(vm.get("debug", False)),
+        "tool_version": __version__,
+    })
+    if source_date_epoch is not None:
+        record["source_date_epoch"] = source_date_epoch
+    if extra is not None:
+        record.update(extra(record))
+    write_json(out, record)
+    return record

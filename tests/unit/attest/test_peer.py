@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from sevsnpmeasure.ovmf import OVMF
 
-from hbos.attest import peer as hyperbeam, report
+from hbos.attest import peer, report
 from hbos.cli import main as cli_main
-from hbos.measure import digest as measure
+from hbos.measure import digest, sevsnp
 from tests.support.graph import load_dodo
 from tests.support.release_fixtures import make_build
 from tests.support.snp_test_ca import patch
@@ -27,30 +26,30 @@ def pre2024_ovmf(vectors):
 
 
 def test_reference_layout_is_the_pre202405_amdsev_layout(pre2024_ovmf, amdsev_ovmf):
-    parsed = hyperbeam.OvmfLayout.of(OVMF(str(pre2024_ovmf)), "x")
-    ref = hyperbeam.HYPERBEAM_REFERENCE
+    parsed = sevsnp.read_ovmf(pre2024_ovmf).layout
+    ref = peer.HYPERBEAM_REFERENCE
     assert (parsed.sections, parsed.reset_eip, parsed.hashes_table_gpa) == \
         (ref.sections, ref.reset_eip, ref.hashes_table_gpa)
-    newer = hyperbeam.OvmfLayout.of(OVMF(str(amdsev_ovmf)), "ours")
-    assert "SVSM_CAA at 0x80f000" in hyperbeam.first_difference(newer, ref)
+    newer = sevsnp.read_ovmf(amdsev_ovmf, "ours").layout
+    assert "SVSM_CAA at 0x80f000" in peer.first_difference(newer, ref)
 
 
 def test_peer_digest_matches_sev_snp_measure_vectors(amdsev_ovmf):
     """With the firmware's own layout, HyperBEAM's algorithm is the standard one: the
     sev-snp-measure vectors of tests/vectors/README.md."""
-    layout = hyperbeam.OvmfLayout.of(OVMF(str(amdsev_ovmf)), "AmdSev vector")
+    layout = sevsnp.read_ovmf(amdsev_ovmf, "AmdSev vector").layout
     entry = {"vcpus": 1, "vcpu_type": 5, "vmm_type": 1, "guest_features": 0x21,
              "firmware": "086e2e9149ebf45abdc3445fba5b2da8270bdbb04094d7a2c37faaa4b24af3aa"
                          "16aff8c374c2a55c467a50da6d466b74",
-             "kernel": measure.EMPTY_SHA256, "initrd": measure.EMPTY_SHA256,
-             "append": measure.cmdline_sha256("console=ttyS0 loglevel=7")}
-    assert hyperbeam.peer_digest(entry, layout) == (
+             "kernel": digest.EMPTY_SHA256, "initrd": digest.EMPTY_SHA256,
+             "append": digest.cmdline_sha256("console=ttyS0 loglevel=7")}
+    assert peer.peer_digest(entry, layout) == (
         "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba"
         "7e534442e7e1e17895dfe778d0228977")
-    assert hyperbeam.peer_digest({**entry, "guest_features": 1}, layout) == (
+    assert peer.peer_digest({**entry, "guest_features": 1}, layout) == (
         "6d287813eb5222d770f75005c664e34c204f385ce832cc2ce7d0d6f354454362"
         "f390ef83a92046c042e706363b4b08fa")
-    assert hyperbeam.peer_digest(entry) != hyperbeam.peer_digest(entry, layout)
+    assert peer.peer_digest(entry) != peer.peer_digest(entry, layout)
 
 
 def test_doit_measure_writes_snp_trusted_in_hyperbeams_format(tmp_path, amdsev_ovmf):
@@ -64,7 +63,7 @@ def test_doit_measure_writes_snp_trusted_in_hyperbeams_format(tmp_path, amdsev_o
     trusted = json.loads(paths.snp_trusted.read_text())
     assert isinstance(trusted, list) and len(trusted) == 1
     entry = trusted[0]
-    assert list(entry) == list(hyperbeam.COMMITTED_PARAMETERS)
+    assert list(entry) == list(peer.COMMITTED_PARAMETERS)
     assert entry["vcpu_type"] == record["vcpu_type"] and isinstance(entry["vcpus"], int)
     assert entry["firmware"] == record["firmware"] and len(entry["firmware"]) == 96
     assert entry["append"] == record["append"] and len(entry["kernel"]) == 64
@@ -106,13 +105,13 @@ def test_report_checks_hyperbeam_runs_offline(tmp_path, pre2024_ovmf, vectors, c
     # a report whose MEASUREMENT is what the peer computes, TCBs equal, debug off
     good = report.parse_binary(bytes(patch(rep.raw, measurement=bytes.fromhex(
         record["expected_hash"]))))
-    c = hyperbeam.check(record, report=good)
+    c = peer.check(record, report=good)
     assert c.accepted, c.report_lines
     # debug on, CURRENT_TCB != REPORTED_TCB, a VLEK: each named
     bad = report.parse_binary(bytes(patch(good.raw, policy=good.policy | 1 << 19,
                                           current_tcb=good.fields["reported_tcb"] + (1 << 48),
                                           flags=1 << 2)))
-    c = hyperbeam.check(record, report=bad)
+    c = peer.check(record, report=bad)
     text = "\n".join(c.report_lines)
     assert not c.accepted
     assert "POLICY.DEBUG (bit 19) is set" in text

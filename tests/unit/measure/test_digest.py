@@ -11,6 +11,7 @@ import pytest
 from hbos.errors import MeasurementError
 from hbos.measure import digest as measure
 from hbos.measure.digest import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, launch_digest
+from hbos.stages import measure as measure_stage
 
 README_OVMF_HASH = ("086e2e9149ebf45abdc3445fba5b2da8270bdbb04094d7a2c37faaa4b24af3aa"
                     "16aff8c374c2a55c467a50da6d466b74")
@@ -172,7 +173,7 @@ def test_cli_accepts_our_measurement_json(amdsev_ovmf, tmp_path):
     vmc.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=amdsev_ovmf,
                                    cmdline="console=ttyS0"))
     out = tmp_path / "measurement.json"
-    record = measure.measure_vm_config(vmc, out)
+    record = measure_stage.write_measurement(vmc, out)
     proc = run_cli("--inputs", str(out), "--ovmf", str(amdsev_ovmf), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["expected_hash"] == record["expected_hash"]
@@ -197,6 +198,6 @@ def test_measurement_json_without_firmware_records_null_and_reason(tmp_path):
     vmc = tmp_path / "vm-config.toml"
     vmc.write_text(vmconfig.render(hconfig.load(), kernel=kernel, initrd=kernel,
                                    ovmf=tmp_path / "not-built.fd", cmdline="x"))
-    record = measure.measure_vm_config(vmc, tmp_path / "m.json")
+    record = measure_stage.write_measurement(vmc, tmp_path / "m.json")
     assert record["expected_hash"] is None
     assert "not-built.fd is not available" in record["expected_hash_reason"]

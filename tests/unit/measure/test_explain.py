@@ -4,6 +4,7 @@ hbos.measure.digest.launch_digest with one parameter changed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from sevsnpmeasure.gctx import GCTX
 
 from hbos.attest import certs, report, verify as attest
 from hbos.cli import verify_report as attest_cli
-from hbos.measure import explain
+from hbos.measure import explain, sevsnp
 from hbos.measure.digest import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, inputs_record, launch_digest
 
 
@@ -35,8 +36,7 @@ def test_extend_vmsa_equals_the_library_step():
     ld, page = bytes(range(48)), bytes(4096)
     gctx = GCTX(seed=ld)
     gctx.update_vmsa_page(page)
-    import hashlib
-    assert explain.extend_vmsa(ld, hashlib.sha384(page).digest()) == gctx.ld()
+    assert sevsnp.extend_vmsa(ld, hashlib.sha384(page).digest()) == gctx.ld()
 
 
 def test_guest_features_0x21_is_explained(firmware, build_inputs):
