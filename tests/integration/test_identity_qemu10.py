@@ -18,8 +18,8 @@ import subprocess
 import pytest
 
 from hbos.launch import plan as launch_plan, qemu, start as launch
-from hbos.measure import digest as measure, idblock, identity, nodeconfig
-from hbos.stages import vmconfig
+from hbos.measure import idblock, identity, nodeconfig
+from hbos.stages import measure, vmconfig
 from tests.support.release_fixtures import make_build
 
 trixie = pytest.importorskip(
@@ -38,7 +38,7 @@ def snp_argv(trixie_root, amdsev_ovmf, tmp_path_factory):
     cfg, paths = make_build(root / "b", amdsev_ovmf, extra_yaml=(
         f"identity: {{enabled: true, keys_dir: {root / 'keys'}}}\nlaunch: {{cbitpos: 51}}\n"))
     identity.make_keys(cfg)
-    record = measure.measure_vm_config(paths.vm_config, paths.measurement,
+    record = measure.write_measurement(paths.vm_config, paths.measurement,
                                        extra=lambda rec: identity.measurement_fields(cfg, rec))
     idblock.write_id_block(cfg, paths)
     wrapper = trixie.wrapper(trixie_root, [root], root / "qemu-system-x86_64")
