@@ -271,7 +271,7 @@ def task_download_release():
 def task_start_release():
     """Start the installed release (build/releases/current) through the launcher, same checks."""
     return {
-        "actions": [action("hbos.release.layout:start_release", CFG, P,
+        "actions": [action("hbos.release.start:start_release", CFG, P,
                            lock=(P.lock("vm"), "start_release"),
                            options="hbos.launch.start:options_from_params")],
         "params": START,  # the same options as start

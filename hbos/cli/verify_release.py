@@ -1,9 +1,12 @@
 """`hbos verify-release PATH`: check a release offline, without installing it.
 
 PATH is a release tarball or an extracted release directory. The same checks
-as download_release run (safe extraction into a temporary directory, every
-file against the manifest, the launch digest recomputed); nothing is kept.
-Exit 0 when the release verifies, 1 when it is refused.
+as download_release run: the tarball's sha256 when --sha256 is given, safe
+extraction into a temporary directory (hbos.release.unpack), then
+hbos.release.verify (every file against the manifest, the launch digest
+recomputed, signature, ID block) and, with --trusted-key, the signer
+(hbos.release.provenance); nothing is kept. Exit 0 when the release verifies,
+1 when it is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from hbos.errors import HashMismatch, ReleaseError, UnsafeArchive
-from hbos.release import layout as release, unpack as release_unpack
+from hbos.release import layout, provenance, unpack, verify
 from hbos.util.fsutil import sha256_file
 
 
@@ -27,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def verify_path(path: Path, *, sha256: str = "", launch_digest: str = "",
-                trusted_key: str = "", report=None) -> release.Manifest:
+                trusted_key: str = "", report=None) -> layout.Manifest:
     """Verify a tarball or directory; raise ReleaseError/UnsafeArchive/HashMismatch.
 
     `report(root)` is called on the verified directory (signer, provenance)."""
@@ -45,13 +48,12 @@ def verify_path(path: Path, *, sha256: str = "", launch_digest: str = "",
                                f"  got      {got}")
     with tempfile.TemporaryDirectory(prefix="hbos-verify-") as tmp:
         root = Path(tmp) / "release"
-        release_unpack.extract(path, root, max_bytes=release_unpack.free_space(Path(tmp)))
+        unpack.extract(path, root, max_bytes=unpack.free_space(Path(tmp)))
         return _verified(root, launch_digest, trusted_key, report)
 
 
-def _verified(root: Path, launch_digest: str, trusted_key: str, report) -> release.Manifest:
-    from hbos.release import provenance
-    manifest = release.verify_release(root, pinned_digest=launch_digest)
+def _verified(root: Path, launch_digest: str, trusted_key: str, report) -> layout.Manifest:
+    manifest = verify.verify_release(root, pinned_digest=launch_digest)
     if trusted_key:
         provenance.check_trusted(root, [Path(trusted_key).expanduser()])
     if report is not None:
@@ -61,7 +63,6 @@ def _verified(root: Path, launch_digest: str, trusted_key: str, report) -> relea
 
 def signer_lines(root: Path) -> str:
     """Who signed the release and what it was built from (verify-release output)."""
-    from hbos.release import provenance
     signer = provenance.verify_signature(root)
     lines = [f"  signed by author key {signer.key_digest}" if signer
              else "  unsigned (no manifest.json.sig): consistent, not authenticated"]

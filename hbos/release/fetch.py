@@ -9,10 +9,11 @@ truncation detected, sha256 checked when pinned; `file://` URLs and plain
 paths are copied, for hosts without a server), extracted by hbos.util.archive
 (absolute paths, `..`, escaping links, devices, fifos, duplicates refused)
 and hbos.release.unpack (only the files the manifest names, at its sizes,
-within the free space, all checked before writing) into a staging directory inside build/releases/, and verified there
-(hbos.release.layout.verify_release). Only then does the `current` symlink move to
-it, by one atomic rename; a refused release leaves the previous one in place
-and nothing of itself behind.
+within the free space, all checked before writing) into a staging directory
+inside build/releases/, and verified there (hbos.release.verify; with a trusted
+key, its signer first, by hbos.release.provenance). Only then does the `current`
+symlink move to it, by one atomic rename; a refused release leaves the previous
+one in place and nothing of itself behind.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ import urllib.parse
 from pathlib import Path
 
 from hbos.errors import HashMismatch, ReleaseError
-from hbos.release import layout as release, unpack as release_unpack
+from hbos.release import layout, provenance, unpack, verify
 from hbos.util import fetch
 from hbos.util.fsutil import atomic_path, remove, sha256_file
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-RESERVE = 64 << 20  # left free on the disk after extracting a release
 
 
 def resolve_request(cfg, url: str = "", sha256: str = "") -> tuple[str, str]:
@@ -55,7 +55,6 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", trusted_key: s
     With a trusted key (--trusted-key, release.trusted_keys) the release must
     carry that author's valid signature (hbos.release.provenance), checked before install.
     """
-    from hbos.release import provenance
     remove_partials(paths)
     url, pin = resolve_request(cfg, url, sha256)
     trusted = provenance.trusted_keys(cfg, trusted_key)
@@ -71,7 +70,7 @@ def download_release(cfg, paths, url: str = "", sha256: str = "", trusted_key: s
         remove(incoming)  # nothing of a refused release is kept; the previous one stays
         raise
     os.replace(incoming, paths.release_download)
-    manifest = release.read_manifest(root)
+    manifest = layout.read_manifest(root)
     print(f"download_release: installed {manifest.name} ({manifest.tool_version}) from {url}\n"
           f"  tarball sha256 {digest}\n  expected launch digest {manifest.launch_digest}\n"
           f"  {paths.current_release} -> {root.name}")
@@ -128,10 +127,10 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str, *,
     stage = releases / f".incoming-{os.getpid()}"
     remove(stage)
     try:
-        release_unpack.extract(tarball, stage, max_bytes=release_unpack.free_space(releases))
+        unpack.extract(tarball, stage, max_bytes=unpack.free_space(releases))
         if trusted:  # cheap (manifest + signature): refuse before hashing the images
             check_signer(stage, trusted)
-        release.verify_release(stage, pinned_digest=cfg.release.launch_digest)
+        verify.verify_release(stage, pinned_digest=cfg.release.launch_digest)
         final = releases / f"{tarball_sha256[:16]}.{secrets.token_hex(4)}"
         os.rename(stage, final)
     except BaseException:
@@ -143,7 +142,6 @@ def install(cfg, paths, tarball: Path, tarball_sha256: str, *,
 
 
 def check_signer(stage: Path, trusted) -> None:
-    from hbos.release import provenance
     signer = provenance.check_trusted(stage, list(trusted))
     print(f"download_release: signed by trusted author key {signer.key_digest}", file=sys.stderr)
 

@@ -24,9 +24,9 @@ from hbos import __version__
 from hbos.attest import reference
 from hbos.errors import HbosError, ReleaseError
 from hbos.measure import identity
-from hbos.measure.digest import measure_vm_config
-from hbos.release import layout as release, provenance
+from hbos.release import layout, provenance, verify
 from hbos.stages import vmconfig
+from hbos.stages.measure import write_measurement
 from hbos.util.fsutil import atomic_path, read_json, sha256_file, write_json, write_text
 
 TAR_CHUNK = 1 << 20
@@ -40,13 +40,13 @@ def sources(cfg, paths) -> dict[str, Path]:
     """
     vm = vmconfig.load(paths.vm_config)
     return {
-        release.IMAGE: paths.verity_image,
-        release.HASH_TREE: paths.hash_tree,
-        release.KERNEL: Path(vm["kernel_file"]),
-        release.INITRD: Path(vm["initrd_file"]),
-        release.FIRMWARE: Path(vm["ovmf_file"]),
-        release.VM_CONFIG: paths.vm_config,
-        release.MEASUREMENT: paths.measurement,
+        layout.IMAGE: paths.verity_image,
+        layout.HASH_TREE: paths.hash_tree,
+        layout.KERNEL: Path(vm["kernel_file"]),
+        layout.INITRD: Path(vm["initrd_file"]),
+        layout.FIRMWARE: Path(vm["ovmf_file"]),
+        layout.VM_CONFIG: paths.vm_config,
+        layout.MEASUREMENT: paths.measurement,
     }
 
 
@@ -70,16 +70,16 @@ def rewrite_vm_config(text: str) -> str:
 
     def repl(m: re.Match) -> str:
         seen.append(m["key"])
-        return f"{m['key']} = {json.dumps(release.VM_FILES[m['key']])}"
+        return f"{m['key']} = {json.dumps(layout.VM_FILES[m['key']])}"
 
     out = _FILE_KEY.sub(repl, text)
-    if sorted(seen) != sorted(release.VM_FILES):
+    if sorted(seen) != sorted(layout.VM_FILES):
         raise ReleaseError(f"vm-config.toml: expected one line each for "
-                           f"{', '.join(sorted(release.VM_FILES))}, found {sorted(seen)}")
+                           f"{', '.join(sorted(layout.VM_FILES))}, found {sorted(seen)}")
     before, after = tomllib.loads(text), tomllib.loads(out)
-    if {k: v for k, v in before.items() if k not in release.VM_FILES} != \
-            {k: v for k, v in after.items() if k not in release.VM_FILES} \
-            or {k: after[k] for k in release.VM_FILES} != release.VM_FILES:
+    if {k: v for k, v in before.items() if k not in layout.VM_FILES} != \
+            {k: v for k, v in after.items() if k not in layout.VM_FILES} \
+            or {k: after[k] for k in layout.VM_FILES} != layout.VM_FILES:
         raise ReleaseError("vm-config.toml: rewriting its file paths changed other values")
     return out
 
@@ -106,26 +106,26 @@ def release_measurement(root: Path, source_date_epoch: int, built: dict | None =
     """measurement.json of the release's own files, with release-relative paths."""
     given = built or {}
     carried = {k: given[k] for k in IDENTITY_FIELDS if k in given}
-    record = measure_vm_config(root / release.VM_CONFIG, root / release.MEASUREMENT,
+    record = write_measurement(root / layout.VM_CONFIG, root / layout.MEASUREMENT,
                                source_date_epoch=source_date_epoch,
                                extra=lambda rec: carried)
-    for role, name in (("kernel", release.KERNEL), ("initrd", release.INITRD),
-                       ("firmware", release.FIRMWARE)):
+    for role, name in (("kernel", layout.KERNEL), ("initrd", layout.INITRD),
+                       ("firmware", layout.FIRMWARE)):
         record["files"][role]["path"] = name
-    write_json(root / release.MEASUREMENT, record)
+    write_json(root / layout.MEASUREMENT, record)
     return record
 
 
-def build_release_dir(cfg, paths, tmp: Path) -> release.Manifest:
+def build_release_dir(cfg, paths, tmp: Path) -> layout.Manifest:
     """Fill `tmp` with the release files and manifest; return the manifest."""
     src = sources(cfg, paths)
     check_sources(src)
     built = read_json(paths.measurement)
     tmp.mkdir(parents=True)
-    for name in (release.IMAGE, release.HASH_TREE, release.KERNEL, release.INITRD,
-                 release.FIRMWARE):
-        _place(src[name], tmp / name, link=name in release.LARGE)
-    write_text(tmp / release.VM_CONFIG, rewrite_vm_config(paths.vm_config.read_text()))
+    for name in (layout.IMAGE, layout.HASH_TREE, layout.KERNEL, layout.INITRD,
+                 layout.FIRMWARE):
+        _place(src[name], tmp / name, link=name in layout.LARGE)
+    write_text(tmp / layout.VM_CONFIG, rewrite_vm_config(paths.vm_config.read_text()))
     try:
         record = release_measurement(tmp, cfg.source_date_epoch, built)
     except HbosError as exc:
@@ -138,33 +138,33 @@ def build_release_dir(cfg, paths, tmp: Path) -> release.Manifest:
         raise ReleaseError(f"{paths.measurement} expects {built.get('expected_hash')} but the "
                            f"files to package give {digest}",
                            hint="the measurement is stale: run doit measure")
-    reference.write(tmp / release.REFERENCE_VALUES, record, release.MEASUREMENT)
-    files = [release.file_entry(tmp / n) for n in release.PAYLOAD]
+    reference.write(tmp / layout.REFERENCE_VALUES, record, layout.MEASUREMENT)
+    files = [layout.file_entry(tmp / n) for n in layout.PAYLOAD]
     if cfg.identity.enabled:
         files += signed_files(cfg, paths, tmp, files)
-    manifest = release.Manifest(
+    manifest = layout.Manifest(
         name=cfg.release.name, tool_version=__version__,
         source_date_epoch=cfg.source_date_epoch, launch_digest=digest,
         files=tuple(files),
         ports=tuple(sorted(dataclasses.asdict(cfg.ports).items())))
-    write_json(tmp / release.MANIFEST, manifest.to_json())
+    write_json(tmp / layout.MANIFEST, manifest.to_json())
     if cfg.identity.enabled:
         sign_manifest(cfg, tmp)
-    release.check_digest(tmp, manifest)  # the checks a downloader runs, minus re-hashing
-    provenance.check_release(tmp, manifest)
+    verify.check_digest(tmp, manifest)  # the checks a downloader runs, minus re-hashing
+    verify.check_identity(tmp, manifest)
     return manifest
 
 
 def signed_files(cfg, paths, tmp: Path, files: list) -> list:
     """identity.enabled: the ID block, ID auth and provenance.json, as manifest entries."""
-    for name, src in ((release.ID_BLOCK, paths.id_block), (release.ID_AUTH, paths.id_auth)):
+    for name, src in ((layout.ID_BLOCK, paths.id_block), (layout.ID_AUTH, paths.id_auth)):
         if not src.is_file():
             raise ReleaseError(f"identity.enabled but {src} does not exist",
                                hint="run: doit id_block")
         shutil.copyfile(src, tmp / name)
-    extra = [release.file_entry(tmp / n) for n in (release.ID_BLOCK, release.ID_AUTH)]
+    extra = [layout.file_entry(tmp / n) for n in (layout.ID_BLOCK, layout.ID_AUTH)]
     provenance.write_provenance(cfg, paths, tmp, files + extra)
-    return extra + [release.file_entry(tmp / release.PROVENANCE)]
+    return extra + [layout.file_entry(tmp / layout.PROVENANCE)]
 
 
 def sign_manifest(cfg, tmp: Path) -> None:
@@ -206,8 +206,8 @@ def write_tarball(root: Path, names: list[str], out: Path, *, mtime: int,
 def package_release(cfg, paths) -> None:
     with atomic_path(paths.release_dir) as tmp:
         manifest = build_release_dir(cfg, paths, tmp)
-    names = [*release.PAYLOAD, release.MANIFEST]
-    names += [n for n in (*release.OPTIONAL, release.SIGNATURE)
+    names = [*layout.PAYLOAD, layout.MANIFEST]
+    names += [n for n in (*layout.OPTIONAL, layout.SIGNATURE)
               if (paths.release_dir / n).exists()]
     digest = write_tarball(paths.release_dir, names, paths.release_tarball,
                            mtime=cfg.source_date_epoch, compresslevel=cfg.release.compresslevel)

@@ -20,7 +20,11 @@ A signature only says something when the verifier names the key it trusts
 (`download_release --trusted-key`, `release.trusted_keys`): then a release that
 is unsigned, signed by another key, or whose signature does not match is
 refused before it is installed. Without a trusted key a present signature
-must still verify (a broken one is refused), and nothing else changes.
+must still verify (a broken one is refused, by hbos.release.verify), and
+nothing else changes.
+
+Of hbos.release this module imports only layout; hbos.release.verify calls
+verify_signature when it checks a release (with its ID block and HOST_DATA).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from hbos import __version__
 from hbos.errors import HbosError, IdentityError, ReleaseError
 from hbos.measure import identity
 from hbos.paths import PROJECT_ROOT
-from hbos.release import layout as release
+from hbos.release import layout
+from hbos.stages import firmware
+from hbos.util import run
 from hbos.util.fsutil import sha256_file, write_json, write_text
 
 SIG_FORMAT = "hbos-release-signature/1"
@@ -59,8 +65,8 @@ def signature_document(key, manifest_bytes: bytes) -> dict[str, Any]:
 
 def sign_release(root: Path, key) -> str:
     """Write root/manifest.json.sig; return the signer's key digest."""
-    doc = signature_document(key, (root / release.MANIFEST).read_bytes())
-    write_json(root / release.SIGNATURE, doc)
+    doc = signature_document(key, (root / layout.MANIFEST).read_bytes())
+    write_json(root / layout.SIGNATURE, doc)
     return doc["key_digest"]
 
 
@@ -72,30 +78,30 @@ class Signer:
 
 def verify_signature(root: Path) -> Signer | None:
     """The signer of root/manifest.json, or None when unsigned; a bad signature raises."""
-    path = root / release.SIGNATURE
+    path = root / layout.SIGNATURE
     if not path.exists():
         return None
     try:
-        doc = json.loads(release.read_small(path))
+        doc = json.loads(layout.read_small(path))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ReleaseError(f"{release.SIGNATURE}: not valid JSON ({exc})") from None
+        raise ReleaseError(f"{layout.SIGNATURE}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != SIG_FORMAT \
             or doc.get("algorithm") != ALGORITHM:
-        raise ReleaseError(f"{release.SIGNATURE}: not a {SIG_FORMAT} {ALGORITHM} signature")
+        raise ReleaseError(f"{layout.SIGNATURE}: not a {SIG_FORMAT} {ALGORITHM} signature")
     try:
         pem = str(doc["public_key"]).encode()
-        pub = identity.parse_public_pem(pem, f"{release.SIGNATURE} public_key")
+        pub = identity.parse_public_pem(pem, f"{layout.SIGNATURE} public_key")
         sig = base64.b64decode(str(doc["signature"]), validate=True)
     except (KeyError, binascii.Error, ValueError):
-        raise ReleaseError(f"{release.SIGNATURE}: needs public_key (PEM) and signature "
+        raise ReleaseError(f"{layout.SIGNATURE}: needs public_key (PEM) and signature "
                            "(base64)") from None
     except IdentityError as exc:
         raise ReleaseError(exc.message) from None
     digest = identity.key_digest(pub)
     if doc.get("key_digest") != digest:
-        raise ReleaseError(f"{release.SIGNATURE}: key_digest does not match its public key")
-    if not identity.verify_der(pub, release.read_small(root / release.MANIFEST), sig):
-        raise ReleaseError(f"{release.SIGNATURE}: the signature does not match manifest.json",
+        raise ReleaseError(f"{layout.SIGNATURE}: key_digest does not match its public key")
+    if not identity.verify_der(pub, layout.read_small(root / layout.MANIFEST), sig):
+        raise ReleaseError(f"{layout.SIGNATURE}: the signature does not match manifest.json",
                            hint="the manifest was altered after signing; refusing this release")
     return Signer(digest, identity.public_pem(pub))
 
@@ -115,7 +121,7 @@ def check_trusted(root: Path, trusted: list[Path]) -> Signer:
         raise ReleaseError(f"trusted key: {exc.message}", hint=exc.hint) from None
     signer = verify_signature(root)
     if signer is None:
-        raise ReleaseError(f"the release is unsigned (no {release.SIGNATURE}), but a trusted "
+        raise ReleaseError(f"the release is unsigned (no {layout.SIGNATURE}), but a trusted "
                            "key is required",
                            hint="ask its publisher for a signed release (identity.enabled)")
     if signer.key_digest not in allowed:
@@ -125,46 +131,10 @@ def check_trusted(root: Path, trusted: list[Path]) -> Signer:
     return signer
 
 
-# ----------------------------------------------------------------- ID block in a release
-
-
-def check_release(root: Path, manifest: release.Manifest) -> Signer | None:
-    """Signature (if any), ID block (if any) and HOST_DATA agree with the release."""
-    from hbos.measure import idblock, nodeconfig as hostdata
-    signer = verify_signature(root)
-    names = {f.name for f in manifest.files}
-    try:
-        record = json.loads(release.read_small(root / release.MEASUREMENT))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ReleaseError(f"{release.MEASUREMENT}: not valid JSON ({exc})") from None
-    doc = record.get("node_configuration")
-    if record.get("host_data") is not None and (
-            not isinstance(doc, dict) or hostdata.host_data(doc) != record["host_data"]):
-        raise ReleaseError(f"{release.MEASUREMENT}: host_data is not the sha256 of its "
-                           "node_configuration", hint="measurement.json was altered")
-    if {release.ID_BLOCK, release.ID_AUTH} & names:
-        if not {release.ID_BLOCK, release.ID_AUTH} <= names:
-            raise ReleaseError("a release holds an ID block and its ID auth, or neither")
-        try:
-            vm = release.release_vm_config(root)
-            info = idblock.check_for_launch(
-                release.read_small(root / release.ID_BLOCK).decode(errors="replace").strip(),
-                release.read_small(root / release.ID_AUTH).decode(errors="replace").strip(),
-                record,
-                int(str(vm.get("guest_policy", record.get("vm", {}).get("guest_policy"))), 0))
-        except HbosError as exc:
-            raise ReleaseError(f"{release.ID_BLOCK}: {exc.message}") from None
-        if signer is not None and signer.key_digest != info.author_key_digest:
-            raise ReleaseError(f"the release is signed by {signer.key_digest} but its ID "
-                               f"block's author key is {info.author_key_digest}")
-    return signer
-
-
 # ----------------------------------------------------------------- provenance
 
 
 def _git_commit(root: Path) -> dict[str, Any]:
-    from hbos.util import run
     try:
         commit = run.output(["git", "-C", root, "rev-parse", "HEAD"], quiet=True).strip()
         dirty = bool(run.output(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
@@ -183,7 +153,6 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def materials(cfg, paths) -> list[dict[str, Any]]:
     """The inputs of the release, as in-toto ResourceDescriptors."""
-    from hbos.stages import firmware
     out: list[dict[str, Any]] = []
     kernel = _read(paths.kernel_manifest)
     if kernel:
@@ -217,7 +186,7 @@ def materials(cfg, paths) -> list[dict[str, Any]]:
     return out
 
 
-def statement(cfg, paths, files: list[release.FileEntry]) -> dict[str, Any]:
+def statement(cfg, paths, files: list[layout.FileEntry]) -> dict[str, Any]:
     return {
         "_type": STATEMENT,
         "subject": [{"name": f.name, "digest": {"sha256": f.sha256}}
@@ -236,23 +205,23 @@ def statement(cfg, paths, files: list[release.FileEntry]) -> dict[str, Any]:
     }
 
 
-def write_provenance(cfg, paths, root: Path, files: list[release.FileEntry]) -> None:
-    write_text(root / release.PROVENANCE, json.dumps(statement(cfg, paths, files), indent=2,
+def write_provenance(cfg, paths, root: Path, files: list[layout.FileEntry]) -> None:
+    write_text(root / layout.PROVENANCE, json.dumps(statement(cfg, paths, files), indent=2,
                                                      sort_keys=True) + "\n")
 
 
 def describe(root: Path) -> str:
     """A few lines about provenance.json for verify-release (empty when absent)."""
-    path = root / release.PROVENANCE
+    path = root / layout.PROVENANCE
     if not path.exists():
         return ""
     try:
-        data = json.loads(release.read_small(path))
+        data = json.loads(layout.read_small(path))
         deps = data["predicate"]["buildDefinition"]["resolvedDependencies"]
         if not (isinstance(deps, list) and all(isinstance(d, dict) for d in deps)):
             raise TypeError("resolvedDependencies is not a list of objects")
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, ReleaseError):
-        return f"  {release.PROVENANCE}: not an in-toto statement this tool can read"
+        return f"  {layout.PROVENANCE}: not an in-toto statement this tool can read"
     lines = [(f"  provenance ({data.get('predicateType')}): {len(data.get('subject', []))} "
              "subjects; materials:")]
     for d in deps:

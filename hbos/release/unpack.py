@@ -20,7 +20,7 @@ import tarfile
 from pathlib import Path
 
 from hbos.errors import ReleaseError, UnsafeArchive
-from hbos.release import layout as release
+from hbos.release import layout
 from hbos.util import archive, limits
 from hbos.util.fsutil import atomic_path
 
@@ -35,19 +35,19 @@ def free_space(directory: Path) -> int:
 
 
 def _manifest(tar: tarfile.TarFile, by_name: dict[str, tarfile.TarInfo],
-              name: str) -> release.Manifest:
-    m = by_name.get(release.MANIFEST)
+              name: str) -> layout.Manifest:
+    m = by_name.get(layout.MANIFEST)
     if m is None or not m.isfile():
-        raise ReleaseError(f"{name}: no {release.MANIFEST} in the tarball")
+        raise ReleaseError(f"{name}: no {layout.MANIFEST} in the tarball")
     if m.size > limits.MANIFEST_BYTES:
-        raise ReleaseError(f"{name}: {release.MANIFEST} is larger than "
+        raise ReleaseError(f"{name}: {layout.MANIFEST} is larger than "
                            f"{limits.MANIFEST_BYTES} bytes ({m.size} bytes)")
     fh = tar.extractfile(m)
     assert fh is not None
-    source = f"{name}:{release.MANIFEST}"
+    source = f"{name}:{layout.MANIFEST}"
     data = limits.parse_json(fh.read(limits.MANIFEST_BYTES + 1), source, "release manifest",
                              ReleaseError)
-    return release.Manifest.parse(data, source)
+    return layout.Manifest.parse(data, source)
 
 
 def plan(tar: tarfile.TarFile, name: str, max_bytes: int | None) -> list[tarfile.TarInfo]:
@@ -60,13 +60,13 @@ def plan(tar: tarfile.TarFile, name: str, max_bytes: int | None) -> list[tarfile
         raise UnsafeArchive(f"{name}: not a readable tar archive "
                             f"({exc.__class__.__name__}: {exc})") from None
     sizes = {f.name: f.size for f in manifest.files}
-    sizes[release.MANIFEST] = by_name[release.MANIFEST].size
-    sig = by_name.get(release.SIGNATURE)
+    sizes[layout.MANIFEST] = by_name[layout.MANIFEST].size
+    sig = by_name.get(layout.SIGNATURE)
     if sig is not None:  # signs manifest.json, so the manifest cannot name it: bound it here
         if sig.size > SIGNATURE_BYTES:
-            raise ReleaseError(f"{name}: {release.SIGNATURE} is larger than {SIGNATURE_BYTES} "
+            raise ReleaseError(f"{name}: {layout.SIGNATURE} is larger than {SIGNATURE_BYTES} "
                                f"bytes ({sig.size} bytes)")
-        sizes[release.SIGNATURE] = sig.size
+        sizes[layout.SIGNATURE] = sig.size
     for norm, m in by_name.items():
         if norm not in sizes:
             raise ReleaseError(f"{name}: unexpected file not in the manifest: '{m.name}'")

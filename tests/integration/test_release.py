@@ -22,7 +22,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from hbos.errors import DownloadError, HashMismatch, ReleaseError, UnsafeArchive
-from hbos.release import fetch as release_fetch, layout as release, pack as release_pack
+from hbos.release import fetch, layout, pack, start, verify
 from hbos.util.fsutil import sha256_file
 from tests.conftest import doit, kill_qemu, missing_prerequisite
 from tests.support.release_fixtures import flip_byte, make_build, member, snapshot, tar_of
@@ -35,7 +35,7 @@ URL = "/releases/r.tar.gz"
 @pytest.fixture
 def built(tmp_path, amdsev_ovmf):
     cfg, paths = make_build(tmp_path / "b", amdsev_ovmf)
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     return cfg, paths
 
 
@@ -45,7 +45,7 @@ def installed(built, httpserver):
     cfg, paths = built
     data = paths.release_tarball.read_bytes()
     httpserver.expect_oneshot_request("/good.tar.gz").respond_with_data(data)
-    root = release_fetch.download_release(cfg, paths, httpserver.url_for("/good.tar.gz"),
+    root = fetch.download_release(cfg, paths, httpserver.url_for("/good.tar.gz"),
                                           sha256_file(paths.release_tarball), progress=False)
     return cfg, paths, root
 
@@ -76,12 +76,12 @@ def _gz(data: bytes) -> bytes:
 def test_round_trip_package_serve_download_verify(built, httpserver):
     cfg, paths = built
     url = _serve(httpserver, paths.release_tarball.read_bytes())
-    root = release_fetch.download_release(cfg, paths, url, sha256_file(paths.release_tarball),
+    root = fetch.download_release(cfg, paths, url, sha256_file(paths.release_tarball),
                                           progress=False)
     assert paths.current_release.resolve() == root
-    for name in (*release.PAYLOAD, release.MANIFEST):
+    for name in (*layout.PAYLOAD, layout.MANIFEST):
         assert sha256_file(root / name) == sha256_file(paths.release_dir / name)
-    manifest = release.verify_release(root)
+    manifest = verify.verify_release(root)
     assert manifest.launch_digest == json.loads(paths.measurement.read_text())["expected_hash"]
     assert sha256_file(paths.release_download) == sha256_file(paths.release_tarball)
     assert not list(paths.downloads.glob(".incoming-*"))
@@ -92,22 +92,22 @@ def test_same_build_gives_the_same_tarball(tmp_path, amdsev_ovmf, built):
     first = sha256_file(paths.release_tarball)
     # the same build packaged again, and an identical build in another directory
     cfg2, paths2 = make_build(tmp_path / "elsewhere", amdsev_ovmf)
-    release_pack.package_release(cfg2, paths2)
+    pack.package_release(cfg2, paths2)
     assert sha256_file(paths2.release_tarball) == first
     cfg, _ = built
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     assert sha256_file(paths.release_tarball) == first
     # and a different build does not
     cfg3, paths3 = make_build(tmp_path / "other", amdsev_ovmf, seed=2)
-    release_pack.package_release(cfg3, paths3)
+    pack.package_release(cfg3, paths3)
     assert sha256_file(paths3.release_tarball) != first
 
 
 def test_download_without_pin_still_verifies(built, httpserver, capsys):
     cfg, paths = built
-    root = release_fetch.download_release(
+    root = fetch.download_release(
         cfg, paths, _serve(httpserver, paths.release_tarball.read_bytes()), progress=False)
-    assert release.verify_release(root)
+    assert verify.verify_release(root)
     assert "no --sha256 given" in capsys.readouterr().err
 
 
@@ -121,13 +121,13 @@ def _tampered(paths, tmp_path, name: str) -> bytes:
     return _gz(tar_of(d))
 
 
-@pytest.mark.parametrize("name", sorted(release.PAYLOAD))
+@pytest.mark.parametrize("name", sorted(layout.PAYLOAD))
 def test_flipped_byte_in_any_file_is_refused_naming_it(installed, httpserver, tmp_path, name):
     cfg, paths, _ = installed
     before = _state(paths)
     url = _serve(httpserver, _tampered(paths, tmp_path, name))
     with pytest.raises(ReleaseError) as exc:
-        release_fetch.download_release(cfg, paths, url, progress=False)
+        fetch.download_release(cfg, paths, url, progress=False)
     assert str(exc.value).startswith(f"{name}: sha256 mismatch")
     assert _state(paths) == before
 
@@ -137,11 +137,11 @@ def test_flipped_byte_in_the_manifest_is_refused(installed, httpserver, tmp_path
     before = _state(paths)
     d = tmp_path / "tampered"
     shutil.copytree(paths.release_dir, d)
-    data = json.loads((d / release.MANIFEST).read_text())
+    data = json.loads((d / layout.MANIFEST).read_text())
     data["files"][0]["sha256"] = data["files"][0]["sha256"][:-1] + "0"
-    (d / release.MANIFEST).write_text(json.dumps(data))
+    (d / layout.MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ReleaseError, match="OVMF.fd: sha256 mismatch"):
-        release_fetch.download_release(cfg, paths, _serve(httpserver, _gz(tar_of(d))),
+        fetch.download_release(cfg, paths, _serve(httpserver, _gz(tar_of(d))),
                                        progress=False)
     assert _state(paths) == before
 
@@ -152,14 +152,14 @@ def test_manifest_edited_to_match_a_tampered_kernel_fails_on_the_digest(installe
     before = _state(paths)
     d = tmp_path / "tampered"
     shutil.copytree(paths.release_dir, d)
-    flip_byte(d / release.KERNEL)
-    data = json.loads((d / release.MANIFEST).read_text())
+    flip_byte(d / layout.KERNEL)
+    data = json.loads((d / layout.MANIFEST).read_text())
     for f in data["files"]:
-        if f["name"] == release.KERNEL:
-            f["sha256"] = sha256_file(d / release.KERNEL)
-    (d / release.MANIFEST).write_text(json.dumps(data))
+        if f["name"] == layout.KERNEL:
+            f["sha256"] = sha256_file(d / layout.KERNEL)
+    (d / layout.MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ReleaseError, match="launch digest mismatch"):
-        release_fetch.download_release(cfg, paths, _serve(httpserver, _gz(tar_of(d))),
+        fetch.download_release(cfg, paths, _serve(httpserver, _gz(tar_of(d))),
                                        progress=False)
     assert _state(paths) == before
 
@@ -167,9 +167,9 @@ def test_manifest_edited_to_match_a_tampered_kernel_fails_on_the_digest(installe
 def test_pinned_sha256_refuses_another_tarball(installed, httpserver, tmp_path):
     cfg, paths, _ = installed
     before = _state(paths)
-    url = _serve(httpserver, _tampered(paths, tmp_path, release.IMAGE))
+    url = _serve(httpserver, _tampered(paths, tmp_path, layout.IMAGE))
     with pytest.raises(HashMismatch, match="sha256 mismatch"):
-        release_fetch.download_release(cfg, paths, url, sha256_file(paths.release_tarball),
+        fetch.download_release(cfg, paths, url, sha256_file(paths.release_tarball),
                                        progress=False)
     assert _state(paths) == before
 
@@ -183,7 +183,7 @@ def test_404_names_url_and_status(installed, httpserver):
     httpserver.expect_request("/missing.tar.gz").respond_with_data("no", status=404)
     url = httpserver.url_for("/missing.tar.gz")
     with pytest.raises(DownloadError, match=rf"cannot fetch {url}: HTTP 404"):
-        release_fetch.download_release(cfg, paths, url, progress=False)
+        fetch.download_release(cfg, paths, url, progress=False)
     assert len(httpserver.log) == 2  # the good one, then a 404 that was not retried
     assert _state(paths) == before
 
@@ -193,10 +193,10 @@ def test_500_then_200_is_retried(built, httpserver):
     data = paths.release_tarball.read_bytes()
     httpserver.expect_ordered_request(URL).respond_with_data("oops", status=500)
     httpserver.expect_ordered_request(URL).respond_with_data(data)
-    root = release_fetch.download_release(cfg, paths, httpserver.url_for(URL),
+    root = fetch.download_release(cfg, paths, httpserver.url_for(URL),
                                           sha256_file(paths.release_tarball), progress=False)
     assert [r.status_code for _, r in httpserver.log] == [500, 200]
-    assert release.verify_release(root)
+    assert verify.verify_release(root)
 
 
 def _truncated(data: bytes):
@@ -212,8 +212,8 @@ def test_truncated_body_then_good_is_retried(built, httpserver):
     data = paths.release_tarball.read_bytes()
     httpserver.expect_ordered_request(URL).respond_with_handler(_truncated(data))
     httpserver.expect_ordered_request(URL).respond_with_data(data)
-    root = release_fetch.download_release(cfg, paths, httpserver.url_for(URL), progress=False)
-    assert release.verify_release(root)
+    root = fetch.download_release(cfg, paths, httpserver.url_for(URL), progress=False)
+    assert verify.verify_release(root)
     assert len(httpserver.log) == 2
 
 
@@ -223,7 +223,7 @@ def test_always_truncated_body_fails_and_keeps_the_previous(installed, httpserve
     data = paths.release_tarball.read_bytes()
     httpserver.expect_request(URL).respond_with_handler(_truncated(data))
     with pytest.raises(DownloadError, match=r"(truncated|connection broke)"):
-        release_fetch.download_release(cfg, paths, httpserver.url_for(URL), progress=False)
+        fetch.download_release(cfg, paths, httpserver.url_for(URL), progress=False)
     assert len(httpserver.log) == 1 + cfg.release.retries
     assert _state(paths) == before
 
@@ -234,7 +234,7 @@ def test_truncated_tarball_served_as_complete_is_refused(installed, httpserver):
     data = paths.release_tarball.read_bytes()
     url = _serve(httpserver, data[: len(data) * 2 // 3])
     with pytest.raises((UnsafeArchive, ReleaseError)):
-        release_fetch.download_release(cfg, paths, url, progress=False)
+        fetch.download_release(cfg, paths, url, progress=False)
     assert _state(paths) == before
 
 
@@ -244,9 +244,9 @@ def test_gzip_content_encoding_is_not_undone(built, httpserver):
     data = paths.release_tarball.read_bytes()
     httpserver.expect_request(URL).respond_with_data(
         data, headers={"Content-Encoding": "gzip"}, content_type="application/x-tar")
-    root = release_fetch.download_release(cfg, paths, httpserver.url_for(URL),
+    root = fetch.download_release(cfg, paths, httpserver.url_for(URL),
                                           sha256_file(paths.release_tarball), progress=False)
-    assert release.verify_release(root)
+    assert verify.verify_release(root)
 
 
 def _slow(data: bytes, pause: float):
@@ -263,9 +263,9 @@ def test_slow_body_within_the_read_timeout_succeeds(built, httpserver):
     cfg, paths = built
     data = paths.release_tarball.read_bytes()
     httpserver.expect_request(URL).respond_with_handler(_slow(data, 0.5))
-    root = release_fetch.download_release(cfg, paths, httpserver.url_for(URL),
+    root = fetch.download_release(cfg, paths, httpserver.url_for(URL),
                                           sha256_file(paths.release_tarball), progress=False)
-    assert release.verify_release(root)
+    assert verify.verify_release(root)
     assert len(httpserver.log) == 1
 
 
@@ -284,13 +284,13 @@ def threaded_server():
 def test_stalled_body_times_out_and_is_retried(tmp_path, amdsev_ovmf, threaded_server):
     cfg, paths = make_build(tmp_path / "b", amdsev_ovmf,
                             extra_yaml="release: {retries: 2, backoff_ms: 10, read_timeout: 1}\n")
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     data = paths.release_tarball.read_bytes()
     threaded_server.expect_ordered_request(URL).respond_with_handler(_slow(data, 3))
     threaded_server.expect_ordered_request(URL).respond_with_data(data)
-    root = release_fetch.download_release(cfg, paths, threaded_server.url_for(URL),
+    root = fetch.download_release(cfg, paths, threaded_server.url_for(URL),
                                           progress=False)
-    assert release.verify_release(root)
+    assert verify.verify_release(root)
     assert len(threaded_server.log) == 2
 
 
@@ -302,7 +302,7 @@ def test_always_stalled_body_fails_naming_the_url(installed, threaded_server):
     cfg = dataclasses.replace(cfg, release=dataclasses.replace(cfg.release, read_timeout=1))
     url = threaded_server.url_for(URL)
     with pytest.raises(DownloadError, match=f"cannot fetch {url}"):
-        release_fetch.download_release(cfg, paths, url, progress=False)
+        fetch.download_release(cfg, paths, url, progress=False)
     assert _state(paths) == before
 
 
@@ -328,7 +328,7 @@ def _evil_cases(outside: Path):
         "char device": [member("dev", type=tarfile.CHRTYPE)],
         "block device": [member("blk", type=tarfile.BLKTYPE)],
         "fifo": [member("fifo", type=tarfile.FIFOTYPE)],
-        "duplicate member": [member(release.KERNEL, data=b"evil kernel")],
+        "duplicate member": [member(layout.KERNEL, data=b"evil kernel")],
     }
 
 
@@ -341,22 +341,22 @@ def test_malicious_tarball_is_refused(installed, httpserver, tmp_path, case):
     before = _state(paths)
     evil = _gz(tar_of(paths.release_dir, extra=_evil_cases(outside)[case]))
     with pytest.raises(UnsafeArchive):
-        release_fetch.download_release(cfg, paths, _serve(httpserver, evil), progress=False)
+        fetch.download_release(cfg, paths, _serve(httpserver, evil), progress=False)
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
     assert (outside / "secret").read_text() == "host secret\n"
     assert _state(paths) == before
-    assert release.verify_release(paths.current_release.resolve())
+    assert verify.verify_release(paths.current_release.resolve())
 
 
 def test_symlink_inside_the_release_is_refused(installed, httpserver):
     # safe for extraction, but a release holds only regular files
     cfg, paths, _ = installed
     before = _state(paths)
-    evil = _gz(tar_of(paths.release_dir, skip=(release.KERNEL,),
-                      extra=[member(release.KERNEL, type=tarfile.SYMTYPE,
-                                    linkname=release.INITRD)]))
+    evil = _gz(tar_of(paths.release_dir, skip=(layout.KERNEL,),
+                      extra=[member(layout.KERNEL, type=tarfile.SYMTYPE,
+                                    linkname=layout.INITRD)]))
     with pytest.raises(ReleaseError, match="'vmlinuz' is not a regular file"):
-        release_fetch.download_release(cfg, paths, _serve(httpserver, evil), progress=False)
+        fetch.download_release(cfg, paths, _serve(httpserver, evil), progress=False)
     assert _state(paths) == before
 
 
@@ -365,11 +365,11 @@ def test_extra_or_missing_member_is_refused(installed, httpserver):
     before = _state(paths)
     extra = _gz(tar_of(paths.release_dir, extra=[member("notes.txt", data=b"hi")]))
     with pytest.raises(ReleaseError, match="unexpected file.*notes.txt"):
-        release_fetch.download_release(cfg, paths, _serve(httpserver, extra, "/a"),
+        fetch.download_release(cfg, paths, _serve(httpserver, extra, "/a"),
                                        progress=False)
-    missing = _gz(tar_of(paths.release_dir, skip=(release.HASH_TREE,)))
+    missing = _gz(tar_of(paths.release_dir, skip=(layout.HASH_TREE,)))
     with pytest.raises(ReleaseError, match=r"missing file\(s\): hash_tree.bin"):
-        release_fetch.download_release(cfg, paths, _serve(httpserver, missing, "/b"),
+        fetch.download_release(cfg, paths, _serve(httpserver, missing, "/b"),
                                        progress=False)
     assert _state(paths) == before
 
@@ -378,7 +378,7 @@ def test_not_a_tarball_is_refused(installed, httpserver):
     cfg, paths, _ = installed
     before = _state(paths)
     with pytest.raises(UnsafeArchive, match="not a readable tar archive"):
-        release_fetch.download_release(cfg, paths, _serve(httpserver, b"<html>hi</html>"),
+        fetch.download_release(cfg, paths, _serve(httpserver, b"<html>hi</html>"),
                                        progress=False)
     assert _state(paths) == before
 
@@ -390,9 +390,9 @@ def test_installed_release_passes_the_launchers_measurement_check(installed):
     from hbos.launch import qemu, start as launch
     from hbos.stages import vmconfig
     _, _, root = installed
-    vm = qemu.VmDefinition.from_vm_config(vmconfig.load(root / release.VM_CONFIG))
-    assert vm.kernel == root / release.KERNEL and vm.ovmf == root / release.FIRMWARE
-    assert launch.launch_mismatches(vm, json.loads((root / release.MEASUREMENT).read_text())) == []
+    vm = qemu.VmDefinition.from_vm_config(vmconfig.load(root / layout.VM_CONFIG))
+    assert vm.kernel == root / layout.KERNEL and vm.ovmf == root / layout.FIRMWARE
+    assert launch.launch_mismatches(vm, json.loads((root / layout.MEASUREMENT).read_text())) == []
 
 
 def test_start_release_goes_through_the_real_start_vm(installed):
@@ -407,7 +407,7 @@ def test_start_release_goes_through_the_real_start_vm(installed):
         pytest.skip("this host can run SNP guests; the test expects it cannot")
     cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, snp="required"))
     with pytest.raises(LaunchError) as exc:
-        release.start_release(cfg, paths, launch.options_from_params())
+        start.start_release(cfg, paths, launch.options_from_params())
     assert "differs from its measurement" not in str(exc.value)
     assert "SNP" in str(exc.value) or "snp" in str(exc.value)
 
@@ -426,7 +426,7 @@ def test_doit_package_and_download_release(built, httpserver, tmp_path):
     url = _serve(httpserver, paths.release_tarball.read_bytes())
     proc = doit(["download_release", "--url", url, "--sha256", digest, f"config={overlay}"])
     assert "expected launch digest" in proc.stdout + proc.stderr
-    assert release.verify_release(paths.current_release.resolve())
+    assert verify.verify_release(paths.current_release.resolve())
     bad = doit(["download_release", "--url", url, "--sha256", "0" * 64, f"config={overlay}"],
                check=False)
     assert bad.returncode != 0
@@ -448,9 +448,9 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     """
     from hbos import config as hconfig
     from hbos.launch import node_http, qemu, start as launch
-    from hbos.measure import digest as measure
     from hbos.paths import Paths
     from hbos.stages import vmconfig
+    from hbos.stages.measure import write_measurement
     from tests.integration.test_start import free_port, make_initramfs
 
     if not shutil.which("qemu-system-x86_64"):
@@ -481,23 +481,22 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     paths.verity_image.write_bytes(b"\0" * 4096)
     paths.hash_tree.write_bytes(b"\0" * 4096)
     vmconfig.write(cfg, paths, ovmf=amdsev_ovmf)
-    measure.measure_vm_config(paths.vm_config, paths.measurement,
-                              source_date_epoch=cfg.source_date_epoch)
-    release_pack.package_release(cfg, paths)
+    write_measurement(paths.vm_config, paths.measurement, source_date_epoch=cfg.source_date_epoch)
+    pack.package_release(cfg, paths)
 
     # another host
     cfg2, paths2 = build_dir("host")
     url = _serve(httpserver, paths.release_tarball.read_bytes())
-    root = release_fetch.download_release(cfg2, paths2, url, sha256_file(paths.release_tarball),
+    root = fetch.download_release(cfg2, paths2, url, sha256_file(paths.release_tarball),
                                           progress=False)
     files = qemu.RunFiles(paths2.run_dir)
     try:
-        release.start_release(cfg2, paths2, launch.options_from_params())
+        start.start_release(cfg2, paths2, launch.options_from_params())
         ok, why = node_http.probe_health(port)
         assert ok, why
         argv = json.loads(files.state.read_text())["argv"]
-        assert any(str(root / release.KERNEL) in a for a in argv), argv
-        assert any(str(root / release.INITRD) in a for a in argv), argv
+        assert any(str(root / layout.KERNEL) in a for a in argv), argv
+        assert any(str(root / layout.INITRD) in a for a in argv), argv
     finally:
         kill_qemu(paths2.run_dir)
 
@@ -507,13 +506,13 @@ def test_local_path_and_file_url(built, tmp_path):
     pin = sha256_file(paths.release_tarball)
     copy = tmp_path / "copied release.tar.gz"
     shutil.copyfile(paths.release_tarball, copy)
-    root = release_fetch.download_release(cfg, paths, str(copy), pin, progress=False)
-    assert release.verify_release(root)
-    root2 = release_fetch.download_release(cfg, paths, copy.as_uri(), pin, progress=False)
+    root = fetch.download_release(cfg, paths, str(copy), pin, progress=False)
+    assert verify.verify_release(root)
+    root2 = fetch.download_release(cfg, paths, copy.as_uri(), pin, progress=False)
     assert root2 != root and paths.current_release.resolve() == root2
     before = _state(paths)
     with pytest.raises(HashMismatch, match="sha256 mismatch"):
-        release_fetch.download_release(cfg, paths, str(copy), "0" * 64, progress=False)
+        fetch.download_release(cfg, paths, str(copy), "0" * 64, progress=False)
     with pytest.raises(ReleaseError, match="does not exist"):
-        release_fetch.download_release(cfg, paths, str(tmp_path / "nope.tar.gz"), progress=False)
+        fetch.download_release(cfg, paths, str(tmp_path / "nope.tar.gz"), progress=False)
     assert _state(paths) == before

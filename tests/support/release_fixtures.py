@@ -15,10 +15,10 @@ import tarfile
 from pathlib import Path
 
 from hbos import config as hconfig
-from hbos.measure import digest as measure
 from hbos.paths import Paths
-from hbos.release import layout as release
+from hbos.release import layout
 from hbos.stages import vmconfig
+from hbos.stages.measure import write_measurement
 
 
 def make_build(root: Path, ovmf: Path, *, seed: int = 1, extra_yaml: str = ""):
@@ -40,8 +40,7 @@ def make_build(root: Path, ovmf: Path, *, seed: int = 1, extra_yaml: str = ""):
         path.write_bytes(rnd.randbytes(size))
     paths.roothash.write_text(rnd.randbytes(32).hex() + "\n")
     vmconfig.write(cfg, paths, ovmf=fw, roothash_file=paths.roothash)
-    measure.measure_vm_config(paths.vm_config, paths.measurement,
-                              source_date_epoch=cfg.source_date_epoch)
+    write_measurement(paths.vm_config, paths.measurement, source_date_epoch=cfg.source_date_epoch)
     return cfg, paths
 
 
@@ -59,7 +58,7 @@ def tar_of(root: Path, extra: list[tuple[tarfile.TarInfo, bytes | None]] = (),
     """An uncompressed tar of a release dir's files plus hand-made members."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in (*release.PAYLOAD, release.MANIFEST):
+        for name in (*layout.PAYLOAD, layout.MANIFEST):
             if name in skip:
                 continue
             tar.add(root / name, arcname=name)

@@ -46,7 +46,13 @@ from hbos.errors import (
 )
 from hbos.measure import digest as measure
 from hbos.paths import Paths
-from hbos.release import fetch as release_fetch, layout as release, pack as release_pack, unpack as release_unpack
+from hbos.release import (
+    fetch as release_fetch,
+    layout as release,
+    pack as release_pack,
+    unpack as release_unpack,
+    verify,
+)
 from hbos.stages import vmconfig
 from hbos.util import archive, fetch, limits
 from tests.support.release_fixtures import make_build, member, tar_of
@@ -501,7 +507,7 @@ def test_release_larger_than_free_space_refused(packaged, tmp_path):
         release_unpack.extract(paths.release_tarball, dest / "r", max_bytes=total - 1)
     assert list(dest.iterdir()) == []
     release_unpack.extract(paths.release_tarball, dest / "r", max_bytes=total)
-    assert release.verify_release(dest / "r").name == "hyperbeam-os"
+    assert verify.verify_release(dest / "r").name == "hyperbeam-os"
 
 
 def test_verify_release_has_the_free_space_limit(packaged, tmp_path, monkeypatch):
@@ -548,7 +554,7 @@ def test_release_wrong_types_refused(packaged, tmp_path, name, old, new):
     assert old in text
     root = _release_with(paths, tmp_path, name, text.replace(old, new, 1))
     with pytest.raises(ReleaseError) as err:
-        release.verify_release(root)
+        verify.verify_release(root)
     msg = one_line(str(err.value).split("\n  hint:")[0])
     assert name in msg
 
@@ -747,7 +753,7 @@ def test_two_download_release_at_once(tmp_path, amdsev_ovmf):
         server.shutdown()
     assert first.returncode == 0, out
     installed = (host / "build" / "releases" / "current").resolve()
-    assert release.verify_release(installed).name == "hyperbeam-os"
+    assert verify.verify_release(installed).name == "hyperbeam-os"
     assert sorted(p.name for p in downloads.iterdir()) == ["release.tar.gz"]
 
 
@@ -882,7 +888,7 @@ def test_release_measurement_random_types_only_release_error(packaged, tmp_path_
     root = _release_with(paths, tmp_path_factory.mktemp("m"), release.MEASUREMENT,
                          json.dumps(record))
     try:
-        release.verify_release(root)
+        verify.verify_release(root)
     except ReleaseError as exc:
         one_line(str(exc).split("\n  hint:")[0])
 

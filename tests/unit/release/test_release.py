@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hbos.errors import ReleaseError, UnsafeArchive
-from hbos.release import fetch as release_fetch, layout as release, pack as release_pack
+from hbos.release import fetch, layout, pack, start, verify
 from hbos.util import archive
 from hbos.util.fsutil import sha256_file
 from tests.support.release_fixtures import flip_byte, make_build
@@ -32,7 +32,7 @@ def build(tmp_path, amdsev_ovmf):
 @pytest.fixture
 def packaged(build):
     cfg, paths = build
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     return cfg, paths
 
 
@@ -42,8 +42,8 @@ def packaged(build):
 def test_release_dir_holds_exactly_the_layout(packaged):
     _, paths = packaged
     assert sorted(p.name for p in paths.release_dir.iterdir()) == \
-        sorted([*release.PAYLOAD, release.MANIFEST])
-    manifest = release.read_manifest(paths.release_dir)
+        sorted([*layout.PAYLOAD, layout.MANIFEST])
+    manifest = layout.read_manifest(paths.release_dir)
     for f in manifest.files:
         assert sha256_file(paths.release_dir / f.name) == f.sha256
         assert (paths.release_dir / f.name).stat().st_size == f.size
@@ -57,7 +57,7 @@ def test_manifest_digest_is_the_builds_measurement(packaged):
     assert data["source_date_epoch"] == cfg.source_date_epoch
     from hbos import __version__
     assert data["tool_version"] == __version__
-    rel_m = json.loads((paths.release_dir / release.MEASUREMENT).read_text())
+    rel_m = json.loads((paths.release_dir / layout.MEASUREMENT).read_text())
     assert rel_m["expected_hash"] == built["expected_hash"]
     assert {k: v["path"] for k, v in rel_m["files"].items()} == \
         {"kernel": "vmlinuz", "initrd": "initrd.img", "firmware": "OVMF.fd"}
@@ -66,9 +66,9 @@ def test_manifest_digest_is_the_builds_measurement(packaged):
 def test_packaged_files_are_the_build_artifacts(packaged):
     cfg, paths = packaged
     from hbos.stages import vmconfig
-    for name, src in ((release.IMAGE, paths.verity_image), (release.HASH_TREE, paths.hash_tree),
-                      (release.KERNEL, paths.vmlinuz),
-                      (release.INITRD, vmconfig.initrd_path(cfg, paths))):
+    for name, src in ((layout.IMAGE, paths.verity_image), (layout.HASH_TREE, paths.hash_tree),
+                      (layout.KERNEL, paths.vmlinuz),
+                      (layout.INITRD, vmconfig.initrd_path(cfg, paths))):
         assert sha256_file(paths.release_dir / name) == sha256_file(src)
 
 
@@ -76,7 +76,7 @@ def test_missing_artifact_is_an_error_naming_it(build):
     cfg, paths = build
     paths.hash_tree.unlink()
     with pytest.raises(ReleaseError, match=r"missing artifact\(s\): hash_tree.bin"):
-        release_pack.package_release(cfg, paths)
+        pack.package_release(cfg, paths)
     assert not paths.release_tarball.exists()
 
 
@@ -86,13 +86,13 @@ def test_stale_measurement_is_refused(build):
     data["expected_hash"] = "00" * 48
     paths.measurement.write_text(json.dumps(data))
     with pytest.raises(ReleaseError, match="stale"):
-        release_pack.package_release(cfg, paths)
+        pack.package_release(cfg, paths)
 
 
 def test_rewrite_vm_config_changes_only_the_file_keys(build):
     _, paths = build
     text = paths.vm_config.read_text()
-    out = release_pack.rewrite_vm_config(text)
+    out = pack.rewrite_vm_config(text)
     changed = [(a, b) for a, b in zip(text.splitlines(), out.splitlines(), strict=True) if a != b]
     assert sorted(b for _, b in changed) == ['initrd_file = "initrd.img"',
                                             'kernel_file = "vmlinuz"', 'ovmf_file = "OVMF.fd"']
@@ -101,7 +101,7 @@ def test_rewrite_vm_config_changes_only_the_file_keys(build):
 
 def test_rewrite_vm_config_needs_every_file_key():
     with pytest.raises(ReleaseError, match="expected one line each"):
-        release_pack.rewrite_vm_config('kernel_file = "/k"\ninitrd_file = "/i"\n')
+        pack.rewrite_vm_config('kernel_file = "/k"\ninitrd_file = "/i"\n')
 
 
 # ------------------------------------------------------------- tarball
@@ -114,7 +114,7 @@ def test_tarball_headers_are_normalized(packaged):
     assert raw[:3] == b"\x1f\x8b\x08" and raw[3] == 0 and raw[4:8] == b"\0\0\0\0"
     with tarfile.open(paths.release_tarball) as tar:
         members = tar.getmembers()
-    assert [m.name for m in members] == sorted([*release.PAYLOAD, release.MANIFEST])
+    assert [m.name for m in members] == sorted([*layout.PAYLOAD, layout.MANIFEST])
     for m in members:
         assert (m.type, m.mode, m.uid, m.gid, m.uname, m.gname, m.mtime) == \
             (tarfile.REGTYPE, 0o644, 0, 0, "", "", cfg.source_date_epoch)
@@ -128,8 +128,8 @@ def test_tarball_ignores_file_mtimes_and_owners(packaged):
     for p in paths.release_dir.iterdir():
         os.utime(p, (1_900_000_000, 1_900_000_000))
         os.chown(p, 1234, 1234) if os.geteuid() == 0 else None
-    names = [*release.PAYLOAD, release.MANIFEST]
-    again = release_pack.write_tarball(paths.release_dir, names, paths.build / "again.tar.gz",
+    names = [*layout.PAYLOAD, layout.MANIFEST]
+    again = pack.write_tarball(paths.release_dir, names, paths.build / "again.tar.gz",
                                        mtime=cfg.source_date_epoch)
     assert again == first
 
@@ -137,9 +137,9 @@ def test_tarball_ignores_file_mtimes_and_owners(packaged):
 def test_tarball_streams_with_a_small_buffer(tmp_path):
     # a file larger than the copy buffer goes through in pieces, same bytes out
     big = tmp_path / "big"
-    big.write_bytes(os.urandom(3 * release_pack.TAR_CHUNK + 17))
+    big.write_bytes(os.urandom(3 * pack.TAR_CHUNK + 17))
     out = tmp_path / "t.tar.gz"
-    release_pack.write_tarball(tmp_path, ["big"], out, mtime=0)
+    pack.write_tarball(tmp_path, ["big"], out, mtime=0)
     with tarfile.open(out) as tar:
         assert hashlib.sha256(tar.extractfile("big").read()).hexdigest() == sha256_file(big)
     with gzip.open(out) as gz:
@@ -151,16 +151,16 @@ def test_tarball_streams_with_a_small_buffer(tmp_path):
 
 def test_verify_accepts_the_packaged_release(packaged):
     _, paths = packaged
-    m = release.verify_release(paths.release_dir)
+    m = verify.verify_release(paths.release_dir)
     assert m.launch_digest == json.loads(paths.measurement.read_text())["expected_hash"]
 
 
-@pytest.mark.parametrize("name", sorted([*release.PAYLOAD]))
+@pytest.mark.parametrize("name", sorted([*layout.PAYLOAD]))
 def test_verify_names_an_altered_file(packaged, name):
     _, paths = packaged
     flip_byte(paths.release_dir / name)
     with pytest.raises(ReleaseError) as exc:
-        release.verify_release(paths.release_dir)
+        verify.verify_release(paths.release_dir)
     assert str(exc.value).startswith(f"{name}: sha256 mismatch")
 
 
@@ -169,21 +169,21 @@ def test_verify_refuses_extra_missing_and_non_regular_files(packaged):
     d = paths.release_dir
     (d / "extra").write_text("x")
     with pytest.raises(ReleaseError, match="unexpected file.*extra"):
-        release.verify_release(d)
+        verify.verify_release(d)
     (d / "extra").unlink()
     os.symlink("vmlinuz", d / "alias")
     with pytest.raises(ReleaseError, match="'alias' is not a regular file"):
-        release.verify_release(d)
+        verify.verify_release(d)
     (d / "alias").unlink()
-    (d / release.INITRD).unlink()
+    (d / layout.INITRD).unlink()
     with pytest.raises(ReleaseError, match=r"missing file\(s\): initrd.img"):
-        release.verify_release(d)
+        verify.verify_release(d)
 
 
 def _edit_manifest(d: Path, fn) -> None:
-    data = json.loads((d / release.MANIFEST).read_text())
+    data = json.loads((d / layout.MANIFEST).read_text())
     fn(data)
-    (d / release.MANIFEST).write_text(json.dumps(data))
+    (d / layout.MANIFEST).write_text(json.dumps(data))
 
 
 def _rehash(d: Path, data: dict, name: str) -> None:
@@ -193,15 +193,15 @@ def _rehash(d: Path, data: dict, name: str) -> None:
             f["size"] = (d / name).stat().st_size
 
 
-@pytest.mark.parametrize("name", [release.KERNEL, release.INITRD, release.FIRMWARE])
+@pytest.mark.parametrize("name", [layout.KERNEL, layout.INITRD, layout.FIRMWARE])
 def test_manifest_hiding_a_tampered_input_still_fails_on_the_digest(packaged, name):
     _, paths = packaged
     d = paths.release_dir
-    offset = 0 if name == release.FIRMWARE else None  # keep the OVMF footer parseable
+    offset = 0 if name == layout.FIRMWARE else None  # keep the OVMF footer parseable
     flip_byte(d / name, offset)
     _edit_manifest(d, lambda data: _rehash(d, data, name))
     with pytest.raises(ReleaseError, match="launch digest mismatch"):
-        release.verify_release(d)
+        verify.verify_release(d)
 
 
 def _replace_in_release(d, name, text):
@@ -215,51 +215,51 @@ def _replace_in_release(d, name, text):
 def test_tampered_cmdline_with_matching_manifest_fails_on_the_digest(packaged):
     _, paths = packaged
     d = paths.release_dir
-    vm = d / release.VM_CONFIG
+    vm = d / layout.VM_CONFIG
     text = vm.read_text().replace("loglevel=7", "loglevel=7 init=/bin/sh")
-    _replace_in_release(d, release.VM_CONFIG, text)
+    _replace_in_release(d, layout.VM_CONFIG, text)
     with pytest.raises(ReleaseError, match="launch digest mismatch"):
-        release.verify_release(d)
+        verify.verify_release(d)
 
 
 def test_manifest_and_measurement_must_agree(packaged):
     _, paths = packaged
     d = paths.release_dir
-    m = json.loads((d / release.MEASUREMENT).read_text())
+    m = json.loads((d / layout.MEASUREMENT).read_text())
     m["expected_hash"] = "11" * 48
-    _replace_in_release(d, release.MEASUREMENT, json.dumps(m))
+    _replace_in_release(d, layout.MEASUREMENT, json.dumps(m))
     with pytest.raises(ReleaseError, match="measurement.json: expected_hash"):
-        release.verify_release(d)
+        verify.verify_release(d)
 
 
 def test_policy_outside_the_digest_must_match_the_measurement(packaged):
     # guest_policy is not in the launch digest; changing it must still be caught
     _, paths = packaged
     d = paths.release_dir
-    vm = d / release.VM_CONFIG
+    vm = d / layout.VM_CONFIG
     text = vm.read_text().replace("guest_policy = 0x30000", "guest_policy = 0xb0000")
     assert text != vm.read_text()
-    _replace_in_release(d, release.VM_CONFIG, text)
+    _replace_in_release(d, layout.VM_CONFIG, text)
     with pytest.raises(ReleaseError, match="vm.guest_policy 196608 does not match"):
-        release.verify_release(d)
+        verify.verify_release(d)
 
 
 def test_vm_config_may_only_name_release_files(packaged):
     _, paths = packaged
     d = paths.release_dir
-    vm = d / release.VM_CONFIG
+    vm = d / layout.VM_CONFIG
     text = vm.read_text().replace('kernel_file = "vmlinuz"', 'kernel_file = "/boot/vmlinuz"')
-    _replace_in_release(d, release.VM_CONFIG, text)
+    _replace_in_release(d, layout.VM_CONFIG, text)
     with pytest.raises(ReleaseError, match="kernel_file must be 'vmlinuz'"):
-        release.verify_release(d)
+        verify.verify_release(d)
 
 
 def test_pinned_launch_digest(packaged):
     _, paths = packaged
-    digest = release.read_manifest(paths.release_dir).launch_digest
-    release.verify_release(paths.release_dir, pinned_digest=digest.upper())
+    digest = layout.read_manifest(paths.release_dir).launch_digest
+    verify.verify_release(paths.release_dir, pinned_digest=digest.upper())
     with pytest.raises(ReleaseError, match="not the pinned release.launch_digest"):
-        release.verify_release(paths.release_dir, pinned_digest="ab" * 48)
+        verify.verify_release(paths.release_dir, pinned_digest="ab" * 48)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -274,7 +274,7 @@ def test_bad_manifests_are_refused(packaged, edit, message):
     _, paths = packaged
     _edit_manifest(paths.release_dir, edit)
     with pytest.raises(ReleaseError, match=message):
-        release.verify_release(paths.release_dir)
+        verify.verify_release(paths.release_dir)
 
 
 # ------------------------------------------------------------- safe extraction
@@ -317,29 +317,29 @@ def test_symlinks_staying_inside_are_kept(tmp_path):
 def test_request_comes_from_params_then_config(build):
     cfg, _ = build
     with pytest.raises(ReleaseError, match="no release URL"):
-        release_fetch.resolve_request(cfg)
-    assert release_fetch.resolve_request(cfg, "http://x/r.tgz", "AB" * 32) == \
+        fetch.resolve_request(cfg)
+    assert fetch.resolve_request(cfg, "http://x/r.tgz", "AB" * 32) == \
         ("http://x/r.tgz", "ab" * 32)
     with pytest.raises(ReleaseError, match="64 hex digits"):
-        release_fetch.resolve_request(cfg, "http://x", "abc")
+        fetch.resolve_request(cfg, "http://x", "abc")
 
 
 def test_install_swaps_current_and_prunes_the_old(packaged):
     cfg, paths = packaged
-    first = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
+    first = fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
     assert paths.current_release.resolve() == first
     assert not os.path.isabs(os.readlink(paths.current_release))
-    second = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
+    second = fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
     assert second != first and paths.current_release.resolve() == second
     assert sorted(p.name for p in paths.releases.iterdir()) == sorted(["current", second.name])
 
 
 def test_prune_removes_leftovers_of_dead_runs(packaged):
     cfg, paths = packaged
-    root = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
+    root = fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
     (paths.releases / ".incoming-999999999").mkdir()
     (paths.releases / f".incoming-{os.getppid()}").mkdir()  # a live process's staging
-    release_fetch.prune(paths)
+    fetch.prune(paths)
     names = {p.name for p in paths.releases.iterdir()}
     assert names == {"current", root.name, f".incoming-{os.getppid()}"}
 
@@ -347,12 +347,12 @@ def test_prune_removes_leftovers_of_dead_runs(packaged):
 def test_start_release_without_a_release(build):
     cfg, paths = build
     with pytest.raises(ReleaseError, match="no release installed"):
-        release.start_release(cfg, paths, options=None)
+        start.start_release(cfg, paths, options=None)
 
 
 def test_start_release_passes_the_release_files_to_the_launcher(packaged, monkeypatch):
     cfg, paths = packaged
-    root = release_fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
+    root = fetch.install(cfg, paths, paths.release_tarball, "a" * 64)
     calls = []
 
     def start_vm(cfg_, paths_, *, vm_config, measurement, image, hash_tree, options,
@@ -367,14 +367,14 @@ def test_start_release_passes_the_release_files_to_the_launcher(packaged, monkey
     import hbos.launch
     monkeypatch.setattr(hbos.launch, "start", fake)
     opts = object()
-    assert release.start_release(cfg, paths, opts) == "started"
+    assert start.start_release(cfg, paths, opts) == "started"
     assert calls == [dict(vm_config=root / "vm-config.toml", measurement=root / "measurement.json",
                           image=root / "guest.img", hash_tree=root / "hash_tree.bin",
                           options=opts, identity_dir=None)]
     # a tampered installed kernel is refused before the launcher is called
-    flip_byte(root / release.KERNEL)
+    flip_byte(root / layout.KERNEL)
     with pytest.raises(ReleaseError, match="vmlinuz: sha256 mismatch"):
-        release.start_release(cfg, paths, opts)
+        start.start_release(cfg, paths, opts)
     assert len(calls) == 1
 
 
@@ -396,34 +396,34 @@ def test_start_release_forwards_the_ports_the_release_was_built_with(tmp_path, a
     # the guest services listen on the build's ports (baked into the image)
     cfg_b, paths_b = make_build(tmp_path / "b", amdsev_ovmf,
                                 extra_yaml="ports: {hyperbeam: 12345, cu: 16363}\n")
-    release_pack.package_release(cfg_b, paths_b)
+    pack.package_release(cfg_b, paths_b)
     assert json.loads(paths_b.release_manifest.read_text())["ports"] == \
         {"hyperbeam": 12345, "cu": 16363, "ssh": cfg_b.ports.ssh}
     cfg_h, paths_h = make_build(tmp_path / "h", amdsev_ovmf)
     assert cfg_h.ports.hyperbeam != 12345
-    release_fetch.install(cfg_h, paths_h, paths_b.release_tarball, "a" * 64)
+    fetch.install(cfg_h, paths_h, paths_b.release_tarball, "a" * 64)
     seen = []
     fake = types.ModuleType("hbos.launch.start")
     fake.start_vm = lambda c, p, **kw: seen.append(c.ports)
     monkeypatch.setitem(sys.modules, "hbos.launch.start", fake)
     import hbos.launch
     monkeypatch.setattr(hbos.launch, "start", fake)
-    release.start_release(cfg_h, paths_h, None)
+    start.start_release(cfg_h, paths_h, None)
     assert (seen[0].hyperbeam, seen[0].cu, seen[0].ssh) == (12345, 16363, cfg_h.ports.ssh)
 
 
 def test_oversized_manifest_is_refused_without_reading_it(packaged):
     _, paths = packaged
     with open(paths.release_manifest, "ab") as fh:
-        fh.truncate(release.SMALL_LIMIT + 10)
+        fh.truncate(layout.SMALL_LIMIT + 10)
     with pytest.raises(ReleaseError, match="larger than 1048576 bytes"):
-        release.verify_release(paths.release_dir)
+        verify.verify_release(paths.release_dir)
 
 
 def test_verify_release_cli(packaged, capsys):
     from hbos import cli
     _, paths = packaged
-    digest = release.read_manifest(paths.release_dir).launch_digest
+    digest = layout.read_manifest(paths.release_dir).launch_digest
     tar = str(paths.release_tarball)
     assert cli.main(["verify-release", tar, "--sha256", sha256_file(paths.release_tarball),
                      "--launch-digest", digest]) == 0
@@ -431,7 +431,7 @@ def test_verify_release_cli(packaged, capsys):
     assert cli.main(["verify-release", str(paths.release_dir)]) == 0
     assert cli.main(["verify-release", tar, "--launch-digest", "ab" * 48]) == 1
     assert "not the pinned" in capsys.readouterr().out
-    flip_byte(paths.release_dir / release.INITRD)
+    flip_byte(paths.release_dir / layout.INITRD)
     assert cli.main(["verify-release", str(paths.release_dir)]) == 1
     assert "initrd.img: sha256 mismatch" in capsys.readouterr().out
     assert cli.main(["verify-release", tar, "--sha256", "0" * 64]) == 1
