@@ -39,7 +39,7 @@ DOIT_CONFIG = {
 
 
 def task_init():
-    """Create the build directories, check host tools, fetch the AMDSEV snp-release bundle if one is configured."""
+    """Create the build directories, check host tools, fetch the SNP bundle if one is configured."""
     return {
         "actions": [action("hbos.tasks.adapter:make_dirs", P.build, P.downloads, P.logs, P.guest_dir),
                     action("hbos.stages.hosttools:check", CFG, install=get_var("install", "") == "yes")],
@@ -50,8 +50,8 @@ def task_init():
 
 
 def task_snp_release():
-    """Optional: download, verify (sha256) and unpack AMD's AMDSEV snp-release bundle (forked kernels, QEMU, OVMF)."""
-    return stage_task(table.SNP_RELEASE, CFG, P, targets=[P.snp_release_manifest])
+    """Optional: download, verify (sha256) and unpack AMD's SNP bundle (forked kernels, QEMU, OVMF)."""
+    return stage_task(table.SNP_BUNDLE, CFG, P, targets=[P.snp_bundle_manifest])
 
 
 def task_kernel_deb():
@@ -63,7 +63,7 @@ def task_kernel_deb():
 
 def _kernel_deps():
     if CFG.kernel.source == "snp_release":
-        return strs([P.snp_release_manifest])
+        return strs([P.snp_bundle_manifest])
     if CFG.kernel.source == "package":
         return strs([P.kernel_deb])
     return strs([kernel.deb_path(CFG, P)])
@@ -155,7 +155,7 @@ def _ovmf_deps():
         return strs([P.built_ovmf])
     if CFG.firmware.ovmf or CFG.firmware.source == "path":
         return strs([firmware.resolve(CFG, P)])
-    return strs([P.snp_release_manifest])
+    return strs([P.snp_bundle_manifest])
 
 
 def task_vm_config():
@@ -300,7 +300,7 @@ def task_check_host():
 
 
 def task_setup_host():
-    """Install the SNP host stack: Debian trixie's kernel + QEMU, or an AMDSEV snp-release bundle's (plan; --yes if no tty)."""
+    """Install the SNP host stack: Debian trixie's kernel + QEMU, or an SNP bundle's (plan; --yes if no tty)."""
     return {
         "actions": [action("hbos.host.setup:setup_from_config", CFG, P)],
         "params": SETUP_HOST,

@@ -63,13 +63,13 @@ class Paths:
     def downloads(self) -> Path:
         return self.build / "downloads"
 
-    # snp_release
+    # snp_release (AMD's SNP bundle; the directory keeps the task's name)
     @property
-    def snp_release(self) -> Path:
+    def snp_bundle_dir(self) -> Path:
         return self.build / "snp-release"
 
     @property
-    def snp_release_manifest(self) -> Path:
+    def snp_bundle_manifest(self) -> Path:
         return self.build / "snp-release.json"
 
     # kernel

@@ -509,14 +509,14 @@ def check_qemu(qemu: Path | None, why: str, probes: Probes) -> Check:
         text = probes.qemu_objects(qemu)
     except Exception as exc:  # a broken binary must not crash the report
         return Check("QEMU sev-snp-guest", FAIL, f"{qemu}: {exc}".splitlines()[0],
-                     fix="use the snp-release bundle's QEMU (doit setup_host) or set launch.qemu")
+                     fix="use the SNP bundle's QEMU (doit setup_host) or set launch.qemu")
     objects = set(text.split())
     if "sev-snp-guest" in objects:
         return Check("QEMU sev-snp-guest", PASS, f"{qemu} ({why})")
     have = "sev-guest only" if "sev-guest" in objects else "no SEV objects"
     return Check("QEMU sev-snp-guest", FAIL, f"{qemu} ({why}) has {have}",
                  fix="use QEMU 9.1+ (Debian trixie's qemu-system-x86: doit setup_host) or "
-                     "the snp-release bundle's QEMU (launch.qemu)")
+                     "the SNP bundle's QEMU (launch.qemu)")
 
 
 def expected_guest_features(configured: int, params: dict[str, bool | None]) -> int:

@@ -1,15 +1,15 @@
-"""`doit setup_host` on a stock Debian trixie host, and the snp-release bundle's QEMU libraries.
+"""`doit setup_host` on a stock Debian trixie host, and the SNP bundle's QEMU libraries.
 
 Debian 13 "trixie" ships the whole SNP host stack: `linux-image-amd64` (6.12,
 CONFIG_KVM_AMD_SEV=y; kvm_amd enables sev_snp by itself where the BIOS and the
 SEV firmware allow it) and `qemu-system-x86` (10.0, `sev-snp-guest`). Without an
-AMDSEV snp-release bundle, setup_host (hbos.host.setup.setup_from_config, which
+SNP bundle, setup_host (hbos.host.setup.setup_from_config, which
 chooses) installs exactly those from Debian with apt-get, under the same rules as
 the bundle path, shared through hbos.host.system: the plan first, root and a
 confirmation (`--yes`, or "y" on a terminal), and "nothing to do" when both are
 installed already. The OVMF is ours (the firmware stage), not a package.
 
-With an AMDSEV snp-release bundle, its QEMU (built on Ubuntu 22.04) may need libraries a
+With an SNP bundle, its QEMU (built on Ubuntu 22.04) may need libraries a
 fresh host lacks: `missing_libraries()` runs `ldd` on it and names each missing
 library with the Debian package that provides it, where known.
 """
@@ -31,7 +31,7 @@ PACKAGES = ("linux-image-amd64", "qemu-system-x86")
 SUITES = ("trixie",)      # Debian releases with SNP in the stock kernel and QEMU
 MIN_VERSION_ID = 13
 
-# Libraries an Ubuntu-built snp-release bundle's QEMU commonly links that a minimal
+# Libraries an Ubuntu-built SNP bundle's QEMU commonly links that a minimal
 # Debian host may lack, and the Debian (trixie) package shipping each.
 LIBRARY_PACKAGES: dict[str, str] = {
     "libslirp.so.0": "libslirp0",
@@ -112,7 +112,7 @@ class DebianPlan:
         return not self.install
 
     def describe(self) -> str:
-        lines = ["setup_host plan (stock Debian: no snp-release bundle configured):"]
+        lines = ["setup_host plan (stock Debian: no SNP bundle configured):"]
         for pkg in self.install:
             lines.append(f"  apt-get install  {pkg} (not installed)")
         for pkg, version in self.current.items():
@@ -144,7 +144,7 @@ def setup_debian(root: Path | str = "/", *, yes: bool = False, interactive: bool
     if not is_stock_snp_debian(info):
         raise HostError(f"this host is {name}: its Debian kernel and QEMU have no SEV-SNP "
                         "(stock SNP support starts with Debian 13 trixie)",
-                        hint="upgrade the host to Debian trixie, or configure an AMDSEV snp-release bundle "
+                        hint="upgrade the host to Debian trixie, or configure an SNP bundle "
                              "(snp_release.url or snp_release.path) for AMD's forks")
     plan = make_plan(system.installed_packages(root))
     if plan.empty:
@@ -200,8 +200,8 @@ def check_bundle_qemu(binary: Path, ldd: Callable[[Path], str] | None = None) ->
         return
     listing = "\n".join(f"  {lib:<24} (Debian package: {pkg})" for lib, pkg in missing.items())
     pkgs = sorted({p for p in missing.values() if " " not in p})
-    raise HostError(f"the snp-release bundle's QEMU {binary} cannot start: {len(missing)} shared "
+    raise HostError(f"the SNP bundle's QEMU {binary} cannot start: {len(missing)} shared "
                     f"librar{'y' if len(missing) == 1 else 'ies'} missing:\n{listing}",
                     hint=(f"apt-get install {' '.join(pkgs)}" if pkgs else
                           "install the libraries above") +
-                    "; or use Debian trixie's own QEMU 10 (no snp-release bundle needed)")
+                    "; or use Debian trixie's own QEMU 10 (no SNP bundle needed)")

@@ -1,4 +1,4 @@
-"""`doit setup_host`: which SNP host stack to install, and installing an snp-release bundle's.
+"""`doit setup_host`: which SNP host stack to install, and installing an SNP bundle's.
 
 `setup_from_config()` (the doit action) chooses: without an AMDSEV snp-release
 bundle configured, the stock Debian trixie stack (hbos.host.debian.setup_debian);
@@ -66,7 +66,7 @@ def read_deb(path: Path) -> Deb:
         got = debpkg.fields(path, "Package", "Version")
     except HbosError as exc:
         raise HostError(f"cannot read the package name and version of {path}: {exc.message}",
-                        hint="the snp-release bundle's linux/host/ must hold Debian packages") from None
+                        hint="the SNP bundle's linux/host/ must hold Debian packages") from None
     if "Package" not in got or "Version" not in got:
         raise HostError(f"{path}: its control file has no Package or Version field")
     return Deb(path, got["Package"], got["Version"])
@@ -114,7 +114,7 @@ def host_debs(release: Path) -> list[Path]:
     debs = [p for p in sorted((release / "linux/host").glob("linux-image-*.deb"))
             if "-dbg" not in p.name]
     if not debs:
-        raise HostError(f"the snp-release bundle at {release} has no host kernel "
+        raise HostError(f"the SNP bundle at {release} has no host kernel "
                         "(linux/host/linux-image-*.deb)")
     return debs
 
@@ -212,7 +212,7 @@ def setup_bundle(release: Path, root: Path | str = "/", *, yes: bool = False,
 
 
 def setup_from_config(cfg: Config, paths: Paths, yes: bool = False) -> None:
-    """doit setup_host: an AMDSEV snp-release bundle configured: its host kernel, QEMU (whose
+    """doit setup_host: an SNP bundle configured: its host kernel, QEMU (whose
     libraries must resolve here: ldd) and OVMF. None: stock Debian trixie packages."""
     log = paths.log("setup_host")
     if not snp_bundle.configured(cfg):

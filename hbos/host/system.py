@@ -1,7 +1,7 @@
 """The host system under a root directory, as check_host reads it and setup_host changes it.
 
 Both ways of installing the SNP host stack (hbos.host.debian: Debian's own
-packages; hbos.host.setup: an AMDSEV snp-release bundle's) and the host check
+packages; hbos.host.setup: an SNP bundle's) and the host check
 (hbos.host.check) read the same facts and follow the same rules. They live
 here, below all three, so that none of them imports another for a helper:
 - /etc/os-release, and the rule that setup_host runs on Debian or Ubuntu only;
@@ -56,7 +56,7 @@ def require_debian(root: Path) -> str:
     if not ids & set(SUPPORTED_OS):
         raise HostError(f"setup_host supports Debian and Ubuntu hosts only; this host is {name} "
                         f"({root / 'etc/os-release'})",
-                        hint="install the snp-release bundle's host kernel, QEMU and OVMF by hand")
+                        hint="install the SNP bundle's host kernel, QEMU and OVMF by hand")
     return name
 
 

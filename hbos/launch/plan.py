@@ -13,7 +13,7 @@ DEFAULT_CBITPOS (EPYC Milan, Genoa and Turin all use 51).
 shell-quoted line beginning `qemu: ` (paste it after the prefix into a shell).
 
 `find_qemu()` names the QEMU an SNP launch uses (launch.qemu, else the AMDSEV
-snp-release bundle's, else PATH); hbos.host.check checks that same binary.
+SNP bundle's, else PATH); hbos.host.check checks that same binary.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def find_qemu(cfg: Config, paths: Paths) -> tuple[Path | None, str]:
         return (q, "launch.qemu") if q.exists() else (None, f"launch.qemu {q} does not exist")
     if snp_bundle.configured(cfg):
         try:
-            return snp_bundle.qemu(paths), "AMDSEV snp-release bundle"
+            return snp_bundle.qemu(paths), "SNP bundle"
         except HbosError as exc:
             return None, exc.message
     found = tools.find("qemu-system-x86_64")
@@ -153,7 +153,7 @@ def choose_accel(setting: str, mode: qemu.Mode, probe: Callable[[], tuple[bool, 
 
 def qemu_binary(cfg: Config, paths: Paths, mode: qemu.Mode, given: str = ""
                 ) -> tuple[Path, str]:
-    """--qemu, else launch.qemu, else the snp-release bundle's QEMU (SNP mode), else PATH;
+    """--qemu, else launch.qemu, else the SNP bundle's QEMU (SNP mode), else PATH;
     and where it came from."""
     override = qemu_override(given)
     if override is not None:

@@ -212,7 +212,7 @@ def cpu_model(mode: Mode, vcpu_type: str, available: frozenset[str]) -> tuple[st
         return vcpu_type, None
     if mode == "snp":
         raise LaunchError(f"this QEMU has no CPU model {vcpu_type!r}, the measured vcpu_type",
-                          hint="use the snp-release bundle's QEMU (launch.qemu) or QEMU >= 8.1")
+                          hint="use the SNP bundle's QEMU (launch.qemu) or QEMU >= 8.1")
     family, _, version = vcpu_type.partition("-v")
     if version.isdigit():
         for v in range(int(version) - 1, 0, -1):
@@ -255,7 +255,7 @@ def sev_snp_object(vm: VmDefinition, snp: SnpOptions, fl: Flavour) -> str:
         if fl == "upstream":
             raise LaunchError("upstream QEMU has no certs-path for SEV-SNP guests",
                               hint="install the certificates through the host kernel "
-                                   "(snphost), or use the snp-release bundle's QEMU")
+                                   "(snphost), or use the SNP bundle's QEMU")
         opts.append(f"certs-path={snp.certs_path}")
     for value in opts:
         if "," in value.partition("=")[2]:

@@ -1,7 +1,7 @@
 """Which OVMF the SNP guest boots (and the measurement uses).
 
 `firmware.ovmf` set in any config layer wins. Otherwise `firmware.source`
-picks it: `snp_release` (the OVMF the AMDSEV snp-release bundle ships), `path` (needs
+picks it: `snp_release` (the OVMF the SNP bundle ships), `path` (needs
 firmware.ovmf), or `build` (built from Debian's edk2 source into
 build/firmware/OVMF.fd).
 """

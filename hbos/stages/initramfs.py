@@ -41,7 +41,7 @@ from hbos.util.fsutil import atomic_path, sha256_file, write_json
 # virtio-scsi + sd for hosts that attach disks as SCSI), the NIC, dm-verity and
 # overlayfs for the writable paths. The root filesystem's module is added per
 # image.filesystem; OPTIONAL ones are included only where the kernel has them
-# (trixie's 6.12 and the snp-release bundle's kernel have sev-guest; Debian's cloud
+# (trixie's 6.12 and the SNP bundle's kernel have sev-guest; Debian's cloud
 # kernel 6.1 has none).
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "virtio_net",
                 "dm-verity", "overlay")

@@ -1,4 +1,4 @@
-"""AMD's AMDSEV snp-release bundle: host kernel, QEMU, OVMF and guest kernel.
+"""AMD's SNP bundle: host kernel, QEMU, OVMF and guest kernel.
 
 An AMDESE/AMDSEV `snp-release-*` tree (what AMD's build scripts produce from
 its fork branches), fetched from a URL pinned by sha256 or taken from a local
@@ -31,7 +31,7 @@ def fetch_bundle(cfg: Config, paths: Paths) -> None:
     if not configured(cfg):
         print("snp_release: none configured (snp_release.url / snp_release.path); "
               "nothing to fetch", file=sys.stderr)
-        write_json(paths.snp_release_manifest, {"configured": False})
+        write_json(paths.snp_bundle_manifest, {"configured": False})
         return
     record: dict[str, Any] = {"configured": True}
     if rel.url:
@@ -42,9 +42,9 @@ def fetch_bundle(cfg: Config, paths: Paths) -> None:
         if not (tarball.is_file() and sha256_file(tarball) == rel.sha256.lower()):
             print(f"snp_release: downloading {rel.url}", file=sys.stderr)
             fetch.download(rel.url, tarball, sha256=rel.sha256)
-        archive.extract(tarball, paths.snp_release)
+        archive.extract(tarball, paths.snp_bundle_dir)
         record.update(url=rel.url, sha256=rel.sha256.lower())
-        root = _tree_root(paths.snp_release)
+        root = _tree_root(paths.snp_bundle_dir)
     else:
         local = cfg.path(rel.path)
         if local.is_dir():
@@ -55,14 +55,14 @@ def fetch_bundle(cfg: Config, paths: Paths) -> None:
             if rel.sha256 and digest != rel.sha256.lower():
                 raise BuildError(f"sha256 mismatch for {local}:\n  expected {rel.sha256.lower()}"
                                  f"\n  got      {digest}")
-            archive.extract(local, paths.snp_release)
+            archive.extract(local, paths.snp_bundle_dir)
             record.update(path=str(local), sha256=digest)
-            root = _tree_root(paths.snp_release)
+            root = _tree_root(paths.snp_bundle_dir)
         else:
             raise ConfigError(f"snp_release.path {local} does not exist")
     record["root"] = str(root)
     record["files"] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    write_json(paths.snp_release_manifest, record)
+    write_json(paths.snp_bundle_manifest, record)
     print(f"snp_release: {len(record['files'])} files in {root}", file=sys.stderr)
 
 
@@ -77,11 +77,11 @@ def _tree_root(extracted: Path) -> Path:
 def root(paths: Paths) -> Path:
     """The unpacked bundle tree recorded by fetch_bundle()."""
     try:
-        manifest = read_json(paths.snp_release_manifest)
+        manifest = read_json(paths.snp_bundle_manifest)
     except FileNotFoundError:
-        raise BuildError("the AMDSEV snp-release bundle has not been fetched", hint="run: doit snp_release") from None
+        raise BuildError("the SNP bundle has not been fetched", hint="run: doit snp_release") from None
     if not manifest.get("configured"):
-        raise ConfigError("this stage needs an AMDSEV snp-release bundle, but none is configured",
+        raise ConfigError("this stage needs an SNP bundle, but none is configured",
                           hint="set snp_release.url + sha256 (or snp_release.path) in config.yaml, "
                                "or choose another source (e.g. profile=local)")
     return Path(manifest["root"])
@@ -93,14 +93,14 @@ def find_one(base: Path, patterns: list[str], what: str) -> Path:
         hits = sorted(p for p in base.glob(pattern) if p.is_file())
         if hits:
             return hits[0]
-    raise BuildError(f"the AMDSEV snp-release bundle at {base} has no {what} (looked for {', '.join(patterns)})")
+    raise BuildError(f"the SNP bundle at {base} has no {what} (looked for {', '.join(patterns)})")
 
 
 def guest_kernel_deb(paths: Paths) -> Path:
     base = root(paths)
     debs = [p for p in sorted(base.glob("linux/guest/linux-image-*.deb")) if "-dbg" not in p.name]
     if not debs:
-        raise BuildError(f"the AMDSEV snp-release bundle at {base} has no guest kernel "
+        raise BuildError(f"the SNP bundle at {base} has no guest kernel "
                          "(linux/guest/linux-image-*.deb)")
     return debs[0]
 

@@ -91,7 +91,7 @@ class Late:
 
 def late(ref: str | Callable[..., Any], *args: Any) -> Late:
     """An argument whose value exists only once earlier tasks ran (e.g. the AMDSEV
-    snp-release bundle's OVMF, found in the unpacked bundle)."""
+    SNP bundle's OVMF, found in the unpacked bundle)."""
     return Late(ref, args)
 
 

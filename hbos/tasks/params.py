@@ -30,7 +30,7 @@ START = [
     flag("dry_run", "print the mode, accelerator, firmware and the QEMU command line; start nothing"),
     opt("mode", "auto | snp | emulated (default: launch.snp); with --dry-run, snp builds "
                 "the SNP command line even on a host without SNP"),
-    opt("qemu", "the QEMU binary (default: launch.qemu, the snp-release bundle's, else PATH)"),
+    opt("qemu", "the QEMU binary (default: launch.qemu, the SNP bundle's, else PATH)"),
 ]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from hbos.config import Reads
 from hbos.tasks.adapter import Stage
 
-SNP_RELEASE = Stage("snp_release", "hbos.stages.snp_bundle:fetch_bundle", Reads("snp_release"))
+SNP_BUNDLE = Stage("snp_release", "hbos.stages.snp_bundle:fetch_bundle", Reads("snp_release"))
 
 KERNEL_DEB = Stage("kernel_deb", "hbos.stages.kernel:fetch_package", Reads("kernel"))
 
@@ -72,5 +72,5 @@ LIBVIRT_XML = Stage("libvirt_xml", "hbos.launch.libvirt:write",
                           "launch.id_block", "launch.id_auth", "launch.host_data",
                           "identity.enabled"))
 
-ALL = (SNP_RELEASE, KERNEL_DEB, KERNEL, HB_NODE, CONTENT, INITRAMFS, BASE_ROOTFS, BASE_IMAGE,
+ALL = (SNP_BUNDLE, KERNEL_DEB, KERNEL, HB_NODE, CONTENT, INITRAMFS, BASE_ROOTFS, BASE_IMAGE,
        VERITY, FIRMWARE, VM_CONFIG, MEASURE, ID_BLOCK, PACKAGE_RELEASE, LIBVIRT_XML)

@@ -5,7 +5,7 @@ symlinks or hardlinks that leave the destination, device nodes, fifos and
 duplicate members are refused. Extraction goes to a temporary sibling
 directory that is renamed into place only when complete.
 
-This is the one tar extractor: the AMDSEV snp-release bundle, content tarballs, releases and
+This is the one tar extractor: the SNP bundle, content tarballs, releases and
 the edk2 sources (hbos.stages.edk2, with skip_host_symlinks) all go through extract().
 """
 

@@ -35,7 +35,7 @@ def test_default_config_loads_and_every_profile_validates():
 
 
 def test_default_is_stock_trixie_and_local_runs_the_same_kernel_and_suite():
-    """Issue 12: no snp-release bundle on the default path; local differs only where it must."""
+    """Issue 12: no SNP bundle on the default path; local differs only where it must."""
     cfg = hconfig.load()
     assert (cfg.kernel.source, cfg.kernel.package, cfg.kernel.suite) == \
         ("package", "linux-image-amd64", "trixie")

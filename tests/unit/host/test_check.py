@@ -104,7 +104,7 @@ def ready_host(tmp_path, **params):
 def test_ready_host_passes_everything(tmp_path):
     root = ready_host(tmp_path)
     snp = SevStatus(api=(1, 55), build=21, state=1, rmp_initialized=True)
-    checks = host.run_checks(root, guest_features=0x1, qemu=QEMU, qemu_why="AMDSEV snp-release bundle",
+    checks = host.run_checks(root, guest_features=0x1, qemu=QEMU, qemu_why="SNP bundle",
                              probes=probes(sev=lambda _d: snp))
     assert verdicts(checks) == {
         "kernel": PASS, "CPU SEV flags": PASS, "kvm_amd.sev": PASS, "kvm_amd.sev_es": PASS,
@@ -284,7 +284,7 @@ def test_expected_guest_features():
 
 def test_cli_json_and_exit_status(tmp_path, capsys, monkeypatch):
     from hbos import cli
-    monkeypatch.setattr(launch_plan, "find_qemu", lambda c, p: (QEMU, "AMDSEV snp-release bundle"))
+    monkeypatch.setattr(launch_plan, "find_qemu", lambda c, p: (QEMU, "SNP bundle"))
     monkeypatch.setattr(host, "qemu_object_help", lambda q: QEMU_SNP_OBJECTS)
     root = fake_host(tmp_path, release="6.18.44-fc-v782", flags=THIS_MACHINE_FLAGS, kvm_amd=None,
                      devices=())

@@ -1,4 +1,4 @@
-"""setup_host against a fake AMDSEV snp-release bundle and a fake root (never the real system).
+"""setup_host against a fake SNP bundle and a fake root (never the real system).
 
 Fixtures built here:
 - fake_release(): an AMDESE/AMDSEV snp-release layout: linux/host/ with a real

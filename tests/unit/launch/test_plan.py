@@ -196,9 +196,9 @@ def test_find_qemu_bundle(tmp_path, monkeypatch):
     monkeypatch.setattr(snp_bundle, "configured", lambda c: True)
     monkeypatch.setattr(snp_bundle, "qemu", lambda p: Path("/b/usr/local/bin/qemu-system-x86_64"))
     assert launch_plan.find_qemu(cfg, paths) == (Path("/b/usr/local/bin/qemu-system-x86_64"),
-                                                 "AMDSEV snp-release bundle")
+                                                 "SNP bundle")
 
     def unpacked_without_qemu(p):
-        raise BuildError("the snp-release bundle has no QEMU")
+        raise BuildError("the SNP bundle has no QEMU")
     monkeypatch.setattr(snp_bundle, "qemu", unpacked_without_qemu)
-    assert launch_plan.find_qemu(cfg, paths) == (None, "the snp-release bundle has no QEMU")
+    assert launch_plan.find_qemu(cfg, paths) == (None, "the SNP bundle has no QEMU")

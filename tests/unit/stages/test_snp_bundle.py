@@ -1,4 +1,4 @@
-"""The AMDSEV snp-release bundle (hbos/stages/snp_bundle.py, task snp_release): download + verify +
+"""The SNP bundle (hbos/stages/snp_bundle.py, task snp_release): download + verify +
 safe unpack, against a local HTTP server."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_download_verify_unpack_and_locate(httpserver, tmp_path):
     httpserver.expect_request("/rel.tar.gz").respond_with_data(data)
     cfg, paths = setup(tmp_path, httpserver.url_for("/rel.tar.gz"), hashlib.sha256(data).hexdigest())
     amdsev.fetch_bundle(cfg, paths)
-    manifest = read_json(paths.snp_release_manifest)
+    manifest = read_json(paths.snp_bundle_manifest)
     assert manifest["configured"] and manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert amdsev.guest_kernel_deb(paths).name == "linux-image-6.9.0-snp-guest_1_amd64.deb"
     assert amdsev.ovmf(paths).read_bytes() == b"ovmf"
@@ -59,8 +59,8 @@ def test_sha256_mismatch_keeps_nothing(httpserver, tmp_path):
     with pytest.raises(HashMismatch) as exc:
         amdsev.fetch_bundle(cfg, paths)
     assert hashlib.sha256(data).hexdigest() in str(exc.value) and "1" * 64 in str(exc.value)
-    assert not paths.snp_release_manifest.exists()
-    assert not paths.snp_release.exists()
+    assert not paths.snp_bundle_manifest.exists()
+    assert not paths.snp_bundle_dir.exists()
     assert not any(paths.downloads.iterdir())
 
 
@@ -70,7 +70,7 @@ def test_malicious_release_is_refused(httpserver, tmp_path):
     cfg, paths = setup(tmp_path, httpserver.url_for("/rel.tar.gz"), hashlib.sha256(data).hexdigest())
     with pytest.raises(UnsafeArchive, match="outside the destination"):
         amdsev.fetch_bundle(cfg, paths)
-    assert not (tmp_path / "escape.txt").exists() and not paths.snp_release.exists()
+    assert not (tmp_path / "escape.txt").exists() and not paths.snp_bundle_dir.exists()
 
 
 def test_url_without_sha256_is_a_config_error(tmp_path):
@@ -91,6 +91,6 @@ def test_local_directory_release(tmp_path):
 def test_nothing_configured_is_recorded_and_users_get_a_hint(tmp_path):
     cfg, paths = setup(tmp_path)
     amdsev.fetch_bundle(cfg, paths)
-    assert read_json(paths.snp_release_manifest) == {"configured": False}
+    assert read_json(paths.snp_bundle_manifest) == {"configured": False}
     with pytest.raises(ConfigError, match="none is configured"):
         amdsev.ovmf(paths)
