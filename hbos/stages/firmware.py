@@ -13,7 +13,7 @@ from pathlib import Path
 from hbos.config import Config
 from hbos.errors import ConfigError
 from hbos.paths import Paths
-from hbos.stages import snp_bundle as amdsev
+from hbos.stages import snp_bundle
 
 
 def resolve(cfg: Config, paths: Paths) -> Path:
@@ -25,7 +25,7 @@ def resolve(cfg: Config, paths: Paths) -> Path:
         raise ConfigError("firmware.source is 'path' but firmware.ovmf is empty")
     if fw.source == "build":
         return paths.built_ovmf
-    return amdsev.ovmf(paths)
+    return snp_bundle.ovmf(paths)
 
 
 def built_here(cfg: Config) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from hbos.config import Config
 from hbos.errors import BuildError, CommandFailed, ConfigError
 from hbos.paths import Paths
-from hbos.stages import apt as debian_apt, snp_bundle as amdsev
+from hbos.stages import apt as debian_apt, snp_bundle  # debian_apt: `apt` names the private apt below
 from hbos.util import cache, debpkg, run
 from hbos.util.fsutil import atomic_path, read_json, sha256_file, write_json
 
@@ -38,7 +38,7 @@ def deb_path(cfg: Config, paths: Paths) -> Path:
         return cfg.path(cfg.kernel.deb)
     if src == "package":
         return paths.kernel_deb
-    return amdsev.guest_kernel_deb(paths)
+    return snp_bundle.guest_kernel_deb(paths)
 
 
 def _deb_has_kernel(deb: Path) -> bool:
