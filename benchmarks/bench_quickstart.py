@@ -78,7 +78,7 @@ def tiny(runs: int) -> int:
     (real Debian cloud kernel, tiny initramfs), under TCG: the launcher's own cost."""
     sys.path.insert(0, str(ROOT))
     from hbos import config as hconfig
-    from hbos.launch import start as launch
+    from hbos.launch import start
     from hbos.paths import Paths
     from hbos.stages import kernel
     from tests.conftest import cached_kernel_deb
@@ -100,7 +100,7 @@ def tiny(runs: int) -> int:
             guest.start()
             up = time.monotonic() - t0
             t1 = time.monotonic()
-            launch.stop_vm(guest.paths)
+            start.stop_vm(guest.paths)
             print(f"tiny guest run {i + 1}: start -> healthy {up:.1f} s, stop {time.monotonic() - t1:.1f} s",
                   flush=True)
     finally:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from pytest_httpserver import HTTPServer  # noqa: E402
 from werkzeug import Response  # noqa: E402
 
-from hbos.release import fetch as release_fetch, pack as release_pack  # noqa: E402
+from hbos.release import fetch, pack  # noqa: E402
 from tests.support.release_fixtures import make_build  # noqa: E402
 
 OVMF = ROOT / "tests" / "vectors" / "measurement" / "ovmf_AmdSev_suffix.bin"
@@ -55,7 +55,7 @@ def main() -> None:
     print(f"image {size} MiB, gzip level {args.level}, start RSS {rss_mib():.0f} MiB")
 
     t = time.perf_counter()
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     dt = time.perf_counter() - t
     tar_mib = paths.release_tarball.stat().st_size / (1 << 20)
     print(f"package_release: {dt:.1f} s ({size / dt:.0f} MiB/s of image), tarball {tar_mib:.0f} "
@@ -74,8 +74,8 @@ def main() -> None:
         server.expect_request("/r.tar.gz").respond_with_handler(serve)
         digest = paths.release_tarball_sha256.read_text().split()[0]
         t = time.perf_counter()
-        release_fetch.download_release(cfg, paths, server.url_for("/r.tar.gz"), digest,
-                                       progress=False)
+        fetch.download_release(cfg, paths, server.url_for("/r.tar.gz"), digest,
+                               progress=False)
         dt = time.perf_counter() - t
     finally:
         server.clear()

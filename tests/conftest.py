@@ -67,8 +67,8 @@ def fixed_verification_time(monkeypatch):
     covers the validity step itself."""
     import datetime
 
-    from hbos.attest import verify as attest
-    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+    from hbos.attest import verify
+    monkeypatch.setattr(verify, "now_utc", lambda: datetime.datetime(
         2026, 6, 1, tzinfo=datetime.timezone.utc))
 
 
@@ -290,14 +290,14 @@ def kill_qemu(run_dir: Path) -> None:
     import signal
     import time
 
-    from hbos.launch import qemu, start as launch
+    from hbos.launch import qemu, start
     files = qemu.RunFiles(run_dir)
-    pid = launch.read_pid(files.pidfile)
-    if pid is None or not launch.is_our_qemu(pid, files.pidfile):
+    pid = start.read_pid(files.pidfile)
+    if pid is None or not start.is_our_qemu(pid, files.pidfile):
         return
     os.kill(pid, signal.SIGKILL)
     for _ in range(50):
-        launch._reap(pid)
-        if not launch.is_our_qemu(pid, files.pidfile):
+        start._reap(pid)
+        if not start.is_our_qemu(pid, files.pidfile):
             break
         time.sleep(0.1)

@@ -95,15 +95,15 @@ def test_measures_a_guest_with_the_built_firmware(firmware_build, kernel_build, 
     from sevsnpmeasure import guest, vcpu_types
     from sevsnpmeasure.sev_mode import SevMode
 
-    from hbos.measure import digest as measure
+    from hbos.measure import digest
     _, paths, _ = firmware_build
     _, kpaths = kernel_build
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(b"\x00" * 4096)
     cmdline = "console=ttyS0 root=/dev/vda ro"
-    inputs = measure.inputs_from_files(kpaths.vmlinuz, initrd, cmdline, vcpus=1,
-                                       vcpu_type="EPYC-v4", guest_features=0x1)
-    ours = measure.launch_digest(measure.Firmware(paths.built_ovmf), inputs)
+    inputs = digest.inputs_from_files(kpaths.vmlinuz, initrd, cmdline, vcpus=1,
+                                      vcpu_type="EPYC-v4", guest_features=0x1)
+    ours = digest.launch_digest(digest.Firmware(paths.built_ovmf), inputs)
     theirs = guest.calc_launch_digest(SevMode.SEV_SNP, 1, vcpu_types.CPU_SIGS["EPYC-v4"],
                                       str(paths.built_ovmf), str(kpaths.vmlinuz), str(initrd),
                                       cmdline, 0x1).hex()
@@ -113,7 +113,7 @@ def test_measures_a_guest_with_the_built_firmware(firmware_build, kernel_build, 
     data = bytearray(paths.built_ovmf.read_bytes())
     data[0x100] ^= 0xFF  # inside the measured image, outside the metadata
     other.write_bytes(bytes(data))
-    assert measure.launch_digest(measure.Firmware(other), inputs) != ours
+    assert digest.launch_digest(digest.Firmware(other), inputs) != ours
 
 
 # --------------------------------- reproducible anywhere (issue 16 item 12)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos.host import setup as host_setup, system
+from hbos.host import setup, system
 from tests.conftest import missing_prerequisite
 
 pytestmark = [pytest.mark.integration]
@@ -55,13 +55,13 @@ def test_real_dpkg_into_fake_root(tmp_path, capsys):
     (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\n")
     (root / "proc/sys/kernel/osrelease").write_text("6.1.0-27-amd64\n")
 
-    plan = host_setup.setup_bundle(release, root, yes=True, euid=0, log=tmp_path / "setup.log")
+    plan = setup.setup_bundle(release, root, yes=True, euid=0, log=tmp_path / "setup.log")
     assert [d.package for d in plan.install] == [f"linux-image-{KVER}"]
     assert (root / f"boot/vmlinuz-{KVER}").read_bytes() == b"not a kernel"
     assert system.installed_packages(root)[f"linux-image-{KVER}"] == "9.9.9-1"
     assert (root / "usr/local/bin/qemu-system-x86_64").is_file()
     assert f"reboot into the SNP host kernel {KVER}" in capsys.readouterr().out
 
-    again = host_setup.setup_bundle(release, root, yes=True, euid=0, log=tmp_path / "setup.log")
+    again = setup.setup_bundle(release, root, yes=True, euid=0, log=tmp_path / "setup.log")
     assert again.empty
     assert "nothing to do" in capsys.readouterr().out

@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from hbos.launch import plan as launch_plan, qemu, start as launch
+from hbos.launch import plan, qemu, start
 from hbos.measure import idblock, identity, nodeconfig
 from hbos.stages import measure, vmconfig
 from tests.support.release_fixtures import make_build
@@ -43,13 +43,13 @@ def snp_argv(trixie_root, amdsev_ovmf, tmp_path_factory):
     idblock.write_id_block(cfg, paths)
     wrapper = trixie.wrapper(trixie_root, [root], root / "qemu-system-x86_64")
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(paths.vm_config))
-    generated = launch.checked_identity(record, vm, nodeconfig.post_start_for(cfg, record),
-                                        paths.identity_dir, "snp")
+    generated = start.checked_identity(record, vm, nodeconfig.post_start_for(cfg, record),
+                                       paths.identity_dir, "snp")
     spec = qemu.LaunchSpec(
         vm=vm, disks=qemu.Disks(paths.verity_image, paths.hash_tree),
-        run=qemu.RunFiles(paths.run_dir), host=launch_plan.host_facts(wrapper), mode="snp",
+        run=qemu.RunFiles(paths.run_dir), host=plan.host_facts(wrapper), mode="snp",
         accel="kvm", forwards=(qemu.Forward(10000, 10000),),
-        snp=launch_plan.snp_options(cfg, generated))
+        snp=plan.snp_options(cfg, generated))
     assert spec.host.version[0] == 10
     return qemu.command_line(spec), paths, record, cfg
 
@@ -94,8 +94,8 @@ def test_the_launch_refuses_a_stale_id_block_before_qemu(snp_argv):
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(paths.vm_config))
     body = nodeconfig.post_start_for(cfg, record)
     with pytest.raises(Exception, match="LD"):
-        launch.checked_identity(dict(record, expected_hash="00" * 48), vm, body,
-                                paths.identity_dir, "snp")
+        start.checked_identity(dict(record, expected_hash="00" * 48), vm, body,
+                               paths.identity_dir, "snp")
     with pytest.raises(Exception, match="policy"):
-        launch.checked_identity(record, dataclasses.replace(vm, guest_policy=0x70000), body,
-                                paths.identity_dir, "snp")
+        start.checked_identity(record, dataclasses.replace(vm, guest_policy=0x70000), body,
+                               paths.identity_dir, "snp")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hbos import config as hconfig
-from hbos.launch import node_http, qemu, start as launch
+from hbos.launch import node_http, qemu, start as launch_start
 from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import hb_node
@@ -90,7 +90,7 @@ def test_local_image_runs_the_release_under_the_production_unit(booted):
     assert manifest["source"] == "erlang" and manifest["services"] == ["hyperbeam"]
     assert any(re.fullmatch(r"opt/hyperbeam/erts-[^/]+/bin/beam\.smp", e["path"])
                for e in manifest["files"])
-    console = launch.ANSI.sub("", paths.run_dir.joinpath("console.log").read_text(
+    console = launch_start.ANSI.sub("", paths.run_dir.joinpath("console.log").read_text(
         errors="replace"))
     assert re.search(r"Started hyperbeam\.service", console), console[-3000:]
     assert re.search(r"Finished hbos-data\.service", console), console[-3000:]
@@ -126,11 +126,11 @@ def test_forwards_are_on_loopback_only(booted):
 def test_stop_leaves_no_qemu_and_verity_intact(booted):
     paths = booted["paths"]
     files = qemu.RunFiles(paths.run_dir)
-    pid = launch.running_pid(files)
+    pid = launch_start.running_pid(files)
     assert pid is not None
     doit(["stop", *booted["args"]])
-    assert launch.running_pid(files) is None
-    assert not Path(f"/proc/{pid}").exists() or not launch.is_our_qemu(pid, files.pidfile)
+    assert launch_start.running_pid(files) is None
+    assert not Path(f"/proc/{pid}").exists() or not launch_start.is_our_qemu(pid, files.pidfile)
     # nothing was written to the read-only root: same image, same verity root hash
     assert fsutil.sha256_file(paths.verity_image) == booted["image_sha"]
     subprocess.run(["veritysetup", "verify", str(paths.verity_image), str(paths.hash_tree),

@@ -387,27 +387,27 @@ def test_not_a_tarball_is_refused(installed, httpserver):
 
 
 def test_installed_release_passes_the_launchers_measurement_check(installed):
-    from hbos.launch import qemu, start as launch
+    from hbos.launch import qemu, start as launch_start
     from hbos.stages import vmconfig
     _, _, root = installed
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(root / layout.VM_CONFIG))
     assert vm.kernel == root / layout.KERNEL and vm.ovmf == root / layout.FIRMWARE
-    assert launch.launch_mismatches(vm, json.loads((root / layout.MEASUREMENT).read_text())) == []
+    assert launch_start.launch_mismatches(vm, json.loads((root / layout.MEASUREMENT).read_text())) == []
 
 
 def test_start_release_goes_through_the_real_start_vm(installed):
     # snp: required on a host without SNP: start_vm runs its checks on the
     # release's files and stops at the mode decision, booting nothing
     from hbos.errors import LaunchError
-    from hbos.launch import plan as launch_plan, start as launch
+    from hbos.launch import plan, start as launch_start
     cfg, paths, root = installed
     # The assertion below is about the refusal on a host without SNP (this one
     # and CI); on a real SNP host the launch would go ahead instead.
-    if launch_plan.snp_host_ready()[0]:
+    if plan.snp_host_ready()[0]:
         pytest.skip("this host can run SNP guests; the test expects it cannot")
     cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, snp="required"))
     with pytest.raises(LaunchError) as exc:
-        start.start_release(cfg, paths, launch.options_from_params())
+        start.start_release(cfg, paths, launch_start.options_from_params())
     assert "differs from its measurement" not in str(exc.value)
     assert "SNP" in str(exc.value) or "snp" in str(exc.value)
 
@@ -447,7 +447,7 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
     endpoint; image and hash tree are placeholders it never reads.
     """
     from hbos import config as hconfig
-    from hbos.launch import node_http, qemu, start as launch
+    from hbos.launch import node_http, qemu, start as launch_start
     from hbos.paths import Paths
     from hbos.stages import vmconfig
     from hbos.stages.measure import write_measurement
@@ -491,7 +491,7 @@ def test_downloaded_release_boots_healthy(tmp_path, kernel_build, amdsev_ovmf, h
                                           progress=False)
     files = qemu.RunFiles(paths2.run_dir)
     try:
-        start.start_release(cfg2, paths2, launch.options_from_params())
+        start.start_release(cfg2, paths2, launch_start.options_from_params())
         ok, why = node_http.probe_health(port)
         assert ok, why
         argv = json.loads(files.state.read_text())["argv"]

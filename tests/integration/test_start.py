@@ -29,7 +29,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.errors import LaunchError
-from hbos.launch import node_http, plan as launch_plan, qemu, start as launch
+from hbos.launch import node_http, plan, qemu, start
 from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import measure, vmconfig
@@ -141,9 +141,9 @@ class Guest:
         measure.write_measurement(self.vm_config, self.measurement)
 
     def start(self, **options) -> None:
-        launch.start_vm(self.cfg, self.paths, vm_config=self.vm_config,
-                        measurement=self.measurement, image=self.image,
-                        hash_tree=self.hash_tree, options=launch.StartOptions(**options))
+        start.start_vm(self.cfg, self.paths, vm_config=self.vm_config,
+                       measurement=self.measurement, image=self.image,
+                       hash_tree=self.hash_tree, options=start.StartOptions(**options))
 
     def doit(self, *args: str, check: bool = True):
         return doit([*args, f"config={self.overlay}"], check=check, timeout=300)
@@ -166,11 +166,11 @@ def guest(tmp_path, kernel_build, amdsev_ovmf):
 def test_start_healthy_status_stop(guest):
     guest.start()
     files = qemu.RunFiles(guest.paths.run_dir)
-    pid = launch.running_pid(files)
+    pid = start.running_pid(files)
     assert pid is not None
     ok, why = node_http.probe_health(guest.port)
     assert ok, why
-    state = launch._state(files)
+    state = start._state(files)
     assert state["mode"] == "emulated" and state["accel"] == "tcg"
     assert "-accel" in state["argv"] and "tcg" in state["argv"]
 
@@ -180,12 +180,12 @@ def test_start_healthy_status_stop(guest):
 
     with pytest.raises(LaunchError, match="already running"):
         guest.start()
-    assert launch.running_pid(files) == pid   # the refused start touched nothing
+    assert start.running_pid(files) == pid   # the refused start touched nothing
 
     stop = guest.doit("stop")
     assert f"stopped the VM (pid {pid})" in stop.stdout + stop.stderr
-    assert launch.running_pid(files) is None
-    assert not Path(f"/proc/{pid}").exists() or not launch.is_our_qemu(pid, files.pidfile)
+    assert start.running_pid(files) is None
+    assert not Path(f"/proc/{pid}").exists() or not start.is_our_qemu(pid, files.pidfile)
     assert "not running" in guest.doit("status").stdout
 
 
@@ -199,18 +199,18 @@ def test_disk_order_and_data_disk(guest, tmp_path):
     with urllib.request.urlopen(node_http.health_url(guest.port), timeout=10) as resp:
         info = json.loads(resp.read())
     assert info["disks"] == "vda:8:1 vdb:16:1 vdc:24:0"
-    launch.stop_vm(guest.paths, timeout=3)   # a data disk: ACPI power-down first
-    assert launch.running_pid(qemu.RunFiles(guest.paths.run_dir)) is None
+    start.stop_vm(guest.paths, timeout=3)   # a data disk: ACPI power-down first
+    assert start.running_pid(qemu.RunFiles(guest.paths.run_dir)) is None
 
 
 def test_dead_qemu_reported_with_log_tail(guest):
     guest.start()
     files = qemu.RunFiles(guest.paths.run_dir)
-    pid = launch.running_pid(files)
+    pid = start.running_pid(files)
     os.kill(pid, signal.SIGKILL)   # a crash, not a stop
     for _ in range(100):
-        launch._reap(pid)
-        if launch.running_pid(files) is None:
+        start._reap(pid)
+        if start.running_pid(files) is None:
             break
         time.sleep(0.1)
     status = guest.doit("status", check=False)
@@ -219,7 +219,7 @@ def test_dead_qemu_reported_with_log_tail(guest):
     assert "DEAD" in out and "init: serving on port" in out, out
     # a new start notices the stale pidfile and proceeds
     guest.start()
-    assert launch.running_pid(files) not in (None, pid)
+    assert start.running_pid(files) not in (None, pid)
     guest.doit("stop")
 
 
@@ -234,10 +234,10 @@ def test_tampered_initrd_refused_before_qemu(guest):
 
 def test_kvm_probe_answers(guest, kernel_build):
     """accel auto's probe gives a verdict in bounded time (on this machine: False, TCG)."""
-    facts = launch_plan.host_facts(Path(shutil.which("qemu-system-x86_64")))
+    facts = plan.host_facts(Path(shutil.which("qemu-system-x86_64")))
     model, _ = qemu.cpu_model("emulated", "EPYC-v4", facts.cpu_models)
     t0 = time.monotonic()
-    ok, why = launch.kvm_boots_guest(facts, model, kernel_build[1].vmlinuz, guest.build, 20)
+    ok, why = start.kvm_boots_guest(facts, model, kernel_build[1].vmlinuz, guest.build, 20)
     assert time.monotonic() - t0 < 60
     assert isinstance(ok, bool) and why
 
@@ -301,8 +301,8 @@ def test_quickstart_local(tmp_path):
         out = doit(["status", "profile=local", f"config={overlay}"])
         assert "health: OK" in out.stdout
         doit(["stop", "profile=local", f"config={overlay}"])
-        assert launch.running_pid(files) is None
+        assert start.running_pid(files) is None
     finally:
-        pid = launch.read_pid(files.pidfile)
-        if pid is not None and launch.is_our_qemu(pid, files.pidfile):
+        pid = start.read_pid(files.pidfile)
+        if pid is not None and start.is_our_qemu(pid, files.pidfile):
             os.kill(pid, signal.SIGKILL)

@@ -44,13 +44,13 @@ from hbos.errors import (
     ReleaseError,
     UnsafeArchive,
 )
-from hbos.measure import digest as measure
+from hbos.measure import digest
 from hbos.paths import Paths
 from hbos.release import (
     fetch as release_fetch,
-    layout as release,
-    pack as release_pack,
-    unpack as release_unpack,
+    layout,
+    pack,
+    unpack,
     verify,
 )
 from hbos.stages import vmconfig
@@ -167,7 +167,7 @@ def test_same_vm_ranges_everywhere():
     assert vmconfig.FIELDS["vcpu_count"] is limits.VCPUS
     assert vmconfig.FIELDS["memory_mib"] is limits.MEMORY_MIB
     assert vmconfig.FIELDS["guest_features"] is limits.GUEST_FEATURES
-    assert measure.RECORD_VM["vcpu_count"][1] is limits.VCPUS
+    assert digest.RECORD_VM["vcpu_count"][1] is limits.VCPUS
 
 
 _yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
@@ -222,10 +222,10 @@ def good_inputs(tmp_path_factory, amdsev_ovmf) -> dict:
     kernel, initrd = d / "vmlinuz", d / "initrd"
     kernel.write_bytes(b"k" * 1000)
     initrd.write_bytes(b"i" * 1000)
-    inputs = measure.inputs_from_files(kernel, initrd, "console=ttyS0", vcpus=2,
-                                       vcpu_type="EPYC-v4", guest_features=1)
-    fw = measure.Firmware(amdsev_ovmf)
-    return measure.inputs_record(inputs, fw, measure.launch_digest(fw, inputs))
+    inputs = digest.inputs_from_files(kernel, initrd, "console=ttyS0", vcpus=2,
+                                      vcpu_type="EPYC-v4", guest_features=1)
+    fw = digest.Firmware(amdsev_ovmf)
+    return digest.inputs_record(inputs, fw, digest.launch_digest(fw, inputs))
 
 
 def _with(record: dict, **changes) -> dict:
@@ -256,7 +256,7 @@ def test_measurement_inputs_wrong_type_or_range(good_inputs, tmp_path, case):
     path = tmp_path / "measurement.json"
     path.write_text(json.dumps(_with(good_inputs, **INPUT_CASES[case])))
     with pytest.raises(MeasurementError) as err:
-        measure.load_inputs(path)
+        digest.load_inputs(path)
     msg = one_line(str(err.value))
     assert str(path) in msg
     key = next(iter(INPUT_CASES[case]))
@@ -279,16 +279,16 @@ def test_measurement_inputs_unusable_file(tmp_path, case):
     make, expect = FILE_CASES[case]
     path = make(tmp_path / "inputs.json")
     with pytest.raises(MeasurementError) as err:
-        measure.load_inputs(path)
+        digest.load_inputs(path)
     msg = one_line(str(err.value))
     assert str(path) in msg and expect in msg
 
 
 def test_dev_zero_is_refused_without_reading_it():
     with pytest.raises(MeasurementError, match="/dev/zero is not a regular file"):
-        measure.load_inputs("/dev/zero")
+        digest.load_inputs("/dev/zero")
     with pytest.raises(MeasurementError, match="/dev/zero is not a regular file"):
-        measure.Firmware("/dev/zero")
+        digest.Firmware("/dev/zero")
 
 
 @pytest.mark.parametrize("case", ["a directory", "too large", "a fifo"])
@@ -297,7 +297,7 @@ def test_firmware_bounded(tmp_path, case):
     {"a directory": path.mkdir, "too large": lambda: _huge(path, limits.OVMF_BYTES + 1),
      "a fifo": lambda: _fifo(path)}[case]()
     with pytest.raises(MeasurementError) as err:
-        measure.Firmware(path)
+        digest.Firmware(path)
     assert str(path) in one_line(str(err.value))
 
 
@@ -316,7 +316,7 @@ _input_keys = st.sampled_from(["kernel", "initrd", "append", "firmware", "vcpus"
 def test_measurement_inputs_random_types(good_inputs, amdsev_ovmf, changes):
     data = _with(good_inputs, **changes)
     try:
-        inputs, _fw = measure.parse_inputs(data, "inputs.json")
+        inputs, _fw = digest.parse_inputs(data, "inputs.json")
     except MeasurementError as exc:
         one_line(str(exc))
         return
@@ -328,25 +328,25 @@ def test_measurement_inputs_random_types(good_inputs, amdsev_ovmf, changes):
 @given(vcpus=st.integers(-2**70, 2**70), features=st.integers(-2**70, 2**70))
 def test_no_digest_for_out_of_range_inputs(good_inputs, amdsev_ovmf, vcpus, features):
     fw = _firmware(amdsev_ovmf)
-    inputs, _ = measure.parse_inputs(good_inputs, "inputs.json")
+    inputs, _ = digest.parse_inputs(good_inputs, "inputs.json")
     inputs = inputs.replace(vcpus=vcpus, guest_features=features)
     in_range = (limits.VCPUS.problem(vcpus) is None
                 and limits.GUEST_FEATURES.problem(features) is None)
     if in_range:
         inputs = inputs.replace(vcpus=min(vcpus, 4))   # keep the example cheap
-        assert len(measure.launch_digest(fw, inputs)) == 96
+        assert len(digest.launch_digest(fw, inputs)) == 96
     else:
         with pytest.raises(MeasurementError) as err:
-            measure.launch_digest(fw, inputs)
+            digest.launch_digest(fw, inputs)
         one_line(str(err.value))
 
 
-_FW: dict[Path, measure.Firmware] = {}
+_FW: dict[Path, digest.Firmware] = {}
 
 
-def _firmware(path: Path) -> measure.Firmware:
+def _firmware(path: Path) -> digest.Firmware:
     if path not in _FW:
-        _FW[path] = measure.Firmware(path)
+        _FW[path] = digest.Firmware(path)
     return _FW[path]
 
 
@@ -437,7 +437,7 @@ def test_vm_config_unusable_file(tmp_path, make):
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory, amdsev_ovmf):
     cfg, paths = make_build(tmp_path_factory.mktemp("rel"), amdsev_ovmf, extra_yaml=PINNED_VM)
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     return cfg, paths
 
 
@@ -448,7 +448,7 @@ def _gz(raw: bytes, path: Path) -> Path:
 
 
 def test_hardlink_to_missing_member_refused(tmp_path):
-    tar = _gz(tar_of(tmp_path, skip=(*release.PAYLOAD, release.MANIFEST),
+    tar = _gz(tar_of(tmp_path, skip=(*layout.PAYLOAD, layout.MANIFEST),
                      extra=[member("a", type=tarfile.LNKTYPE, linkname="missing")]),
               tmp_path / "hl.tar.gz")
     with pytest.raises(UnsafeArchive, match="hardlink 'a' -> 'missing' names no regular file"):
@@ -461,8 +461,8 @@ def _bomb(paths: Paths, tmp_path: Path, size: int) -> Path:
     """The release with guest.img replaced by `size` zero bytes (manifest unchanged)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in (*release.PAYLOAD, release.MANIFEST):
-            if name == release.IMAGE:
+        for name in (*layout.PAYLOAD, layout.MANIFEST):
+            if name == layout.IMAGE:
                 info = tarfile.TarInfo(name)
                 info.size = size
                 tar.addfile(info, _Zeros(size))
@@ -492,7 +492,7 @@ def test_gzip_bomb_release_refused_before_writing(packaged, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ReleaseError) as err:
-        release_unpack.extract(bomb, dest / "release", max_bytes=1 << 40)
+        unpack.extract(bomb, dest / "release", max_bytes=1 << 40)
     msg = one_line(str(err.value))
     assert f"member 'guest.img' holds {64 << 20} bytes, the manifest says 1048576" in msg
     assert _written(dest) == 0 and list(dest.iterdir()) == []
@@ -504,18 +504,18 @@ def test_release_larger_than_free_space_refused(packaged, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ReleaseError, match=f"need {total} bytes, more than the {total - 1}"):
-        release_unpack.extract(paths.release_tarball, dest / "r", max_bytes=total - 1)
+        unpack.extract(paths.release_tarball, dest / "r", max_bytes=total - 1)
     assert list(dest.iterdir()) == []
-    release_unpack.extract(paths.release_tarball, dest / "r", max_bytes=total)
+    unpack.extract(paths.release_tarball, dest / "r", max_bytes=total)
     assert verify.verify_release(dest / "r").name == "hyperbeam-os"
 
 
 def test_verify_release_has_the_free_space_limit(packaged, tmp_path, monkeypatch):
-    from hbos.cli import verify_release as release_cli
+    from hbos.cli import verify_release
     _, paths = packaged
-    monkeypatch.setattr(release_unpack, "free_space", lambda d: 1000)
+    monkeypatch.setattr(unpack, "free_space", lambda d: 1000)
     with pytest.raises(ReleaseError, match="more than the 1000 free"):
-        release_cli.verify_path(paths.release_tarball)
+        verify_release.verify_path(paths.release_tarball)
 
 
 def _release_with(paths: Paths, tmp_path: Path, name: str, text: str) -> Path:
@@ -524,27 +524,27 @@ def _release_with(paths: Paths, tmp_path: Path, name: str, text: str) -> Path:
     for f in paths.release_dir.iterdir():
         (root / f.name).write_bytes(f.read_bytes())
     (root / name).write_text(text)
-    if name != release.MANIFEST:
+    if name != layout.MANIFEST:
         from hbos.util.fsutil import sha256_file
-        m = json.loads((root / release.MANIFEST).read_text())
+        m = json.loads((root / layout.MANIFEST).read_text())
         for f in m["files"]:
             if f["name"] == name:
                 f["size"], f["sha256"] = (root / name).stat().st_size, sha256_file(root / name)
-        (root / release.MANIFEST).write_text(json.dumps(m))
+        (root / layout.MANIFEST).write_text(json.dumps(m))
     return root
 
 
 @pytest.mark.parametrize("name,old,new", [
-    (release.VM_CONFIG, "vcpu_count = 1", 'vcpu_count = "1"'),
-    (release.VM_CONFIG, "vcpu_count = 1", "vcpu_count = 100000"),
-    (release.VM_CONFIG, "guest_features = 0x1", "guest_features = -1"),
-    (release.VM_CONFIG, 'vcpu_type = "EPYC-v4"', "vcpu_type = [1]"),
-    (release.MEASUREMENT, '"vm": {', '"vm": "x", "old": {'),
-    (release.MEASUREMENT, '"vcpus": 1', '"vcpus": "1x"'),
-    (release.MEASUREMENT, '"expected_hash": "', '"expected_hash": 5, "old": "'),
-    (release.MEASUREMENT, '"files": {', '"files": [], "old": {'),
-    (release.MANIFEST, '"files": [', '"files": "x", "old": ['),
-    (release.MANIFEST, '"format"', '"nest": ' + "[" * DEEP + "]" * DEEP + ', "format"'),
+    (layout.VM_CONFIG, "vcpu_count = 1", 'vcpu_count = "1"'),
+    (layout.VM_CONFIG, "vcpu_count = 1", "vcpu_count = 100000"),
+    (layout.VM_CONFIG, "guest_features = 0x1", "guest_features = -1"),
+    (layout.VM_CONFIG, 'vcpu_type = "EPYC-v4"', "vcpu_type = [1]"),
+    (layout.MEASUREMENT, '"vm": {', '"vm": "x", "old": {'),
+    (layout.MEASUREMENT, '"vcpus": 1', '"vcpus": "1x"'),
+    (layout.MEASUREMENT, '"expected_hash": "', '"expected_hash": 5, "old": "'),
+    (layout.MEASUREMENT, '"files": {', '"files": [], "old": {'),
+    (layout.MANIFEST, '"files": [', '"files": "x", "old": ['),
+    (layout.MANIFEST, '"format"', '"nest": ' + "[" * DEEP + "]" * DEEP + ', "format"'),
 ], ids=["vcpu_count-str", "vcpu_count-range", "guest_features-neg", "vcpu_type-list",
         "vm-str", "vcpus-str", "expected_hash-int", "record-files-list", "files-str",
         "manifest-deep"])
@@ -719,7 +719,7 @@ class _SlowRelease(http.server.BaseHTTPRequestHandler):
 
 def test_two_download_release_at_once(tmp_path, amdsev_ovmf):
     cfg, paths = make_build(tmp_path / "src", amdsev_ovmf)
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     host = tmp_path / "host"
     host.mkdir()
     overlay = _overlay(host)
@@ -826,7 +826,7 @@ def test_two_start_release_at_once(tmp_path, amdsev_ovmf):
         f"launch: {{qemu: {fake}, snp: 'off', accel: tcg, host_address: 127.0.0.1, "
         "host_port: 0, forwards: [], health_timeout: 120}\n"
         "post_start: {auto: false}\n"))
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     release_fetch.download_release(cfg, paths, str(paths.release_tarball), progress=False)
     overlay = tmp_path / "b" / "overlay.yaml"
     up = tmp_path / "guest-is-up"
@@ -881,11 +881,11 @@ _record_keys = st.sampled_from(["vm", "files", "cmdline", "expected_hash", "debu
 def test_release_measurement_random_types_only_release_error(packaged, tmp_path_factory,
                                                              changes, vm):
     _, paths = packaged
-    record = json.loads((paths.release_dir / release.MEASUREMENT).read_text())
+    record = json.loads((paths.release_dir / layout.MEASUREMENT).read_text())
     record.update(changes)
     if vm and isinstance(record.get("vm"), dict):
         record["vm"] = {**record["vm"], **vm}
-    root = _release_with(paths, tmp_path_factory.mktemp("m"), release.MEASUREMENT,
+    root = _release_with(paths, tmp_path_factory.mktemp("m"), layout.MEASUREMENT,
                          json.dumps(record))
     try:
         verify.verify_release(root)
@@ -898,7 +898,7 @@ def test_release_measurement_random_types_only_release_error(packaged, tmp_path_
 def test_launch_measurement_random_types_only_launch_error(good_inputs, amdsev_ovmf,
                                                            tmp_path_factory, changes):
     from hbos.errors import LaunchError
-    from hbos.launch import qemu, start as launch
+    from hbos.launch import qemu, start
     d = tmp_path_factory.mktemp("l")
     vm = qemu.VmDefinition(kernel=d / "k", initrd=d / "i", ovmf=amdsev_ovmf, cmdline="c",
                            vcpus=2, vcpu_type="EPYC-v4", memory_mib=512,
@@ -906,7 +906,7 @@ def test_launch_measurement_random_types_only_launch_error(good_inputs, amdsev_o
     path = d / "measurement.json"
     path.write_text(json.dumps(_with(good_inputs, **changes)))
     try:
-        launch.launch_record(vm, path)
+        start.launch_record(vm, path)
     except LaunchError as exc:
         assert "Traceback" not in str(exc)
 
@@ -973,22 +973,22 @@ def test_lock_names_the_holder_and_is_released(tmp_path):
                                   lambda p: _huge(p, 1 << 20), lambda p: None])
 def test_launch_id_block_file_unusable(tmp_path, make):
     from hbos.errors import LaunchError
-    from hbos.launch import plan as launch_plan
+    from hbos.launch import plan
     path = tmp_path / "id_block.b64"
     make(path)
     cfg = hconfig.load(overlay=_overlay(tmp_path, f"launch: {{id_block: {path}}}\n"))
     with pytest.raises(LaunchError) as err:
-        launch_plan._b64_file(cfg, cfg.launch.id_block, "id_block")
+        plan._b64_file(cfg, cfg.launch.id_block, "id_block")
     assert f"launch.id_block {path}" in one_line(str(err.value))
 
 
 def test_console_tail_reads_only_the_end(tmp_path):
-    from hbos.launch import start as launch
+    from hbos.launch import start
     console = _huge(tmp_path / "console.log", 8 << 30)   # sparse: a guest that spammed 8 GiB
     with open(console, "r+b") as fh:
         fh.seek((8 << 30) - len(b"\nlast words\n"))
         fh.write(b"\nlast words\n")
-    assert launch.file_tail(console, 1) == "last words"
+    assert start.file_tail(console, 1) == "last words"
 
 
 _manifest_keys = st.sampled_from(["format", "name", "tool_version", "source_date_epoch",
@@ -999,15 +999,15 @@ _manifest_keys = st.sampled_from(["format", "name", "tool_version", "source_date
 @given(changes=st.dictionaries(_manifest_keys, _json_values, min_size=1, max_size=3))
 def test_manifest_random_types_only_release_error(packaged, changes):
     _, paths = packaged
-    data = json.loads((paths.release_dir / release.MANIFEST).read_text())
+    data = json.loads((paths.release_dir / layout.MANIFEST).read_text())
     data.update(changes)
     try:
-        m = release.Manifest.parse(data, "manifest.json")
+        m = layout.Manifest.parse(data, "manifest.json")
     except ReleaseError as exc:
         one_line(str(exc).split("\n  hint:")[0])
         return
     # accepted: then it is a release's manifest, typed
-    assert set(release.PAYLOAD) <= {f.name for f in m.files}
+    assert set(layout.PAYLOAD) <= {f.name for f in m.files}
     assert len(m.launch_digest) == 96 and all(isinstance(f.size, int) for f in m.files)
 
 

@@ -163,13 +163,13 @@ def test_crl_fetched_checked_and_cached_until_next_update(httpserver, tmp_path):
 
 
 def test_unfetchable_crl_is_unknown_not_a_crash(httpserver, att, tmp_path):
-    from hbos.attest import certs, verify as attest
-    from hbos.cli import verify_report as attest_cli
+    from hbos.attest import certs, verify
+    from hbos.cli import verify_report
     httpserver.expect_request("/vcek/v1/Milan/crl").respond_with_data("gone", status=404)
     chain = certs.load_certs_dir(att / "certs", "Milan")
-    rev = attest_cli.obtain_revocation(chain, crl_path=None, certs_dir=None,
-                                       kds_url=httpserver.url_for("/"), cache=tmp_path)
+    rev = verify_report.obtain_revocation(chain, crl_path=None, certs_dir=None,
+                                          kds_url=httpserver.url_for("/"), cache=tmp_path)
     assert rev.crl is None and "404" in rev.unavailable
-    step = attest.check_crl(chain, rev, None, require=False)
+    step = verify.check_crl(chain, rev, None, require=False)
     assert step.status == "unknown"
-    assert attest.check_crl(chain, rev, None, require=True).status == "fail"
+    assert verify.check_crl(chain, rev, None, require=True).status == "fail"

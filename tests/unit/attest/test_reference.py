@@ -10,7 +10,7 @@ import pytest
 from hbos.attest import reference, report
 from hbos.cli import main as cli_main
 from hbos.errors import AttestationError, ReleaseError
-from hbos.release import layout as release, pack as release_pack, verify as release_verify
+from hbos.release import layout, pack, verify as release_verify
 from tests.support.graph import load_dodo
 from tests.support.release_fixtures import make_build
 
@@ -23,8 +23,8 @@ def _fixed_verification_time(monkeypatch):
     """Where a test gives no --at: a fixed time inside the vectors' validity, not now."""
     import datetime
 
-    from hbos.attest import verify as attest
-    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+    from hbos.attest import verify as attest_verify
+    monkeypatch.setattr(attest_verify, "now_utc", lambda: datetime.datetime(
         2026, 6, 1, tzinfo=datetime.timezone.utc))
 
 @pytest.fixture
@@ -136,23 +136,23 @@ def test_verify_with_reference_values(vectors, tmp_path, capsys):
 
 def test_release_carries_and_checks_reference_values(build):
     cfg, paths = build
-    release_pack.package_release(cfg, paths)
+    pack.package_release(cfg, paths)
     root = paths.release_dir
-    ref = json.loads((root / release.REFERENCE_VALUES).read_text())
+    ref = json.loads((root / layout.REFERENCE_VALUES).read_text())
     manifest = release_verify.verify_release(root)
     assert ref["measurements"] == [manifest.launch_digest]
-    assert release.REFERENCE_VALUES in {f.name for f in manifest.files}
+    assert layout.REFERENCE_VALUES in {f.name for f in manifest.files}
     # altered (and re-hashed into the manifest): refused by the manifest verification
     ref["measurements"].append("ef" * 48)
-    (root / release.REFERENCE_VALUES).unlink()
-    (root / release.REFERENCE_VALUES).write_text(json.dumps(ref))
-    data = json.loads((root / release.MANIFEST).read_text())
+    (root / layout.REFERENCE_VALUES).unlink()
+    (root / layout.REFERENCE_VALUES).write_text(json.dumps(ref))
+    data = json.loads((root / layout.MANIFEST).read_text())
     for f in data["files"]:
-        if f["name"] == release.REFERENCE_VALUES:
-            f.update(release.file_entry(root / release.REFERENCE_VALUES).__dict__)
+        if f["name"] == layout.REFERENCE_VALUES:
+            f.update(layout.file_entry(root / layout.REFERENCE_VALUES).__dict__)
             f.pop("name")
-            f["name"] = release.REFERENCE_VALUES
-    (root / release.MANIFEST).write_text(json.dumps(data))
+            f["name"] = layout.REFERENCE_VALUES
+    (root / layout.MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ReleaseError, match="measurements differ from what measurement.json"):
         release_verify.verify_release(root)
 

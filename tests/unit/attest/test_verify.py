@@ -9,12 +9,12 @@ import warnings
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hbos.attest import certs, report, verify as attest
+from hbos.attest import certs, report, verify
 from hbos.attest.report import SIGNED_SIZE, Report, Tcb
 from hbos.attest.verify import Expectations
-from hbos.cli import main as cli_main, verify_report as attest_cli
+from hbos.cli import main as cli_main, verify_report
 from hbos.errors import AttestationError
-from hbos.tasks import adapter as stage
+from hbos.tasks import adapter
 
 REPORTS = {
     # name: (report file, VCEK file, measurement, policy, vmpl)
@@ -54,12 +54,12 @@ def load(att, name):
 @pytest.mark.parametrize("name", sorted(REPORTS))
 def test_real_reports_verify_fully(att, milan, name):
     rep, vcek, expect = load(att, name)
-    v = attest.verify(rep, vcek, milan, expect)
-    assert v.ok, attest.format_table(v)
+    v = verify.verify(rep, vcek, milan, expect)
+    assert v.ok, verify.format_table(v)
     for step in ("signature", "chain", "hwid", "vcek_tcb", "policy", "debug", "measurement",
                  "vmpl"):
-        assert v.step(step).status == attest.PASS, step
-    assert [s.name for s in v.steps] == list(attest.STEP_ORDER)
+        assert v.step(step).status == verify.PASS, step
+    assert [s.name for s in v.steps] == list(verify.STEP_ORDER)
 
 
 def _bit_positions():
@@ -88,31 +88,31 @@ def test_any_flipped_signed_bit_fails_the_signature(att, milan, name):
     rep, vcek, expect = load(att, name)
     positions = _bit_positions() if name == "hbos" else [(0, 0), (0x90, 0), (SIGNED_SIZE - 1, 7)]
     for off, bit in positions:
-        v = attest.verify(_flipped(rep, off, bit), vcek, milan, expect)
-        assert v.step("signature").status == attest.FAIL, f"bit {bit} of byte {off:#x}"
+        v = verify.verify(_flipped(rep, off, bit), vcek, milan, expect)
+        assert v.step("signature").status == verify.FAIL, f"bit {bit} of byte {off:#x}"
         assert not v.ok
 
 
 def test_flipped_signature_bytes_fail_too(att, milan):
     rep, vcek, expect = load(att, "hbos")
     for off in (0x2A0, 0x2E7, 0x2E8, 0x32F):
-        assert attest.verify(_flipped(rep, off, 0), vcek, milan, expect).failed == ["signature"]
+        assert verify.verify(_flipped(rep, off, 0), vcek, milan, expect).failed == ["signature"]
 
 
 def test_vcek_of_another_chip_fails_hwid(att, milan):
     rep, _, expect = load(att, "hbos")
     other = certs.load_cert_file(att / REPORTS["virtee"][1])
-    v = attest.verify(rep, other, milan, expect)
-    assert v.step("hwid").status == attest.FAIL
+    v = verify.verify(rep, other, milan, expect)
+    assert v.step("hwid").status == verify.FAIL
     assert "another chip" in v.step("hwid").detail
     assert v.step("hwid").expected == rep.chip_id.hex()
-    assert v.step("chain").status == attest.PASS  # a genuine VCEK, just not this chip's
+    assert v.step("chain").status == verify.PASS  # a genuine VCEK, just not this chip's
 
 
 def test_genoa_chain_for_milan_vcek_fails_chain(att):
     rep, vcek, expect = load(att, "hbos")
     genoa = certs.load_certs_dir(att / "certs", "genoa")
-    v = attest.verify(rep, vcek, genoa, expect)
+    v = verify.verify(rep, vcek, genoa, expect)
     assert v.failed == ["chain"]
     assert "Genoa" in v.step("chain").detail
 
@@ -120,7 +120,7 @@ def test_genoa_chain_for_milan_vcek_fails_chain(att):
 def test_measurement_mismatch_fails_exactly_that_step(att, milan):
     rep, vcek, expect = load(att, "hbos")
     wrong = "00" * 48
-    v = attest.verify(rep, vcek, milan, Expectations(**{**expect.__dict__, "measurement": wrong}))
+    v = verify.verify(rep, vcek, milan, Expectations(**{**expect.__dict__, "measurement": wrong}))
     assert v.failed == ["measurement"]
     assert v.step("measurement").expected == wrong
     assert v.step("measurement").actual == REPORTS["hbos"][2]
@@ -128,34 +128,34 @@ def test_measurement_mismatch_fails_exactly_that_step(att, milan):
 
 def test_policy_mismatch_fails_exactly_that_step(att, milan):
     rep, vcek, expect = load(att, "hbos")
-    v = attest.verify(rep, vcek, milan, Expectations(**{**expect.__dict__, "policy": 0x70000}))
+    v = verify.verify(rep, vcek, milan, Expectations(**{**expect.__dict__, "policy": 0x70000}))
     assert v.failed == ["policy"]
     assert "MIGRATE_MA" in v.step("policy").detail
 
 
 def test_debug_policy_fails_unless_allowed(att, milan):
     rep, vcek, _ = load(att, "gosevguest")
-    assert attest.verify(rep, vcek, milan, Expectations()).failed == ["debug"]
-    assert attest.verify(rep, vcek, milan, Expectations(allow_debug=True)).ok
+    assert verify.verify(rep, vcek, milan, Expectations()).failed == ["debug"]
+    assert verify.verify(rep, vcek, milan, Expectations(allow_debug=True)).ok
 
 
 def test_only_given_expectations_run(att, milan):
     rep, vcek, _ = load(att, "hbos")
-    v = attest.verify(rep, vcek, milan, Expectations())
+    v = verify.verify(rep, vcek, milan, Expectations())
     assert v.ok
-    skipped = {s.name for s in v.steps if s.status == attest.SKIP}
+    skipped = {s.name for s in v.steps if s.status == verify.SKIP}
     assert skipped == {"tcb", "policy", "measurement", "report_data", "family_id", "image_id",
                        "vmpl", "report_version", "launch_tcb", "host_data", "id_key_digest",
                        "author_key_digest", "platform_info"}
-    assert v.step("crl").status == attest.UNKNOWN  # no CRL looked up: unknown, not a pass
+    assert v.step("crl").status == verify.UNKNOWN  # no CRL looked up: unknown, not a pass
 
 
 def test_tcb_minimum(att, milan):
     rep, vcek, expect = load(att, "hbos")
     at = Expectations(**{**expect.__dict__, "min_tcb": Tcb(3, 0, 20, 209)})
-    assert attest.verify(rep, vcek, milan, at).ok
+    assert verify.verify(rep, vcek, milan, at).ok
     above = Expectations(**{**expect.__dict__, "min_tcb": Tcb(3, 0, 21, 209)})
-    v = attest.verify(rep, vcek, milan, above)
+    v = verify.verify(rep, vcek, milan, above)
     assert v.failed == ["tcb"] and "snp 20 < 21" in v.step("tcb").detail
 
 
@@ -163,23 +163,23 @@ def test_optional_fields(att, milan):
     rep, vcek, expect = load(att, "hbos")
     good = Expectations(**{**expect.__dict__, "report_data": rep.report_data,
                            "family_id": bytes(16), "image_id": bytes(16)})
-    assert attest.verify(rep, vcek, milan, good).ok
+    assert verify.verify(rep, vcek, milan, good).ok
     for key, value in (("report_data", bytes(64)), ("family_id", b"\1" * 16),
                        ("image_id", b"\2" * 16), ("vmpl", 0)):
-        v = attest.verify(rep, vcek, milan, Expectations(**{**good.__dict__, key: value}))
+        v = verify.verify(rep, vcek, milan, Expectations(**{**good.__dict__, key: value}))
         assert v.failed == [key]
 
 
 def test_json_form_gives_the_same_verdict(att, milan):
     _, vcek, expect = load(att, "hbos")
-    binary = attest.verify(report.load(att / "hbos-benign-report.bin"), vcek, milan, expect)
-    as_json = attest.verify(report.load(att / "hbos-benign-report.json"), vcek, milan, expect)
+    binary = verify.verify(report.load(att / "hbos-benign-report.bin"), vcek, milan, expect)
+    as_json = verify.verify(report.load(att / "hbos-benign-report.json"), vcek, milan, expect)
     a, b = binary.as_dict(), as_json.as_dict()
     a["report"].pop("source"), b["report"].pop("source")
     assert a == b and a["ok"]
     wrong = Expectations(**{**expect.__dict__, "measurement": "11" * 48})
-    assert attest.verify(report.load(att / "hbos-benign-report.json"), vcek, milan,
-                         wrong).failed == attest.verify(
+    assert verify.verify(report.load(att / "hbos-benign-report.json"), vcek, milan,
+                         wrong).failed == verify.verify(
         report.load(att / "hbos-benign-report.bin"), vcek, milan, wrong).failed == ["measurement"]
 
 
@@ -190,7 +190,7 @@ def test_vceks_load_without_leaking_the_serial_warning(att, milan):
         for name in REPORTS:
             rep, vcek, expect = load(att, name)
             assert certs.serial_number(vcek) == 0
-            assert attest.verify(rep, vcek, milan, expect).ok
+            assert verify.verify(rep, vcek, milan, expect).ok
     assert [str(w.message) for w in caught] == []
     # the filter is scoped: outside the loader the library still warns
     with warnings.catch_warnings(record=True) as caught:
@@ -296,7 +296,7 @@ def _action_kwargs(att, **kw):
 def test_doit_action_against_a_build(att, build, capsys):
     from doit.exceptions import TaskFailed
     cfg, paths = build
-    (action,) = stage.action(attest_cli.verify_report, cfg, paths)
+    (action,) = adapter.action(verify_report.verify_report, cfg, paths)
     assert isinstance(action(**_action_kwargs(att)), TaskFailed)  # no measurement.json yet
     assert "doit measure" in capsys.readouterr().out + str(action(**_action_kwargs(att)))
     paths.measurement.write_text(json.dumps({"expected_hash": REPORTS["hbos"][2]}))
@@ -313,10 +313,10 @@ def test_doit_action_against_a_build(att, build, capsys):
 
 def test_allowed_debug_is_left_to_the_debug_step(att, milan):
     rep, vcek, _ = load(att, "gosevguest")  # policy 0xb0000
-    assert attest.verify(rep, vcek, milan, Expectations(policy=0x30000, allow_debug=True)).ok
-    v = attest.verify(rep, vcek, milan, Expectations(policy=0x30000))
+    assert verify.verify(rep, vcek, milan, Expectations(policy=0x30000, allow_debug=True)).ok
+    v = verify.verify(rep, vcek, milan, Expectations(policy=0x30000))
     assert v.failed == ["policy", "debug"]
-    v = attest.verify(rep, vcek, milan, Expectations(policy=0x20000, allow_debug=True))
+    v = verify.verify(rep, vcek, milan, Expectations(policy=0x20000, allow_debug=True))
     assert v.failed == ["policy"] and "SMT" in v.step("policy").detail
 
 
@@ -324,16 +324,16 @@ def test_hwid_rules(att):
     rep = report.load(att / REPORTS["hbos"][0])
     chip = rep.chip_id
     tcb = {"bootloader": 3, "tee": 0, "snp": 20, "microcode": 209}
-    assert attest.check_hwid(rep, certs.VcekInfo("Milan-B0", chip, tcb), "Milan").status == "pass"
+    assert verify.check_hwid(rep, certs.VcekInfo("Milan-B0", chip, tcb), "Milan").status == "pass"
     # Turin VCEKs carry the first 8 bytes of CHIP_ID
-    assert attest.check_hwid(rep, certs.VcekInfo("Turin", chip[:8], tcb), "Turin").status \
+    assert verify.check_hwid(rep, certs.VcekInfo("Turin", chip[:8], tcb), "Turin").status \
         == "pass"
-    assert attest.check_hwid(rep, certs.VcekInfo("Milan-B0", chip[:8], tcb), "Milan").status \
+    assert verify.check_hwid(rep, certs.VcekInfo("Milan-B0", chip[:8], tcb), "Milan").status \
         == "fail"
-    assert "no hwID" in attest.check_hwid(rep, certs.VcekInfo(None, None, tcb), "Milan").detail
+    assert "no hwID" in verify.check_hwid(rep, certs.VcekInfo(None, None, tcb), "Milan").detail
     masked = bytearray(rep.raw)
     masked[0x1A0:0x1E0] = bytes(64)
-    step = attest.check_hwid(report.parse_binary(bytes(masked)),
+    step = verify.check_hwid(report.parse_binary(bytes(masked)),
                              certs.VcekInfo("Milan-B0", chip, tcb), "Milan")
     assert step.status == "fail" and "MASK_CHIP_ID" in step.detail
 
@@ -342,7 +342,7 @@ def test_vcek_for_another_tcb_fails_vcek_tcb(att):
     rep = report.load(att / REPORTS["hbos"][0])
     info = certs.VcekInfo("Milan-B0", rep.chip_id,
                           {"bootloader": 3, "tee": 0, "snp": 19, "microcode": 209})
-    step = attest.check_vcek_tcb(rep, info, "Milan")
+    step = verify.check_vcek_tcb(rep, info, "Milan")
     assert step.status == "fail" and "snp report 20 / VCEK 19" in step.detail
 
 
@@ -392,6 +392,6 @@ def _forged_chain_and_report(rep: Report):
 
 def test_self_made_root_is_not_amds(att):
     chain, vcek, forged = _forged_chain_and_report(report.load(att / REPORTS["hbos"][0]))
-    v = attest.verify(forged, vcek, chain, Expectations(measurement="42" * 48))
+    v = verify.verify(forged, vcek, chain, Expectations(measurement="42" * 48))
     assert v.failed == ["chain"]  # everything else is consistent: only the pinned root says no
     assert "not AMD's root key" in v.step("chain").detail

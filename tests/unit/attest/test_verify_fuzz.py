@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from hbos.attest import reference, report, verify as attest
+from hbos.attest import reference, report, verify
 from hbos.errors import AttestationError
 
 SEED = 1414
@@ -68,10 +68,10 @@ def test_random_measurement_records_give_expectations_or_an_error():
         if not isinstance(record, dict):
             record = {"vm": record}
         try:
-            fields = attest.measurement_expectation(record, "m.json")
+            fields = verify.measurement_expectation(record, "m.json")
         except AttestationError:
             continue
-        attest.Expectations(**fields)  # whatever passed is well-typed
+        verify.Expectations(**fields)  # whatever passed is well-typed
         if "policy" in fields:
             assert isinstance(fields["policy"], int) and not isinstance(fields["policy"], bool)
 
@@ -86,7 +86,7 @@ def test_random_reference_values_validate_or_refuse():
             ref = reference.validate(data, "ref.json")
         except AttestationError:
             continue
-        attest.Expectations(**reference.expectation_fields(ref))
+        verify.Expectations(**reference.expectation_fields(ref))
 
 
 def test_a_generated_report_is_never_verified_against_amd(vectors):
@@ -104,6 +104,6 @@ def test_a_generated_report_is_never_verified_against_amd(vectors):
         if raw == base:
             continue
         rep = report.parse_binary(bytes(raw))
-        v = attest.verify(rep, vcek, chain, attest.Expectations())
+        v = verify.verify(rep, vcek, chain, verify.Expectations())
         assert not v.ok
         assert json.dumps(v.as_dict())  # the verdict always serializes

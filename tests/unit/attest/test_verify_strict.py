@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from hbos.attest import certs, report, verify as attest
+from hbos.attest import certs, report, verify
 from hbos.attest.verify import Expectations
 from hbos.cli import main as cli_main
 from tests.support.snp_test_ca import T0, TestCA, patch
@@ -39,8 +39,8 @@ def _fixed_verification_time(monkeypatch):
     """Where a test gives no --at: a fixed time inside the vectors' validity, not now."""
     import datetime
 
-    from hbos.attest import verify as attest
-    monkeypatch.setattr(attest, "now_utc", lambda: datetime.datetime(
+    from hbos.attest import verify
+    monkeypatch.setattr(verify, "now_utc", lambda: datetime.datetime(
         2026, 6, 1, tzinfo=datetime.timezone.utc))
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_vlek_report_uses_the_asvk_chain_and_skips_hwid(att, capsys):
     # the VLEK's TCB extensions are still checked against REPORTED_TCB
     info = certs.vcek_info(cert)
     other = certs.VcekInfo(info.product_name, None, {**info.tcb, "snp": info.tcb["snp"] - 1})
-    step = attest.check_vcek_tcb(rep, other, "Milan")
+    step = verify.check_vcek_tcb(rep, other, "Milan")
     assert step.status == "fail" and "VLEK" in step.detail
 
 
@@ -115,9 +115,9 @@ def test_vlek_report_with_a_vcek_or_the_ask_chain_fails(att, capsys):
     ask_chain = certs.load_certs_dir(att / "certs", "Milan")
     asvk_chain = certs.load_certs_dir(att / "certs", "Milan", "VLEK")
     at = Expectations(at=vlek.not_valid_before_utc + DAY)
-    v = attest.verify(rep, vcek, asvk_chain, at)
+    v = verify.verify(rep, vcek, asvk_chain, at)
     assert v.step("signing_key").status == "fail" and "is a VCEK" in v.step("signing_key").detail
-    v = attest.verify(rep, vlek, ask_chain, at)
+    v = verify.verify(rep, vlek, ask_chain, at)
     assert v.failed == ["chain"]
     # a VLEK report without --vcek: the KDS has no VLEKs, so it is a usage error
     rc, err = _verdict(capsys, ["verify-report", "--report", str(att / REAL["milan-vlek"][0]),
@@ -129,7 +129,7 @@ def test_signing_key_none_is_refused(att):
     rep, cert, _, _ = _real(att, "milan-hbos")
     none = report.parse_binary(bytes(patch(rep.raw, flags=7 << 2)))
     assert none.signing_key == "none"
-    v = attest.verify(none, cert, certs.load_certs_dir(att / "certs", "Milan"), Expectations())
+    v = verify.verify(none, cert, certs.load_certs_dir(att / "certs", "Milan"), Expectations())
     assert not v.ok and v.failed == ["signing_key"]
     assert all(s.status == "skip" for s in v.steps[1:])
 
@@ -224,12 +224,12 @@ def test_measurement_json_digests_are_pinned(att, tmp_path, capsys):
 
 def test_a_requested_step_that_did_not_run_is_not_verified(att):
     rep, cert, _, _ = _real(att, "milan-hbos")
-    v = attest.verify(rep, cert, certs.load_certs_dir(att / "certs", "Milan"),
+    v = verify.verify(rep, cert, certs.load_certs_dir(att / "certs", "Milan"),
                       Expectations(vmpl=1))
     assert v.ok
     v.steps = [s for s in v.steps if s.name != "vmpl"]  # as if the step had been skipped
     assert not v.ok and "vmpl" in v.failed
-    assert "NOT VERIFIED" in attest.format_table(v)
+    assert "NOT VERIFIED" in verify.format_table(v)
 
 
 # ------------------------------------------------------------- bounded reads
@@ -265,19 +265,19 @@ def test_validity_window(ca, base, monkeypatch):
     for at, status, text in ((T0 + 150 * DAY, "pass", "valid at"),
                              (T0 + 50 * DAY, "fail", "VCEK not valid before"),
                              (T0 + 250 * DAY, "fail", "VCEK expired")):
-        v = attest.verify(rep, leaf, ca.chain(), Expectations(at=at))
+        v = verify.verify(rep, leaf, ca.chain(), Expectations(at=at))
         assert v.step("validity").status == status and text in v.step("validity").detail
         assert v.failed == ([] if status == "pass" else ["validity"])
     expired_ask = certs.Chain("Milan", ca.ark, ca.cert(
         "SEV-Milan", ca.ask_key, "ARK-Milan", ca.ark_key, serial=0x51,
         not_after=T0 + 120 * DAY))
-    v = attest.verify(rep, leaf, expired_ask, Expectations(at=T0 + 150 * DAY))
+    v = verify.verify(rep, leaf, expired_ask, Expectations(at=T0 + 150 * DAY))
     assert v.failed == ["validity"] and "ASK SEV-Milan expired" in v.step("validity").detail
 
 
 def test_test_ca_is_not_trusted_without_the_override(ca, base):
     rep = ca.sign(base.raw)
-    v = attest.verify(rep, ca.leaf(rep), ca.chain(), Expectations(at=T0 + DAY))
+    v = verify.verify(rep, ca.leaf(rep), ca.chain(), Expectations(at=T0 + DAY))
     assert v.failed == ["chain"] and "not AMD's root key" in v.step("chain").detail
 
 
@@ -298,7 +298,7 @@ def test_test_ca_is_not_trusted_without_the_override(ca, base):
 def test_policy_sanity(ca, base, monkeypatch, policy, allow_mma, problem):
     ca.trust(monkeypatch)
     rep = ca.sign(patch(base.raw, policy=policy, current_major=1, current_minor=55))
-    v = attest.verify(rep, ca.leaf(rep), ca.chain(),
+    v = verify.verify(rep, ca.leaf(rep), ca.chain(),
                       Expectations(at=T0 + DAY, allow_migrate_ma=allow_mma))
     step = v.step("policy_sanity")
     if problem is None:
@@ -318,26 +318,26 @@ def test_crl_cases(ca, base, monkeypatch):
     at = Expectations(at=T0 + DAY)
 
     def crl_step(revocation, expect=at):
-        v = attest.verify(rep, leaf, chain, expect, revocation)
+        v = verify.verify(rep, leaf, chain, expect, revocation)
         return v, v.step("crl")
 
-    v, s = crl_step(attest.Revocation(ca.crl([0x99]), "crl.der"))
+    v, s = crl_step(verify.Revocation(ca.crl([0x99]), "crl.der"))
     assert s.status == "pass" and v.ok
-    v, s = crl_step(attest.Revocation(ca.crl([0x51]), "crl.der"))
+    v, s = crl_step(verify.Revocation(ca.crl([0x51]), "crl.der"))
     assert s.status == "fail" and "ASK SEV-Milan (serial 0x51) is revoked" in s.detail
     assert v.failed == ["crl"]
     other = TestCA("Milan")
-    v, s = crl_step(attest.Revocation(ca.crl([], signer=other.ark_key), "forged.der"))
+    v, s = crl_step(verify.Revocation(ca.crl([], signer=other.ark_key), "forged.der"))
     assert s.status == "fail" and "does not verify" in s.detail
-    v, s = crl_step(attest.Revocation(ca.crl([]), "old.der"),
+    v, s = crl_step(verify.Revocation(ca.crl([]), "old.der"),
                     Expectations(at=T0 + 60 * DAY))
     assert s.status == "unknown" and "out of date" in s.detail and v.ok
-    v, s = crl_step(attest.Revocation(ca.crl([]), "old.der"),
+    v, s = crl_step(verify.Revocation(ca.crl([]), "old.der"),
                     Expectations(at=T0 + 60 * DAY, require_crl=True))
     assert s.status == "fail" and v.failed == ["crl"]
-    v, s = crl_step(attest.Revocation(unavailable="KDS down"))
-    assert s.status == "unknown" and v.ok and "VERIFIED, except crl" in attest.format_table(v)
-    v, s = crl_step(attest.Revocation(unavailable="KDS down"),
+    v, s = crl_step(verify.Revocation(unavailable="KDS down"))
+    assert s.status == "unknown" and v.ok and "VERIFIED, except crl" in verify.format_table(v)
+    v, s = crl_step(verify.Revocation(unavailable="KDS down"),
                     Expectations(at=T0 + DAY, require_crl=True))
     assert s.status == "fail" and not v.ok
 
@@ -366,9 +366,9 @@ def test_doit_action_takes_at_and_require_crl(att, tmp_path, capsys):
     from doit.exceptions import TaskFailed
 
     from hbos import config as hconfig
-    from hbos.cli import verify_report as attest_cli
+    from hbos.cli import verify_report
     from hbos.paths import Paths
-    from hbos.tasks import adapter as stage
+    from hbos.tasks import adapter
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'build'}\n")
     cfg = hconfig.load(overlay=overlay)
@@ -376,7 +376,7 @@ def test_doit_action_takes_at_and_require_crl(att, tmp_path, capsys):
     paths.build.mkdir(parents=True)
     rep, cert, _, _ = _real(att, "milan-hbos")
     paths.measurement.write_text(json.dumps({"expected_hash": rep.measurement.hex()}))
-    (action,) = stage.action(attest_cli.verify_report, cfg, paths)
+    (action,) = adapter.action(verify_report.verify_report, cfg, paths)
     kw = dict(report=str(att / REAL["milan-hbos"][0]), vcek=str(att / REAL["milan-hbos"][1]),
               certs_dir=str(att / "certs"), report_data="", vmpl="1", allow_debug=False,
               json=False)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from hbos.host import check as host
+from hbos.host import check
 from hbos.host.check import FAIL, PASS, UNKNOWN, KvmStatus, Probes, SevStatus
-from hbos.launch import plan as launch_plan
+from hbos.launch import plan
 
 BASE_FLAGS = ("fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush "
               "mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc "
@@ -104,23 +104,23 @@ def ready_host(tmp_path, **params):
 def test_ready_host_passes_everything(tmp_path):
     root = ready_host(tmp_path)
     snp = SevStatus(api=(1, 55), build=21, state=1, rmp_initialized=True)
-    checks = host.run_checks(root, guest_features=0x1, qemu=QEMU, qemu_why="SNP bundle",
-                             probes=probes(sev=lambda _d: snp))
+    checks = check.run_checks(root, guest_features=0x1, qemu=QEMU, qemu_why="SNP bundle",
+                              probes=probes(sev=lambda _d: snp))
     assert verdicts(checks) == {
         "kernel": PASS, "CPU SEV flags": PASS, "kvm_amd.sev": PASS, "kvm_amd.sev_es": PASS,
         "kvm_amd.sev_snp": PASS, "/dev/kvm": PASS, "/dev/sev": PASS, "SNP firmware": PASS,
         "RMP table": PASS, "QEMU sev-snp-guest": PASS, "guest_features": PASS, "BIOS": PASS}
-    assert host.ready(checks)
+    assert check.ready(checks)
     by = {c.name: c for c in checks}
     assert by["SNP firmware"].detail == "SNP API 1.55 build 21 (SNP_PLATFORM_STATUS)"
     assert "[0x0000000035600000 - 0x0000000075bfffff]" in by["RMP table"].detail
     assert "SNP VM type: yes" in by["/dev/kvm"].detail
-    assert "can run SEV-SNP guests" in host.table(checks)
+    assert "can run SEV-SNP guests" in check.table(checks)
 
 
 def test_firmware_and_rmp_from_dmesg_when_dev_sev_gives_no_status(tmp_path):
     root = ready_host(tmp_path)
-    checks = host.run_checks(root, qemu=QEMU, probes=probes(
+    checks = check.run_checks(root, qemu=QEMU, probes=probes(
         sev=lambda _d: SevStatus(snp_error=None)))
     by = {c.name: c for c in checks}
     assert (by["SNP firmware"].verdict, by["SNP firmware"].detail) == (
@@ -131,7 +131,7 @@ def test_firmware_and_rmp_from_dmesg_when_dev_sev_gives_no_status(tmp_path):
 
 def test_old_snp_firmware_fails(tmp_path):
     root = ready_host(tmp_path)
-    checks = host.run_checks(root, qemu=QEMU, probes=probes(
+    checks = check.run_checks(root, qemu=QEMU, probes=probes(
         sev=lambda _d: SevStatus(api=(1, 49), build=3, rmp_initialized=True)))
     fw = {c.name: c for c in checks}["SNP firmware"]
     assert fw.verdict == FAIL and "1.49 build 3" in fw.detail and "1.51" in fw.fix
@@ -144,27 +144,27 @@ def legacy_kvm(_dev: Path) -> KvmStatus:
 
 def test_debug_swap_mismatch_names_exact_guest_features(tmp_path):
     root = ready_host(tmp_path, debug_swap="Y")
-    checks = host.run_checks(root, guest_features=0x1, qemu=QEMU, probes=probes(kvm=legacy_kvm))
+    checks = check.run_checks(root, guest_features=0x1, qemu=QEMU, probes=probes(kvm=legacy_kvm))
     gf = {c.name: c for c in checks}["guest_features"]
     assert gf.verdict == FAIL
     assert "set vm.guest_features: 0x21" in gf.fix
-    assert not host.ready(checks)
+    assert not check.ready(checks)
     # configured to match: passes
-    ok = host.run_checks(root, guest_features=0x21, qemu=QEMU, probes=probes(kvm=legacy_kvm))
+    ok = check.run_checks(root, guest_features=0x21, qemu=QEMU, probes=probes(kvm=legacy_kvm))
     assert {c.name: c.verdict for c in ok}["guest_features"] == PASS
     # configured 0x21 on a host without debug_swap: the fix says 0x1
     root2 = ready_host(tmp_path / "b")
-    bad = host.run_checks(root2, guest_features=0x21, qemu=QEMU, probes=probes(kvm=legacy_kvm))
+    bad = check.run_checks(root2, guest_features=0x21, qemu=QEMU, probes=probes(kvm=legacy_kvm))
     assert "set vm.guest_features: 0x1 " in {c.name: c for c in bad}["guest_features"].fix
 
 
 def test_debug_swap_ignored_when_kvm_offers_init2(tmp_path):
     """With the SNP VM type (KVM_SEV_INIT2) the VMM, not kvm_amd.debug_swap, picks features."""
     root = ready_host(tmp_path, debug_swap="Y")
-    checks = host.run_checks(root, guest_features=0x1, qemu=QEMU, probes=probes(kvm=ok_kvm))
+    checks = check.run_checks(root, guest_features=0x1, qemu=QEMU, probes=probes(kvm=ok_kvm))
     gf = {c.name: c for c in checks}["guest_features"]
     assert gf.verdict == PASS and "KVM_SEV_INIT2" in gf.detail
-    odd = host.run_checks(root, guest_features=0x21, qemu=QEMU, probes=probes(kvm=ok_kvm))
+    odd = check.run_checks(root, guest_features=0x21, qemu=QEMU, probes=probes(kvm=ok_kvm))
     assert {c.name: c.verdict for c in odd}["guest_features"] == UNKNOWN
 
 
@@ -180,7 +180,7 @@ def test_snp_disabled_in_bios(tmp_path):
              "kvm_amd: SEV-ES enabled (ASIDs 1 - 99)"])
     sev = SevStatus(snp_error="SNP_PLATFORM_STATUS failed: Input/output error "
                               "(firmware error 0x3)")
-    checks = host.run_checks(root, qemu=QEMU, probes=probes(sev=lambda _d: sev))
+    checks = check.run_checks(root, qemu=QEMU, probes=probes(sev=lambda _d: sev))
     assert verdicts(checks) == {
         "kernel": PASS, "CPU SEV flags": FAIL, "kvm_amd.sev": PASS, "kvm_amd.sev_es": PASS,
         "kvm_amd.sev_snp": FAIL, "/dev/kvm": PASS, "/dev/sev": PASS, "SNP firmware": FAIL,
@@ -193,7 +193,7 @@ def test_snp_disabled_in_bios(tmp_path):
     for setting in ("SMEE", "SEV-SNP", "SNP Memory Coverage", "minimum SEV non-ES ASID"):
         assert setting in bios.fix
     assert "not been reserved by BIOS" in by["RMP table"].detail
-    assert not host.ready(checks)
+    assert not check.ready(checks)
 
 
 def test_host_without_snp_kernel(tmp_path):
@@ -204,8 +204,8 @@ def test_host_without_snp_kernel(tmp_path):
              "SEV supported: 410 ASIDs", "SEV-ES supported: 99 ASIDs"])
     sev = SevStatus(snp_error="SNP_PLATFORM_STATUS failed: Invalid argument "
                               "(firmware error 0x0)")
-    checks = host.run_checks(root, qemu=Path("/usr/bin/qemu-system-x86_64"), qemu_why="PATH",
-                             probes=probes(sev=lambda _d: sev, objects=QEMU_DEBIAN_OBJECTS))
+    checks = check.run_checks(root, qemu=Path("/usr/bin/qemu-system-x86_64"), qemu_why="PATH",
+                              probes=probes(sev=lambda _d: sev, objects=QEMU_DEBIAN_OBJECTS))
     assert verdicts(checks) == {
         "kernel": FAIL, "CPU SEV flags": PASS, "kvm_amd.sev": PASS, "kvm_amd.sev_es": PASS,
         "kvm_amd.sev_snp": FAIL, "/dev/kvm": PASS, "/dev/sev": PASS, "SNP firmware": FAIL,
@@ -232,8 +232,8 @@ def test_this_machine(tmp_path):
         seen.append(dev)
         return refused
 
-    checks = host.run_checks(root, qemu=Path("/usr/bin/qemu-system-x86_64"), qemu_why="PATH",
-                             probes=probes(kvm=kvm, objects=QEMU_DEBIAN_OBJECTS))
+    checks = check.run_checks(root, qemu=Path("/usr/bin/qemu-system-x86_64"), qemu_why="PATH",
+                              probes=probes(kvm=kvm, objects=QEMU_DEBIAN_OBJECTS))
     assert verdicts(checks) == {
         "kernel": PASS, "CPU SEV flags": FAIL, "kvm_amd.sev": FAIL, "kvm_amd.sev_es": FAIL,
         "kvm_amd.sev_snp": FAIL, "/dev/kvm": FAIL, "/dev/sev": FAIL, "SNP firmware": UNKNOWN,
@@ -243,28 +243,28 @@ def test_this_machine(tmp_path):
     by = {c.name: c for c in checks}
     assert "virtual machine" in by["CPU SEV flags"].fix
     assert by["/dev/kvm"].detail.startswith("present but unusable: KVM refuses MSR 0x10a")
-    assert "cannot run SEV-SNP guests (7 failed" in host.table(checks)
+    assert "cannot run SEV-SNP guests (7 failed" in check.table(checks)
 
 
 def test_real_probes_on_a_fake_tree_do_not_touch_devices(tmp_path):
     """The default probes on fake (regular-file) devices report, never ioctl the real ones."""
     root = fake_host(tmp_path, release="6.11.0", flags=BASE_FLAGS, kvm_amd=None)
-    assert host.probe_kvm(root / "dev/kvm") == KvmStatus(
+    assert check.probe_kvm(root / "dev/kvm") == KvmStatus(
         error=f"{root / 'dev/kvm'} is not a character device")
-    assert host.probe_sev(root / "dev/sev").error == f"{root / 'dev/sev'} is not a character device"
-    assert host.probe_kvm(root / "dev/nothing").error.startswith("cannot open")
+    assert check.probe_sev(root / "dev/sev").error == f"{root / 'dev/sev'} is not a character device"
+    assert check.probe_kvm(root / "dev/nothing").error.startswith("cannot open")
 
 
 def test_kernel_log_parsing_variants():
-    old = host.parse_kernel_log(
+    old = check.parse_kernel_log(
         "SEV-SNP: RMP table physical address 0x0000000015e00000 - 0x00000000566fffff\n"
         "ccp 0000:26:00.1: SEV API:1.52 build:4\nccp 0000:26:00.1: SEV-SNP API:1.52 build:4\n"
         "kvm_amd: SEV-ES and SEV-SNP supported: 99 ASIDs\n")
     assert old.sev_api == (1, 52, 4) and old.snp_api == (1, 52, 4)
     assert old.rmp_range == "0x0000000015e00000 - 0x00000000566fffff"
     assert old.snp_asids == "99"
-    failed = host.parse_kernel_log("ccp 0000:42:00.1: SEV-SNP: failed to INIT rc -5, error 0x3\n"
-                                   "ccp 0000:42:00.1: SEV API:1.55 build:7\n")
+    failed = check.parse_kernel_log("ccp 0000:42:00.1: SEV-SNP: failed to INIT rc -5, error 0x3\n"
+                                    "ccp 0000:42:00.1: SEV API:1.55 build:7\n")
     assert failed.snp_api is None and failed.sev_api == (1, 55, 7)
     assert failed.snp_init_failed == "SEV-SNP: failed to INIT rc -5, error 0x3"
 
@@ -272,20 +272,20 @@ def test_kernel_log_parsing_variants():
 def test_parse_snp_status_struct():
     # api 1.55, state 1 (INIT), is_rmp_initialized bit set, build 21, then the rest zeroed
     raw = bytes([1, 55, 1, 1]) + (21).to_bytes(4, "little") + bytes(24)
-    assert host.parse_snp_status(raw) == SevStatus(api=(1, 55), build=21, state=1,
-                                                   rmp_initialized=True)
+    assert check.parse_snp_status(raw) == SevStatus(api=(1, 55), build=21, state=1,
+                                                    rmp_initialized=True)
 
 
 def test_expected_guest_features():
-    assert host.expected_guest_features(0x1, {"debug_swap": True}) == 0x21
-    assert host.expected_guest_features(0x21, {"debug_swap": False}) == 0x1
-    assert host.expected_guest_features(0x1, {}) == 0x1
+    assert check.expected_guest_features(0x1, {"debug_swap": True}) == 0x21
+    assert check.expected_guest_features(0x21, {"debug_swap": False}) == 0x1
+    assert check.expected_guest_features(0x1, {}) == 0x1
 
 
 def test_cli_json_and_exit_status(tmp_path, capsys, monkeypatch):
     from hbos import cli
-    monkeypatch.setattr(launch_plan, "find_qemu", lambda c, p: (QEMU, "SNP bundle"))
-    monkeypatch.setattr(host, "qemu_object_help", lambda q: QEMU_SNP_OBJECTS)
+    monkeypatch.setattr(plan, "find_qemu", lambda c, p: (QEMU, "SNP bundle"))
+    monkeypatch.setattr(check, "qemu_object_help", lambda q: QEMU_SNP_OBJECTS)
     root = fake_host(tmp_path, release="6.18.44-fc-v782", flags=THIS_MACHINE_FLAGS, kvm_amd=None,
                      devices=())
     rc = cli.main(["check-host", "--root", str(root), "--json"])
@@ -307,6 +307,6 @@ def test_check_host_raises_host_error(tmp_path, monkeypatch):
     overlay = tmp_path / "o.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'build'}\n")
     cfg = hconfig.load(overlay=overlay)
-    monkeypatch.setattr(launch_plan, "find_qemu", lambda c, p: (None, "none"))
+    monkeypatch.setattr(plan, "find_qemu", lambda c, p: (None, "none"))
     with pytest.raises(HostError):
-        host.check_host(cfg, Paths.from_config(cfg), root=root)
+        check.check_host(cfg, Paths.from_config(cfg), root=root)

@@ -12,7 +12,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.errors import HostError
-from hbos.host import check as host, debian as host_debian, setup as host_setup
+from hbos.host import check, debian, setup
 from hbos.host.check import PASS, SevStatus
 from hbos.paths import Paths
 from hbos.stages import snp_bundle
@@ -42,14 +42,14 @@ def test_stock_trixie_host_is_ready_without_a_release(tmp_path):
                      kvm_amd={"sev": "Y", "sev_es": "Y", "sev_snp": "Y", "debug_swap": "N"},
                      log=TRIXIE_LOG)
     snp = SevStatus(api=(1, 55), build=22, state=1, rmp_initialized=True)
-    checks = host.run_checks(root, guest_features=0x1,
-                             qemu=Path("/usr/bin/qemu-system-x86_64"), qemu_why="PATH",
-                             probes=probes(sev=lambda _d: snp, objects=QEMU_SNP_OBJECTS))
-    assert set(verdicts(checks).values()) == {PASS}, host.table(checks)
+    checks = check.run_checks(root, guest_features=0x1,
+                              qemu=Path("/usr/bin/qemu-system-x86_64"), qemu_why="PATH",
+                              probes=probes(sev=lambda _d: snp, objects=QEMU_SNP_OBJECTS))
+    assert set(verdicts(checks).values()) == {PASS}, check.table(checks)
     by = {c.name: c for c in checks}
     assert "upstream SNP host support" in by["kernel"].detail
     assert by["QEMU sev-snp-guest"].detail == "/usr/bin/qemu-system-x86_64 (PATH)"
-    assert host.ready(checks)
+    assert check.ready(checks)
 
 
 # ----------------------------------------------------------------- setup_host on trixie
@@ -85,7 +85,7 @@ class FakeApt:
 def test_trixie_setup_installs_from_debian_then_nothing_to_do(tmp_path, capsys):
     root = fake_debian(tmp_path, installed={"qemu-system-x86": "1:10.0.13+ds-0+deb13u1"})
     apt = FakeApt(root)
-    plan = host_debian.setup_debian(root, yes=True, euid=0, runner=apt)
+    plan = debian.setup_debian(root, yes=True, euid=0, runner=apt)
     assert plan.install == ["linux-image-amd64"]
     assert apt.calls == [["apt-get", "install", "-y", "--no-install-recommends",
                           "linux-image-amd64"]]
@@ -93,7 +93,7 @@ def test_trixie_setup_installs_from_debian_then_nothing_to_do(tmp_path, capsys):
     assert "apt-get install  linux-image-amd64 (not installed)" in out
     assert "keep             qemu-system-x86 1:10.0.13+ds-0+deb13u1" in out
     assert "reboot into Debian's linux-image-amd64" in out
-    again = host_debian.setup_debian(root, yes=True, euid=0, runner=apt)
+    again = debian.setup_debian(root, yes=True, euid=0, runner=apt)
     assert again.empty and len(apt.calls) == 1
     assert "nothing to do" in capsys.readouterr().out
 
@@ -102,18 +102,18 @@ def test_trixie_setup_refusals_change_nothing(tmp_path):
     root = fake_debian(tmp_path)
     apt = FakeApt(root)
     with pytest.raises(HostError, match="must run as root"):
-        host_debian.setup_debian(root, yes=True, euid=1000, runner=apt)
+        debian.setup_debian(root, yes=True, euid=1000, runner=apt)
     with pytest.raises(HostError, match="stdin is not a terminal"):
-        host_debian.setup_debian(root, euid=0, interactive=False, runner=apt)
+        debian.setup_debian(root, euid=0, interactive=False, runner=apt)
     with pytest.raises(HostError, match="cancelled"):
-        host_debian.setup_debian(root, euid=0, interactive=True, runner=apt, ask=lambda _: "n")
+        debian.setup_debian(root, euid=0, interactive=True, runner=apt, ask=lambda _: "n")
     assert apt.calls == []
 
 
 def test_bookworm_without_release_is_refused_with_the_way_out(tmp_path):
     root = fake_debian(tmp_path, os_text=BOOKWORM_OS)
     with pytest.raises(HostError) as exc:
-        host_debian.setup_debian(root, yes=True, euid=0, runner=FakeApt(root))
+        debian.setup_debian(root, yes=True, euid=0, runner=FakeApt(root))
     assert "Debian GNU/Linux 12 (bookworm)" in str(exc.value)
     assert "trixie" in exc.value.hint and "snp_release" in exc.value.hint
 
@@ -121,7 +121,7 @@ def test_bookworm_without_release_is_refused_with_the_way_out(tmp_path):
 def test_running_612_kernel_message(tmp_path):
     root = fake_debian(tmp_path, kernel=TRIXIE_KERNEL,
                        installed={"linux-image-amd64": "6.12.117-1", "qemu-system-x86": "1"})
-    assert "is running" in host_debian.finish_message(root)
+    assert "is running" in debian.finish_message(root)
 
 
 def _config(tmp_path):
@@ -134,9 +134,9 @@ def _config(tmp_path):
 def test_setup_from_config_picks_debian_without_release(tmp_path, monkeypatch):
     cfg, paths = _config(tmp_path)
     seen = {}
-    monkeypatch.setattr(host_debian, "setup_debian", lambda root, **kw: seen.update(root=root, **kw))
-    monkeypatch.setattr(host_setup, "setup_bundle", lambda *a, **kw: pytest.fail("bundle path"))
-    host_setup.setup_from_config(cfg, paths, yes=True)
+    monkeypatch.setattr(debian, "setup_debian", lambda root, **kw: seen.update(root=root, **kw))
+    monkeypatch.setattr(setup, "setup_bundle", lambda *a, **kw: pytest.fail("bundle path"))
+    setup.setup_from_config(cfg, paths, yes=True)
     assert seen["root"] == "/" and seen["yes"] is True
 
 
@@ -146,11 +146,11 @@ def test_setup_from_config_with_a_bundle_checks_its_qemu_then_installs_it(tmp_pa
     monkeypatch.setattr(snp_bundle, "configured", lambda c: True)
     monkeypatch.setattr(snp_bundle, "qemu", lambda p: Path("/b/usr/local/bin/qemu-system-x86_64"))
     monkeypatch.setattr(snp_bundle, "root", lambda p: Path("/b"))
-    monkeypatch.setattr(host_debian, "setup_debian", lambda *a, **kw: pytest.fail("Debian path"))
-    monkeypatch.setattr(host_debian, "check_bundle_qemu", lambda q: calls.append(("ldd", q)))
-    monkeypatch.setattr(host_setup, "setup_bundle",
+    monkeypatch.setattr(debian, "setup_debian", lambda *a, **kw: pytest.fail("Debian path"))
+    monkeypatch.setattr(debian, "check_bundle_qemu", lambda q: calls.append(("ldd", q)))
+    monkeypatch.setattr(setup, "setup_bundle",
                         lambda release, root, **kw: calls.append(("install", release, root, kw["yes"])))
-    host_setup.setup_from_config(cfg, paths, yes=True)
+    setup.setup_from_config(cfg, paths, yes=True)
     assert calls == [("ldd", Path("/b/usr/local/bin/qemu-system-x86_64")),
                      ("install", Path("/b"), "/", True)]
 
@@ -169,10 +169,10 @@ LDD_OUT = """\
 
 def test_release_qemu_missing_libraries_are_named_with_packages():
     q = Path("/b/snp-release/usr/local/bin/qemu-system-x86_64")
-    assert host_debian.missing_libraries(q, ldd=lambda p: LDD_OUT) == {
+    assert debian.missing_libraries(q, ldd=lambda p: LDD_OUT) == {
         "libslirp.so.0": "libslirp0", "libfoo-made-up.so.3": "unknown package"}
     with pytest.raises(HostError) as exc:
-        host_debian.check_bundle_qemu(q, ldd=lambda p: LDD_OUT)
+        debian.check_bundle_qemu(q, ldd=lambda p: LDD_OUT)
     msg = str(exc.value)
     assert "2 shared libraries missing" in msg and "libslirp.so.0" in msg
     assert "(Debian package: libslirp0)" in msg
@@ -182,11 +182,11 @@ def test_release_qemu_missing_libraries_are_named_with_packages():
 def test_release_qemu_all_resolved(capsys):
     ok = LDD_OUT.replace("libslirp.so.0 => not found", "").replace(
         "libfoo-made-up.so.3 => not found", "")
-    host_debian.check_bundle_qemu(Path("/q"), ldd=lambda p: ok)
+    debian.check_bundle_qemu(Path("/q"), ldd=lambda p: ok)
     assert "every shared library resolves" in capsys.readouterr().err
 
 
 def test_real_ldd_on_a_real_binary_finds_nothing_missing():
     import shutil
     ls = shutil.which("ls")
-    assert host_debian.missing_libraries(Path(ls)) == {}
+    assert debian.missing_libraries(Path(ls)) == {}

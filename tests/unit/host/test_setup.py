@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hbos.errors import HostError
-from hbos.host import setup as host_setup, system
+from hbos.host import setup, system
 from hbos.util import run
 
 KVER = "6.9.0-rc7-snp-host-05b10142ac6a"
@@ -85,7 +85,7 @@ class FakeDpkg:
         assert argv[0] == "dpkg" and "-i" in argv
         status = self.root / "var/lib/dpkg/status"
         for deb in argv[argv.index("-i") + 1:]:
-            d = host_setup.read_deb(Path(deb))
+            d = setup.read_deb(Path(deb))
             status.write_text(status.read_text().rstrip("\n") +
                               f"\n\nPackage: {d.package}\nStatus: install ok installed\n"
                               f"Version: {d.version}\n")
@@ -98,19 +98,19 @@ def env(tmp_path):
 
 def test_read_deb_from_control_never_from_the_name(tmp_path):
     deb = make_deb(tmp_path / "x_1_amd64.deb", "linux-image-6.11.0-snp", "6.11.0-1")
-    got = host_setup.read_deb(deb)
+    got = setup.read_deb(deb)
     assert (got.package, got.version, got.kernel_release) == (
         "linux-image-6.11.0-snp", "6.11.0-1", "6.11.0-snp")
-    assert host_setup.read_deb(deb).package != "x"   # the file name says nothing
+    assert setup.read_deb(deb).package != "x"   # the file name says nothing
     junk = tmp_path / "foo_1%3a2.0-3_amd64.deb"
     junk.write_bytes(b"not a deb")
     with pytest.raises(HostError, match="cannot read the package name and version"):
-        host_setup.read_deb(junk)   # no silent fallback to the file name
+        setup.read_deb(junk)   # no silent fallback to the file name
 
 
 def test_plan_lists_kernel_and_files(env, capsys):
     release, root = env
-    plan = host_setup.make_plan(release, root)
+    plan = setup.make_plan(release, root)
     assert [d.package for d in plan.install] == [PKG]           # not -dbg, not guest
     assert [c.rel for c in plan.copies] == [
         "usr/local/bin/qemu-system-x86_64", "usr/local/share/qemu/DIRECT_BOOT_OVMF.fd",
@@ -122,16 +122,16 @@ def test_plan_lists_kernel_and_files(env, capsys):
 
 
 def test_dpkg_argv_exact(tmp_path):
-    deb = host_setup.Deb(Path("/r/linux/host/k.deb"), PKG, VERSION)
-    assert host_setup.dpkg_install_argv([deb], Path("/")) == ["dpkg", "-i", "/r/linux/host/k.deb"]
-    assert host_setup.dpkg_install_argv([deb], tmp_path) == [
+    deb = setup.Deb(Path("/r/linux/host/k.deb"), PKG, VERSION)
+    assert setup.dpkg_install_argv([deb], Path("/")) == ["dpkg", "-i", "/r/linux/host/k.deb"]
+    assert setup.dpkg_install_argv([deb], tmp_path) == [
         "dpkg", f"--root={tmp_path}", "-i", "/r/linux/host/k.deb"]
 
 
 def test_setup_then_nothing_to_do(env, capsys):
     release, root = env
     dpkg = FakeDpkg(root)
-    host_setup.setup_bundle(release, root, yes=True, euid=0, runner=dpkg)
+    setup.setup_bundle(release, root, yes=True, euid=0, runner=dpkg)
     out = capsys.readouterr().out
     assert "setup_host plan:" in out
     assert f"reboot into the SNP host kernel {KVER}" in out and "doit check_host" in out
@@ -143,14 +143,14 @@ def test_setup_then_nothing_to_do(env, capsys):
     assert (root / "etc/modprobe.d/kvm.conf").is_file()
 
     # second run: nothing to do, no command
-    again = host_setup.setup_bundle(release, root, yes=True, euid=0, runner=dpkg)
+    again = setup.setup_bundle(release, root, yes=True, euid=0, runner=dpkg)
     out = capsys.readouterr().out
     assert again.empty and len(dpkg.calls) == 1
     assert "nothing to do: 1 package(s) at the release's version, 4 file(s) identical" in out
 
     # a changed file is noticed by its hash (same size) and only it is replaced
     (root / "usr/local/share/qemu/OVMF.fd").write_bytes(b"\x01" * 4096)
-    third = host_setup.make_plan(release, root)
+    third = setup.make_plan(release, root)
     assert [c.rel for c in third.copies] == ["usr/local/share/qemu/OVMF.fd"] and not third.install
 
 
@@ -158,7 +158,7 @@ def test_older_installed_version_is_upgraded(env):
     release, root = env
     status = root / "var/lib/dpkg/status"
     status.write_text(f"Package: {PKG}\nStatus: install ok installed\nVersion: 6.8.0-1\n")
-    plan = host_setup.make_plan(release, root)
+    plan = setup.make_plan(release, root)
     assert [d.package for d in plan.install] == [PKG]
     assert "(installed: 6.8.0-1)" in plan.describe(root)
 
@@ -166,15 +166,15 @@ def test_older_installed_version_is_upgraded(env):
 def test_running_snp_kernel_message(tmp_path):
     release = fake_release(tmp_path)
     root = fake_root(tmp_path, running=KVER)
-    host_setup.setup_bundle(release, root, yes=True, euid=0, runner=FakeDpkg(root))
-    plan = host_setup.make_plan(release, root)
-    assert "is running; check the host: doit check_host" in host_setup.finish_message(plan, root)
+    setup.setup_bundle(release, root, yes=True, euid=0, runner=FakeDpkg(root))
+    plan = setup.make_plan(release, root)
+    assert "is running; check the host: doit check_host" in setup.finish_message(plan, root)
 
 
 def test_refuses_non_debian(tmp_path):
     root = fake_root(tmp_path, os_release='ID=fedora\nPRETTY_NAME="Fedora Linux 40"\n')
     with pytest.raises(HostError, match="Debian and Ubuntu hosts only; this host is Fedora"):
-        host_setup.setup_bundle(fake_release(tmp_path), root, yes=True, euid=0,
+        setup.setup_bundle(fake_release(tmp_path), root, yes=True, euid=0,
                               runner=FakeDpkg(root))
 
 
@@ -187,7 +187,7 @@ def test_refuses_without_root_and_changes_nothing(env):
     release, root = env
     dpkg = FakeDpkg(root)
     with pytest.raises(HostError, match="must run as root"):
-        host_setup.setup_bundle(release, root, yes=True, euid=1000, runner=dpkg)
+        setup.setup_bundle(release, root, yes=True, euid=1000, runner=dpkg)
     assert dpkg.calls == [] and not (root / "usr/local").exists()
 
 
@@ -195,7 +195,7 @@ def test_needs_yes_when_not_interactive(env):
     release, root = env
     dpkg = FakeDpkg(root)
     with pytest.raises(HostError, match="stdin is not a terminal") as exc:
-        host_setup.setup_bundle(release, root, euid=0, interactive=False, runner=dpkg)
+        setup.setup_bundle(release, root, euid=0, interactive=False, runner=dpkg)
     assert "--yes" in exc.value.hint
     assert dpkg.calls == []
 
@@ -204,10 +204,10 @@ def test_interactive_answer(env):
     release, root = env
     dpkg = FakeDpkg(root)
     with pytest.raises(HostError, match="cancelled"):
-        host_setup.setup_bundle(release, root, euid=0, interactive=True, runner=dpkg,
+        setup.setup_bundle(release, root, euid=0, interactive=True, runner=dpkg,
                               ask=lambda _q: "n")
     assert dpkg.calls == []
-    host_setup.setup_bundle(release, root, euid=0, interactive=True, runner=dpkg,
+    setup.setup_bundle(release, root, euid=0, interactive=True, runner=dpkg,
                           ask=lambda _q: "y")
     assert len(dpkg.calls) == 1
 
@@ -216,7 +216,7 @@ def test_release_without_host_kernel(tmp_path):
     release = tmp_path / "rel"
     (release / "linux/host").mkdir(parents=True)
     with pytest.raises(HostError, match="no host kernel"):
-        host_setup.make_plan(release, fake_root(tmp_path))
+        setup.make_plan(release, fake_root(tmp_path))
 
 
 def test_debpkg_fields_single_multiple_and_absent(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.errors import BuildError, LaunchError
-from hbos.launch import plan as launch_plan, qemu, start as launch
+from hbos.launch import plan, qemu, start
 from hbos.paths import Paths
 from hbos.stages import snp_bundle
 from hbos.util import tools
@@ -54,16 +54,16 @@ def measured(tmp_path, amdsev_ovmf):
 
 @pytest.fixture
 def no_snp_host(monkeypatch):
-    monkeypatch.setattr(launch_plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
-    monkeypatch.setattr(launch_plan, "host_cbitpos", lambda: None)
-    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
+    monkeypatch.setattr(plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(plan, "host_cbitpos", lambda: None)
+    monkeypatch.setattr(plan, "host_facts", lambda q: qemu.HostFacts(
         Path(q), (10, 0, 2), frozenset({"EPYC-v4", "EPYC-v3", "qemu64"})))
 
 
 def _dry_run(cfg, paths, vm_config, m, tmp_path, **opts):
-    launch.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
-                    image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
-                    options=launch.options_from_params(dry_run=True, **opts))
+    start.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
+                   image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
+                   options=start.options_from_params(dry_run=True, **opts))
 
 
 def test_dry_run_snp_golden(measured, no_snp_host, tmp_path, capsys, amdsev_ovmf):
@@ -96,7 +96,7 @@ def test_dry_run_cbitpos_from_config(measured, no_snp_host, tmp_path, capsys):
 def test_dry_run_emulated_default_firmware_and_no_probe(measured, no_snp_host, tmp_path,
                                                         capsys, monkeypatch):
     cfg, paths, vm_config, m = measured
-    monkeypatch.setattr(launch, "kvm_boots_guest", lambda *a: pytest.fail("a dry run probed KVM"))
+    monkeypatch.setattr(start, "kvm_boots_guest", lambda *a: pytest.fail("a dry run probed KVM"))
     _dry_run(cfg, paths, vm_config, m, tmp_path, qemu=sys.executable)
     out = capsys.readouterr().out
     assert out.startswith("mode: emulated (this host cannot run SEV-SNP (no /dev/sev))")
@@ -108,9 +108,9 @@ def test_dry_run_emulated_default_firmware_and_no_probe(measured, no_snp_host, t
 def test_dry_run_old_qemu_says_amd_fork_and_missing_model(measured, tmp_path, capsys,
                                                           monkeypatch):
     cfg, paths, vm_config, m = measured
-    monkeypatch.setattr(launch_plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
-    monkeypatch.setattr(launch_plan, "host_cbitpos", lambda: None)
-    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
+    monkeypatch.setattr(plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(plan, "host_cbitpos", lambda: None)
+    monkeypatch.setattr(plan, "host_facts", lambda q: qemu.HostFacts(
         Path(q), (7, 2, 0), frozenset({"EPYC-v3", "qemu64"})))
     _dry_run(cfg, paths, vm_config, m, tmp_path, mode="snp", qemu=sys.executable)
     out = capsys.readouterr().out
@@ -119,19 +119,19 @@ def test_dry_run_old_qemu_says_amd_fork_and_missing_model(measured, tmp_path, ca
 
 
 def test_mode_setting():
-    assert launch_plan.mode_setting("auto", "") == "auto"
-    assert launch_plan.mode_setting("auto", "snp") == "required"
-    assert launch_plan.mode_setting("required", "emulated") == "off"
+    assert plan.mode_setting("auto", "") == "auto"
+    assert plan.mode_setting("auto", "snp") == "required"
+    assert plan.mode_setting("required", "emulated") == "off"
     with pytest.raises(LaunchError, match="--mode 'spn'"):
-        launch_plan.mode_setting("auto", "spn")
+        plan.mode_setting("auto", "spn")
 
 
 def test_mode_snp_without_dry_run_is_required(measured, no_snp_host, tmp_path):
     cfg, paths, vm_config, m = measured
     with pytest.raises(LaunchError, match="'required'.*no /dev/sev"):
-        launch.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
-                        image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
-                        options=launch.options_from_params(mode="snp"))
+        start.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
+                       image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
+                       options=start.options_from_params(mode="snp"))
 
 
 def test_dry_run_missing_qemu_is_one_clean_error(measured, no_snp_host, tmp_path):
@@ -148,20 +148,20 @@ def test_modprobe_cpuid_when_missing_and_root(tmp_path, capsys):
         calls.append(argv)
         dev.parent.mkdir(parents=True)
         dev.write_bytes(b"")
-    assert launch_plan.load_cpuid_driver(dev, euid=0, runner=runner) is True
+    assert plan.load_cpuid_driver(dev, euid=0, runner=runner) is True
     assert calls == [["modprobe", "cpuid"]]
     assert f"{dev} is missing: modprobe cpuid" in capsys.readouterr().err
     # present: nothing runs; not root: nothing runs
-    assert launch_plan.load_cpuid_driver(dev, euid=0, runner=pytest.fail) is True
-    assert launch_plan.load_cpuid_driver(tmp_path / "none", euid=1000, runner=pytest.fail) is False
+    assert plan.load_cpuid_driver(dev, euid=0, runner=pytest.fail) is True
+    assert plan.load_cpuid_driver(tmp_path / "none", euid=1000, runner=pytest.fail) is False
 
 
 def test_start_with_missing_qemu_is_one_clean_error(measured, no_snp_host, tmp_path):
     cfg, paths, vm_config, m = measured
     with pytest.raises(LaunchError, match="--qemu .*nope does not exist"):
-        launch.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
-                        image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
-                        options=launch.options_from_params(qemu=str(tmp_path / "nope")))
+        start.start_vm(cfg, paths, vm_config=vm_config, measurement=m,
+                       image=tmp_path / "guest.img", hash_tree=tmp_path / "hash_tree.bin",
+                       options=start.options_from_params(qemu=str(tmp_path / "nope")))
 
 
 # ----------------------------------------------------------------- which QEMU (find_qemu)
@@ -177,17 +177,17 @@ def _config(tmp_path, extra: str = ""):
 def test_find_qemu_without_bundle_is_the_one_on_path(tmp_path, monkeypatch):
     cfg, paths = _config(tmp_path)
     monkeypatch.setattr(tools, "find", lambda p: "/usr/bin/" + p)
-    assert launch_plan.find_qemu(cfg, paths) == (Path("/usr/bin/qemu-system-x86_64"), "PATH")
+    assert plan.find_qemu(cfg, paths) == (Path("/usr/bin/qemu-system-x86_64"), "PATH")
     monkeypatch.setattr(tools, "find", lambda p: None)
-    assert launch_plan.find_qemu(cfg, paths) == (None, "qemu-system-x86_64 not on PATH")
+    assert plan.find_qemu(cfg, paths) == (None, "qemu-system-x86_64 not on PATH")
 
 
 def test_find_qemu_launch_qemu_wins(tmp_path, monkeypatch):
     cfg, paths = _config(tmp_path, f"launch:\n  qemu: {sys.executable}\n")
     monkeypatch.setattr(snp_bundle, "configured", lambda c: pytest.fail("launch.qemu wins"))
-    assert launch_plan.find_qemu(cfg, paths) == (Path(sys.executable), "launch.qemu")
+    assert plan.find_qemu(cfg, paths) == (Path(sys.executable), "launch.qemu")
     cfg, paths = _config(tmp_path, f"launch:\n  qemu: {tmp_path / 'nope'}\n")
-    found, why = launch_plan.find_qemu(cfg, paths)
+    found, why = plan.find_qemu(cfg, paths)
     assert found is None and why == f"launch.qemu {tmp_path / 'nope'} does not exist"
 
 
@@ -195,10 +195,10 @@ def test_find_qemu_bundle(tmp_path, monkeypatch):
     cfg, paths = _config(tmp_path)
     monkeypatch.setattr(snp_bundle, "configured", lambda c: True)
     monkeypatch.setattr(snp_bundle, "qemu", lambda p: Path("/b/usr/local/bin/qemu-system-x86_64"))
-    assert launch_plan.find_qemu(cfg, paths) == (Path("/b/usr/local/bin/qemu-system-x86_64"),
-                                                 "SNP bundle")
+    assert plan.find_qemu(cfg, paths) == (Path("/b/usr/local/bin/qemu-system-x86_64"),
+                                          "SNP bundle")
 
     def unpacked_without_qemu(p):
         raise BuildError("the SNP bundle has no QEMU")
     monkeypatch.setattr(snp_bundle, "qemu", unpacked_without_qemu)
-    assert launch_plan.find_qemu(cfg, paths) == (None, "the SNP bundle has no QEMU")
+    assert plan.find_qemu(cfg, paths) == (None, "the SNP bundle has no QEMU")

@@ -19,7 +19,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.errors import LaunchError
-from hbos.launch import plan as launch_plan, qemu, start as launch
+from hbos.launch import plan, qemu, start
 from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import measure, vmconfig
@@ -60,8 +60,8 @@ def _record(path: Path) -> dict:
 
 def test_agreeing_launch_passes(measured):
     vm, m, *_ = measured
-    assert launch.launch_mismatches(vm, _record(m)) == []
-    assert launch.launch_record(vm, m)["vcpus"] == 2
+    assert start.launch_mismatches(vm, _record(m)) == []
+    assert start.launch_record(vm, m)["vcpus"] == 2
 
 
 @pytest.mark.parametrize("field,change", [
@@ -73,10 +73,10 @@ def test_agreeing_launch_passes(measured):
 ])
 def test_each_vm_field_difference_is_named(measured, field, change):
     vm, m, *_ = measured
-    problems = launch.launch_mismatches(dataclasses.replace(vm, **change), _record(m))
+    problems = start.launch_mismatches(dataclasses.replace(vm, **change), _record(m))
     assert len(problems) == 1 and problems[0].startswith(f"{field}:"), problems
     with pytest.raises(LaunchError) as err:
-        launch.launch_record(dataclasses.replace(vm, **change), m)
+        start.launch_record(dataclasses.replace(vm, **change), m)
     assert f"- {field}:" in str(err.value) and "refusing to start" in str(err.value)
 
 
@@ -86,7 +86,7 @@ def test_each_file_difference_is_named(measured, tmp_path, field, attr):
     vm, m, *_ = measured
     other = tmp_path / f"other-{field}"
     other.write_bytes(getattr(vm, attr).read_bytes() + b"\0")
-    problems = launch.launch_mismatches(dataclasses.replace(vm, **{attr: other}), _record(m))
+    problems = start.launch_mismatches(dataclasses.replace(vm, **{attr: other}), _record(m))
     assert len(problems) == 1 and problems[0].startswith(f"{field}: {other} has sha256"), problems
 
 
@@ -95,14 +95,14 @@ def test_same_file_elsewhere_is_fine(measured, tmp_path):
     vm, m, *_ = measured
     copy = tmp_path / "release-vmlinuz"
     copy.write_bytes(vm.kernel.read_bytes())
-    assert launch.launch_mismatches(dataclasses.replace(vm, kernel=copy), _record(m)) == []
+    assert start.launch_mismatches(dataclasses.replace(vm, kernel=copy), _record(m)) == []
 
 
 def test_all_differences_listed_together(measured):
     vm, m, *_ = measured
     bad = dataclasses.replace(vm, vcpus=8, guest_features=0x21, guest_policy=0x70000)
     with pytest.raises(LaunchError) as err:
-        launch.launch_record(bad, m)
+        start.launch_record(bad, m)
     text = str(err.value)
     for name in ("vCPUs", "guest_features", "policy"):
         assert f"- {name}:" in text
@@ -116,41 +116,41 @@ def test_original_inputs_json_shape_accepted(measured):
                                   "vcpu_type", "vmm_type", "guest_features", "expected_hash")}
     inputs["vm"] = {"guest_policy": "0x30000"}
     assert rec["vcpu_type"] == 5  # EPYC-v4 as the Rust sev crate numbers it
-    assert launch.launch_mismatches(vm, inputs) == []
+    assert start.launch_mismatches(vm, inputs) == []
     inputs["vcpus"] = 1
-    assert [p.split(":")[0] for p in launch.launch_mismatches(vm, inputs)] == ["vCPUs"]
+    assert [p.split(":")[0] for p in start.launch_mismatches(vm, inputs)] == ["vCPUs"]
 
 
 def test_missing_or_broken_measurement(measured, tmp_path):
     vm, *_ = measured
     with pytest.raises(LaunchError, match="doit measure"):
-        launch.launch_record(vm, tmp_path / "absent.json")
+        start.launch_record(vm, tmp_path / "absent.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(LaunchError, match="not valid JSON"):
-        launch.launch_record(vm, bad)
+        start.launch_record(vm, bad)
     bad.write_text('{"kernel": "00"}')
     with pytest.raises(LaunchError, match="unusable"):
-        launch.launch_record(vm, bad)
+        start.launch_record(vm, bad)
 
 
 # ----------------------------------------------------------------- mode and accel
 
 
 def test_decide_mode():
-    assert launch_plan.decide_mode("auto", True, "")[0] == "snp"
-    assert launch_plan.decide_mode("auto", False, "no /dev/sev")[0] == "emulated"
-    assert launch_plan.decide_mode("off", True, "")[0] == "emulated"
-    assert launch_plan.decide_mode("required", True, "")[0] == "snp"
+    assert plan.decide_mode("auto", True, "")[0] == "snp"
+    assert plan.decide_mode("auto", False, "no /dev/sev")[0] == "emulated"
+    assert plan.decide_mode("off", True, "")[0] == "emulated"
+    assert plan.decide_mode("required", True, "")[0] == "snp"
     with pytest.raises(LaunchError, match="required.*no /dev/sev"):
-        launch_plan.decide_mode("required", False, "no /dev/sev")
+        plan.decide_mode("required", False, "no /dev/sev")
     # a review (dry run) shows the SNP line the SNP host would run instead of refusing
-    mode, why = launch_plan.decide_mode("required", False, "no /dev/sev", review=True)
+    mode, why = plan.decide_mode("required", False, "no /dev/sev", review=True)
     assert mode == "snp" and "review only" in why
 
 
 def test_snp_host_ready_probe(tmp_path):
-    ok, why = launch_plan.snp_host_ready(tmp_path)
+    ok, why = plan.snp_host_ready(tmp_path)
     assert not ok and "no /dev/sev" in why and "no sev_snp" in why
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/sev").touch()
@@ -158,28 +158,28 @@ def test_snp_host_ready_probe(tmp_path):
     param = tmp_path / "sys/module/kvm_amd/parameters/sev_snp"
     param.parent.mkdir(parents=True)
     param.write_text("N\n")
-    assert launch_plan.snp_host_ready(tmp_path) == (False, "kvm_amd.sev_snp is not enabled")
+    assert plan.snp_host_ready(tmp_path) == (False, "kvm_amd.sev_snp is not enabled")
     param.write_text("Y\n")
-    assert launch_plan.snp_host_ready(tmp_path)[0] is True
+    assert plan.snp_host_ready(tmp_path)[0] is True
 
 
 def test_choose_accel():
     never = lambda: pytest.fail("probe must not run")  # noqa: E731
-    assert launch_plan.choose_accel("tcg", "emulated", never)[0] == "tcg"
-    assert launch_plan.choose_accel("kvm", "emulated", never)[0] == "kvm"
-    assert launch_plan.choose_accel("auto", "snp", never)[0] == "kvm"
-    assert launch_plan.choose_accel("auto", "emulated", lambda: (True, "ok"))[0] == "kvm"
-    accel, why = launch_plan.choose_accel("auto", "emulated",
-                                          lambda: (False, "KVM failed: failed to set MSR 0x10a"))
+    assert plan.choose_accel("tcg", "emulated", never)[0] == "tcg"
+    assert plan.choose_accel("kvm", "emulated", never)[0] == "kvm"
+    assert plan.choose_accel("auto", "snp", never)[0] == "kvm"
+    assert plan.choose_accel("auto", "emulated", lambda: (True, "ok"))[0] == "kvm"
+    accel, why = plan.choose_accel("auto", "emulated",
+                                   lambda: (False, "KVM failed: failed to set MSR 0x10a"))
     assert accel == "tcg" and "MSR 0x10a" in why
     with pytest.raises(LaunchError, match="needs KVM"):
-        launch_plan.choose_accel("tcg", "snp", never)
+        plan.choose_accel("tcg", "snp", never)
 
 
 def test_cbitpos_config_wins(measured):
     *_, cfg, _ = measured
     cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, cbitpos=47))
-    assert launch_plan.snp_options(cfg).cbitpos == 47
+    assert plan.snp_options(cfg).cbitpos == 47
 
 
 def test_post_start_config_drops_expected_hash():
@@ -196,11 +196,11 @@ def test_post_start_config_drops_expected_hash():
 def test_doit_params_map_to_options():
     names = {p["long"] for p in params.START}
     assert names == {"data-disk", "self", "peer", "no-auto", "dry-run", "mode", "qemu"}
-    opts = launch.options_from_params("d.qcow2", "http://a", "http://b", True)
-    assert opts == launch.StartOptions(Path("d.qcow2"), "http://a", "http://b", True)
-    opts = launch.options_from_params(dry_run=True, mode="snp", qemu="/q")
+    opts = start.options_from_params("d.qcow2", "http://a", "http://b", True)
+    assert opts == start.StartOptions(Path("d.qcow2"), "http://a", "http://b", True)
+    opts = start.options_from_params(dry_run=True, mode="snp", qemu="/q")
     assert (opts.dry_run, opts.mode, opts.qemu) == (True, "snp", "/q")
-    assert launch.options_from_params().data_disk is None
+    assert start.options_from_params().data_disk is None
 
 
 # ----------------------------------------------------------------- pidfile, twice, dead
@@ -216,7 +216,7 @@ def fake_qemu(measured):
                              "-pidfile", str(files.pidfile)])
     files.pidfile.write_text(f"{proc.pid}\n")
     for _ in range(100):  # until the exec is done and /proc shows its argv
-        if launch.is_our_qemu(proc.pid, files.pidfile):
+        if start.is_our_qemu(proc.pid, files.pidfile):
             break
         time.sleep(0.05)
     try:
@@ -230,9 +230,9 @@ def test_starting_twice_refused(measured, fake_qemu, tmp_path):
     vm, m, cfg, paths = measured
     proc, files = fake_qemu
     with pytest.raises(LaunchError) as err:
-        launch.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
-                        image=tmp_path / "none.img", hash_tree=tmp_path / "none.bin",
-                        options=launch.StartOptions())
+        start.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
+                       image=tmp_path / "none.img", hash_tree=tmp_path / "none.bin",
+                       options=start.StartOptions())
     assert f"already running (pid {proc.pid}" in str(err.value)
     assert "doit stop" in str(err.value)
     assert proc.poll() is None and files.pidfile.exists()
@@ -245,8 +245,8 @@ def test_recycled_pid_is_not_ours(measured):
     try:
         files.directory.mkdir(parents=True)
         files.pidfile.write_text(str(other.pid))
-        assert launch.running_pid(files) is None
-        assert "not running" in launch.stop_vm(paths)
+        assert start.running_pid(files) is None
+        assert "not running" in start.stop_vm(paths)
         assert other.poll() is None          # never signalled
     finally:
         other.kill()
@@ -257,14 +257,14 @@ def test_status_running_and_stop(fake_qemu, measured):
     *_, paths = measured
     proc, files = fake_qemu
     files.state.write_text(json.dumps({"mode": "emulated", "accel": "tcg", "port": 1}))
-    st = launch.vm_status(paths)
+    st = start.vm_status(paths)
     assert st.state == "running" and st.pid == proc.pid
     assert "NOT CONFIDENTIAL" in st.describe() and "not answering" in st.describe()
-    msg = launch.stop_vm(paths, timeout=1)
+    msg = start.stop_vm(paths, timeout=1)
     assert msg == f"stopped the VM (pid {proc.pid})"
     assert proc.wait(timeout=10) is not None
     assert not files.pidfile.exists()
-    assert launch.vm_status(paths).state == "stopped"
+    assert start.vm_status(paths).state == "stopped"
 
 
 def test_dead_qemu_reported_with_log_tail(measured):
@@ -276,12 +276,12 @@ def test_dead_qemu_reported_with_log_tail(measured):
     files.pidfile.write_text(str(gone.pid))
     files.console.write_text("[    1.0] booting\n[    9.9] Kernel panic - not syncing: boom\n")
     files.qemu_log.write_text("qemu-system-x86_64: terminating on signal 9\n")
-    st = launch.vm_status(paths)
+    st = start.vm_status(paths)
     assert st.state == "dead" and st.pid == gone.pid
     assert "Kernel panic - not syncing: boom" in st.describe()
     assert "terminating on signal 9" in st.describe()
     with pytest.raises(LaunchError, match="died"):
-        launch.print_status(paths)
+        start.print_status(paths)
 
 
 # ----------------------------------------------------------------- the SNP path (no SNP here)
@@ -301,8 +301,8 @@ def test_snp_start_runs_the_snp_command_line(measured, tmp_path, monkeypatch):
     image.write_bytes(b"\0" * 4096)
     tree.write_bytes(b"\0" * 4096)
     seen: dict = {}
-    monkeypatch.setattr(launch_plan, "snp_host_ready", lambda: (True, "SEV-SNP host"))
-    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
+    monkeypatch.setattr(plan, "snp_host_ready", lambda: (True, "SEV-SNP host"))
+    monkeypatch.setattr(plan, "host_facts", lambda q: qemu.HostFacts(
         q, (9, 2, 0), frozenset({"EPYC-v4"})))
 
     def spawn(argv, **how):
@@ -310,8 +310,8 @@ def test_snp_start_runs_the_snp_command_line(measured, tmp_path, monkeypatch):
         raise _Spawned()
     monkeypatch.setattr(hrun, "spawn", spawn)
     with pytest.raises(_Spawned):
-        launch.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
-                        image=image, hash_tree=tree, options=launch.StartOptions())
+        start.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
+                       image=image, hash_tree=tree, options=start.StartOptions())
     argv = seen["argv"]
     assert seen["how"] == {"log": qemu.RunFiles(paths.run_dir).qemu_log, "detach": True}
     assert argv[0] == sys.executable
@@ -333,15 +333,15 @@ def test_start_runs_exactly_the_line_its_dry_run_prints(measured, tmp_path, monk
     image, tree = tmp_path / "guest.img", tmp_path / "hash_tree.bin"
     image.write_bytes(b"\0" * 4096)
     tree.write_bytes(b"\0" * 4096)
-    monkeypatch.setattr(launch_plan, "host_facts", lambda q: qemu.HostFacts(
+    monkeypatch.setattr(plan, "host_facts", lambda q: qemu.HostFacts(
         q, (10, 0, 2), frozenset({"EPYC-v4"})))
-    monkeypatch.setattr(launch_plan, "kvm_opens", lambda: (False, "/dev/kvm unusable (test)"))
+    monkeypatch.setattr(plan, "kvm_opens", lambda: (False, "/dev/kvm unusable (test)"))
     probed: list = []
 
     def probe(facts, model, kernel, workdir, timeout):
         probed.append(model)
         return False, "KVM failed: test"
-    monkeypatch.setattr(launch, "cached_kvm_boots_guest", probe)
+    monkeypatch.setattr(start, "cached_kvm_boots_guest", probe)
     seen: dict = {}
 
     def spawn(argv, **how):
@@ -350,11 +350,11 @@ def test_start_runs_exactly_the_line_its_dry_run_prints(measured, tmp_path, monk
     monkeypatch.setattr(hrun, "spawn", spawn)
     kwargs = dict(vm_config=tmp_path / "vm-config.toml", measurement=m, image=image,
                   hash_tree=tree)
-    launch.start_vm(cfg, paths, options=launch.StartOptions(dry_run=True), **kwargs)
+    start.start_vm(cfg, paths, options=start.StartOptions(dry_run=True), **kwargs)
     assert probed == []   # a dry run boots nothing
     printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("qemu: ")]
     with pytest.raises(_Spawned):
-        launch.start_vm(cfg, paths, options=launch.StartOptions(), **kwargs)
+        start.start_vm(cfg, paths, options=start.StartOptions(), **kwargs)
     assert probed == ["EPYC-v4"]
     assert printed == [f"qemu: {hrun.quote(seen['argv'])}"]
     assert seen["argv"][seen["argv"].index("-accel") + 1] == "tcg"
@@ -365,7 +365,7 @@ def test_snp_required_refuses_on_this_kind_of_host(measured, tmp_path, monkeypat
     cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, snp="required"))
     image = tmp_path / "guest.img"
     image.write_bytes(b"\0" * 4096)
-    monkeypatch.setattr(launch_plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
     with pytest.raises(LaunchError, match="'required'.*no /dev/sev"):
-        launch.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
-                        image=image, hash_tree=image, options=launch.StartOptions())
+        start.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
+                       image=image, hash_tree=image, options=start.StartOptions())

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hbos.errors import MeasurementError
-from hbos.measure import digest as measure
+from hbos.measure import digest
 from hbos.measure.digest import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, launch_digest
 from hbos.stages import measure as measure_stage
 
@@ -43,8 +43,8 @@ def test_readme_vectors(amdsev_ovmf, features, expected):
 def test_from_files_equals_from_hashes(amdsev_ovmf, tmp_path):
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    inputs = measure.inputs_from_files(empty, empty, "console=ttyS0 loglevel=7", vcpus=1,
-                                       vcpu_type="EPYC-v4", guest_features=0x21)
+    inputs = digest.inputs_from_files(empty, empty, "console=ttyS0 loglevel=7", vcpus=1,
+                                      vcpu_type="EPYC-v4", guest_features=0x21)
     assert launch_digest(Firmware(amdsev_ovmf), inputs) == README_VECTORS[0][1]
 
 
@@ -121,7 +121,7 @@ ORIGINAL_INPUTS = {  # as the original tool's digest_calc wrote it
 
 
 def test_parse_original_inputs_json_enums():
-    inputs, fw = measure.parse_inputs(ORIGINAL_INPUTS)
+    inputs, fw = digest.parse_inputs(ORIGINAL_INPUTS)
     assert inputs.vcpu_type == "EPYC-v4" and inputs.vmm_type == "QEMU"
     assert fw == README_OVMF_HASH
 
@@ -135,7 +135,7 @@ def test_parse_original_inputs_json_enums():
 ])
 def test_parse_inputs_errors(field, value, message):
     with pytest.raises(MeasurementError, match=message):
-        measure.parse_inputs({**ORIGINAL_INPUTS, field: value})
+        digest.parse_inputs({**ORIGINAL_INPUTS, field: value})
 
 
 def run_cli(*args):

@@ -10,8 +10,8 @@ import json
 import pytest
 from sevsnpmeasure.gctx import GCTX
 
-from hbos.attest import certs, report, verify as attest
-from hbos.cli import verify_report as attest_cli
+from hbos.attest import certs, report, verify
+from hbos.cli import verify_report
 from hbos.measure import explain, sevsnp
 from hbos.measure.digest import EMPTY_SHA256, Firmware, LaunchInputs, cmdline_sha256, inputs_record, launch_digest
 
@@ -97,13 +97,13 @@ def test_verification_explains_a_measurement_mismatch(vectors, amdsev_ovmf, firm
     record["files"] = {"firmware": {"path": str(amdsev_ovmf)}}
     mj = tmp_path / "measurement.json"
     mj.write_text(json.dumps(record))
-    expect = attest.Expectations(**attest.measurement_expectation(record, str(mj)))
-    v = attest.verify(rep, certs.load_cert_file(att / "hbos-vcek.crt"),
+    expect = verify.Expectations(**verify.measurement_expectation(record, str(mj)))
+    v = verify.verify(rep, certs.load_cert_file(att / "hbos-vcek.crt"),
                       certs.load_certs_dir(att / "certs", "milan"), expect)
-    attest_cli.maybe_explain(v, record, None)
+    verify_report.maybe_explain(v, record, None)
     assert "measurement" in v.failed
     assert v.explanation is not None and v.explanation.match["vcpus"] == 7
-    table = attest.format_table(v)
+    table = verify.format_table(v)
     assert "matches with 7 vCPUs (the build has 4)" in table and "candidates searched in" in table
     assert v.as_dict()["explanation"]["found"] is True
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from hbos import config as hconfig
 from hbos.errors import IdentityError, LaunchError
-from hbos.launch import plan as launch_plan, qemu, start as launch
+from hbos.launch import plan, qemu, start
 from hbos.measure import idblock, identity, launch_files, nodeconfig
 from hbos.paths import Paths
 from hbos.stages import measure, vmconfig
@@ -251,9 +251,9 @@ def test_launcher_passes_id_block_auth_and_host_data_to_qemu(build):
     rec = json.loads(paths.measurement.read_text())
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     body = nodeconfig.post_start_for(cfg, rec)
-    gen = launch.checked_identity(rec, vm, body, paths.identity_dir, "snp")
+    gen = start.checked_identity(rec, vm, body, paths.identity_dir, "snp")
     cfg = hconfig.load(overlay=Path(cfg.sources[-1]))
-    snp = launch_plan.snp_options(dataclass_replace_launch(cfg, cbitpos=51), gen)
+    snp = plan.snp_options(dataclass_replace_launch(cfg, cbitpos=51), gen)
     obj = qemu.sev_snp_object(vm, snp, "upstream")
     assert f"id-block={paths.id_block.read_text().strip()}" in obj
     assert f"id-auth={paths.id_auth.read_text().strip()}" in obj
@@ -277,11 +277,11 @@ def test_launcher_refuses_an_id_block_for_another_measurement(build):
     other = dict(rec, expected_hash="ab" * 48)
     body = nodeconfig.post_start_for(cfg, rec)
     with pytest.raises(IdentityError, match="LD"):
-        launch.checked_identity(other, vm, nodeconfig.post_start_for(cfg, other), paths.identity_dir,
-                                "snp")
+        start.checked_identity(other, vm, nodeconfig.post_start_for(cfg, other), paths.identity_dir,
+                               "snp")
     with pytest.raises(IdentityError, match="policy"):
-        launch.checked_identity(rec, dataclasses.replace(vm, guest_policy=0xB0000), body,
-                                paths.identity_dir, "snp")
+        start.checked_identity(rec, dataclasses.replace(vm, guest_policy=0xB0000), body,
+                               paths.identity_dir, "snp")
 
 
 # ----------------------------------------------------------------- HOST_DATA
@@ -291,11 +291,11 @@ def test_host_data_follows_the_post_start_body_and_nothing_else(build):
     cfg, paths, _vm_config = build
     rec = json.loads(paths.measurement.read_text())
     base = nodeconfig.node_configuration(cfg, rec)
-    urls = launch.StartOptions(self_url="http://me:1", peer_url="http://peer:2").post_start
+    urls = start.StartOptions(self_url="http://me:1", peer_url="http://peer:2").post_start
     peer = nodeconfig.node_configuration(cfg, rec, urls)
     quiet = nodeconfig.node_configuration(cfg, rec, nodeconfig.PostStartOptions(no_auto=True))
     # post-start is on by default (issue 13): the default body is what start sends
-    assert base["post_start"] == nodeconfig.post_start_for(cfg, rec, launch.StartOptions().post_start)
+    assert base["post_start"] == nodeconfig.post_start_for(cfg, rec, start.StartOptions().post_start)
     assert base["post_start"]["snp_trusted"] and quiet["post_start"] is None
     assert peer["post_start"] == nodeconfig.post_start_for(cfg, rec, urls)
     assert peer["post_start"]["self"] == "http://me:1" and peer["post_start"]["peer"] == "http://peer:2"
@@ -320,13 +320,13 @@ def test_launch_refuses_snp_with_a_configuration_other_than_the_measured(build):
     cfg, paths, vm_config = build
     rec = json.loads(paths.measurement.read_text())
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
-    other = nodeconfig.post_start_for(cfg, rec, launch.StartOptions(self_url="http://me:1").post_start)
+    other = nodeconfig.post_start_for(cfg, rec, start.StartOptions(self_url="http://me:1").post_start)
     with pytest.raises(LaunchError, match="HOST_DATA"):
-        launch.checked_identity(rec, vm, other, None, "snp")
+        start.checked_identity(rec, vm, other, None, "snp")
     # emulated: a note, no HOST_DATA passed, no refusal
-    assert "host_data" in launch.checked_identity(rec, vm, other, None, "emulated")
-    measured = nodeconfig.post_start_for(cfg, rec, launch.StartOptions().post_start)
-    assert launch.checked_identity(rec, vm, measured, None, "snp")["host_data"] == \
+    assert "host_data" in start.checked_identity(rec, vm, other, None, "emulated")
+    measured = nodeconfig.post_start_for(cfg, rec, start.StartOptions().post_start)
+    assert start.checked_identity(rec, vm, measured, None, "snp")["host_data"] == \
         nodeconfig.to_b64(rec["host_data"])
 
 

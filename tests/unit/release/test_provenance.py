@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hbos.cli import verify_release as release_cli
+from hbos.cli import verify_release
 from hbos.errors import ReleaseError
 from hbos.measure import idblock, identity
 from hbos.release import fetch, layout, pack, provenance, start, verify
@@ -201,7 +201,7 @@ def test_a_re_signed_manifest_by_another_key_is_refused(installed, tmp_path):
                  replace={layout.SIGNATURE: json.dumps(doc).encode()})
     # no trusted key: still refused, since the ID block's author is not the signer
     with pytest.raises(ReleaseError, match="ID block's author key"):
-        release_cli.verify_path(bad)
+        verify_release.verify_path(bad)
     _refused(cfg, paths, bad, pub, "not a trusted key|ID block's author key")
 
 

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from hbos import config as hconfig
-from hbos.launch import node_http, qemu, start as launch
+from hbos.launch import node_http, qemu, start
 from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import content, hb_node
@@ -191,7 +191,7 @@ def test_post_start_settings_types_self_and_peer(tmp_path):
 
 def test_post_start_is_on_by_default_and_no_auto_is_a_start_option():
     assert hconfig.load().post_start.auto is True
-    assert launch.options_from_params(no_auto=True).no_auto
+    assert start.options_from_params(no_auto=True).no_auto
     assert nodeconfig.post_start_body(RECORD, ("initialized: permanent",), "http://me") == \
         {"initialized": "permanent", "snp_trusted": [nodeconfig.snp_trusted(RECORD)],
          "self": "http://me"}

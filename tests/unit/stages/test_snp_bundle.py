@@ -13,7 +13,7 @@ import pytest
 from hbos import config as hconfig
 from hbos.errors import ConfigError, HashMismatch, UnsafeArchive
 from hbos.paths import Paths
-from hbos.stages import snp_bundle as amdsev
+from hbos.stages import snp_bundle
 from hbos.util.fsutil import read_json
 
 
@@ -44,12 +44,12 @@ def test_download_verify_unpack_and_locate(httpserver, tmp_path):
     data = release_tarball()
     httpserver.expect_request("/rel.tar.gz").respond_with_data(data)
     cfg, paths = setup(tmp_path, httpserver.url_for("/rel.tar.gz"), hashlib.sha256(data).hexdigest())
-    amdsev.fetch_bundle(cfg, paths)
+    snp_bundle.fetch_bundle(cfg, paths)
     manifest = read_json(paths.snp_bundle_manifest)
     assert manifest["configured"] and manifest["sha256"] == hashlib.sha256(data).hexdigest()
-    assert amdsev.guest_kernel_deb(paths).name == "linux-image-6.9.0-snp-guest_1_amd64.deb"
-    assert amdsev.ovmf(paths).read_bytes() == b"ovmf"
-    assert amdsev.qemu(paths).name == "qemu-system-x86_64"
+    assert snp_bundle.guest_kernel_deb(paths).name == "linux-image-6.9.0-snp-guest_1_amd64.deb"
+    assert snp_bundle.ovmf(paths).read_bytes() == b"ovmf"
+    assert snp_bundle.qemu(paths).name == "qemu-system-x86_64"
 
 
 def test_sha256_mismatch_keeps_nothing(httpserver, tmp_path):
@@ -57,7 +57,7 @@ def test_sha256_mismatch_keeps_nothing(httpserver, tmp_path):
     httpserver.expect_request("/rel.tar.gz").respond_with_data(data)
     cfg, paths = setup(tmp_path, httpserver.url_for("/rel.tar.gz"), "1" * 64)
     with pytest.raises(HashMismatch) as exc:
-        amdsev.fetch_bundle(cfg, paths)
+        snp_bundle.fetch_bundle(cfg, paths)
     assert hashlib.sha256(data).hexdigest() in str(exc.value) and "1" * 64 in str(exc.value)
     assert not paths.snp_bundle_manifest.exists()
     assert not paths.snp_bundle_dir.exists()
@@ -69,14 +69,14 @@ def test_malicious_release_is_refused(httpserver, tmp_path):
     httpserver.expect_request("/rel.tar.gz").respond_with_data(data)
     cfg, paths = setup(tmp_path, httpserver.url_for("/rel.tar.gz"), hashlib.sha256(data).hexdigest())
     with pytest.raises(UnsafeArchive, match="outside the destination"):
-        amdsev.fetch_bundle(cfg, paths)
+        snp_bundle.fetch_bundle(cfg, paths)
     assert not (tmp_path / "escape.txt").exists() and not paths.snp_bundle_dir.exists()
 
 
 def test_url_without_sha256_is_a_config_error(tmp_path):
     cfg, paths = setup(tmp_path, "http://127.0.0.1:9/rel.tar.gz", "")
     with pytest.raises(ConfigError, match="sha256 is empty"):
-        amdsev.fetch_bundle(cfg, paths)
+        snp_bundle.fetch_bundle(cfg, paths)
 
 
 def test_local_directory_release(tmp_path):
@@ -84,13 +84,13 @@ def test_local_directory_release(tmp_path):
     (tree / "usr/local/share/qemu").mkdir(parents=True)
     (tree / "usr/local/share/qemu/OVMF.fd").write_bytes(b"o")
     cfg, paths = setup(tmp_path, path=str(tree))
-    amdsev.fetch_bundle(cfg, paths)
-    assert amdsev.ovmf(paths) == tree / "usr/local/share/qemu/OVMF.fd"
+    snp_bundle.fetch_bundle(cfg, paths)
+    assert snp_bundle.ovmf(paths) == tree / "usr/local/share/qemu/OVMF.fd"
 
 
 def test_nothing_configured_is_recorded_and_users_get_a_hint(tmp_path):
     cfg, paths = setup(tmp_path)
-    amdsev.fetch_bundle(cfg, paths)
+    snp_bundle.fetch_bundle(cfg, paths)
     assert read_json(paths.snp_bundle_manifest) == {"configured": False}
     with pytest.raises(ConfigError, match="none is configured"):
-        amdsev.ovmf(paths)
+        snp_bundle.ovmf(paths)

@@ -10,7 +10,7 @@ import pytest
 from doit.exceptions import TaskFailed
 
 from hbos.errors import BuildError, Busy
-from hbos.tasks import adapter as stage
+from hbos.tasks import adapter
 
 ROOT = Path(__file__).resolve().parents[3]
 HEAVY = ("cryptography", "jinja2", "sevsnpmeasure", "requests")
@@ -39,30 +39,30 @@ def _boom(kind):
 
 
 def test_action_turns_errors_into_one_line():
-    (run,) = stage.action(_boom, "hbos")
+    (run,) = adapter.action(_boom, "hbos")
     failed = run()
     assert isinstance(failed, TaskFailed)
     assert str(failed.message) == "the thing failed\n  hint: do the other thing"
-    failed = stage.action(_boom, "os")[0]()
+    failed = adapter.action(_boom, "os")[0]()
     assert isinstance(failed, TaskFailed) and failed.message == "_boom: Permission denied: /x/y"
-    assert stage.action(_boom, "fine")[0]() == {"ok": "fine"}
+    assert adapter.action(_boom, "fine")[0]() == {"ok": "fine"}
 
 
 def test_action_imports_late_and_passes_params():
-    (run,) = stage.action("hbos.launch.start:options_from_params")
+    (run,) = adapter.action("hbos.launch.start:options_from_params")
     assert run.__name__ == "options_from_params"
     # params arrive as keywords; the result (not dict/str) is dropped for doit
     assert run(data_disk="", self_url="http://x", peer_url="", no_auto=True) is None
-    (run,) = stage.action("hbos.no_such_module:fn")
+    (run,) = adapter.action("hbos.no_such_module:fn")
     with pytest.raises(ModuleNotFoundError):
         run()
 
 
 def test_action_options_and_lock(tmp_path):
     seen = []
-    (run,) = stage.action(lambda a, opts: seen.append((a, opts)), "A",
-                          options="hbos.launch.start:options_from_params",
-                          lock=(tmp_path / "locks" / "vm", "start"))
+    (run,) = adapter.action(lambda a, opts: seen.append((a, opts)), "A",
+                            options="hbos.launch.start:options_from_params",
+                            lock=(tmp_path / "locks" / "vm", "start"))
     assert run(self_url="http://me", no_auto=True) is None
     a, opts = seen[0]
     assert a == "A" and opts.self_url == "http://me" and opts.no_auto is True
@@ -104,7 +104,7 @@ def test_every_action_names_a_function_that_exists(tmp_path):
                 refs.update(getattr(act[0] if isinstance(act, tuple) else act, "refs", ()))
     assert len(refs) > 20
     for ref in sorted(refs):
-        assert callable(stage.resolve(ref)), ref
+        assert callable(adapter.resolve(ref)), ref
 
 
 def test_stage_task_adds_action_config_check_and_clean(tmp_path):
@@ -113,9 +113,9 @@ def test_stage_task_adds_action_config_check_and_clean(tmp_path):
     from hbos import config as hconfig
     from hbos.paths import Paths
     cfg = hconfig.load(overlay=None)
-    s = stage.Stage("demo", "hbos.tasks.adapter:make_dirs", hconfig.Reads("ports"))
-    task = stage.stage_task(s, cfg, Paths(tmp_path), targets=[tmp_path / "a" / ".." / "t"],
-                            file_dep=[tmp_path / "d"], uptodate=["extra"])
+    s = adapter.Stage("demo", "hbos.tasks.adapter:make_dirs", hconfig.Reads("ports"))
+    task = adapter.stage_task(s, cfg, Paths(tmp_path), targets=[tmp_path / "a" / ".." / "t"],
+                              file_dep=[tmp_path / "d"], uptodate=["extra"])
     assert task["targets"] == [str(tmp_path / "t")]
     assert task["file_dep"] == [str(tmp_path / "d")]
     assert task["clean"] is True

@@ -13,7 +13,7 @@ import pytest
 
 from hbos import config as hconfig
 from hbos.errors import ConfigError
-from hbos.tasks import adapter as stage, table as stages
+from hbos.tasks import adapter, table
 from tests.support.graph import load_dodo
 
 
@@ -88,11 +88,11 @@ def _current(cfg, dotted):
 
 
 # base_rootfs keeps its record beside rootfs.tar (rootfs.up_to_date), not in doit's db
-GRAPH_STAGES = [s for s in stages.ALL if s is not stages.BASE_ROOTFS]
+GRAPH_STAGES = [s for s in table.ALL if s is not table.BASE_ROOTFS]
 
 
 def test_every_declared_key_names_a_setting():
-    for s in stages.ALL:
+    for s in table.ALL:
         for key in s.reads.keys:
             assert key in LEAVES or any(k.startswith(key + ".") for k in LEAVES), (s.name, key)
 
@@ -169,7 +169,7 @@ def test_stage_functions_receive_the_view(tmp_path, monkeypatch):
     """The action hands the stage its view: an undeclared read fails as a task failure."""
     monkeypatch.setenv(hconfig.STRICT_ENV, "1")
     seen = []
-    s = stage.Stage("demo", "x:y", hconfig.Reads("ports.cu"))
+    s = adapter.Stage("demo", "x:y", hconfig.Reads("ports.cu"))
     s = dataclasses.replace(s, run=lambda c: seen.append(c.ports.cu) or c.ports.ssh)  # type: ignore
     cfg = hconfig.load()
     with pytest.raises(hconfig.UndeclaredConfig, match="'ports.ssh'"):
@@ -189,6 +189,6 @@ def test_measure_declares_what_the_node_configuration_reads(monkeypatch):
     from hbos.measure import nodeconfig
     monkeypatch.setenv(hconfig.STRICT_ENV, "1")
     cfg = hconfig.load()
-    view = stages.MEASURE.reads.view(cfg, "measure")
+    view = table.MEASURE.reads.view(cfg, "measure")
     assert nodeconfig.node_configuration(view, {}) == nodeconfig.node_configuration(cfg, {})
     assert nodeconfig.node_configuration(view, {}, nodeconfig.PostStartOptions(self_url="http://x:1"))

@@ -211,9 +211,9 @@ def test_tests_never_use_the_real_user_cache():
 def test_cache_dir_is_readable_by_every_stage_but_reruns_none():
     """The documented exception (hbos/util/cache.py): readable through the strict view
     without being declared, and in no stage's config_changed slice."""
-    from hbos.tasks import table as stages
+    from hbos.tasks import table
     cfg = hconfig.load()
-    for stage in stages.ALL:
+    for stage in table.ALL:
         assert "cache_dir" not in stage.reads.slice(cfg)
         assert ConfigView(cfg, stage.reads, stage.name).cache_dir == "auto"
     assert ConfigView(cfg, Reads("rootfs"), "x").cache_dir == "auto"
