@@ -14,9 +14,10 @@ hbos/tasks/table.py) and clean. The work lives in the hbos package
 
 from doit import get_var
 
-# Graph time imports only what file_dep, targets and uptodate need; the stage
-# modules (and sev-snp-measure, cryptography, jinja2, requests) are imported
-# when an action runs: action("hbos.module:function", ...) (hbos/tasks/adapter.py).
+# Graph time imports only the light modules that file_dep, targets and uptodate
+# need; the rest (and sev-snp-measure's digest code, cryptography, jinja2,
+# requests) is imported when an action runs: action("hbos.module:function", ...)
+# (hbos/tasks/adapter.py).
 from hbos.launch import libvirt
 from hbos.paths import Paths
 from hbos.stages import content, firmware, hb_node, kernel, rootfs, vmconfig
@@ -183,7 +184,7 @@ def task_measure():
                       targets=[P.measurement, P.reference_values, P.snp_trusted, P.host_data])
 
 
-# ------------------------------------------------- launch identity (hbos/measure/identity.py, idblock.py)
+# ---------------------- launch identity (hbos/measure/identity.py, idblock.py), libvirt (hbos/launch/libvirt.py)
 
 
 def task_keys():
@@ -245,7 +246,7 @@ def task_status():
             "uptodate": [False], "verbosity": 2}
 
 
-# ------------------------------------------------------------------ releases
+# ------------------------------------------- releases (hbos/release/), report verification (hbos/cli/verify_report.py)
 
 
 def task_package_release():

@@ -1,3 +1,5 @@
+"""`python -m hbos`: the hbos command line (hbos.cli)."""
+
 import sys
 
 from hbos.cli import main

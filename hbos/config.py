@@ -435,8 +435,9 @@ class Config:
     def slice(self, *keys: str) -> dict[str, Any]:
         """The config keys named (dotted: "ports", "release.name") as plain nested
         data: what a stage's config_changed compares, so an unrelated edit
-        rebuilds nothing. The one way the config is sliced (Reads.slice and
-        ConfigView.slice call it)."""
+        rebuilds nothing. Reads.slice and ConfigView.slice call it, and so do
+        the records that keep config beside an artifact (rootfs.json,
+        verity.json, provenance.json)."""
         out: dict[str, Any] = {}
         for key in keys:
             value: Any = self

@@ -1,8 +1,9 @@
 """Every error the tool raises on purpose.
 
 Each carries a one-line message for the user and, where it helps, a hint on
-how to fix it. Only the CLI and dodo.py turn these into output and exit codes;
-everything else raises.
+how to fix it. Only the command line (hbos.cli) and the doit adapter
+(hbos.tasks.adapter, for dodo.py) turn these into output and exit codes;
+everything else raises, or reports one as part of a verdict.
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
-"""The one place that knows where every artifact lives, and where the project's
-own files are.
+"""Where every artifact of the build lives, and where the project's own files are.
 
-Everything the build writes is under `build_dir`; nothing else in the project
-joins artifact paths by hand. The project's files (config.yaml, templates/,
-resources/, tools/) live beside dodo.py: in a checkout that is the package's
-parent directory; with hbos installed from a wheel, $HBOS_PROJECT when set,
-else the current directory (doit runs in the directory of dodo.py).
+Everything the build writes is under `build_dir`, and every artifact a task
+names (a target, a file_dep, a manifest) has its path here. Below these paths a
+module joins only its own parts: scratch, staging and download names, a
+stage's inner tree, run-time files (QEMU's: hbos.launch.qemu.RunFiles) and the
+files of a release (hbos.release.layout).
+
+The project's files (config.yaml, templates/, resources/, tools/) live beside
+dodo.py: $HBOS_PROJECT when set; else, in a checkout, the package's parent
+directory; else (hbos installed from a wheel) the current directory (doit runs
+in the directory of dodo.py).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ A VLEK itself is not on the KDS: the host (cloud provider) hands it out with the
 report (the extended report's certificate table), so a VLEK needs --vcek FILE.
 The hwID is the report's CHIP_ID in hex (Turin: its first 8 bytes, plus
 fmcSPL). Files are cached (per product, VCEK per chip and TCB), so a second
-verification is offline; the KDS rate-limits (HTTP 429), which fetch.download
-retries.
+verification is offline; the KDS rate-limits (HTTP 429), which
+hbos.util.fetch.download retries.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """`python -m hbos` / `hbos`: the commands that work without doit.
 
-Each subcommand lives in the module that owns its work; that module exposes
-`add_arguments(parser)` and `main(args) -> int`. Only this file prints errors
-and chooses exit codes.
+Each subcommand is one module of this folder (COMMANDS names it: measure,
+check_host, verify_report, hyperbeam_check, verify_release) exposing
+`add_arguments(parser)` and `main(args) -> int`; it calls the package modules
+that do the work and returns its verdict, 0 or 1. Only this file turns an
+HbosError into a one-line error and exit status 2 (130 when interrupted).
 """
 
 from __future__ import annotations

@@ -370,7 +370,7 @@ def gather(view: HostView) -> Facts:
 def check_kernel(f: Facts) -> Check:
     if f.release is None:
         return Check("kernel", UNKNOWN, "cannot read /proc/sys/kernel/osrelease")
-    # AMDSEV release kernels carry "snp" in their release (6.9.0-rc7-snp-host-05b10142ac6a)
+    # SNP bundle (AMDSEV) host kernels carry "snp" in their release (6.9.0-rc7-snp-host-05b10142ac6a)
     if "snp" in f.release.lower() and "guest" not in f.release.lower():
         return Check("kernel", PASS, f"{f.release} (SNP host kernel)")
     if system.kernel_version(f.release) >= system.UPSTREAM_SNP_KERNEL:

@@ -168,7 +168,7 @@ def finish_message(root: Path) -> str:
             "the host: doit check_host")
 
 
-# ----------------------------------------------------------------- release QEMU libraries
+# ----------------------------------------------------------------- the SNP bundle's QEMU libraries
 
 
 def parse_missing(ldd_output: str) -> list[str]:
@@ -193,7 +193,7 @@ def missing_libraries(binary: Path, ldd: Callable[[Path], str] | None = None
 
 
 def check_bundle_qemu(binary: Path, ldd: Callable[[Path], str] | None = None) -> None:
-    """HostError naming every missing library of the release QEMU and its package."""
+    """HostError naming every missing library of the SNP bundle's QEMU and its package."""
     missing = missing_libraries(binary, ldd)
     if not missing:
         print(f"setup_host: {binary}: every shared library resolves (ldd)", file=sys.stderr)

@@ -1,7 +1,7 @@
 """`doit setup_host`: which SNP host stack to install, and installing an SNP bundle's.
 
-`setup_from_config()` (the doit action) chooses: without an AMDSEV snp-release
-bundle configured, the stock Debian trixie stack (hbos.host.debian.setup_debian);
+`setup_from_config()` (the doit action) chooses: without an SNP bundle
+configured, the stock Debian trixie stack (hbos.host.debian.setup_debian);
 with one, the bundle's QEMU must first find its shared libraries on this host
 (hbos.host.debian.check_bundle_qemu), then `setup_bundle()` here installs its
 host parts. The choice lives here, above both paths: this module imports
@@ -9,20 +9,20 @@ hbos.host.debian, which imports nothing from this one; what both paths share
 (os-release, dpkg status, the running kernel, confirmation, the runner) is in
 hbos.host.system, below both.
 
-What is installed (an AMDESE/AMDSEV snp-release tree):
+What is installed from the SNP bundle (an AMDESE/AMDSEV snp-release-* tree):
 - the host kernel: linux/host/linux-image-*.deb (not -dbg) with `dpkg -i`,
-  as the release's install.sh does;
+  as the bundle's install.sh does;
 - its QEMU and OVMF: the usr/local/ tree copied into /usr/local/
   (bin/qemu-system-x86_64, share/qemu/OVMF*.fd, ...);
-- kvm.conf (kvm_amd options) into /etc/modprobe.d/ when the release has one.
+- kvm.conf (kvm_amd options) into /etc/modprobe.d/ when the bundle has one.
 
-The release's install.sh itself is not run: it decides Debian by
+The bundle's install.sh itself is not run: it decides Debian by
 `ID_LIKE = debian` (unset on Debian itself, where it falls to dnf) and
 apt-installs the distribution's QEMU and OVMF, which lack SNP support.
 
 The plan is printed first; nothing changes without root and a confirmation
 (`--yes`, or a "y" on a terminal). A second run finds every package installed
-at the release's version (dpkg status) and every file identical (sha256), and
+at the bundle's version (dpkg status) and every file identical (sha256), and
 says "nothing to do". Everything reads and writes under `root` and runs
 commands through `runner`, so tests use a fake root and record the commands.
 """
@@ -84,7 +84,7 @@ class FileCopy:
 @dataclass
 class Plan:
     install: list[Deb] = field(default_factory=list)
-    current: list[Deb] = field(default_factory=list)        # already at the release's version
+    current: list[Deb] = field(default_factory=list)        # already at the bundle's version
     copies: list[FileCopy] = field(default_factory=list)
     same_files: int = 0
     kernel_release: str | None = None

@@ -11,7 +11,7 @@ Two modes:
   `kernel-hashes=on` (QEMU then puts the sha256 of kernel, initrd and cmdline
   into the firmware's SNP_KERNEL_HASHES page, which is what the launch
   measurement covers; see hbos.measure.digest). Two QEMU flavours exist:
-  * the AMD fork shipped in AMDESE/AMDSEV snp-release trees (version < 9.1):
+  * the AMD fork an SNP bundle ships (AMDESE/AMDSEV, version < 9.1):
     `-machine memory-encryption=sev0` (the legacy alias of
     confidential-guest-support), `certs-path=`, `auth-key-enabled=`;
   * upstream QEMU >= 9.1 (docs/system/i386/amd-memory-encryption.rst):

@@ -65,7 +65,7 @@ class StartOptions:
     no_auto: bool = False           # --no-auto: skip the post-start configuration
     dry_run: bool = False           # --dry-run: print the decisions and the QEMU line only
     mode: str = ""                  # --mode auto|snp|emulated (default: launch.snp)
-    qemu: str = ""                  # --qemu PATH (default: launch.qemu, release, PATH)
+    qemu: str = ""                  # --qemu PATH (default: launch.qemu, the SNP bundle's in SNP mode, PATH)
 
     @property
     def post_start(self) -> nodeconfig.PostStartOptions:

@@ -4,7 +4,9 @@ The launch.id_block / launch.id_auth / launch.host_data files when set, else
 this build's own under build/identity/: HOST_DATA always (`doit measure` writes
 it), the ID block and ID auth only with identity.enabled (`doit id_block`).
 Apart from hbos.measure.idblock (which signs, with cryptography) because
-dodo.py needs these paths at graph time, as libvirt_xml's file_dep.
+dodo.py needs these paths at graph time, as libvirt_xml's file_dep. Its user
+is hbos.launch.libvirt; `doit start` applies the same precedence itself
+(hbos.launch.plan.snp_options, over hbos.launch.start.checked_identity).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""sev-snp-measure behind plain values: the one hbos module that imports it.
+"""sev-snp-measure behind plain values: the one hbos module that imports its digest code.
 
 The launch digest (SNP ABI spec "SNP_LAUNCH_UPDATE") is the GCTX: a chain of
 SHA-384 steps, one per page, each over a 112-byte PAGE_INFO (the digest so far,

@@ -5,15 +5,16 @@
     build/releases/current -> <dir>    the one start_release launches
 
 The tarball is fetched by hbos.util.fetch (streamed, retried on transient errors,
-truncation detected, sha256 checked when pinned; `file://` URLs and plain
-paths are copied, for hosts without a server), extracted by hbos.util.archive
-(absolute paths, `..`, escaping links, devices, fifos, duplicates refused)
-and hbos.release.unpack (only the files the manifest names, at its sizes,
-within the free space, all checked before writing) into a staging directory
-inside build/releases/, and verified there (hbos.release.verify; with a trusted
-key, its signer first, by hbos.release.provenance). Only then does the `current`
-symlink move to it, by one atomic rename; a refused release leaves the previous
-one in place and nothing of itself behind.
+truncation detected) or, from a `file://` URL or a plain path, copied (for hosts
+without a server); its sha256 is checked when pinned. hbos.release.unpack
+extracts it (hbos.util.archive's member checks: absolute paths, `..`, escaping
+links, devices, fifos, duplicates refused; then only the files the manifest
+names, at its sizes, within the free space, all checked before writing) into a
+staging directory inside build/releases/, where it is verified
+(hbos.release.verify; with a trusted key, its signer first, by
+hbos.release.provenance). Only then does the `current` symlink move to it, by
+one atomic rename; a refused release leaves the previous one in place and
+nothing of itself behind.
 """
 
 from __future__ import annotations

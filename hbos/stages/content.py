@@ -24,8 +24,9 @@ sample_build, files: htree.manifest}) is
 rewritten only when its content differs, so an unchanged rebuild does not
 invalidate the verity image.
 
-Up-to-date checks (dodo.py): config_changed on the content/ports slice plus
-file_dep on the templates and the source's own files; for docker a callable
+Up-to-date checks (dodo.py): config_changed on the keys hbos/tasks/table.py
+declares (content, ports, source_date_epoch, rootfs.suite) plus file_dep on
+the templates and the source's own files (file_deps()); for docker a callable
 resolves the refs again (one `git ls-remote` per repo, each run) and compares
 them with the manifest, so a moved branch rebuilds; for dir a callable
 compares a stat fingerprint (paths, sizes, mtimes, modes) of the source tree.

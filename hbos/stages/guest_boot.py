@@ -10,12 +10,13 @@ guest has no use for, and udev loading drivers for every emulated chipset
 device. Under TCG each of them costs seconds; under SEV-SNP they are attack
 surface and noise.
 
-hbos.stages.verity puts `files(debug)` into every guest root: masks are symlinks to
-/dev/null in /etc (systemd's own mechanism, visible with `systemctl
-list-unit-files`), the module list is an /etc/modprobe.d file (`blacklist`
-only stops alias-based loading by udev; an explicit `modprobe NAME` still
-works). Nothing here touches what the node needs (NEEDED_UNITS,
-NEEDED_MODULES); tests check both lists against a real built image.
+hbos.stages.verity puts `masks(debug)` and `text_files()` into every guest
+root: masks are symlinks to /dev/null in /etc (systemd's own mechanism, visible
+with `systemctl list-unit-files`), the module list is an /etc/modprobe.d file
+(`blacklist` only stops alias-based loading by udev; an explicit `modprobe
+NAME` still works), beside the udev rule and the journald drop-in. Nothing
+here touches what the node needs (NEEDED_UNITS, NEEDED_MODULES); tests check
+both lists against a real built image.
 """
 
 from __future__ import annotations

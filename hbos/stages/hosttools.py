@@ -1,5 +1,5 @@
-"""Which host programs the configured stages need, and whether they are here: the one
-list of host tools (tools.PACKAGES names the Debian package of each)."""
+"""Which host programs the configured stages need, and whether they are here: the
+check `doit init` runs (tools.PACKAGES names the Debian package of each)."""
 
 from __future__ import annotations
 

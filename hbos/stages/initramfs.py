@@ -13,7 +13,7 @@ it came from and the sha256 of what was packed. The full module tree (compressed
 as Debian ships it) goes into the root image instead (hbos.stages.rootfs), where udev
 loads sev-guest and tsm_report.
 
-Reproducible (DESIGN.md principle 2): every member's mtime is
+Reproducible (docs/reproducibility.md): every member's mtime is
 SOURCE_DATE_EPOCH, owners are 0:0, members are sorted (C locale), cpio runs
 with `--reproducible` (renumbered inodes, no device numbers, newc format) and
 the compressor stores no name or timestamp (`gzip -n`; zstd stores none).

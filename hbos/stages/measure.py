@@ -2,9 +2,10 @@
 
 measurement.json (the launch inputs and expected launch digest of the VM that
 vm-config.toml describes, identity digests, node configuration),
-host_data.b64 for the launcher, reference-values.json for verifiers and
-snp_trusted.json for HyperBEAM peers. write_measurement also measures a
-release's own vm-config (hbos.release.pack).
+host_data.b64 for a launch that takes HOST_DATA as a file (the libvirt domain;
+`doit start` recomputes it from measurement.json), reference-values.json for
+verifiers and snp_trusted.json for HyperBEAM peers. write_measurement also
+measures a release's own vm-config (hbos.release.pack).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 - `Stage`: a build stage, the function that runs it ("hbos.module:function",
   imported only when the action runs, so `doit list` and a no-op build never
-  import sev-snp-measure, cryptography, jinja2 or requests) and the config keys
-  it reads (hbos.config.Reads).
+  load sev-snp-measure's digest code, cryptography, jinja2 or requests) and the
+  config keys it reads (hbos.config.Reads).
 - `stage_task()`: a stage's task dict. dodo.py states only what differs
   (file_dep, targets, extra action arguments or up-to-date checks); the actions,
   the up-to-date check on exactly the declared config keys and `clean` come from
@@ -90,8 +90,8 @@ class Late:
 
 
 def late(ref: str | Callable[..., Any], *args: Any) -> Late:
-    """An argument whose value exists only once earlier tasks ran (e.g. the AMDSEV
-    SNP bundle's OVMF, found in the unpacked bundle)."""
+    """An argument whose value exists only once earlier tasks ran (e.g. the SNP
+    bundle's OVMF, found in the unpacked bundle: hbos.stages.firmware.resolve)."""
     return Late(ref, args)
 
 

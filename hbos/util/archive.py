@@ -5,8 +5,10 @@ symlinks or hardlinks that leave the destination, device nodes, fifos and
 duplicate members are refused. Extraction goes to a temporary sibling
 directory that is renamed into place only when complete.
 
-This is the one tar extractor: the SNP bundle, content tarballs, releases and
-the edk2 sources (hbos.stages.edk2, with skip_host_symlinks) all go through extract().
+The SNP bundle, content tarballs and the edk2 sources (hbos.stages.edk2, with
+skip_host_symlinks) go through extract(). A release tarball goes through
+hbos.release.unpack instead, which refuses members with check_members() here and
+then writes only the files its manifest names.
 """
 
 from __future__ import annotations

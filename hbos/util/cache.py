@@ -36,7 +36,7 @@ Why `cache_dir` is not in any stage's declared config (hbos/tasks/table.py). A
 stage's declared keys are what reruns it (doit's config_changed); where the
 cache lives changes no output, so moving it must not rebuild anything. Like
 `build_dir`, it is therefore one of the keys every stage may read without
-declaring (hbos.tasks.adapter._ALWAYS), an explicit, documented exception: declaring
+declaring (_ALWAYS in hbos/config.py), an explicit, documented exception: declaring
 it would rerun firmware, base_rootfs and kernel_deb on a mere move of the
 cache, the opposite of what a cache is for.
 

@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes, streaming hashes, tree manifests."""
+"""Small file helpers: atomic writes, streaming hashes, JSON files, removal (tree
+manifests are hbos.util.tree.manifest)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
-"""Limits on what the tool reads, and the one bounded way to read a file.
+"""Limits on what the tool reads, and the bounded way to read a file.
 
-Every file that comes from a user or from someone else (config, measurement
-inputs, VM definitions, manifests, firmware) is read through `read_bytes`:
-only a regular file, never more than a size fitting what it is, so
-`--inputs /dev/zero` or a directory gives one line, not a hang or a traceback.
-`load_json` / `load_yaml` / `load_toml` add the UTF-8 and syntax checks and a
-nesting limit, and raise the caller's own error type (ConfigError,
-MeasurementError, ReleaseError ...) with the file named.
+The config, measurement inputs, VM definitions, release manifests and
+firmware are read through `read_bytes`: only a regular file, never more than
+a size fitting what it is, so `--inputs /dev/zero` or a directory gives one
+line, not a hang or a traceback. `load_json` / `load_yaml` / `load_toml` add
+the UTF-8 and syntax checks and a nesting limit, and raise the caller's own
+error type (ConfigError, MeasurementError, ReleaseError ...) with the file
+named. Attestation reports and certificates have their own bounded reader
+(hbos.attest.report.read_bounded), as have a release's small files
+(hbos.release.layout.read_small).
 
 The VM ranges (vCPUs, memory, guest_features) are checked with the same
 numbers wherever they enter: config.yaml, `measure --inputs`, a VM definition

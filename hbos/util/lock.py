@@ -54,7 +54,8 @@ def hold(path: Path, what: str) -> Iterator[None]:
 
 
 def guarded(path: Path, what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """fn, run while holding the lock `path` (for doit actions)."""
+    """fn, run while holding the lock `path` (doit actions take their lock through
+    hbos.tasks.adapter.action's lock= instead; nothing in hbos calls this)."""
     def run(*args: Any, **kwargs: Any) -> Any:
         with hold(path, what):
             return fn(*args, **kwargs)

@@ -1,7 +1,8 @@
-"""Every operation on a directory tree, in one place (as mkosi's tree.py).
+"""The directory-tree operations the build stages share (as mkosi's tree.py).
 
 - walk(): every entry below a root, depth first, each directory's entries
-  sorted by their bytes, with the entry's lstat: the one traversal the stages use;
+  sorted by their bytes, with the entry's lstat: the traversal the functions
+  here and the stages' own loops over a tree use;
 - clone(): recreate a tree as hard links (`cp -a --link`; a copy across
   filesystems), owners, modes, times and symlinks kept;
 - copy(): copy files, directories and symlinks (nothing else) with modes,
