@@ -20,7 +20,6 @@ from hbos.attest import certs, kds, reference, report as reportmod, verify
 from hbos.attest.report import parse_tcb
 from hbos.errors import AttestationError, MeasurementError
 from hbos.measure import digest, explain
-from hbos.tasks import params as task_params
 
 DEFAULT_CACHE = Path.home() / ".cache" / "hbos" / "certs"
 
@@ -314,14 +313,11 @@ def main(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ doit
 
-DOIT_PARAMS = task_params.VERIFY_REPORT
-
-
 def verify_report(cfg, paths, report: str = "", vcek: str = "", certs_dir: str = "",
                   report_data: str = "", vmpl: str = "", allow_debug: bool = False,
                   json: bool = False, at: str = "", crl: str = "",
                   require_crl: bool = False) -> None:
-    """`doit verify_report`: its keyword names are task_params.VERIFY_REPORT (run by hbos.tasks.adapter)."""
+    """`doit verify_report`: its keyword names are hbos.tasks.params.VERIFY_REPORT (run by hbos.tasks.adapter)."""
     if not report:
         raise AttestationError("no report given", hint="doit verify_report --report FILE")
     expect, record = verify.expectations_from_build(

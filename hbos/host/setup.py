@@ -110,25 +110,25 @@ class Plan:
         return "\n".join(lines)
 
 
-def host_debs(release: Path) -> list[Path]:
-    debs = [p for p in sorted((release / "linux/host").glob("linux-image-*.deb"))
+def host_debs(bundle: Path) -> list[Path]:
+    debs = [p for p in sorted((bundle / "linux/host").glob("linux-image-*.deb"))
             if "-dbg" not in p.name]
     if not debs:
-        raise HostError(f"the SNP bundle at {release} has no host kernel "
+        raise HostError(f"the SNP bundle at {bundle} has no host kernel "
                         "(linux/host/linux-image-*.deb)")
     return debs
 
 
-def bundle_files(release: Path) -> list[FileCopy]:
+def bundle_files(bundle: Path) -> list[FileCopy]:
     """usr/local/** (files and symlinks) and kvm.conf, with their destinations."""
     out = []
-    local = release / "usr/local"
+    local = bundle / "usr/local"
     if local.is_dir():
         for p in sorted(local.rglob("*")):
             if p.is_symlink() or p.is_file():
-                out.append(FileCopy(p, str(p.relative_to(release))))
-    if (release / "kvm.conf").is_file():
-        out.append(FileCopy(release / "kvm.conf", "etc/modprobe.d/kvm.conf"))
+                out.append(FileCopy(p, str(p.relative_to(bundle))))
+    if (bundle / "kvm.conf").is_file():
+        out.append(FileCopy(bundle / "kvm.conf", "etc/modprobe.d/kvm.conf"))
     return out
 
 
@@ -140,14 +140,14 @@ def _same(src: Path, dst: Path) -> bool:
     return sha256_file(src) == sha256_file(dst)
 
 
-def make_plan(release: Path, root: Path) -> Plan:
+def make_plan(bundle: Path, root: Path) -> Plan:
     plan = Plan()
     installed = system.installed_packages(root)
-    for path in host_debs(release):
+    for path in host_debs(bundle):
         deb = read_deb(path)
         plan.kernel_release = plan.kernel_release or deb.kernel_release
         (plan.current if installed.get(deb.package) == deb.version else plan.install).append(deb)
-    for copy in bundle_files(release):
+    for copy in bundle_files(bundle):
         if _same(copy.src, root / copy.rel):
             plan.same_files += 1
         else:
@@ -191,16 +191,16 @@ def finish_message(plan: Plan, root: Path) -> str:
             "is not the default), then check the host: doit check_host")
 
 
-def setup_bundle(release: Path, root: Path | str = "/", *, yes: bool = False,
+def setup_bundle(bundle: Path, root: Path | str = "/", *, yes: bool = False,
                  interactive: bool | None = None, euid: int | None = None,
                  runner: system.Runner | None = None, log: Path | None = None,
                  ask: Callable[[str], str] = input) -> Plan:
     """Install the bundle's host components into `root`; return the plan carried out."""
     root = Path(root)
     name = system.require_debian(root)
-    plan = make_plan(Path(release), root)
+    plan = make_plan(Path(bundle), root)
     if plan.empty:
-        print(f"setup_host: nothing to do: {len(plan.current)} package(s) at the release's "
+        print(f"setup_host: nothing to do: {len(plan.current)} package(s) at the bundle's "
               f"version, {plan.same_files} file(s) identical ({name})")
         print(finish_message(plan, root))
         return plan

@@ -358,7 +358,7 @@ def _build(cfg: Config, paths: Paths) -> Path:
     out = find_output(tree, cfg)
     check_ovmf_image(out)
     seconds = round(time.monotonic() - started, 1)
-    digest = sha256_file(out)
+    ovmf_sha256 = sha256_file(out)
     record: dict[str, Any] = {
         "sources": [{"url": s.url, "sha256": s.sha256} for s in sources(cfg)],
         "platform": fw.platform, "build_type": fw.build_type, "toolchain": fw.toolchain,
@@ -367,12 +367,12 @@ def _build(cfg: Config, paths: Paths) -> Path:
         "source_date_epoch": cfg.source_date_epoch,
         "workspace_length": len(str(tree)),
         "host_tools": host_tools(),
-        "sha256": digest, "build_seconds": seconds,
+        "sha256": ovmf_sha256, "build_seconds": seconds,
     }
     write_json(paths.firmware_manifest, record)
     with atomic_path(paths.built_ovmf) as tmp:
         shutil.copyfile(out, tmp)
-    _step(f"[6/6] {paths.built_ovmf} sha256 {digest} ({seconds} s); "
+    _step(f"[6/6] {paths.built_ovmf} sha256 {ovmf_sha256} ({seconds} s); "
           "sev-snp-measure accepts it")
     if not fw.keep_tree:
         remove(work)

@@ -15,9 +15,8 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from hbos.errors import Busy
 
@@ -52,13 +51,3 @@ def hold(path: Path, what: str) -> Iterator[None]:
     finally:
         os.close(fd)   # releases the flock
 
-
-def guarded(path: Path, what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """fn, run while holding the lock `path` (doit actions take their lock through
-    hbos.tasks.adapter.action's lock= instead; nothing in hbos calls this)."""
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with hold(path, what):
-            return fn(*args, **kwargs)
-    run.__name__ = getattr(fn, "__name__", "run")
-    run.__doc__ = getattr(fn, "__doc__", None)
-    return run

@@ -1,6 +1,6 @@
 """setup_host with the real dpkg, into a fake root (`dpkg --root=DIR -i`).
 
-The release's host kernel .deb is built here with the real dpkg-deb (its
+The SNP bundle's host kernel .deb is built here with the real dpkg-deb (its
 control.tar is xz-compressed, as real kernel packages are); setup_host then
 runs its real command line. Nothing outside tmp_path changes.
 """

@@ -146,7 +146,7 @@ def test_setup_then_nothing_to_do(env, capsys):
     again = setup.setup_bundle(release, root, yes=True, euid=0, runner=dpkg)
     out = capsys.readouterr().out
     assert again.empty and len(dpkg.calls) == 1
-    assert "nothing to do: 1 package(s) at the release's version, 4 file(s) identical" in out
+    assert "nothing to do: 1 package(s) at the bundle's version, 4 file(s) identical" in out
 
     # a changed file is noticed by its hash (same size) and only it is replaced
     (root / "usr/local/share/qemu/OVMF.fd").write_bytes(b"\x01" * 4096)
