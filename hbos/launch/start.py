@@ -160,7 +160,7 @@ def launch_record(vm: qemu.VmDefinition, measurement: Path) -> dict[str, Any]:
 
 
 def kvm_boots_guest(facts: qemu.HostFacts, cpu: str, kernel: Path, workdir: Path,
-              timeout: float) -> tuple[bool, str]:
+                    timeout: float) -> tuple[bool, str]:
     """Does a KVM guest get as far as printing its kernel banner?"""
     try:
         fd = os.open("/dev/kvm", os.O_RDWR)
