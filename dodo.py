@@ -64,10 +64,10 @@ def task_kernel_deb():
 
 def _kernel_deps():
     if CFG.kernel.source == "snp_release":
-        return strs([P.snp_bundle_manifest])
+        return [P.snp_bundle_manifest]
     if CFG.kernel.source == "package":
-        return strs([P.kernel_deb])
-    return strs([kernel.deb_path(CFG, P)])
+        return [P.kernel_deb]
+    return [kernel.deb_path(CFG, P)]
 
 
 def task_kernel():
@@ -96,7 +96,7 @@ def task_content():
 
 def _host_tool_deps(*programs):
     """The host binaries copied into an image: a new version rebuilds it."""
-    return strs([p for p in (tools.find(prog) for prog in programs) if p])
+    return [p for p in (tools.find(prog) for prog in programs) if p]
 
 
 def task_initramfs():
@@ -153,10 +153,10 @@ def task_firmware():
 def _ovmf_deps():
     """file_dep for the firmware: the file itself, or what locates it."""
     if firmware.built_here(CFG):
-        return strs([P.built_ovmf])
+        return [P.built_ovmf]
     if CFG.firmware.ovmf or CFG.firmware.source == "path":
-        return strs([firmware.resolve(CFG, P)])
-    return strs([P.snp_bundle_manifest])
+        return [firmware.resolve(CFG, P)]
+    return [P.snp_bundle_manifest]
 
 
 def task_vm_config():
@@ -173,7 +173,7 @@ def _identity_deps():
         return []
     from hbos.measure import identity  # cryptography: only for a build with a launch identity
     files = identity.key_files(CFG)
-    return strs([files.public(identity.ID), files.public(identity.AUTHOR)])
+    return [files.public(identity.ID), files.public(identity.AUTHOR)]
 
 
 def task_measure():
@@ -198,7 +198,7 @@ def task_keys():
 
 
 def _id_block_targets():
-    return strs([P.id_block, P.id_auth, P.id_block_json])
+    return [P.id_block, P.id_auth, P.id_block_json]
 
 
 def task_id_block():
@@ -227,8 +227,8 @@ def task_start():
                            options="hbos.launch.start:options_from_params")],
         "params": START,
         # doit builds whatever produces these first; start itself always runs
-        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement])
-                    + (_id_block_targets() if CFG.identity.enabled else []),
+        "file_dep": strs([P.verity_image, P.hash_tree, P.vm_config, P.measurement,
+                          *(_id_block_targets() if CFG.identity.enabled else [])]),
         "uptodate": [False],
         "verbosity": 2,
     }

@@ -121,6 +121,14 @@ def write_overlay(path: Path, text: str) -> Path:
     return path
 
 
+def config_in(tmp_path: Path, extra: str = ""):
+    """(Config, Paths) of the default config with build_dir under tmp_path, plus `extra` YAML."""
+    from hbos import config as hconfig
+    from hbos.paths import Paths
+    cfg = hconfig.load(overlay=write_overlay(tmp_path / "o.yaml", f"build_dir: {tmp_path / 'b'}\n{extra}"))
+    return cfg, Paths.from_config(cfg)
+
+
 def doit(args: list[str], *, cwd: Path = ROOT, check: bool = True,
          timeout: float = 900) -> subprocess.CompletedProcess:
     """Run doit on the project's dodo.py; returns the CompletedProcess (text)."""

@@ -144,7 +144,8 @@ def problems(package: Path = PACKAGE) -> list[str]:
     """Every cycle (between modules, and between folders), upward import and late
     import of a light module, one line each."""
     found: list[str] = []
-    internal = [i for i in imports(package) if i.imported.split(".")[0] == "hbos"]
+    every = imports(package)
+    internal = [i for i in every if i.imported.split(".")[0] == "hbos"]
     for comp in cycles([(i.importer, i.imported) for i in internal if i.importer != i.imported]):
         found.append("import cycle between modules: " + " -> ".join(comp))
     for comp in cycles([(folder(i.importer), folder(i.imported)) for i in internal
@@ -154,7 +155,7 @@ def problems(package: Path = PACKAGE) -> list[str]:
         if layer(i.imported) > layer(i.importer):
             found.append(f"upward import: {i.importer} (line {i.line}, layer {folder(i.importer)}) "
                          f"imports {i.imported} (layer {folder(i.imported)})")
-    for i in imports(package):
+    for i in every:
         if not i.late:
             continue
         top = i.imported.split(".")[0]

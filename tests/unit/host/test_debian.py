@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
 from hbos.errors import HostError
 from hbos.host import check, debian, setup
 from hbos.host.check import PASS, SevStatus
-from hbos.paths import Paths
 from hbos.stages import snp_bundle
+from tests.conftest import config_in
 from tests.unit.host.test_check import BASE_FLAGS, QEMU_SNP_OBJECTS, fake_host, probes, verdicts
 
 TRIXIE_OS = ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\n'
@@ -124,15 +123,8 @@ def test_running_612_kernel_message(tmp_path):
     assert "is running" in debian.finish_message(root)
 
 
-def _config(tmp_path):
-    overlay = tmp_path / "o.yaml"
-    overlay.write_text(f"build_dir: {tmp_path / 'b'}\n")
-    cfg = hconfig.load(overlay=overlay)
-    return cfg, Paths.from_config(cfg)
-
-
 def test_setup_from_config_picks_debian_without_release(tmp_path, monkeypatch):
-    cfg, paths = _config(tmp_path)
+    cfg, paths = config_in(tmp_path)
     seen = {}
     monkeypatch.setattr(debian, "setup_debian", lambda root, **kw: seen.update(root=root, **kw))
     monkeypatch.setattr(setup, "setup_bundle", lambda *a, **kw: pytest.fail("bundle path"))
@@ -141,7 +133,7 @@ def test_setup_from_config_picks_debian_without_release(tmp_path, monkeypatch):
 
 
 def test_setup_from_config_with_a_bundle_checks_its_qemu_then_installs_it(tmp_path, monkeypatch):
-    cfg, paths = _config(tmp_path)
+    cfg, paths = config_in(tmp_path)
     calls = []
     monkeypatch.setattr(snp_bundle, "configured", lambda c: True)
     monkeypatch.setattr(snp_bundle, "qemu", lambda p: Path("/b/usr/local/bin/qemu-system-x86_64"))

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hbos import config as hconfig
 from hbos.errors import BuildError, LaunchError
 from hbos.launch import plan, qemu, start
-from hbos.paths import Paths
 from hbos.stages import snp_bundle
 from hbos.util import tools
+from tests.conftest import config_in
 from tests.unit.launch.test_start import measured_vm
 
 GOLDEN_SNP = """\
@@ -167,15 +166,8 @@ def test_start_with_missing_qemu_is_one_clean_error(measured, no_snp_host, tmp_p
 # ----------------------------------------------------------------- which QEMU (find_qemu)
 
 
-def _config(tmp_path, extra: str = ""):
-    overlay = tmp_path / "o.yaml"
-    overlay.write_text(f"build_dir: {tmp_path / 'b'}\n{extra}")
-    cfg = hconfig.load(overlay=overlay)
-    return cfg, Paths.from_config(cfg)
-
-
 def test_find_qemu_without_bundle_is_the_one_on_path(tmp_path, monkeypatch):
-    cfg, paths = _config(tmp_path)
+    cfg, paths = config_in(tmp_path)
     monkeypatch.setattr(tools, "find", lambda p: "/usr/bin/" + p)
     assert plan.find_qemu(cfg, paths) == (Path("/usr/bin/qemu-system-x86_64"), "PATH")
     monkeypatch.setattr(tools, "find", lambda p: None)
@@ -183,16 +175,16 @@ def test_find_qemu_without_bundle_is_the_one_on_path(tmp_path, monkeypatch):
 
 
 def test_find_qemu_launch_qemu_wins(tmp_path, monkeypatch):
-    cfg, paths = _config(tmp_path, f"launch:\n  qemu: {sys.executable}\n")
+    cfg, paths = config_in(tmp_path, f"launch:\n  qemu: {sys.executable}\n")
     monkeypatch.setattr(snp_bundle, "configured", lambda c: pytest.fail("launch.qemu wins"))
     assert plan.find_qemu(cfg, paths) == (Path(sys.executable), "launch.qemu")
-    cfg, paths = _config(tmp_path, f"launch:\n  qemu: {tmp_path / 'nope'}\n")
+    cfg, paths = config_in(tmp_path, f"launch:\n  qemu: {tmp_path / 'nope'}\n")
     found, why = plan.find_qemu(cfg, paths)
     assert found is None and why == f"launch.qemu {tmp_path / 'nope'} does not exist"
 
 
 def test_find_qemu_bundle(tmp_path, monkeypatch):
-    cfg, paths = _config(tmp_path)
+    cfg, paths = config_in(tmp_path)
     monkeypatch.setattr(snp_bundle, "configured", lambda c: True)
     monkeypatch.setattr(snp_bundle, "qemu", lambda p: Path("/b/usr/local/bin/qemu-system-x86_64"))
     assert plan.find_qemu(cfg, paths) == (Path("/b/usr/local/bin/qemu-system-x86_64"),
