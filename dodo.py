@@ -20,7 +20,7 @@ from doit import get_var
 # (hbos/tasks/adapter.py).
 from hbos.launch import libvirt
 from hbos.paths import Paths
-from hbos.stages import content, firmware, hb_node, kernel, rootfs, vmconfig
+from hbos.stages import ao_cu, content, firmware, hb_node, hyperbeam, kernel, rootfs, vmconfig
 from hbos.tasks import table
 from hbos.tasks.adapter import action, guard_task_creators, late, load_config, stage_task, strs
 from hbos.tasks.checker import SizeAwareChecker
@@ -77,17 +77,36 @@ def task_kernel():
 
 
 def task_hb_node():
-    """Local payload: tools/hb_node as a relx release `hb` (Debian erlang + rebar3; content.source erlang)."""
+    """A stand-in for HyperBEAM: tools/hb_node as a relx release `hb` (Debian erlang + rebar3; content.source erlang)."""
     return stage_task(table.HB_NODE, CFG, P, file_dep=hb_node.source_files(),
                       targets=[P.hb_node_manifest], uptodate=[hb_node.tooling_unchanged(P)])
 
 
+def task_hyperbeam():
+    """HyperBEAM's release from the pinned sources, built offline in a trixie build root -> build/hyperbeam/."""
+    if CFG.content.source != "hyperbeam":
+        return {"actions": None, "doc": "HyperBEAM's release from the pinned sources "
+                "(inactive: content.source is not 'hyperbeam')"}
+    return stage_task(table.HYPERBEAM, CFG, P,
+                      file_dep=[CFG.path(CFG.hyperbeam.pins), *hyperbeam.file_deps()],
+                      targets=[P.hyperbeam_tar, P.hyperbeam_manifest])
+
+
+def task_cu():
+    """The AO compute unit from its pinned source and package-lock.json (npm ci in the build root) -> build/cu/."""
+    if CFG.content.source != "hyperbeam" or not CFG.content.cu:
+        return {"actions": None, "doc": "The AO compute unit from its pinned source "
+                "(inactive: content.source is not 'hyperbeam' or content.cu is false)"}
+    return stage_task(table.CU, CFG, P, file_dep=[CFG.path(CFG.hyperbeam.cu_pins), *ao_cu.file_deps()],
+                      targets=[P.cu_tar, P.cu_manifest])
+
+
 def task_content():
-    """Guest content (HyperBEAM + AO CU via Docker, a prebuilt dir/tarball, the local Erlang release, or the sample node)."""
+    """Guest content: HyperBEAM + AO CU from pinned sources or via Docker, a prebuilt dir/tarball, a stand-in node."""
     # docker: the uptodate callable re-resolves the git refs (git ls-remote) so a
     # moved branch rebuilds; dir: a stat fingerprint of content.path. The manifest
     # is rewritten only when the content changed (verity depends on it).
-    return stage_task(table.CONTENT, CFG, P, file_dep=content.file_deps(CFG),
+    return stage_task(table.CONTENT, CFG, P, file_dep=[*content.file_deps(CFG), *_ovmf_deps()],
                       targets=[P.content_manifest], uptodate=content.uptodate_checks(CFG, P))
 
 
@@ -180,7 +199,8 @@ def task_measure():
     """Compute the expected SEV-SNP launch measurement -> build/measurement.json (+ reference values, snp_trusted)."""
     return stage_task(table.MEASURE, CFG, P,
                       file_dep=[P.vm_config, P.vmlinuz, vmconfig.initrd_path(CFG, P),
-                                templates.path("config.flat.j2"), *_ovmf_deps(), *_identity_deps()],
+                                P.content_manifest, templates.path("config.flat.j2"),
+                                *_ovmf_deps(), *_identity_deps()],
                       targets=[P.measurement, P.reference_values, P.snp_trusted, P.host_data])
 
 

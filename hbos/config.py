@@ -295,7 +295,7 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class ContentConfig:
-    source: Literal["docker", "dir", "tarball", "sample", "erlang"] = "docker"
+    source: Literal["docker", "hyperbeam", "dir", "tarball", "sample", "erlang"] = "docker"
     path: str = ""
     # docker source
     dockerfile: str = "resources/content.Dockerfile"
@@ -325,6 +325,21 @@ class ContentConfig:
 
 
 @dataclass(frozen=True)
+class SourcesConfig:
+    mirror: str = ""
+
+
+@dataclass(frozen=True)
+class HyperbeamConfig:
+    pins: str = "resources/hyperbeam-sources.json"
+    cu_pins: str = "resources/cu-sources.json"
+    suite: str = field(default="trixie", metadata=check(_suite_or_empty))
+    mirror: str = field(default="http://deb.debian.org/debian", metadata=check(_apt_mirror))
+    jobs: int = field(default=0, metadata=check(_range(0, 1024)))
+    keep_tree: bool = False
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     snp: Literal["auto", "required", "off"] = "auto"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
@@ -337,6 +352,7 @@ class LaunchConfig:
     host_port: int = field(default=80, metadata=check(_range(0, 65535)))
     forwards: tuple[str, ...] = field(default=("8734:8734",), metadata=check(_forward_list))
     kvm_probe_timeout: int = field(default=20, metadata=check(_min(1)))
+    allow_no_snp_nif: bool = False
     id_block: str = ""
     id_auth: str = ""
     host_data: str = ""
@@ -415,6 +431,8 @@ class Config:
     rootfs: RootfsConfig = RootfsConfig()
     image: ImageConfig = ImageConfig()
     content: ContentConfig = ContentConfig()
+    sources: SourcesConfig = SourcesConfig()
+    hyperbeam: HyperbeamConfig = HyperbeamConfig()
     launch: LaunchConfig = LaunchConfig()
     post_start: PostStartConfig = PostStartConfig()
     release: ReleaseConfig = ReleaseConfig()
@@ -423,7 +441,7 @@ class Config:
     # not settings themselves: where the config came from
     root: str = field(default=".", metadata={"internal": True})
     profile: str = field(default="", metadata={"internal": True})
-    sources: tuple[str, ...] = field(default=(), metadata={"internal": True})
+    files: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     # -- helpers -----------------------------------------------------------
 
@@ -594,7 +612,7 @@ def load(path: str | Path | None = None, *, overlay: str | Path | None = None,
         data = merge(data, over)
     cfg = _build(Config, data, "", str(over_path or base_path))
     return dataclasses.replace(cfg, root=str(base_path.parent), profile=profile or "",
-                               sources=tuple(sources))
+                               files=tuple(sources))
 
 
 # ----------------------------------------------------------------- stage views
@@ -608,8 +626,10 @@ def load(path: str | Path | None = None, *, overlay: str | Path | None = None,
 STRICT_ENV = "HBOS_STRICT_CONFIG"
 # Not settings: where the config came from, and how paths in it resolve.
 # cache_dir too: where the artifact cache lives changes no output, so it must
-# not rerun a stage (hbos/util/cache.py explains this exception).
-_ALWAYS = frozenset({"path", "root", "profile", "sources", "build_dir", "cache_dir"})
+# not rerun a stage (hbos/util/cache.py explains this exception); and sources
+# (sources.mirror): where pinned archives are fetched from changes no output
+# either, every archive is checked against its pin.
+_ALWAYS = frozenset({"path", "root", "profile", "files", "build_dir", "cache_dir", "sources"})
 
 
 class UndeclaredConfig(AttributeError):

@@ -180,6 +180,40 @@ class Paths:
         """What the content was built from (dir fingerprint); not a downstream input."""
         return self.content_dir / "source-state.json"
 
+    # hyperbeam: HyperBEAM's release built from the pinned sources (content.source: hyperbeam)
+    @property
+    def hyperbeam_dir(self) -> Path:
+        return self.build / "hyperbeam"
+
+    @property
+    def build_root(self) -> Path:
+        """The Debian build root (mmdebstrap) HyperBEAM and the CU are built in; its
+        record beside it (build-root.json)."""
+        return self.build / "build-root"
+
+    @property
+    def hyperbeam_tar(self) -> Path:
+        """The release tree `hb` as a deterministic tar (what the cache keeps)."""
+        return self.hyperbeam_dir / "hb.tar"
+
+    @property
+    def hyperbeam_manifest(self) -> Path:
+        return self.hyperbeam_dir / "manifest.json"
+
+    # cu: the AO compute unit from its pinned source + package-lock.json (content.source: hyperbeam)
+    @property
+    def cu_dir(self) -> Path:
+        return self.build / "cu"
+
+    @property
+    def cu_tar(self) -> Path:
+        """servers/cu with its node_modules, as a deterministic tar (what the cache keeps)."""
+        return self.cu_dir / "cu.tar"
+
+    @property
+    def cu_manifest(self) -> Path:
+        return self.cu_dir / "manifest.json"
+
     # hb_node: tools/hb_node built into a relx release (content.source: erlang)
     @property
     def hb_node_dir(self) -> Path:

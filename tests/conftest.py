@@ -121,6 +121,15 @@ def write_overlay(path: Path, text: str) -> Path:
     return path
 
 
+def fake_firmware(paths) -> Path:
+    """A stand-in for build/firmware/OVMF.fd, for stages that copy the firmware
+    (content: HyperBEAM's reference OVMF) where no firmware is built."""
+    paths.built_ovmf.parent.mkdir(parents=True, exist_ok=True)
+    if not paths.built_ovmf.exists():
+        paths.built_ovmf.write_bytes(b"not an OVMF: a test's stand-in\n")
+    return paths.built_ovmf
+
+
 def config_in(tmp_path: Path, extra: str = ""):
     """(Config, Paths) of the default config with build_dir under tmp_path, plus `extra` YAML."""
     from hbos import config as hconfig

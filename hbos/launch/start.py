@@ -20,7 +20,18 @@
    QMP answers, then poll the node's health endpoint (hbos.launch.node_http)
    with visible progress;
 6. POST the post-start body unless post_start.auto is false or --no-auto is
-   given, then its follow-up calls (hbos.launch.node_http).
+   given, then its follow-up calls (hbos.launch.node_http). Any 2xx is
+   success (its body is shown, bounded). Until the POST, every failure stops
+   the VM; a definite refusal of the POST (3xx/4xx, nothing sent) does too;
+   once the node may hold its configuration (accepted, or no clear answer:
+   HyperBEAM makes it permanent), nothing stops the VM: what fails after is
+   printed and start ends with an error saying the VM is left running
+   (`doit stop` stops it).
+
+An SEV-SNP start of an image whose HyperBEAM lacks its SNP NIF (dev_snp_nif;
+measurement.json `snp_nif`, from the content manifest) is refused at the mode
+decision unless --allow-no-snp-nif or launch.allow_no_snp_nif; an emulated one
+notes it; a dry run shows it as a note.
 
 `stop_vm` and `vm_status` use the pidfile (checked against /proc so a
 recycled pid is never signalled) and QMP (hbos.launch.qmp).
@@ -66,6 +77,7 @@ class StartOptions:
     dry_run: bool = False           # --dry-run: print the decisions and the QEMU line only
     mode: str = ""                  # --mode auto|snp|emulated (default: launch.snp)
     qemu: str = ""                  # --qemu PATH (default: launch.qemu, the SNP bundle's in SNP mode, PATH)
+    allow_no_snp_nif: bool = False  # --allow-no-snp-nif: SEV-SNP even without HyperBEAM's SNP NIF
 
     @property
     def post_start(self) -> nodeconfig.PostStartOptions:
@@ -374,6 +386,63 @@ def checked_identity(record: dict[str, Any], vm: qemu.VmDefinition, post_start: 
     return out
 
 
+NO_SNP_NIF = ("the image's HyperBEAM has no SNP NIF (dev_snp_nif; measurement.json "
+              "snp_nif is not true), so the node cannot produce attestation reports")
+ALLOW_NO_SNP_NIF = "--allow-no-snp-nif or launch.allow_no_snp_nif: true"
+
+
+def snp_nif_note(record: dict[str, Any], mode: qemu.Mode, allowed: bool,
+                 review: bool = False) -> str | None:
+    """Does the measured image's HyperBEAM have its SNP NIF (measurement.json
+    `snp_nif`, from the content manifest)? Without it an SEV-SNP start is
+    refused unless `allowed` (--allow-no-snp-nif, launch.allow_no_snp_nif); a
+    review (dry run) says what start would do. Returns the line to show (None:
+    the NIF is there); emulated starts only note its absence."""
+    if record.get("snp_nif") is True:
+        return None
+    if mode != "snp":
+        return f"note: {NO_SNP_NIF} (emulated: there are no attestation reports anyway)"
+    if allowed:
+        return f"WARNING: {NO_SNP_NIF}; starting SEV-SNP anyway ({ALLOW_NO_SNP_NIF})"
+    if review:
+        return f"{NO_SNP_NIF}: start refuses SEV-SNP without {ALLOW_NO_SNP_NIF}"
+    raise LaunchError(f"refusing to start SEV-SNP: {NO_SNP_NIF}",
+                      hint="rebuild with a crates vendor directory so the hyperbeam stage "
+                           "builds dev_snp_nif, or start anyway: pass --allow-no-snp-nif "
+                           "or set launch.allow_no_snp_nif: true")
+
+
+def _allow_no_snp_nif(cfg: Config, options: StartOptions) -> bool:
+    return options.allow_no_snp_nif or cfg.launch.allow_no_snp_nif
+
+
+def _stop_started(proc: subprocess.Popen, files: qemu.RunFiles) -> None:
+    """Stop the QEMU this start spawned and forget its run files."""
+    if proc.poll() is None:
+        _kill(proc.pid, files)
+    proc.wait()
+    _clear(files)
+
+
+def after_post_start(port: int, body: dict[str, Any], posted: node_http.Outcome) -> list[str]:
+    """Once the node may hold its configuration (the POST was accepted, or its
+    fate is unknown): the follow-up calls, each reported; returns what failed.
+    Nothing here stops the VM."""
+    if posted.state == "unknown":
+        say(f"start: post-start configuration: {posted.describe()}")
+        return [f"the post-start POST got no clear answer ({posted.describe()}); the node "
+                f"may have applied it (and made it permanent), so the VM was not stopped "
+                f"and the follow-up calls were not made"]
+    say(f"start: post-start configuration accepted: {posted.describe()}")
+    failed = []
+    for path, headers in node_http.follow_up_calls(body):
+        got = node_http.follow_up(port, path, headers)
+        say(f"start: post-start GET {path}: {got.describe()}" + ("" if got.ok else " (FAILED)"))
+        if not got.ok:
+            failed.append(f"post-start GET {path}: {got.describe()}")
+    return failed
+
+
 def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
              hash_tree: Path, options: StartOptions, identity_dir: Path | None = None) -> None:
     """Launch the measured VM (SNP, or emulated when allowed) and wait until healthy."""
@@ -406,10 +475,17 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
     record = launch_record(vm, measurement)
     body = nodeconfig.post_start_for(cfg, record, options.post_start)   # HOST_DATA hashes it
 
+    def identity(mode: qemu.Mode) -> dict[str, str]:
+        # once the mode is known, before anything is probed, loaded or started
+        nif = snp_nif_note(record, mode, _allow_no_snp_nif(cfg, options))
+        if nif:
+            say(f"start: {nif}")
+        return checked_identity(record, vm, body, identity_dir, mode)
+
     plan = launch_plan.plan(
         cfg, paths, vm=vm, disks=qemu.Disks(image=image, hash_tree=hash_tree, data=data),
         forwards=lambda mode: node_http.forwards(cfg, mode, bool(raw.get("debug"))),
-        identity=lambda mode: checked_identity(record, vm, body, identity_dir, mode),
+        identity=identity,
         requested_mode=options.mode, qemu_path=options.qemu, review=False,
         kvm_probe=lambda facts, model: cached_kvm_boots_guest(
             facts, model, vm.kernel, files.directory, cfg.launch.kvm_probe_timeout))
@@ -456,24 +532,38 @@ def start_vm(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, i
         write_json(files.state, state)
         waited = wait_healthy(proc, files, port, cfg.launch.health_timeout)
         say(f"start: healthy after {waited:.0f} s: {node_http.health_url(port)}")
-        if body is not None:
-            reply = node_http.send_post_start(port, body)
-            say(f"start: post-start configuration accepted ({len(json.dumps(reply))} bytes)")
-            for path, headers in node_http.follow_up_calls(body):
-                say(f"start: post-start GET {path}: {node_http.follow_up(port, path, headers)}")
-        else:
-            say("start: post-start configuration not sent ("
-                f"{'--no-auto' if options.no_auto else 'post_start.auto: false'})")
     except BaseException:
-        if proc.poll() is None:
-            _kill(proc.pid, files)
-        proc.wait()
-        _clear(files)
+        _stop_started(proc, files)
         raise
+    # From the POST on, the node may hold its configuration, and HyperBEAM makes it
+    # permanent: only a definite refusal stops the VM; anything else leaves it running.
+    failed: list[str] = []
+    if body is None:
+        say("start: post-start configuration not sent ("
+            f"{'--no-auto' if options.no_auto else 'post_start.auto: false'})")
+    else:
+        try:
+            posted = node_http.send_post_start(port, body)
+            if posted.state == "refused":
+                _stop_started(proc, files)
+                raise LaunchError(f"the node did not take the post-start configuration "
+                                  f"({posted.describe()}); the VM was stopped",
+                                  hint="check post_start.settings and --self/--peer; the "
+                                       f"console log is {files.console}")
+            failed = after_post_start(port, body, posted)
+        except KeyboardInterrupt:
+            say(f"start: interrupted during the post-start calls: the VM is left running "
+                f"(pid {proc.pid}); stop it with: doit stop")
+            raise
     say(f"start: VM running (pid {proc.pid}, {mode}"
         f"{', NOT CONFIDENTIAL' if mode == 'emulated' else ''})\n"
         f"  node:    http://{node_http.host_address(cfg, mode)}:{port}{node_http.HEALTH_PATH}\n"
         f"  console: {files.console}\n  QMP:     {files.qmp}\n  stop:    doit stop")
+    if failed:
+        raise LaunchError(f"the VM is left running (pid {proc.pid}), but post-start failed:\n  - "
+                          + "\n  - ".join(failed),
+                          hint="the node keeps the configuration it accepted; see "
+                               f"{files.console}; stop the VM with: doit stop")
 
 
 def dry_run(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, image: Path,
@@ -490,6 +580,9 @@ def dry_run(cfg: Config, paths: Paths, *, vm_config: Path, measurement: Path, im
                          forwards=lambda mode: node_http.forwards(cfg, mode, bool(raw.get("debug"))),
                          identity=lambda mode: checked_identity(record, vm, body, identity_dir, mode),
                          requested_mode=options.mode, qemu_path=options.qemu)
+    nif = snp_nif_note(record, p.spec.mode, _allow_no_snp_nif(cfg, options), review=True)
+    if nif:
+        p = dataclasses.replace(p, notes=(*p.notes, nif.removeprefix("note: ")))
     print(p.describe(), flush=True)
 
 
@@ -610,8 +703,9 @@ def print_status(paths: Paths) -> None:
 
 def options_from_params(data_disk: str = "", self_url: str = "", peer_url: str = "",
                         no_auto: bool = False, dry_run: bool = False, mode: str = "",
-                        qemu: str = "") -> StartOptions:
+                        qemu: str = "", allow_no_snp_nif: bool = False) -> StartOptions:
     """StartOptions from `doit start`'s params (hbos.tasks.params.START; start_release too)."""
     return StartOptions(data_disk=Path(data_disk) if data_disk else None,
                         self_url=self_url, peer_url=peer_url, no_auto=bool(no_auto),
-                        dry_run=bool(dry_run), mode=mode, qemu=qemu)
+                        dry_run=bool(dry_run), mode=mode, qemu=qemu,
+                        allow_no_snp_nif=bool(allow_no_snp_nif))

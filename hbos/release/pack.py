@@ -99,7 +99,7 @@ def _place(src: Path, dst: Path, *, link: bool) -> None:
 # measurement.json fields of the launch identity (hbos.measure.identity.measurement_fields),
 # carried from the build's measurement into the release's.
 IDENTITY_FIELDS = ("host_data", "node_configuration", "id_key_digest", "author_key_digest",
-                   "guest_svn")
+                   "guest_svn", "snp_nif")
 
 
 def release_measurement(root: Path, source_date_epoch: int, built: dict | None = None) -> dict:

@@ -7,17 +7,22 @@ Sources (content.source):
            cp + rm (hbos/stages/docker.py).
 - dir:     a prebuilt root-relative tree, copied.
 - tarball: the same as a tar archive, extracted safely (hbos/util/archive.py).
-- erlang:  tools/hb_node built into a relx release `hb` by the hb_node
-           stage (hbos/stages/hb_node.py), installed at opt/hyperbeam and run by
-           the production hyperbeam.service like HyperBEAM's own release.
-           Where no Erlang tooling is installed the stage records that, and
-           this stage falls back to the sample (and says so).
+- hyperbeam: HyperBEAM's own release, built from the pinned sources by the
+           hyperbeam stage (hbos/stages/hyperbeam.py, no Docker, no network),
+           unpacked at opt/hyperbeam.
+- erlang:  a STAND-IN, not HyperBEAM: tools/hb_node built into a relx release
+           `hb` by the hb_node stage (hbos/stages/hb_node.py), for where
+           trixie's erlang cannot be had (said on every build). Where no Erlang
+           tooling is installed at all the stage falls back to the sample.
 - sample:  tools/sample_node, a stdlib-only HTTP server answering
            GET /~meta@1.0/info, run by the guest's /usr/bin/python3.
 
 Every source ends the same way: the systemd units (enabled by symlink, never
 by systemctl), HyperBEAM's config.flat and the CU's env file are rendered from
-config.yaml for the components the tree holds, owners are set to root and
+config.yaml for the components the tree holds, the firmware the VM boots is
+placed where HyperBEAM's SNP code opens its reference OVMF
+(opt/hyperbeam/test/OVMF-1.55.fd: it recomputes peers' launch digests with
+it), owners are set to root and
 mtimes to source_date_epoch, the tree is renamed into place at
 Paths.content_tree, and Paths.content_manifest ({source, refs, services,
 sample_build, files: htree.manifest}) is
@@ -43,7 +48,7 @@ from typing import Any, Callable
 from hbos.errors import BuildError, CommandFailed, ConfigError, HbosError
 from hbos.measure.nodeconfig import render_config_flat  # HOST_DATA hashes it: rendered there
 from hbos.paths import RESOURCES, TOOLS, Paths
-from hbos.stages import docker, hb_node
+from hbos.stages import ao_cu, docker, firmware, hb_node, hyperbeam
 from hbos.util import archive, fsutil, run, templates, tree as htree
 
 SAMPLE_SCRIPT = TOOLS / "sample_node" / "sample_node.py"
@@ -58,14 +63,18 @@ SAMPLE_DIR = "opt/hbos-sample"
 HYPERBEAM_DIR = "opt/hyperbeam"
 CU_DIR = "opt/cu"
 NODE_BIN = "opt/node/bin/node"
+GUEST_NODE = "/usr/bin/node"        # the guest root's nodejs (content.source hyperbeam)
 CU_WALLET_GUEST = "/var/lib/cu/wallet.json"
 HYPERBEAM_STATE = "/var/lib/hyperbeam"
+# HyperBEAM's SNP code (native/dev_snp_nif/src/digest.rs) opens this path relative
+# to its working directory, the release root, to recompute peers' launch digests
+REFERENCE_OVMF = f"{HYPERBEAM_DIR}/test/OVMF-1.55.fd"
+# what `rebar3_rustler` builds of native/dev_snp_nif, wherever the release keeps it
+SNP_NIF_GLOB = "*dev_snp_nif*.so"
 DATA_DISK_GUEST = "/dev/vdc"        # hbos.launch.qemu: the third virtio disk (--data-disk)
 # The CU's `npm start` (servers/cu/package.json) runs node with this flag;
 # -r dotenv/config is replaced by the unit's EnvironmentFile.
 CU_NODE_FLAGS = ("--experimental-wasm-memory64",)
-# UNIT_MODE the CU's config.js falls back to when cu_env does not set one
-CU_DEFAULT_MODE = "cu"
 
 UNIT_TEMPLATES = ("service-user.j2", "sample-node.service.j2", "hyperbeam.service.j2",
                   "cu.service.j2", "config.flat.j2", "cu.env.j2", "hbos-data.service.j2")
@@ -126,14 +135,7 @@ def render_data_disk_unit(cfg) -> str:
                             dirs=state_dirs(cfg))
 
 
-def cu_unit_mode(cfg) -> str:
-    """The UNIT_MODE the CU will run with (cu_env's, else the CU's default)."""
-    mode = CU_DEFAULT_MODE
-    for entry in cfg.content.cu_env:
-        key, _, value = entry.partition("=")
-        if key == "UNIT_MODE":
-            mode = value
-    return mode
+cu_unit_mode = ao_cu.unit_mode
 
 
 def render_cu_env(cfg) -> str:
@@ -203,11 +205,80 @@ def install_data_disk(cfg, tree: Path) -> None:
     install_unit(tree, "hbos-data.service", render_data_disk_unit(cfg))
 
 
-def install_services(cfg, tree: Path) -> list[str]:
+def install_reference_ovmf(tree: Path, ovmf: Path) -> str:
+    """The firmware the VM boots, where HyperBEAM's verifier opens its reference; sha256."""
+    if not ovmf.is_file():
+        raise BuildError(f"no firmware at {ovmf} to install as HyperBEAM's reference OVMF",
+                         hint="build it first: doit firmware")
+    dest = tree / REFERENCE_OVMF
+    htree.ensure_dir(dest.parent)
+    if dest.is_symlink() or dest.exists():
+        fsutil.remove(dest)
+    shutil.copyfile(ovmf, dest)
+    os.chmod(dest, 0o644)
+    return fsutil.sha256_file(dest)
+
+
+def release_vm_args(tree: Path) -> Path | None:
+    """The vm.args relx's start script reads when the release root has none."""
+    found = sorted((tree / HYPERBEAM_DIR / "releases").glob("*/vm.args"))
+    return found[-1] if found else None
+
+
+def hostnamed_vm_args(text: str) -> str | None:
+    """`text` with a bare `-sname NAME` given the host, `-sname NAME@localhost`; None
+    when there is no bare -sname (nothing to change).
+
+    With a bare -sname, relx's start script boots a second BEAM only to learn the
+    host name (relx_get_nodename), on every `bin/hb` call: tens of seconds in an
+    emulated guest, for `foreground` and again for ExecStop's `eval`."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "-sname" and "@" not in parts[1]:
+            lines[i] = f"-sname {parts[1]}@localhost\n"
+            return "".join(lines)
+    return None
+
+
+def install_vm_args(tree: Path) -> bool:
+    """opt/hyperbeam/vm.args: relx's start script prefers one in the release root
+    over releases/VSN/vm.args; the release's own, with the host named."""
+    src = release_vm_args(tree)
+    text = hostnamed_vm_args(src.read_text(encoding="utf-8")) if src else None
+    if text is None:
+        return False
+    _write(tree, f"{HYPERBEAM_DIR}/vm.args", text)
+    return True
+
+
+def install_built_cu(cfg, paths, tree: Path) -> None:
+    """The cu stage's CU at opt/cu, run by the guest root's own node (trixie's
+    nodejs, the one its better-sqlite3 was compiled against): opt/node/bin/node
+    links to it."""
+    if "nodejs" not in cfg.rootfs.packages:
+        raise ConfigError("content.cu with content.source hyperbeam runs the CU with the "
+                          "guest root's node, but rootfs.packages has no nodejs",
+                          hint="add nodejs to rootfs.packages, or set content.cu: false")
+    archive.extract(paths.cu_tar, tree / CU_DIR)
+    link = tree / NODE_BIN
+    htree.ensure_dir(link.parent)
+    os.symlink(GUEST_NODE, link)
+
+
+def has_snp_nif(tree: Path) -> bool:
+    """Whether the release holds HyperBEAM's SNP NIF (dev_snp makes reports with it)."""
+    return any((tree / HYPERBEAM_DIR).rglob(SNP_NIF_GLOB))
+
+
+def install_services(cfg, tree: Path, ovmf: Path | None = None) -> list[str]:
     """Units and configuration for the components the tree holds."""
     installed = []
     if has_hyperbeam(tree):
         _write(tree, f"{HYPERBEAM_DIR}/config.flat", render_config_flat(cfg))
+        if ovmf is not None:
+            install_reference_ovmf(tree, ovmf)
+        install_vm_args(tree)
         link_state(cfg, tree)
         install_unit(tree, "hyperbeam.service", render_hyperbeam_unit(cfg))
         installed.append("hyperbeam")
@@ -383,6 +454,9 @@ def build(cfg, paths) -> None:
     refs: dict[str, Any] = {}
     state: dict[str, Any] = {"source": source}
     with fsutil.atomic_path(paths.content_tree) as tmp:
+        if source == "erlang":
+            print("content: erlang: tools/hb_node is a stand-in written for the tests, NOT "
+                  "HyperBEAM (content.source: hyperbeam builds the real node)")
         if source == "erlang" and not hb_node.available(paths):
             print(f"content: erlang: {hb_node.unavailable_reason(paths)}; using the "
                   f"Python sample node instead (fallback)")
@@ -402,9 +476,14 @@ def build(cfg, paths) -> None:
             elif source == "erlang":
                 htree.ensure_dir(tmp / "opt")
                 htree.copy(paths.hb_node_tree, tmp / HYPERBEAM_DIR, what="hyperbeam release")
+            elif source == "hyperbeam":
+                htree.ensure_dir(tmp / "opt")
+                archive.extract(paths.hyperbeam_tar, tmp / HYPERBEAM_DIR)
+                if cfg.content.cu:
+                    install_built_cu(cfg, paths, tmp)
             else:  # config validation makes this unreachable
                 raise ConfigError(f"content.source: unknown source {source!r}")
-            installed = install_services(cfg, tmp)
+            installed = install_services(cfg, tmp, firmware.resolve(cfg, paths))
         os.chmod(tmp, 0o755)  # the guest root's own mode, whatever the source had
         htree.normalize_owners(tmp)
         htree.normalize_mtimes(tmp, cfg.source_date_epoch)
@@ -415,6 +494,17 @@ def build(cfg, paths) -> None:
     elif source == "erlang":
         release = fsutil.read_json(paths.hb_node_manifest)
         data["hb_node"] = {k: release[k] for k in ("otp_release", "erts", "rebar3")}
+    elif source == "hyperbeam":
+        release = hyperbeam.read_manifest(paths)
+        data["hyperbeam"] = {k: release[k] for k in ("commit", "repo", "overlay", "build_root")}
+        if "cu" in installed:
+            built = ao_cu.read_manifest(paths)
+            data["cu"] = {k: built[k] for k in ("commit", "repo", "overlay", "unit_mode",
+                                                 "lock_sha256", "node")}
+    data["snp_nif"] = has_snp_nif(paths.content_tree)
+    if (paths.content_tree / REFERENCE_OVMF).is_file():
+        data["reference_ovmf"] = {"path": REFERENCE_OVMF,
+                                  "sha256": fsutil.sha256_file(paths.content_tree / REFERENCE_OVMF)}
     changed = write_if_changed(paths.content_manifest, data)
     fsutil.write_json(paths.content_state, state)
     files = sum(1 for e in data["files"] if e["type"] == "file")
@@ -436,6 +526,11 @@ def file_deps(cfg) -> list[Path]:
         deps += [CU_WALLET_SCRIPT, DATA_DISK_SCRIPT]
     if source == "erlang":
         deps.append(paths_manifest(cfg))
+    if source == "hyperbeam":
+        p = Paths.from_config(cfg)
+        deps += [p.hyperbeam_tar, p.hyperbeam_manifest]
+        if cfg.content.cu:
+            deps += [p.cu_tar, p.cu_manifest]
     if source == "docker":
         deps += [cfg.path(cfg.content.dockerfile), CU_MODE_CHECK]
     if source == "tarball" and cfg.content.path:

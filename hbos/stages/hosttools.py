@@ -3,12 +3,14 @@ check `doit init` runs (tools.PACKAGES names the Debian package of each)."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 from hbos.config import Config
 from hbos.errors import ToolMissing
 from hbos.util import run, tools
 
+COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")   # a pinned ref: nothing to resolve
 BASE = ["dpkg-deb", "depmod", "modprobe", "cpio", "gzip", "busybox", "veritysetup",
         "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "tar"]
 # Programs the edk2 firmware build calls (hbos.stages.edk2 checks these same lists).
@@ -32,6 +34,10 @@ def needed(cfg: Config) -> list[str]:
         progs.append("zstd")
     if cfg.content.source == "docker":
         progs.append("docker")
+        if not all(COMMIT.match(ref) for ref in (cfg.content.hyperbeam_ref, cfg.content.ao_ref)):
+            progs.append("git")      # branches and tags are resolved with git ls-remote
+    if cfg.content.source == "hyperbeam":
+        progs.extend(["unshare", "chroot"])   # the build root (mmdebstrap is in BASE)
     if not cfg.firmware.ovmf and cfg.firmware.source == "build":
         progs.extend(FIRMWARE_BUILD)
     return progs

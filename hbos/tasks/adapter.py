@@ -175,15 +175,15 @@ def load_config(get_var: Callable[[str, Any], Any]) -> hconfig.Config:
 
 def _source_of_build_dir(cfg: hconfig.Config) -> str:
     """The config file that sets build_dir: the overlay when it does, else config.yaml."""
-    if len(cfg.sources) > 1:
+    if len(cfg.files) > 1:
         try:
-            over = limits.load_yaml(cfg.sources[-1], limits.CONFIG_BYTES, "config file",
+            over = limits.load_yaml(cfg.files[-1], limits.CONFIG_BYTES, "config file",
                                     ConfigError)
         except ConfigError:
             over = None
         if isinstance(over, dict) and "build_dir" in over:
-            return cfg.sources[-1]
-    return cfg.sources[0] if cfg.sources else "config"
+            return cfg.files[-1]
+    return cfg.files[0] if cfg.files else "config"
 
 
 def make_build_dir(cfg: hconfig.Config) -> Path:

@@ -20,7 +20,7 @@ def flag(name: str, help: str, *, long: str = "") -> dict:
 
 
 # `doit start --data-disk PATH --self URL --peer URL --no-auto` (also used by
-# start_release): the original tool's options.
+# start_release): the original tool's options, and ours.
 START = [
     opt("data_disk", "a writable disk image attached after the root disks (/dev/vdc)"),
     opt("self_url", "this node's URL as peers reach it "
@@ -31,6 +31,8 @@ START = [
     opt("mode", "auto | snp | emulated (default: launch.snp); with --dry-run, snp builds "
                 "the SNP command line even on a host without SNP"),
     opt("qemu", "the QEMU binary (default: launch.qemu, the SNP bundle's, else PATH)"),
+    flag("allow_no_snp_nif", "start SEV-SNP even though the image's HyperBEAM has no SNP NIF "
+                             "(no attestation reports; default: launch.allow_no_snp_nif)"),
 ]
 
 

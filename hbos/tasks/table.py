@@ -28,9 +28,21 @@ KERNEL = Stage("kernel", "hbos.stages.kernel:unpack", Reads("kernel"))
 # the local Erlang release (tools/hb_node)
 HB_NODE = Stage("hb_node", "hbos.stages.hb_node:build", Reads("source_date_epoch"))
 
-# rootfs.suite: the docker build checks its images match the guest's suite
+# HyperBEAM's release from the pinned sources (content.source: hyperbeam); the
+# firmware goes into the content (test/OVMF-1.55.fd), not into this stage
+HYPERBEAM = Stage("hyperbeam", "hbos.stages.hyperbeam:build",
+                  Reads("hyperbeam", "source_date_epoch"))
+
+# the AO compute unit from its pinned source (content.source: hyperbeam, content.cu);
+# content.cu_env: its UNIT_MODE is checked against the CU's config.js
+CU = Stage("cu", "hbos.stages.ao_cu:build",
+           Reads("hyperbeam", "source_date_epoch", "content.cu_env"))
+
+# rootfs.suite: the docker build checks its images match the guest's suite;
+# firmware: which OVMF goes in as HyperBEAM's reference (its file is a file_dep)
 CONTENT = Stage("content", "hbos.stages.content:build",
-                Reads("content", "ports", "source_date_epoch", "rootfs.suite"))
+                Reads("content", "ports", "source_date_epoch", "rootfs.suite", "rootfs.packages",
+                      "firmware"))
 
 INITRAMFS = Stage("initramfs", "hbos.stages.initramfs:build",
                   Reads("initramfs", "image.filesystem", "source_date_epoch"))
@@ -72,5 +84,5 @@ LIBVIRT_XML = Stage("libvirt_xml", "hbos.launch.libvirt:write",
                           "launch.id_block", "launch.id_auth", "launch.host_data",
                           "identity.enabled"))
 
-ALL = (SNP_BUNDLE, KERNEL_DEB, KERNEL, HB_NODE, CONTENT, INITRAMFS, BASE_ROOTFS, BASE_IMAGE,
+ALL = (SNP_BUNDLE, KERNEL_DEB, KERNEL, HB_NODE, HYPERBEAM, CU, CONTENT, INITRAMFS, BASE_ROOTFS, BASE_IMAGE,
        VERITY, FIRMWARE, VM_CONFIG, MEASURE, ID_BLOCK, PACKAGE_RELEASE, LIBVIRT_XML)

@@ -24,6 +24,8 @@ PACKAGES: dict[str, str] = {
     "mkfs.ext4": "e2fsprogs",
     "mksquashfs": "squashfs-tools",
     "mmdebstrap": "mmdebstrap",
+    "unshare": "util-linux",
+    "chroot": "coreutils",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
     "veritysetup": "cryptsetup-bin",

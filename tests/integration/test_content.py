@@ -227,7 +227,7 @@ def test_sample_node_accepts_the_launchers_post_start_configuration(sample_tree)
                   "firmware": "dd" * 48, "vcpus": 1, "vcpu_type": "EPYC-v4",
                   "vmm_type": "QEMU", "guest_features": 1, "expected_hash": "ee" * 48}
         body = nodeconfig.post_start_body(record, (), f"http://127.0.0.1:{port}")
-        answer = node_http.send_post_start(port, body)
+        answer = json.loads(node_http.send_post_start(port, body).body)
         assert answer["ok"] is True and answer["config"] == body
         _, info = _wait_http(f"http://127.0.0.1:{port}/~meta@1.0/info", proc)
         assert json.loads(info)["config"]["snp_trusted"] == body["snp_trusted"]

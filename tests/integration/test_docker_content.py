@@ -26,7 +26,7 @@ from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import content
 from hbos.util import fsutil
-from tests.conftest import ROOT, missing_prerequisite, rootfs_cache_key
+from tests.conftest import ROOT, fake_firmware, missing_prerequisite, rootfs_cache_key
 
 pytestmark = [pytest.mark.integration]
 
@@ -124,7 +124,9 @@ def _load(tmp_path: Path, base_image: str, repos, extra: str = "", args: tuple =
         f"  ao_repo: {repos['ao'][0]}\n  ao_ref: cu-branch\n  cu: {str(cu).lower()}\n"
         f"  docker_build_args: {build_args}\n{extra}")
     cfg = hconfig.load(overlay=overlay)
-    return cfg, Paths.from_config(cfg)
+    paths = Paths.from_config(cfg)
+    fake_firmware(paths)
+    return cfg, paths
 
 
 def _containers() -> list[str]:
@@ -154,6 +156,11 @@ def test_real_build_takes_the_tree_with_build_args_refs_and_config_flat(tmp_path
     assert os.readlink(tree / "opt/hyperbeam/cache-mainnet") == \
         "/var/lib/hyperbeam/cache-mainnet"
     assert "--experimental-wasm-memory64" in (tree / "etc/systemd/system/cu.service").read_text()
+    # the firmware the VM boots, where HyperBEAM's SNP code opens its reference OVMF
+    assert (tree / "opt/hyperbeam/test/OVMF-1.55.fd").read_bytes() == \
+        paths.built_ovmf.read_bytes()
+    assert manifest["reference_ovmf"] == {"path": "opt/hyperbeam/test/OVMF-1.55.fd",
+                                          "sha256": fsutil.sha256_file(paths.built_ovmf)}
     assert _containers() == []
 
 

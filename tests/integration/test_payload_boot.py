@@ -1,12 +1,18 @@
-"""One TCG boot of the local image with the real Erlang release under the
-production hyperbeam.service (issue 13): `doit start profile=local` builds
-the image (cached base root, the Debian cloud kernel, the AmdSev OVMF vector
-as the measured firmware) and starts it; then the node, its store, the
-default post-start, the forwards, verity and `doit stop` are checked. A blank
-raw data disk is attached (`--data-disk`): hbos-data.service formats it and
-the node's state lands on it, read back afterwards with debugfs.
+"""One TCG boot of the local image with the real HyperBEAM release (commit
+3635c5e6, built offline by the hyperbeam stage) under the production
+hyperbeam.service (issues 13 and 22): `doit start profile=local` builds the
+image (cached base root, the default trixie kernel, the AmdSev OVMF vector as
+the measured firmware, HyperBEAM from the pinned archives in
+ROOT/../shared/hyperbeam-sources) and starts it; then the node, the default
+post-start, the forwards, verity and `doit stop` are checked. A blank raw
+data disk is attached (`--data-disk`): hbos-data.service formats it and the
+node's state (its key, its store) lands on it, read back afterwards with
+debugfs.
 
-Every QEMU started here is killed by pidfile in the teardown."""
+The hyperbeam stage is restored from this session's artifact cache when
+tests/integration/test_hyperbeam_stage.py built it earlier in the session,
+else built here (~3-4 min more). Every QEMU started here is killed by pidfile
+in the teardown."""
 
 from __future__ import annotations
 
@@ -14,17 +20,13 @@ import json
 import re
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from hbos import config as hconfig
 from hbos.launch import node_http, qemu, start as launch_start
-from hbos.measure import nodeconfig
 from hbos.paths import Paths
-from hbos.stages import hb_node
 from hbos.util import fsutil
 from tests.conftest import (
     doit,
@@ -33,27 +35,18 @@ from tests.conftest import (
     missing_prerequisite,
     write_overlay,
 )
+from tests.integration.test_hyperbeam_stage import require_build_prerequisites
 from tests.integration.test_start import free_port
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _request(port: int, method: str = "GET", body: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(node_http.health_url(port), data=data, method=method)
-    try:
-        with NO_PROXY.open(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+# under TCG the real node renders GET /~meta@1.0/info (25 KB) in ~9 s
+TCG_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
 def booted(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory):
-    if hb_node.missing_tools():
-        missing_prerequisite(hb_node.unavailable_text(hb_node.missing_tools()))
+    require_build_prerequisites()
     if not shutil.which("qemu-system-x86_64"):
         missing_prerequisite("qemu-system-x86_64 is not installed (qemu-system-x86)")
     root = tmp_path_factory.mktemp("payload-boot")
@@ -76,44 +69,50 @@ def booted(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory):
         image_sha = fsutil.sha256_file(paths.verity_image)
         started = doit(["start", *args, "--data-disk", str(data)], check=False, timeout=3600)
         yield {"cfg": cfg, "paths": paths, "port": port, "args": args, "start": started,
-               "image_sha": image_sha, "data": data}
+               "image_sha": image_sha, "data": data, "ovmf": amdsev_ovmf}
     finally:
         kill_qemu(paths.run_dir)
 
 
-def test_local_image_runs_the_release_under_the_production_unit(booted):
+def test_local_image_runs_hyperbeam_under_the_production_unit(booted):
     paths, port, start = booted["paths"], booted["port"], booted["start"]
     out = start.stdout + start.stderr
     assert start.returncode == 0, out[-4000:]
     assert "post-start configuration accepted" in out
+
     manifest = json.loads(paths.content_manifest.read_text())
-    assert manifest["source"] == "erlang" and manifest["services"] == ["hyperbeam"]
-    assert any(re.fullmatch(r"opt/hyperbeam/erts-[^/]+/bin/beam\.smp", e["path"])
-               for e in manifest["files"])
+    assert manifest["source"] == "hyperbeam" and manifest["services"] == ["hyperbeam"]
+    assert manifest["hyperbeam"]["commit"] == "3635c5e6254e001cdfd716117c177017e97cc04b"
+    assert manifest["snp_nif"] is False
+    files = {e["path"]: e for e in manifest["files"]}
+    # HyperBEAM's own modules, its ERTS, and the firmware as its reference OVMF
+    assert any(re.fullmatch(r"opt/hyperbeam/lib/hb-[^/]+/ebin/hb_http_server\.beam", p)
+               for p in files)
+    assert any(re.fullmatch(r"opt/hyperbeam/erts-[^/]+/bin/beam\.smp", p) for p in files)
+    ovmf_sha = fsutil.sha256_file(booted["ovmf"])
+    assert files["opt/hyperbeam/test/OVMF-1.55.fd"]["sha256"] == ovmf_sha
+    assert manifest["reference_ovmf"] == {"path": "opt/hyperbeam/test/OVMF-1.55.fd",
+                                          "sha256": ovmf_sha}
+    assert not [p for p in files if "dev_snp_nif" in p]
+
     console = launch_start.ANSI.sub("", paths.run_dir.joinpath("console.log").read_text(
         errors="replace"))
     assert re.search(r"Started hyperbeam\.service", console), console[-3000:]
     assert re.search(r"Finished hbos-data\.service", console), console[-3000:]
 
-    code, info = _request(port)
-    assert code == 200
-    assert info["node"] == "hbos-hb_node" and info["port"] == port
-    assert info["cwd"] == "/opt/hyperbeam"                     # relx cd'ed there
-    assert info["config_location"] == "/opt/hyperbeam/config.flat"
-    # the store: relative to the read-only release root, really in the state path
-    assert info["store"] == "/opt/hyperbeam/cache-mainnet"
-    assert info["store_link"] == "/var/lib/hyperbeam/cache-mainnet"
-    assert {"boots", "node-message-1.json"} <= set(info["store_files"])
-    assert info["sev_guest"] == "enoent"        # emulated: no /dev/sev-guest
-    # the default post-start: permanent, trustless, the measurement inputs trusted
-    measured = json.loads(paths.measurement.read_text())
-    assert info["initialized"] == "permanent" and info["operator"] == "trustless"
-    assert info["snp_trusted"] == [nodeconfig.snp_trusted(measured)]
-    assert "expected_hash" not in info["snp_trusted"][0]
-    assert info["self"] == f"http://localhost:{port}"
+    ok, why = node_http.probe_health(port, timeout=TCG_TIMEOUT)
+    assert ok, why
+    # the default post-start (operator: trustless, initialized: permanent) took
+    operator = node_http.call(port, "/~meta@1.0/info/operator", headers={},
+                              timeout=TCG_TIMEOUT)
+    assert operator.status == 200 and operator.body.strip() == b"trustless", \
+        operator.describe()
+    listening = node_http.call(port, "/~meta@1.0/info/port", headers={}, timeout=TCG_TIMEOUT)
+    assert listening.body.strip() == str(port).encode(), listening.describe()
     # ... after which an unsigned change is refused
-    code, answer = _request(port, "POST", {"operator": "unclaimed"})
-    assert 400 <= code < 500 and "permanent" in answer["body"]
+    refused = node_http.send_post_start(port, {"operator": "unclaimed"}, timeout=TCG_TIMEOUT)
+    assert refused.status is not None and 400 <= refused.status < 500, refused.describe()
+    assert b"permanent" in refused.body, refused.describe()
 
 
 def test_forwards_are_on_loopback_only(booted):
@@ -153,5 +152,5 @@ def test_stop_leaves_no_qemu_and_verity_intact(booted, tmp_path):
         out = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(disk)],
                              capture_output=True, text=True, check=True).stdout
         return [f.split("/")[5] for f in out.splitlines() if f.count("/") >= 6]
-    assert {"boots", "node-message-1.json"} <= set(ls("/hyperbeam/cache-mainnet"))
-    assert "hyperbeam-key.json" in ls("/hyperbeam")
+    assert {"hyperbeam-key.json", "cache-mainnet"} <= set(ls("/hyperbeam"))
+    assert set(ls("/hyperbeam/cache-mainnet")) - {".", ".."}, "the store wrote nothing"

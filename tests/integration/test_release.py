@@ -417,7 +417,7 @@ def test_start_release_goes_through_the_real_start_vm(installed):
 
 def test_doit_package_and_download_release(built, httpserver, tmp_path):
     cfg, paths = built
-    overlay = Path(cfg.sources[-1])
+    overlay = Path(cfg.files[-1])
     for target in (paths.release_tarball, paths.release_manifest):
         target.unlink()
     doit(["-s", "package_release", f"config={overlay}"])

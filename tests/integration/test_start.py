@@ -16,6 +16,7 @@ test_quickstart_local runs `doit start profile=local` end to end.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -261,7 +262,7 @@ def test_post_start_config_accepted_by_sample_node(tmp_path):
                   "guest_features": 1, "expected_hash": "ee" * 48}
         body = nodeconfig.post_start_body(record, (), "http://node.example:10000",
                                          "http://peer.example:10000")
-        reply = node_http.send_post_start(port, body)
+        reply = json.loads(node_http.send_post_start(port, body).body)
         assert reply["config"]["snp_trusted"][0]["kernel"] == "aa" * 32
         assert "expected_hash" not in reply["config"]["snp_trusted"][0]
         assert reply["config"]["peer"] == "http://peer.example:10000"
@@ -289,15 +290,15 @@ def test_quickstart_local(tmp_path):
     try:
         doit(["start", "profile=local", f"config={overlay}", "--self",
               f"http://127.0.0.1:{port}"], timeout=5400)
-        assert node_http.probe_health(port)[0]
-        import json
-        import urllib.request
-        with urllib.request.urlopen(node_http.health_url(port), timeout=10) as resp:
-            info = json.loads(resp.read())
-        # the guest's Erlang release answered, and took the default post-start
-        assert info["node"] == "hbos-hb_node" and info["initialized"] == "permanent"
-        measured = json.loads(Paths.from_config(cfg).measurement.read_text())
-        assert info["snp_trusted"][0]["kernel"] == measured["kernel"]
+        # the guest's HyperBEAM answered (under TCG a GET of its 25 KB info page
+        # takes ~9 s), and took the default post-start
+        assert node_http.probe_health(port, timeout=120)[0]
+        operator = node_http.call(port, "/~meta@1.0/info/operator", headers={}, timeout=120)
+        assert operator.status == 200 and operator.body.strip() == b"trustless", \
+            operator.describe()
+        refused = node_http.send_post_start(port, {"operator": "unclaimed"}, timeout=120)
+        assert refused.status is not None and 400 <= refused.status < 500, refused.describe()
+        assert b"permanent" in refused.body, refused.describe()
         out = doit(["status", "profile=local", f"config={overlay}"])
         assert "health: OK" in out.stdout
         doit(["stop", "profile=local", f"config={overlay}"])

@@ -31,7 +31,9 @@ def test_default_config_loads_and_every_profile_validates():
     assert local.kernel.source == "package"
     assert local.kernel.package == "linux-image-amd64"
     assert local.firmware.source == "build"
-    assert local.content.source == "erlang"
+    assert local.content.source == "hyperbeam"
+    assert local.sources.mirror == "../shared/hyperbeam-sources"
+    assert cfg.sources.mirror == ""   # production: each source's upstream URL
 
 
 def test_default_is_stock_trixie_and_local_runs_the_same_kernel_and_suite():

@@ -3,7 +3,8 @@
 No QEMU here: a measurement made by the real measure stage from small files
 (the AmdSev OVMF suffix from the vectors measures fine), and a plain Python
 process standing in for a running QEMU (its argv names the pidfile, which is
-what the launcher checks before it signals anything).
+what the launcher checks before it signals anything). The post-start calls go
+to a local server answering as the real HyperBEAM does (test_node_http).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from hbos.paths import Paths
 from hbos.stages import measure, vmconfig
 from hbos.tasks import params
 from hbos.util import run as hrun
+from tests.unit.launch.test_node_http import PERMANENT, UPDATED, FakeHyperBEAM
 
 
-def measured_vm(tmp_path: Path, ovmf: Path):
+def measured_vm(tmp_path: Path, ovmf: Path, snp_nif: bool | None = True):
     """(VmDefinition, measurement.json, Config, Paths, vm-config.toml) that agree: 2 vCPUs,
-    a small kernel and initrd, measured with `ovmf`."""
+    a small kernel and initrd, measured with `ovmf`; the content manifest says
+    `snp_nif` (None: there is none)."""
     kernel = tmp_path / "vmlinuz"
     initrd = tmp_path / "initrd.img"
     kernel.write_bytes(b"kernel" * 100)
@@ -42,7 +45,11 @@ def measured_vm(tmp_path: Path, ovmf: Path):
     vm_config.write_text(vmconfig.render(cfg, kernel=kernel, initrd=initrd, ovmf=ovmf,
                                          cmdline="console=ttyS0 verity_roothash=ab"))
     out = tmp_path / "measurement.json"
-    measure.write_measurement(vm_config, out)
+    manifest = None
+    if snp_nif is not None:
+        manifest = tmp_path / "content-manifest.json"
+        manifest.write_text(json.dumps({"source": "docker", "snp_nif": snp_nif}))
+    measure.write_measurement(vm_config, out, content_manifest=manifest)
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     return vm, out, cfg, paths, vm_config
 
@@ -195,12 +202,15 @@ def test_post_start_config_drops_expected_hash():
 
 def test_doit_params_map_to_options():
     names = {p["long"] for p in params.START}
-    assert names == {"data-disk", "self", "peer", "no-auto", "dry-run", "mode", "qemu"}
+    assert names == {"data-disk", "self", "peer", "no-auto", "dry-run", "mode", "qemu",
+                     "allow-no-snp-nif"}
     opts = start.options_from_params("d.qcow2", "http://a", "http://b", True)
     assert opts == start.StartOptions(Path("d.qcow2"), "http://a", "http://b", True)
     opts = start.options_from_params(dry_run=True, mode="snp", qemu="/q")
     assert (opts.dry_run, opts.mode, opts.qemu) == (True, "snp", "/q")
     assert start.options_from_params().data_disk is None
+    assert start.options_from_params(allow_no_snp_nif=True).allow_no_snp_nif
+    assert not start.options_from_params().allow_no_snp_nif
 
 
 # ----------------------------------------------------------------- pidfile, twice, dead
@@ -369,3 +379,216 @@ def test_snp_required_refuses_on_this_kind_of_host(measured, tmp_path, monkeypat
     with pytest.raises(LaunchError, match="'required'.*no /dev/sev"):
         start.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
                        image=image, hash_tree=image, options=start.StartOptions())
+
+
+# ----------------------------------------------------------------- HyperBEAM's SNP NIF
+
+
+def test_snp_nif_note_decides():
+    with_nif, without = {"snp_nif": True}, {"snp_nif": False}
+    for mode in ("snp", "emulated"):
+        assert start.snp_nif_note(with_nif, mode, False) is None
+    with pytest.raises(LaunchError) as err:
+        start.snp_nif_note(without, "snp", False)
+    text = str(err.value)
+    assert "no SNP NIF (dev_snp_nif" in text and "cannot produce attestation reports" in text
+    assert "--allow-no-snp-nif" in text and "launch.allow_no_snp_nif: true" in text
+    assert "crates vendor directory" in text
+    with pytest.raises(LaunchError):
+        start.snp_nif_note({}, "snp", False)               # an older measurement: no NIF
+    with pytest.raises(LaunchError):
+        start.snp_nif_note({"snp_nif": "true"}, "snp", False)   # only a JSON true counts
+    assert start.snp_nif_note(without, "snp", True).startswith("WARNING: ")
+    assert "start refuses SEV-SNP" in start.snp_nif_note(without, "snp", False, review=True)
+    assert start.snp_nif_note(without, "emulated", False).startswith("note: ")
+
+
+def _snp_host(monkeypatch):
+    monkeypatch.setattr(plan, "snp_host_ready", lambda: (True, "SEV-SNP host"))
+    monkeypatch.setattr(plan, "host_facts", lambda q: qemu.HostFacts(
+        q, (9, 2, 0), frozenset({"EPYC-v4"})))
+
+
+def _disks(tmp_path):
+    image, tree = tmp_path / "guest.img", tmp_path / "hash_tree.bin"
+    image.write_bytes(b"\0" * 4096)
+    tree.write_bytes(b"\0" * 4096)
+    return dict(image=image, hash_tree=tree)
+
+
+@pytest.fixture
+def measured_no_nif(tmp_path, amdsev_ovmf):
+    """A measured VM whose content manifest has no snp_nif (an older manifest)."""
+    vm, out, cfg, paths, vm_config = measured_vm(tmp_path, amdsev_ovmf, snp_nif=None)
+    assert _record(out)["snp_nif"] is False
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(
+        cfg.launch, cbitpos=51, qemu=sys.executable))
+    return cfg, paths, dict(vm_config=vm_config, measurement=out, **_disks(tmp_path))
+
+
+def _spawn_raises(monkeypatch) -> list:
+    spawned: list = []
+
+    def spawn(argv, **how):
+        spawned.append(argv)
+        raise _Spawned()
+    monkeypatch.setattr(hrun, "spawn", spawn)
+    return spawned
+
+
+def test_snp_start_without_nif_refused_before_anything_runs(measured_no_nif, monkeypatch):
+    cfg, paths, kwargs = measured_no_nif
+    _snp_host(monkeypatch)
+    monkeypatch.setattr(plan, "load_cpuid_driver", lambda *a: pytest.fail("went past the mode"))
+    spawned = _spawn_raises(monkeypatch)
+    for mode in ("", "snp"):     # launch.snp: auto on an SNP host, and --mode snp
+        with pytest.raises(LaunchError, match="refusing to start SEV-SNP.*no SNP NIF") as err:
+            start.start_vm(cfg, paths, options=start.StartOptions(mode=mode), **kwargs)
+        assert "--allow-no-snp-nif" in str(err.value)
+    assert spawned == []
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_snp_start_without_nif_allowed(measured_no_nif, monkeypatch, capsys, how):
+    cfg, paths, kwargs = measured_no_nif
+    _snp_host(monkeypatch)
+    spawned = _spawn_raises(monkeypatch)
+    options = start.StartOptions(allow_no_snp_nif=how == "flag")
+    if how == "config":
+        cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, allow_no_snp_nif=True))
+    with pytest.raises(_Spawned):
+        start.start_vm(cfg, paths, options=options, **kwargs)
+    assert "sev-snp-guest" in " ".join(spawned[0])
+    assert "start: WARNING: the image's HyperBEAM has no SNP NIF" in capsys.readouterr().err
+
+
+def test_emulated_start_without_nif_goes_ahead_with_a_note(measured_no_nif, monkeypatch, capsys):
+    cfg, paths, kwargs = measured_no_nif
+    _snp_host(monkeypatch)     # even on an SNP host: --mode emulated
+    monkeypatch.setattr(start, "cached_kvm_boots_guest", lambda *a: (False, "KVM: test"))
+    spawned = _spawn_raises(monkeypatch)
+    with pytest.raises(_Spawned):
+        start.start_vm(cfg, paths, options=start.StartOptions(mode="emulated"), **kwargs)
+    assert "sev-snp-guest" not in " ".join(spawned[0])
+    err = capsys.readouterr().err
+    assert err.count("no SNP NIF") == 1 and "start: note: the image's HyperBEAM" in err
+
+
+def test_dry_run_snp_without_nif_notes_the_refusal(measured_no_nif, monkeypatch, capsys):
+    cfg, paths, kwargs = measured_no_nif
+    monkeypatch.setattr(plan, "snp_host_ready", lambda: (False, "no /dev/sev"))
+    monkeypatch.setattr(plan, "host_facts", lambda q: qemu.HostFacts(
+        q, (9, 2, 0), frozenset({"EPYC-v4"})))
+    start.start_vm(cfg, paths, options=start.StartOptions(dry_run=True, mode="snp"), **kwargs)
+    out = capsys.readouterr().out
+    assert "note: the image's HyperBEAM has no SNP NIF" in out
+    assert "start refuses SEV-SNP without --allow-no-snp-nif" in out
+
+
+def test_snp_start_with_nif_says_nothing_of_it(measured, tmp_path, monkeypatch, capsys):
+    vm, m, cfg, paths = measured
+    cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, cbitpos=51,
+                                                              qemu=sys.executable))
+    _snp_host(monkeypatch)
+    _spawn_raises(monkeypatch)
+    with pytest.raises(_Spawned):
+        start.start_vm(cfg, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
+                       options=start.StartOptions(), **_disks(tmp_path))
+    assert "SNP NIF" not in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- post-start against HyperBEAM
+
+
+@pytest.fixture
+def launched(measured, tmp_path, monkeypatch):
+    """start_vm up to the real post-start calls: an emulated plan, a Python process
+    standing in for QEMU (its argv names the pidfile, so start may signal it) and
+    QMP taken as answering; `launched(node, settings)` starts against `node`."""
+    vm, m, cfg, paths = measured
+    files = qemu.RunFiles(paths.run_dir)
+    monkeypatch.setattr(plan, "host_facts", lambda q: qemu.HostFacts(
+        q, (10, 0, 2), frozenset({"EPYC-v4"})))
+    monkeypatch.setattr(start, "_wait_qmp", lambda proc, files, timeout: "running")
+    procs: list[subprocess.Popen] = []
+
+    def spawn(argv, **how):
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                                 "-pidfile", str(files.pidfile)])
+        files.pidfile.write_text(f"{proc.pid}\n")
+        for _ in range(100):
+            if start.is_our_qemu(proc.pid, files.pidfile):
+                break
+            time.sleep(0.05)
+        procs.append(proc)
+        return proc
+    monkeypatch.setattr(hrun, "spawn", spawn)
+
+    def run(node: FakeHyperBEAM, settings: tuple[str, ...] = ()) -> subprocess.Popen:
+        c = dataclasses.replace(
+            cfg, launch=dataclasses.replace(cfg.launch, snp="off", accel="tcg", qemu=sys.executable,
+                                            host_port=node.port, forwards=(), health_timeout=30),
+            post_start=dataclasses.replace(cfg.post_start,
+                                           settings=cfg.post_start.settings + settings))
+        try:
+            start.start_vm(c, paths, vm_config=tmp_path / "vm-config.toml", measurement=m,
+                           options=start.StartOptions(), **_disks(tmp_path))
+        finally:
+            assert len(procs) == 1
+        return procs[0]
+    yield run, files, paths
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+ROUTER = ("router_peer_location: http://peer.example:10000",)
+
+
+def test_post_start_accepted_as_the_real_node_answers(launched, capsys):
+    run, files, _ = launched
+    with FakeHyperBEAM(follow={"/~router@1.0/register": (200, b"ok")}) as node:
+        proc = run(node, ROUTER)
+    assert proc.poll() is None and files.pidfile.exists()
+    err = capsys.readouterr().err
+    assert f"post-start configuration accepted: HTTP 200: {UPDATED.decode()}" in err
+    assert "post-start GET /~router@1.0/register: HTTP 200: ok" in err
+    assert "VM running" in err
+    assert len(node.posts) == 1
+
+
+def test_follow_up_failure_after_acceptance_leaves_the_vm_running(launched, capsys):
+    run, files, paths = launched
+    with FakeHyperBEAM(follow={"/~router@1.0/register": (500, b"no route")}) as node:
+        with pytest.raises(LaunchError) as err:
+            run(node, ROUTER)
+    text = str(err.value)
+    assert "the VM is left running" in text and "doit stop" in text
+    assert "post-start GET /~router@1.0/register: HTTP 500: no route" in text
+    pid = start.read_pid(files.pidfile)
+    assert pid is not None and start.is_our_qemu(pid, files.pidfile)   # not killed
+    assert "VM running" in capsys.readouterr().err
+    assert start.stop_vm(paths, timeout=1) == f"stopped the VM (pid {pid})"   # doit stop
+
+
+def test_post_in_doubt_leaves_the_vm_running(launched):
+    run, files, _ = launched
+    with FakeHyperBEAM(post="close") as node:
+        with pytest.raises(LaunchError) as err:
+            run(node, ROUTER)
+    text = str(err.value)
+    assert "the VM is left running" in text and "may have applied it" in text
+    assert [p for p, _ in node.gets if p != "/~meta@1.0/info"] == []   # no follow-ups
+    pid = start.read_pid(files.pidfile)
+    assert pid is not None and start.is_our_qemu(pid, files.pidfile)
+
+
+def test_post_refused_before_acceptance_stops_the_vm(launched):
+    run, files, _ = launched
+    with FakeHyperBEAM() as node:
+        node.permanent = True      # the node answers 400, as to a second POST
+        with pytest.raises(LaunchError) as err:
+            run(node)
+    text = str(err.value)
+    assert f"HTTP 400: {PERMANENT.decode()}" in text and "the VM was stopped" in text
+    assert not files.pidfile.exists()

@@ -252,7 +252,7 @@ def test_launcher_passes_id_block_auth_and_host_data_to_qemu(build):
     vm = qemu.VmDefinition.from_vm_config(vmconfig.load(vm_config))
     body = nodeconfig.post_start_for(cfg, rec)
     gen = start.checked_identity(rec, vm, body, paths.identity_dir, "snp")
-    cfg = hconfig.load(overlay=Path(cfg.sources[-1]))
+    cfg = hconfig.load(overlay=Path(cfg.files[-1]))
     snp = plan.snp_options(dataclass_replace_launch(cfg, cbitpos=51), gen)
     obj = qemu.sev_snp_object(vm, snp, "upstream")
     assert f"id-block={paths.id_block.read_text().strip()}" in obj

@@ -18,6 +18,7 @@ from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import content, docker
 from hbos.util import fsutil, tree as htree
+from tests.conftest import fake_firmware
 from tests.support import docker_stub
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,7 +31,9 @@ def load(tmp_path: Path, text: str = "", profile: str | None = None):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'build'}\n{text}")
     cfg = hconfig.load(overlay=overlay, profile=profile)
-    return cfg, Paths.from_config(cfg)
+    paths = Paths.from_config(cfg)
+    fake_firmware(paths)
+    return cfg, paths
 
 
 def sample_module():
@@ -155,6 +158,11 @@ def test_docker_source_runs_exact_commands_and_never_edits_the_dockerfile(tmp_pa
     assert listed["etc/systemd/system/multi-user.target.wants/hbos-data.service"]["target"] \
         == "../hbos-data.service"
     assert listed["opt/hbos/hbos-data.sh"]["type"] == "file"
+    # HyperBEAM's reference OVMF is the firmware this VM boots, whichever path built it
+    firmware_sha = fsutil.sha256_file(paths.built_ovmf)
+    assert listed[content.REFERENCE_OVMF]["sha256"] == firmware_sha
+    assert manifest["reference_ovmf"] == {"path": content.REFERENCE_OVMF, "sha256": firmware_sha}
+    assert manifest["snp_nif"] is False
 
 
 def test_failed_build_shows_the_failing_step_tail_and_keeps_the_old_tree(tmp_path, stub,
@@ -368,8 +376,10 @@ def test_config_yaml_documents_every_content_key():
         assert f"\n  {f.name}:" in "\n" + block, f.name
 
 
-def test_local_profile_uses_the_erlang_release():
-    assert hconfig.load(profile="local").content.source == "erlang"
+def test_local_profile_builds_the_real_hyperbeam_from_the_shared_mirror():
+    local = hconfig.load(profile="local")
+    assert local.content.source == "hyperbeam"
+    assert local.path(local.sources.mirror) == ROOT.parent / "shared" / "hyperbeam-sources"
 
 
 # ----------------------------------------------------------------- manifest and trees
@@ -409,6 +419,85 @@ def test_sample_tree_and_mtimes(tmp_path):
     assert manifest["services"] == ["sample-node"]
     assert manifest["sample_build"] == content.sample_build()
     assert manifest["files"] == htree.manifest(tree)
+    assert "reference_ovmf" not in manifest and manifest["snp_nif"] is False
+    assert not (tree / content.REFERENCE_OVMF).exists()
+
+
+# ----------------------------------------------------------------- the hyperbeam source
+
+
+@pytest.mark.parametrize("text, want", [
+    ("-sname hb\n-setcookie hb\n", "-sname hb@localhost\n-setcookie hb\n"),
+    ("## the node\n+K true\n-sname  hb \n-setcookie c", "## the node\n+K true\n"
+                                                       "-sname hb@localhost\n-setcookie c"),
+    ("-sname hb@localhost\n-setcookie hb\n", None),      # already hostnamed
+    ("-sname hb@node.example\n", None),
+    ("-name hb@127.0.0.1\n-setcookie hb\n", None),       # no -sname: nothing to change
+    ("", None),
+])
+def test_hostnamed_vm_args(text, want):
+    assert content.hostnamed_vm_args(text) == want
+
+
+HB_MANIFEST = {"commit": "3635c5e6254e001cdfd716117c177017e97cc04b",
+               "repo": "permaweb/HyperBEAM", "overlay": ["plugins-offline", "exclude-snp-nif"],
+               "build_root": {"suite": "trixie", "mirror": "http://deb.debian.org/debian"},
+               "snp_nif": False, "files": []}
+NIF = "lib/hb-0.0.1/priv/crates/dev_snp_nif/libdev_snp_nif.so"
+
+
+def fake_hyperbeam(tmp_path: Path, paths: Paths, nif: bool = False) -> None:
+    """What the hyperbeam stage leaves: build/hyperbeam/hb.tar and manifest.json."""
+    from hbos.stages import hyperbeam
+    rel = tmp_path / "rel"
+    files = {"bin/hb": b"#!/bin/sh\n", "releases/0.0.1/vm.args": b"-sname hb\n-setcookie hb\n",
+             "lib/hb-0.0.1/ebin/hb.beam": b"FOR1"}
+    if nif:
+        files[NIF] = b"\x7fELF nif"
+    for name, data in files.items():
+        (rel / name).parent.mkdir(parents=True, exist_ok=True)
+        (rel / name).write_bytes(data)
+    os.chmod(rel / "bin" / "hb", 0o755)
+    paths.hyperbeam_dir.mkdir(parents=True, exist_ok=True)
+    hyperbeam.pack(rel, paths.hyperbeam_tar, 1700000000)
+    fsutil.write_json(paths.hyperbeam_manifest, HB_MANIFEST)
+
+
+def test_hyperbeam_source_installs_the_release_reference_ovmf_and_vm_args(tmp_path):
+    cfg, paths = load(tmp_path, "content: {source: hyperbeam, cu: false}\n")
+    fake_hyperbeam(tmp_path, paths)
+    assert {paths.hyperbeam_tar, paths.hyperbeam_manifest} <= set(content.file_deps(cfg))
+    content.build(cfg, paths)
+    hb = paths.content_tree / "opt" / "hyperbeam"
+    assert (hb / "bin" / "hb").read_bytes() == b"#!/bin/sh\n"
+    ovmf = paths.content_tree / content.REFERENCE_OVMF
+    assert ovmf.read_bytes() == paths.built_ovmf.read_bytes()
+    assert ovmf.stat().st_mode & 0o777 == 0o644
+    assert (hb / "vm.args").read_text() == "-sname hb@localhost\n-setcookie hb\n"
+    assert (hb / "releases" / "0.0.1" / "vm.args").read_text() == "-sname hb\n-setcookie hb\n"
+    assert (hb / "config.flat").read_text() == nodeconfig.render_config_flat(cfg)
+    manifest = fsutil.read_json(paths.content_manifest)
+    assert manifest["source"] == "hyperbeam" and "hyperbeam" in manifest["services"]
+    assert manifest["hyperbeam"] == {k: HB_MANIFEST[k]
+                                     for k in ("commit", "repo", "overlay", "build_root")}
+    assert manifest["snp_nif"] is False
+    assert manifest["reference_ovmf"] == {"path": "opt/hyperbeam/test/OVMF-1.55.fd",
+                                          "sha256": fsutil.sha256_file(paths.built_ovmf)}
+    assert manifest["files"] == htree.manifest(paths.content_tree)
+
+
+def test_hyperbeam_source_with_the_snp_nif_and_a_given_firmware(tmp_path):
+    other = tmp_path / "other-OVMF.fd"
+    other.write_bytes(b"another firmware\n")
+    cfg, paths = load(tmp_path, f"content: {{source: hyperbeam, cu: false}}\n"
+                                f"firmware: {{ovmf: {other}}}\n")
+    fake_hyperbeam(tmp_path, paths, nif=True)
+    content.build(cfg, paths)
+    assert (paths.content_tree / "opt" / "hyperbeam" / NIF).is_file()
+    manifest = fsutil.read_json(paths.content_manifest)
+    assert manifest["snp_nif"] is True
+    assert manifest["reference_ovmf"]["sha256"] == fsutil.sha256_file(other)
+    assert (paths.content_tree / content.REFERENCE_OVMF).read_bytes() == other.read_bytes()
 
 
 # ----------------------------------------------------------------- sample node internals

@@ -13,7 +13,8 @@ from hbos import config as hconfig
 from hbos.launch import node_http, qemu, start
 from hbos.measure import nodeconfig
 from hbos.paths import Paths
-from hbos.stages import content, hb_node
+from hbos.stages import content, hb_node, hb_sources
+from tests.conftest import fake_firmware
 
 ROOT = Path(__file__).resolve().parents[3]
 RECORD = {"kernel": "k", "initrd": "i", "append": "a", "firmware": "f", "vcpus": 4,
@@ -25,7 +26,9 @@ def load(tmp_path: Path, text: str = "", profile: str | None = None):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(f"build_dir: {tmp_path / 'build'}\n{text}")
     cfg = hconfig.load(overlay=overlay, profile=profile)
-    return cfg, Paths.from_config(cfg)
+    paths = Paths.from_config(cfg)
+    fake_firmware(paths)
+    return cfg, paths
 
 
 # ------------------------------------------------- 1. writable working tree
@@ -66,8 +69,11 @@ def test_state_names_become_links_into_var_lib(tmp_path):
 
 def test_defaults_follow_hb_os_refs_and_profile():
     cfg = hconfig.load()
-    assert cfg.content.hyperbeam_ref == "edge"
-    assert cfg.content.ao_ref == "tillathehun0/cu-experimental"
+    # the docker path builds the commit the hyperbeam stage pins, so both measure one source;
+    # ao: the head of tillathehun0/cu-experimental (hb-os's branch) the shared mirror holds
+    assert cfg.content.hyperbeam_ref == hb_sources.by_name(hb_sources.load(),
+                                                           "HyperBEAM").commit
+    assert cfg.content.ao_ref == "8cc7926f4c4fa4f133830cb73a27266ff039f807"
     assert cfg.content.hyperbeam_profile == "default"          # 8. _build/default/rel/hb
     assert content.cu_unit_mode(cfg) == "hbu"
 
@@ -269,7 +275,7 @@ def test_explicit_addresses_win(tmp_path):
 
 def test_without_erlang_tooling_the_content_falls_back_to_the_sample(tmp_path, monkeypatch,
                                                                      capsys):
-    cfg, paths = load(tmp_path, profile="local")
+    cfg, paths = load(tmp_path, "content: {source: erlang}\n", profile="local")
     monkeypatch.setattr(hb_node.tools, "find", lambda name: None)
     hb_node.build(cfg, paths)
     manifest = json.loads(paths.hb_node_manifest.read_text())
@@ -279,6 +285,7 @@ def test_without_erlang_tooling_the_content_falls_back_to_the_sample(tmp_path, m
     content.build(cfg, paths)
     out = capsys.readouterr().out
     assert "using the Python sample node instead (fallback)" in out
+    assert "stand-in written for the tests, NOT HyperBEAM" in out
     data = json.loads(paths.content_manifest.read_text())
     assert data["source"] == "sample" and data["fallback_from"] == "erlang"
     assert data["services"] == ["sample-node"]

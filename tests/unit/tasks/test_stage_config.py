@@ -53,10 +53,22 @@ def _candidates(tp: typing.Any, value: typing.Any) -> list[typing.Any]:
     raise AssertionError(tp)
 
 
-def _overlay(dotted: str | None = None, value: typing.Any = None) -> str:
-    """The overlay (block YAML) with identity enabled, and `dotted` set to `value`."""
+# Stages the default config leaves inactive (their task has no action), and the
+# settings that make them run: their keys are checked with these added.
+ACTIVATE: dict[str, dict[str, dict[str, typing.Any]]] = {
+    "hyperbeam": {"content": {"source": "hyperbeam"}},
+    "cu": {"content": {"source": "hyperbeam", "cu": True}},
+}
+
+
+def _overlay(dotted: str | None = None, value: typing.Any = None,
+             base: dict[str, dict[str, typing.Any]] | None = None) -> str:
+    """The overlay (block YAML) with identity enabled, `base`'s sections merged in,
+    and `dotted` set to `value`."""
     import yaml
     data: dict[str, typing.Any] = {"identity": {"enabled": True, "keys_dir": "/nonexistent"}}
+    for section, values in (base or {}).items():
+        data.setdefault(section, {}).update(values)
     if dotted:
         node = data
         *parents, last = dotted.split(".")
@@ -109,13 +121,22 @@ def test_changing_a_declared_key_reruns_the_stage(tmp_path):
     over = tmp_path / "changed.yaml"
     checked = 0
     try:
+        for name, activate in ACTIVATE.items():
+            over.write_text(f"build_dir: {base['build']}\n" + _overlay(base=activate))
+            dodo.CFG = hconfig.load(overlay=over)
+            dodo.P = Paths.from_config(dodo.CFG)
+            base_digests[name] = _digest({"tasks": {name: getattr(dodo, f"task_{name}")()}},
+                                         name)
         for s in GRAPH_STAGES:
+            assert base_digests[s.name] is not None, \
+                f"stage {s.name} is inactive under the default config: add it to ACTIVATE"
             for key in [k for k in LEAVES if s.reads.covers(k)]:
                 candidates = _candidates(LEAVES[key], _current(cfg, key))
                 if not candidates:
                     continue  # a setting with one allowed value (vm.vmm_type) cannot change
                 for candidate in candidates:
-                    over.write_text(f"build_dir: {base['build']}\n" + _overlay(key, candidate))
+                    over.write_text(f"build_dir: {base['build']}\n" +
+                                    _overlay(key, candidate, ACTIVATE.get(s.name)))
                     try:
                         dodo.CFG = hconfig.load(overlay=over)
                     except ConfigError:
@@ -141,6 +162,19 @@ def test_ports_change_repackages_the_release(tmp_path):
     other = _load(tmp_path / "b", "ports: {hyperbeam: 10001}\n")
     assert _digest(base, "package_release") != _digest(other, "package_release")
     assert _digest(base, "verity") == _digest(other, "verity")
+
+
+def test_sources_mirror_reruns_nothing(tmp_path):
+    """Where the pinned archives come from changes no output (each is checked against
+    its pin): sources.mirror is no stage's input."""
+    activate = "content: {source: hyperbeam}\n"
+    a = _load(tmp_path / "a", activate)
+    b = _load(tmp_path / "b", activate + "sources: {mirror: /elsewhere/archives}\n")
+    assert b["module"].CFG.sources.mirror == "/elsewhere/archives"
+    for task in ("hyperbeam", "content"):
+        assert _digest(a, task) is not None
+        assert _digest(a, task) == _digest(b, task), task
+    assert not any(s.reads.covers("sources.mirror") for s in table.ALL)
 
 
 def test_view_refuses_an_undeclared_key(monkeypatch):
