@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Guest boot timeline: `doit start profile=local` under TCG, start -> healthy.
 
-Builds the local profile (the real Erlang release `hb_node` under the
+Builds the local profile (the real HyperBEAM and the AO compute unit under the
 production hyperbeam.service) in its own build directory, with the cached
 trixie kernel, the cached base root of the test suite when there is one, and
 the AmdSev OVMF vector as firmware (emulated boots use QEMU's default firmware

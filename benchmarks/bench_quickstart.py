@@ -7,10 +7,10 @@ touching a content file never disturbs the checkout:
 1. cold:  `doit <verity image> <hash tree> measure profile=local` in an empty
           build directory (base root filesystem, initramfs, firmware, content,
           verity, VM definition, measurement);
-2. warm:  append a comment to the local Erlang release's sys.config
-          (tools/hb_node/config/sys.config, copied into the release: the local
-          profile's content changes) and run the same command again: prints
-          the tasks that ran;
+2. warm:  append a comment to the HyperBEAM unit's template
+          (templates/hyperbeam.service.j2, rendered into the content: the
+          local profile's content changes) and run the same command again:
+          prints the tasks that ran;
 3. start: `doit start profile=local` with everything built: wall time until it
           returns (the node answered its health endpoint), then `doit stop`.
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENT_FILE = Path("tools/hb_node/config/sys.config")
+CONTENT_FILE = Path("templates/hyperbeam.service.j2")
 
 
 def copy_project(dest: Path) -> Path:
@@ -147,7 +147,7 @@ def main() -> int:
         print(f"no-op rebuild: {noop:.1f} s (ran: {', '.join(ran(out)) or 'nothing'})",
               flush=True)
         with open(src / CONTENT_FILE, "a") as fh:
-            fh.write(f"\n%% bench {time.time()}\n")
+            fh.write(f"\n# bench {time.time()}\n")
         warm, out = doit(src, [*targets, *common], timeout=3600)
         print(f"warm rebuild after editing {CONTENT_FILE}: {warm:.1f} s "
               f"(ran: {', '.join(ran(out))})", flush=True)
