@@ -117,6 +117,15 @@ def build(cfg: Config, paths: Paths) -> None:
                  lambda: _build(cfg, paths), stage="hyperbeam")
 
 
+# what this stage keeps under /build in the shared root (the cu stage has /build/cu)
+OWN = ("HyperBEAM", "plugins", "home", "rebar-cache", "build.sh")
+
+
+def clear_work(work: Path) -> None:
+    for name in OWN:
+        fsutil.remove(work / name)
+
+
 def place_sources(cfg: Config, paths: Paths, work: Path, log: Path) -> dict[str, str]:
     """Fetch, verify and unpack every pinned source under `work` (the root's /build)."""
     found: dict[str, str] = {}
@@ -175,7 +184,7 @@ def _build(cfg: Config, paths: Paths) -> None:
     record = make_build_root(cfg, paths, log)
 
     work = root / BUILD.lstrip("/")
-    fsutil.remove(work)
+    clear_work(work)
     say(f"[2/5] sources: {len(pins(cfg))} pinned archives "
         f"(mirror: {cfg.sources.mirror or 'none, upstream URLs'})")
     verified = place_sources(cfg, paths, work, log)
@@ -221,7 +230,7 @@ def _build(cfg: Config, paths: Paths) -> None:
     }
     fsutil.write_json(paths.hyperbeam_manifest, manifest)
     if not cfg.hyperbeam.keep_tree:
-        fsutil.remove(work)
+        clear_work(work)
     n = sum(1 for e in files if e["type"] == "file")
     say(f"HyperBEAM {hb.commit[:12]}: {n} files, {manifest['size'] / 2**20:.0f} MiB; "
         f"rebar3 {compile_seconds} s, stage {round(time.monotonic() - started, 1)} s; "
