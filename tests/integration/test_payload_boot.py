@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -51,13 +52,14 @@ def booted(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory):
     if not shutil.which("qemu-system-x86_64"):
         missing_prerequisite("qemu-system-x86_64 is not installed (qemu-system-x86)")
     root = tmp_path_factory.mktemp("payload-boot")
-    port = free_port()
+    port, cu_port = free_port(), free_port()
     overlay = write_overlay(root / "overlay.yaml", (
         f"build_dir: {root / 'build'}\n"
         f"kernel: {{source: deb, deb: {kernel_deb}}}\n"
         f"firmware: {{ovmf: {amdsev_ovmf}}}\n"
         f"ports: {{hyperbeam: {port}}}\n"
-        "launch: {accel: tcg, health_timeout: 1500}\n"))
+        # the CU's port too, only to ask it GET / from here (production forwards none)
+        f"launch: {{accel: tcg, health_timeout: 1500, forwards: ['{cu_port}:6363']}}\n"))
     cfg = hconfig.load(profile="local", overlay=overlay)
     paths = Paths.from_config(cfg)
     link_base_rootfs(base_rootfs_cache, paths)
@@ -69,7 +71,8 @@ def booted(base_rootfs_cache, kernel_deb, amdsev_ovmf, tmp_path_factory):
         doit(["measure", *args], timeout=3600)
         image_sha = fsutil.sha256_file(paths.verity_image)
         started = doit(["start", *args, "--data-disk", str(data)], check=False, timeout=3600)
-        yield {"cfg": cfg, "paths": paths, "port": port, "args": args, "start": started,
+        yield {"cfg": cfg, "paths": paths, "port": port, "cu_port": cu_port, "args": args,
+               "start": started,
                "image_sha": image_sha, "data": data, "ovmf": amdsev_ovmf}
     finally:
         kill_qemu(paths.run_dir)
@@ -120,11 +123,29 @@ def test_local_image_runs_hyperbeam_under_the_production_unit(booted):
     assert b"permanent" in refused.body, refused.describe()
 
 
+def test_the_compute_unit_answers_in_the_guest(booted):
+    """The AO CU (its npm dependencies from package-lock.json, trixie's node) is up:
+    GET / answers its JSON (wallet address, generated in the guest)."""
+    if not booted["cfg"].content.cu:
+        pytest.skip("content.cu is false in this profile")
+    deadline = time.monotonic() + 600
+    while True:
+        got = node_http.call(booted["cu_port"], "/", headers={}, timeout=TCG_TIMEOUT)
+        if got.ok or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert got.ok, got.describe()
+    answer = json.loads(got.body)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", answer["address"]), answer
+
+
 def test_forwards_are_on_loopback_only(booted):
     state = json.loads(qemu.RunFiles(booted["paths"].run_dir).state.read_text())
     netdev = state["argv"][state["argv"].index("-netdev") + 1]
     port = booted["port"]
-    assert re.findall(r"hostfwd=[^,]+", netdev) == [f"hostfwd=tcp:127.0.0.1:{port}-:{port}"]
+    assert re.findall(r"hostfwd=[^,]+", netdev) == [
+        f"hostfwd=tcp:127.0.0.1:{port}-:{port}",
+        f"hostfwd=tcp:127.0.0.1:{booted['cu_port']}-:6363"]
 
 
 def test_stop_leaves_no_qemu_and_verity_intact(booted, tmp_path):
