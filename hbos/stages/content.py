@@ -135,9 +135,6 @@ def render_data_disk_unit(cfg) -> str:
                             dirs=state_dirs(cfg))
 
 
-cu_unit_mode = ao_cu.unit_mode
-
-
 def render_cu_env(cfg) -> str:
     return templates.render("cu.env.j2", cu_port=cfg.ports.cu, hb_port=cfg.ports.hyperbeam,
                             wallet=CU_WALLET_GUEST, environment=list(cfg.content.cu_env))
@@ -356,7 +353,7 @@ def docker_build_args(cfg, refs: dict[str, dict[str, str]]) -> dict[str, str]:
             "NODE_VERSION": c.node_version, "GUEST_SUITE": cfg.rootfs.suite}
     if c.cu:
         args.update(AO_REPO=c.ao_repo, AO_COMMIT=refs["ao"]["commit"],
-                    CU_UNIT_MODE=cu_unit_mode(cfg))
+                    CU_UNIT_MODE=ao_cu.unit_mode(cfg))
     args.update(dict(e.partition("=")[::2] for e in c.docker_build_args))
     return args
 

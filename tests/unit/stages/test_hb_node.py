@@ -13,7 +13,7 @@ from hbos import config as hconfig
 from hbos.launch import node_http, qemu, start
 from hbos.measure import nodeconfig
 from hbos.paths import Paths
-from hbos.stages import content, hb_node, hb_sources
+from hbos.stages import ao_cu, content, hb_node, hb_sources
 from tests.conftest import fake_firmware
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -75,12 +75,12 @@ def test_defaults_follow_hb_os_refs_and_profile():
                                                            "HyperBEAM").commit
     assert cfg.content.ao_ref == "8cc7926f4c4fa4f133830cb73a27266ff039f807"
     assert cfg.content.hyperbeam_profile == "default"          # 8. _build/default/rel/hb
-    assert content.cu_unit_mode(cfg) == "hbu"
+    assert ao_cu.unit_mode(cfg) == "hbu"
 
 
 def test_cu_mode_is_cu_when_cu_env_sets_none(tmp_path):
     cfg, _ = load(tmp_path, "content: {cu_env: [NODE_CONFIG_ENV=production]}\n")
-    assert content.cu_unit_mode(cfg) == "cu"
+    assert ao_cu.unit_mode(cfg) == "cu"
 
 
 def _cu_source(tmp_path: Path, config_js: str) -> Path:
