@@ -24,7 +24,7 @@ from hbos.measure import nodeconfig
 from hbos.paths import Paths
 from hbos.stages import content, hb_node
 from hbos.util import tree as htree
-from tests.conftest import missing_prerequisite
+from tests.conftest import fake_firmware, missing_prerequisite
 
 pytestmark = [pytest.mark.integration]
 
@@ -234,8 +234,10 @@ def _overlay(tmp_path: Path, text: str) -> Path:
 
 def test_release_content_installs_under_the_production_unit(release, tmp_path):
     _, built = release
-    cfg = hconfig.load(overlay=_overlay(tmp_path, ""), profile="local")
+    # the stand-in: content.source erlang (the local profile builds the real HyperBEAM)
+    cfg = hconfig.load(overlay=_overlay(tmp_path, "content: {source: erlang}\n"), profile="local")
     paths = Paths.from_config(cfg)
+    fake_firmware(paths)                 # content copies it as HyperBEAM's reference OVMF
     shutil.copytree(built.hb_node_dir, paths.hb_node_dir, symlinks=True)
     content.build(cfg, paths)
     manifest = json.loads(paths.content_manifest.read_text())
