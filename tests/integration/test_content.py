@@ -57,7 +57,11 @@ class Project:
         self.profile = profile
 
     def write(self, text: str = "") -> None:
-        self.over.write_text(f"build_dir: {self.build}\n{text}")
+        # the content stage copies the firmware (HyperBEAM's reference OVMF): a
+        # stand-in file, so `doit content` does not build edk2 first
+        ovmf = self.tmp / "stand-in-OVMF.fd"
+        ovmf.write_bytes(b"not an OVMF: a test's stand-in\n")
+        self.over.write_text(f"build_dir: {self.build}\nfirmware: {{ovmf: {ovmf}}}\n{text}")
 
     def args(self):
         return [f"config={self.over}"] + ([f"profile={self.profile}"] if self.profile else [])
