@@ -138,9 +138,7 @@ def build(cfg: Config, paths: Paths) -> None:
 
 
 def _build(cfg: Config, paths: Paths) -> None:
-    log = paths.log("cu")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
+    log = hyperbeam.fresh_log(paths, "cu")
     started = time.monotonic()
     paths.cu_dir.mkdir(parents=True, exist_ok=True)
     s = source(cfg)

@@ -170,10 +170,16 @@ def pack(tree: Path, out: Path, mtime: int) -> None:
                 tar.addfile(info)
 
 
-def _build(cfg: Config, paths: Paths) -> None:
-    log = paths.log("hyperbeam")
+def fresh_log(paths: Paths, stage: str) -> Path:
+    """The stage's log, emptied: it holds this build's output only."""
+    log = paths.log(stage)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
+    return log
+
+
+def _build(cfg: Config, paths: Paths) -> None:
+    log = fresh_log(paths, "hyperbeam")
     started = time.monotonic()
     paths.hyperbeam_dir.mkdir(parents=True, exist_ok=True)
     root = paths.build_root
