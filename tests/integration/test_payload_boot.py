@@ -127,6 +127,7 @@ def test_the_compute_unit_answers_in_the_guest(booted):
     """The AO CU (its npm dependencies from package-lock.json, trixie's node) is up:
     GET / answers its JSON (wallet address, generated in the guest)."""
     if not booted["cfg"].content.cu:
+        # the local profile sets content.cu (true); only a profile without the CU skips
         pytest.skip("content.cu is false in this profile")
     deadline = time.monotonic() + 600
     while True:
